@@ -1,0 +1,24 @@
+"""Shared fixtures: where the read-only real data lives, and skips when it is absent."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("SLOWRUN_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under the shared real-data folder, or skip the test with the reason when it is missing."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real test data not found at {path} (set SLOWRUN_DATA_ROOT to the shared data folder)")
+    return path
+
+
+@pytest.fixture
+def shared_data():
+    return shared_path
