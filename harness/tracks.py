@@ -1,0 +1,237 @@
+"""Tracks: everything that makes two results comparable, as frozen data.
+
+A track names its source, tokenizer, split sizes, sequence length, the fitness carve and the reference
+curve used for data efficiency. The built-in tracks live in this module; users add their own from TOML
+files (``--tracks FILE`` or ``$SLOWRUN_TRACKS``), in the same shape:
+
+    [tracks.mytrack]
+    description = "my corpus"
+    val_tokens = 60000
+    train_tokens = 100000
+    seq_len = 128
+    fitness_tokens = 4096
+    source = { kind = "local", paths = ["corpus/*.jsonl"], text_field = "text" }
+    tokenizer = { kind = "byte-bpe", vocab_size = 2048 }
+
+Relative source paths resolve against the TOML file's folder (built-in tracks: the shared data root,
+``$SLOWRUN_DATA_ROOT``, default ``../shared/data`` beside the project).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.errors import TrackError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+TRACKS_ENV = "SLOWRUN_TRACKS"
+DATA_ROOT_ENV = "SLOWRUN_DATA_ROOT"
+DEFAULT_TRACK = "synthetic"
+
+SOURCE_KINDS = ("fineweb", "local", "synthetic")
+TOKENIZER_KINDS = ("gpt2", "byte-bpe", "identity")
+
+
+def default_data_root() -> Path:
+    return Path(os.environ.get(DATA_ROOT_ENV, PROJECT_ROOT.parent / "shared" / "data"))
+
+
+@dataclass(frozen=True)
+class SourceSpec:
+    kind: str
+    paths: tuple[str, ...] = ()
+    text_field: str = "text"
+    txt_separator: str | None = None
+    dataset: str = "HuggingFaceFW/fineweb"
+    config: str = "sample-10BT"
+    split: str = "train"
+    synthetic: tuple[tuple[str, float], ...] = ()  # SyntheticLanguage parameters that differ from its defaults
+    base_dir: str | None = None  # where relative paths resolve; None = the shared data root
+
+    def __post_init__(self):
+        if self.kind not in SOURCE_KINDS:
+            raise TrackError(f"source kind {self.kind!r} is unknown; use one of {', '.join(SOURCE_KINDS)}")
+        if self.kind == "local" and not self.paths:
+            raise TrackError("a local source needs `paths` (files or glob patterns)")
+
+
+@dataclass(frozen=True)
+class TokenizerSpec:
+    kind: str
+    vocab_size: int | None = None  # byte-bpe: the vocabulary to train, BOS included
+    ranks_path: str | None = None  # gpt2: explicit ranks file (else $SLOWRUN_GPT2_RANKS, else tiktoken)
+
+    def __post_init__(self):
+        if self.kind not in TOKENIZER_KINDS:
+            raise TrackError(f"tokenizer kind {self.kind!r} is unknown; use one of {', '.join(TOKENIZER_KINDS)}")
+        if self.kind == "byte-bpe" and not (self.vocab_size and 257 < self.vocab_size <= 65536):
+            raise TrackError("a byte-bpe tokenizer needs vocab_size between 258 and 65536")
+
+
+@dataclass(frozen=True)
+class Track:
+    name: str
+    description: str
+    source: SourceSpec
+    tokenizer: TokenizerSpec
+    val_tokens: int
+    train_tokens: int
+    seq_len: int
+    fitness_tokens: int
+    reference_curve: str | None = None  # a file in harness/reference_curves/ (by stem) or a path
+    defaults: tuple[tuple[str, object], ...] = field(default=())  # suggested method settings (informational)
+
+    def __post_init__(self):
+        problems = []
+        for name in ("val_tokens", "train_tokens", "seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                problems.append(f"{name} must be a positive integer (got {value!r})")
+        if not isinstance(self.fitness_tokens, int) or self.fitness_tokens < 0:
+            problems.append(f"fitness_tokens must be a non-negative integer (got {self.fitness_tokens!r})")
+        elif isinstance(self.train_tokens, int) and self.fitness_tokens >= self.train_tokens // 2:
+            problems.append("fitness_tokens must be well below train_tokens (it is carved out of training)")
+        if isinstance(self.val_tokens, int) and isinstance(self.seq_len, int) and self.val_tokens < self.seq_len + 1:
+            problems.append("val_tokens must hold at least one window of seq_len + 1 tokens")
+        if problems:
+            raise TrackError(f"track {self.name!r}: " + "; ".join(problems))
+
+    @property
+    def val_windows(self) -> int:
+        """Full evaluation windows: disjoint chunks of seq_len + 1 tokens (seq_len targets each)."""
+        return self.val_tokens // (self.seq_len + 1)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def source_root(self) -> Path:
+        return Path(self.source.base_dir) if self.source.base_dir else default_data_root()
+
+
+BUILTIN_TRACKS: dict[str, Track] = {
+    "fineweb": Track(
+        name="fineweb",
+        description="The official track: FineWeb sample-10BT streamed in order, GPT-2 BPE, "
+        "10M validation tokens, then 100M training tokens, windows of 2049.",
+        source=SourceSpec(kind="fineweb"),
+        tokenizer=TokenizerSpec(kind="gpt2"),
+        val_tokens=10_000_000,
+        train_tokens=100_000_000,
+        seq_len=2048,
+        fitness_tokens=1_000_000,
+        reference_curve="fineweb",
+    ),
+    "synthetic": Track(
+        name="synthetic",
+        description="Offline default for CPUs: a seeded hidden-Markov language with a known best loss, "
+        "512-token vocabulary, 64K training tokens, windows of 129.",
+        source=SourceSpec(kind="synthetic"),
+        tokenizer=TokenizerSpec(kind="identity"),
+        val_tokens=32_768,
+        train_tokens=65_536,
+        seq_len=128,
+        fitness_tokens=4_096,
+        reference_curve="synthetic",
+    ),
+    "webtext": Track(
+        name="webtext",
+        description="Small real-text track over OpenAI WebText documents with a 2K byte-level BPE: "
+        "60K validation tokens, 100K training tokens, windows of 129.",
+        source=SourceSpec(kind="local", paths=("webtext/webtext.*.jsonl",)),
+        tokenizer=TokenizerSpec(kind="byte-bpe", vocab_size=2048),
+        val_tokens=60_000,
+        train_tokens=100_000,
+        seq_len=128,
+        fitness_tokens=5_000,
+        reference_curve="webtext",
+    ),
+}
+
+_TRACK_KEYS = {f.name for f in dataclasses.fields(Track)} - {"name"}
+_SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceSpec)}
+_TOKENIZER_KEYS = {f.name for f in dataclasses.fields(TokenizerSpec)}
+
+
+def _unknown(keys, allowed, where: str) -> None:
+    extra = sorted(set(keys) - set(allowed))
+    if extra:
+        raise TrackError(f"{where}: unknown key(s) {', '.join(extra)}; allowed: {', '.join(sorted(allowed))}")
+
+
+def track_from_dict(name: str, raw: dict, base_dir: Path | None, where: str) -> Track:
+    """Build a Track from TOML data, with errors that name the file and the key to fix."""
+    _unknown(raw, _TRACK_KEYS, f"{where} [tracks.{name}]")
+    try:
+        source_raw = dict(raw["source"])
+        tokenizer_raw = dict(raw["tokenizer"])
+    except KeyError as exc:
+        raise TrackError(f"{where} [tracks.{name}]: missing table {exc.args[0]!r}") from None
+    _unknown(source_raw, _SOURCE_KEYS, f"{where} [tracks.{name}.source]")
+    _unknown(tokenizer_raw, _TOKENIZER_KEYS, f"{where} [tracks.{name}.tokenizer]")
+    source_raw["paths"] = tuple(source_raw.get("paths", ()))
+    source_raw["synthetic"] = tuple(sorted(dict(source_raw.get("synthetic", {})).items()))
+    if base_dir is not None and "base_dir" not in source_raw:
+        source_raw["base_dir"] = str(base_dir)
+    missing = [k for k in ("val_tokens", "train_tokens", "seq_len") if k not in raw]
+    if missing:
+        raise TrackError(f"{where} [tracks.{name}]: missing {', '.join(missing)}")
+    curve = raw.get("reference_curve")
+    if curve and base_dir is not None and ("/" in curve or curve.endswith(".json")):
+        curve = str((base_dir / curve).resolve())
+    try:
+        return Track(
+            name=name,
+            description=str(raw.get("description", "")),
+            source=SourceSpec(**source_raw),
+            tokenizer=TokenizerSpec(**tokenizer_raw),
+            val_tokens=raw["val_tokens"],
+            train_tokens=raw["train_tokens"],
+            seq_len=raw["seq_len"],
+            fitness_tokens=raw.get("fitness_tokens", 0),
+            reference_curve=curve,
+            defaults=tuple(sorted(dict(raw.get("defaults", {})).items())),
+        )
+    except TypeError as exc:
+        raise TrackError(f"{where} [tracks.{name}]: {exc}") from None
+    except TrackError as exc:
+        raise TrackError(f"{where}: {exc}") from None
+
+
+def load_track_file(path: str | os.PathLike) -> dict[str, Track]:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TrackError(f"{path}: track file not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise TrackError(f"{path}: not valid TOML ({exc})") from None
+    tracks = data.get("tracks")
+    if not isinstance(tracks, dict) or not tracks:
+        raise TrackError(f"{path}: no [tracks.NAME] tables found")
+    return {name: track_from_dict(name, raw, path.parent.resolve(), str(path)) for name, raw in tracks.items()}
+
+
+def available_tracks(extra_files: list[str] | tuple[str, ...] = ()) -> dict[str, Track]:
+    """Built-in tracks, then those of $SLOWRUN_TRACKS files, then `extra_files` (later ones override)."""
+    tracks = dict(BUILTIN_TRACKS)
+    env_files = [p for p in os.environ.get(TRACKS_ENV, "").split(os.pathsep) if p]
+    for file in [*env_files, *extra_files]:
+        tracks.update(load_track_file(file))
+    return tracks
+
+
+def get_track(name: str, extra_files: list[str] | tuple[str, ...] = ()) -> Track:
+    tracks = available_tracks(extra_files)
+    if name not in tracks:
+        raise TrackError(f"unknown track {name!r}; known tracks: {', '.join(sorted(tracks))} "
+                         f"(add your own with --tracks FILE.toml)")
+    return tracks[name]
