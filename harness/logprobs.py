@@ -1,0 +1,161 @@
+"""Per-token log-probabilities of a model over evaluation windows, and their on-disk cache.
+
+Evaluation runs every snapshot over the validation windows exactly once; everything after that (single
+losses, ensembles, the inference-budget sweep, the learned prior, curves) is arithmetic on the cached
+``log p(target)`` arrays. So this module is the only place a model is run for scoring, and it is written
+to keep memory bounded: windows are taken a batch at a time (they may be a memory-mapped split), and the
+normalisation over the vocabulary is done per batch and, if asked, per slice of time steps, so a
+full-split softmax never exists.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from harness.errors import SlowrunError
+
+# Upper bound on the number of logits normalised at once when no time chunk is given: 16M float32
+# values (64 MB), which keeps a GPT-2 vocabulary batch of a few windows within a laptop's memory.
+DEFAULT_MAX_LOGITS = 1 << 24
+
+
+def _check_windows(windows) -> np.ndarray:
+    array = np.asarray(windows) if not isinstance(windows, np.ndarray) else windows
+    if array.ndim != 2:
+        raise SlowrunError(
+            f"windows must be a 2-D array (n_windows, seq_len + 1), got shape {array.shape}; "
+            "reshape the token stream into windows first"
+        )
+    if array.shape[1] < 2:
+        raise SlowrunError(f"each window needs at least 2 tokens (one input, one target), got {array.shape[1]}")
+    if not np.issubdtype(array.dtype, np.integer):
+        raise SlowrunError(f"windows must hold integer token ids, got dtype {array.dtype}")
+    return array
+
+
+def _time_chunk(batch: int, seq_len: int, vocab: int, time_chunk: int | None) -> int:
+    if time_chunk is not None:
+        if time_chunk <= 0:
+            raise SlowrunError(f"time_chunk must be a positive number of time steps, got {time_chunk}")
+        return min(time_chunk, seq_len)
+    return max(1, min(seq_len, DEFAULT_MAX_LOGITS // max(1, batch * vocab)))
+
+
+def _batch_logprobs(logits: torch.Tensor, targets: torch.Tensor, time_chunk: int | None) -> torch.Tensor:
+    """log p(target) for one batch, normalising at most ``time_chunk`` time steps at a time."""
+    batch, seq_len, vocab = logits.shape
+    step = _time_chunk(batch, seq_len, vocab, time_chunk)
+    out = torch.empty((batch, seq_len), dtype=torch.float32, device=logits.device)
+    for start in range(0, seq_len, step):
+        stop = min(seq_len, start + step)
+        chunk = logits[:, start:stop].float()  # bf16/fp16 logits are normalised in float32
+        logp = torch.log_softmax(chunk, dim=-1)
+        out[:, start:stop] = logp.gather(-1, targets[:, start:stop].unsqueeze(-1)).squeeze(-1)
+    return out
+
+
+def token_logprobs(
+    model: torch.nn.Module,
+    windows: np.ndarray,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    *,
+    time_chunk: int | None = None,
+    progress: bool = False,
+) -> np.ndarray:
+    """log p(target) for every target of every window, as float32 of shape (n_windows, seq_len).
+
+    ``model(inputs)`` takes a LongTensor [B, T] and returns logits [B, T, V]. The model is put in eval
+    mode for the pass (dropout would otherwise make the cache depend on the run) and given back in the
+    mode it came in. ``time_chunk`` caps how many time steps are normalised at once; by default it is
+    chosen so that at most ``DEFAULT_MAX_LOGITS`` logits are normalised together. A non-finite
+    log-probability is an error, not a number to average: it means the model produced NaN/inf logits.
+    """
+    array = _check_windows(windows)
+    if not isinstance(batch_size, int) or batch_size <= 0:
+        raise SlowrunError(f"batch_size must be a positive integer, got {batch_size!r}")
+    n_windows, width = array.shape
+    seq_len = width - 1
+    result = np.empty((n_windows, seq_len), dtype=np.float32)
+    was_training = model.training
+    model.eval()
+    starts = range(0, n_windows, batch_size)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="log-probs", unit="batch", total=len(starts))
+    try:
+        with torch.inference_mode():
+            for start in starts:
+                stop = min(n_windows, start + batch_size)
+                tokens = torch.from_numpy(np.asarray(array[start:stop], dtype=np.int64)).to(device)
+                inputs, targets = tokens[:, :-1], tokens[:, 1:]
+                logits = model(inputs)
+                if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(inputs.shape):
+                    raise SlowrunError(
+                        f"the model must return logits of shape [batch, seq_len, vocab] = "
+                        f"[{inputs.shape[0]}, {inputs.shape[1]}, V], got {tuple(logits.shape)}"
+                    )
+                vocab = logits.shape[-1]
+                low, high = int(targets.min()), int(targets.max())
+                if low < 0 or high >= vocab:
+                    raise SlowrunError(
+                        f"target token ids must lie in [0, {vocab}) for a {vocab}-way model, found "
+                        f"{low if low < 0 else high} in windows {start}..{stop - 1}; the model and the "
+                        "prepared data use different vocabularies"
+                    )
+                batch_logp = _batch_logprobs(logits, targets, time_chunk).cpu().numpy()
+                if not np.all(np.isfinite(batch_logp)):
+                    bad = int(np.argwhere(~np.isfinite(batch_logp))[0, 0]) + start
+                    raise SlowrunError(
+                        f"the model gave a non-finite log-probability in window {bad}; its logits contain "
+                        "NaN or infinity, so the snapshot cannot be scored"
+                    )
+                result[start:stop] = batch_logp
+    finally:
+        model.train(was_training)
+    return result
+
+
+def save_logprobs(path: str | os.PathLike, logp: np.ndarray) -> Path:
+    """Write a cache as a float32 ``.npy`` file atomically: a reader sees the old file or the new, never half."""
+    target = Path(path)
+    array = np.asarray(logp)
+    if not np.issubdtype(array.dtype, np.floating):
+        raise SlowrunError(f"log-probabilities must be floating point, got dtype {array.dtype}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise
+    return target
+
+
+def load_logprobs(path: str | os.PathLike) -> np.ndarray:
+    """Open a cache memory-mapped (read-only), so sweeps over many snapshots do not hold them all in RAM."""
+    source = Path(path)
+    if not source.is_file():
+        raise SlowrunError(f"log-probability cache {source} does not exist; evaluate the snapshot first")
+    try:
+        array = np.load(source, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as exc:
+        raise SlowrunError(
+            f"log-probability cache {source} is unreadable ({exc}); delete it and evaluate the snapshot again"
+        ) from exc
+    if array.dtype != np.float32:
+        raise SlowrunError(
+            f"log-probability cache {source} holds {array.dtype}, expected float32; it was not written by "
+            "save_logprobs, delete it and evaluate again"
+        )
+    return array
