@@ -49,6 +49,54 @@ def _cmd_tracks(args) -> int:
     return 0
 
 
+def _cmd_check(args) -> int:
+    from harness.method_spec import check_method
+
+    spec, problems = check_method(args.dir, args.tracks)
+    if problems:
+        print(f"{args.dir}: {len(problems)} problem(s):", file=sys.stderr)
+        for problem in problems:
+            print(f"  - {problem}", file=sys.stderr)
+        return 1
+    print(f"{spec.name}: ok (entry {spec.entry}, tracks {', '.join(spec.tracks)}, "
+          f"{len(spec.hparams)} hyperparameters)")
+    return 0
+
+
+def _parse_sets(items: list[str]) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SlowrunError(f"--set {item!r}: expected KEY=VALUE")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
+def _cmd_run(args) -> int:
+    from harness.runner import RunRequest, resume_run, run_method
+
+    if args.resume:
+        run_dir = resume_run(Path(args.resume), progress=not args.quiet)
+    else:
+        if not args.dir:
+            raise SlowrunError("give a method directory (slowrun run DIR) or --resume RUN_DIR")
+        run_dir = run_method(RunRequest(
+            method_dir=Path(args.dir), track=args.track, epochs=args.epochs, seed=args.seed,
+            overrides=_parse_sets(args.set), out=Path(args.out) if args.out else None,
+            data_dir=Path(args.data) if args.data else None, device=args.device, progress=not args.quiet,
+            track_files=tuple(args.tracks), compute_class=args.compute_class, eval_batch_size=args.eval_batch_size))
+    print(run_dir)
+    return 0
+
+
+def _cmd_eval(args) -> int:
+    from harness.runner import evaluate_existing
+
+    print(evaluate_existing(Path(args.run_dir), progress=not args.quiet))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slowrun", description=__doc__)
     parser.add_argument("--version", action="version", version=f"slowrun {__version__}")
@@ -71,6 +119,32 @@ def build_parser() -> argparse.ArgumentParser:
     q = data_sub.add_parser("info", help="print a prepared track's manifest and re-verify its hashes")
     q.add_argument("dir")
     q.set_defaults(func=_cmd_data_info)
+
+    p = sub.add_parser("check", help="validate a method directory and list every problem")
+    p.add_argument("dir")
+    p.add_argument("--tracks", action="append", default=[], metavar="FILE.toml", help=tracks_help)
+    p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("run", help="train a method under measured epoch accounting, evaluate it, write its record")
+    p.add_argument("dir", nargs="?", help="method directory")
+    p.add_argument("--track", default="synthetic")
+    p.add_argument("--tracks", action="append", default=[], metavar="FILE.toml", help=tracks_help)
+    p.add_argument("--epochs", type=float, default=4.0, help="the epoch budget (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a hyperparameter")
+    p.add_argument("--out", help="run folder (default runs/METHOD-TRACK-eE-sS-TIME)")
+    p.add_argument("--data", help="prepared data folder (default prepared/TRACK, prepared if missing)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--compute-class", help="label for the record (tiny, limited, two-hour, unlimited, cpu)")
+    p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run that was interrupted")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("eval", help="recompute a run's evaluation and record from its snapshots")
+    p.add_argument("run_dir")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_eval)
 
     p = sub.add_parser("tracks", help="list the known tracks")
     p.add_argument("--tracks", action="append", default=[], metavar="FILE.toml", help=tracks_help)

@@ -113,6 +113,16 @@ class Track:
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
+    @classmethod
+    def from_dict(cls, raw: dict) -> "Track":
+        """The inverse of to_dict (lists back to tuples), for specs that crossed a JSON file."""
+        source = dict(raw["source"])
+        source["paths"] = tuple(source.get("paths", ()))
+        source["synthetic"] = tuple(tuple(item) for item in source.get("synthetic", ()))
+        fields = {k: v for k, v in raw.items() if k not in ("source", "tokenizer", "defaults")}
+        return cls(source=SourceSpec(**source), tokenizer=TokenizerSpec(**raw["tokenizer"]),
+                   defaults=tuple(tuple(item) for item in raw.get("defaults", ())), **fields)
+
     def source_root(self) -> Path:
         return Path(self.source.base_dir) if self.source.base_dir else default_data_root()
 

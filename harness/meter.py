@@ -1,0 +1,159 @@
+"""Measured epoch accounting: the only door to training tokens.
+
+Every window a training stream yields is counted here before the method sees it; a request that would
+take the total past the budget raises `BudgetExhausted` instead. Epochs are measured, not claimed:
+epochs = training target tokens served by all streams / tokens in the training split (after the fitness
+carve). Teacher forwards and fitness reads are compute, not data passes: fitness reads are counted
+separately and never count as epochs.
+
+Each stream is an endless concatenation of epochs, each epoch the training documents in a fresh seeded
+order; windows of seq_len + 1 tokens are cut with a stride of seq_len (consecutive windows share one
+boundary token), so one pass over an epoch serves exactly as many targets as the split has tokens and
+"1 epoch" means every token was a target once. A stream's position is a pure function of how many
+windows it has served, which is what makes a run resumable from the meter's counts alone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from harness.data.store import TokenStore
+from harness.errors import SlowrunError
+
+
+class BudgetExhausted(SlowrunError):
+    """The method asked for training data past its epoch budget."""
+
+
+def stream_seed(run_seed: int, stream_id: str) -> int:
+    """A stable per-stream seed: independent orders for different streams, identical across runs."""
+    digest = hashlib.sha256(f"{run_seed}:{stream_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+@dataclass
+class MeterState:
+    """Everything needed to restore the accounting after a crash (JSON-able)."""
+
+    windows: dict[str, int] = field(default_factory=dict)  # windows served per stream
+    targets: dict[str, int] = field(default_factory=dict)  # target tokens served per stream
+    fitness_tokens: int = 0
+
+    def to_dict(self) -> dict:
+        return {"windows": dict(self.windows), "targets": dict(self.targets), "fitness_tokens": self.fitness_tokens}
+
+    @classmethod
+    def from_dict(cls, raw: dict) -> "MeterState":
+        return cls(dict(raw.get("windows", {})), dict(raw.get("targets", {})), int(raw.get("fitness_tokens", 0)))
+
+
+class Meter:
+    """Counts target tokens against the budget; knows nothing about models or methods."""
+
+    def __init__(self, epoch_tokens: int, seq_len: int, budget_epochs: float, state: MeterState | None = None,
+                 on_serve=None):
+        if epoch_tokens <= seq_len:
+            raise SlowrunError(f"the training split ({epoch_tokens} tokens) is shorter than one window")
+        self.epoch_tokens = int(epoch_tokens)
+        self.seq_len = int(seq_len)
+        self.budget_epochs = float(budget_epochs)
+        # integer arithmetic for the budget check; the epsilon absorbs float error in budget * tokens
+        self.allowed_targets = int(np.floor(self.budget_epochs * self.epoch_tokens + 1e-6))
+        self.state = state or MeterState()
+        self._on_serve = on_serve
+
+    @property
+    def total_targets(self) -> int:
+        return sum(self.state.targets.values())
+
+    @property
+    def epochs(self) -> float:
+        return self.total_targets / self.epoch_tokens
+
+    @property
+    def remaining_targets(self) -> int:
+        return self.allowed_targets - self.total_targets
+
+    def charge(self, stream_id: str, n_windows: int) -> None:
+        """Count `n_windows` windows for `stream_id`, or refuse if that would pass the budget."""
+        targets = n_windows * self.seq_len
+        if targets > self.remaining_targets:
+            raise BudgetExhausted(
+                f"stream {stream_id!r} asked for {n_windows} more window(s) ({targets:,} target tokens) but only "
+                f"{max(self.remaining_targets, 0):,} remain of the budget of {self.budget_epochs:g} epochs "
+                f"({self.allowed_targets:,} tokens); {self.epochs:.4f} epochs were served"
+            )
+        self.state.windows[stream_id] = self.state.windows.get(stream_id, 0) + n_windows
+        self.state.targets[stream_id] = self.state.targets.get(stream_id, 0) + targets
+        if self._on_serve is not None:
+            self._on_serve(targets)
+
+    def charge_fitness(self, tokens: int) -> None:
+        self.state.fitness_tokens += int(tokens)
+
+
+class TrainStream:
+    """An iterator of (inputs, targets) batches for one stream id; every batch is charged first.
+
+    Created through the run context only. Positions continue across re-creations of the same stream id,
+    so a method may ask for its stream again (e.g. after resuming) without replaying data.
+    """
+
+    def __init__(self, store: TokenStore, meter: Meter, stream_id: str, run_seed: int, batch_size: int):
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise SlowrunError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self._store = store
+        self._meter = meter
+        self.stream_id = stream_id
+        self.batch_size = batch_size
+        self._seed = stream_seed(run_seed, stream_id)
+        self._epoch_cache: dict[int, np.ndarray] = {}
+
+    @property
+    def windows_served(self) -> int:
+        return self._meter.state.windows.get(self.stream_id, 0)
+
+    def _epoch(self, epoch: int) -> np.ndarray:
+        if epoch not in self._epoch_cache:
+            if len(self._epoch_cache) >= 2:
+                self._epoch_cache.pop(min(self._epoch_cache))
+            self._epoch_cache[epoch] = self._store.epoch_tokens(self._seed, epoch)
+        return self._epoch_cache[epoch]
+
+    def _window(self, index: int, out: np.ndarray) -> None:
+        """Window `index` of the endless stream: tokens [index * T, index * T + T + 1) across epochs."""
+        n = self._store.n_tokens
+        start = index * self._meter.seq_len
+        filled = 0
+        width = out.shape[0]
+        while filled < width:
+            epoch, offset = divmod(start + filled, n)
+            chunk = self._epoch(epoch)[offset : offset + width - filled]
+            out[filled : filled + chunk.shape[0]] = chunk
+            filled += chunk.shape[0]
+
+    def next_batch(self):
+        import torch
+
+        first = self.windows_served
+        self._meter.charge(self.stream_id, self.batch_size)
+        width = self._meter.seq_len + 1
+        batch = np.empty((self.batch_size, width), dtype=np.int64)
+        for row in range(self.batch_size):
+            self._window(first + row, batch[row])
+        tensor = torch.from_numpy(batch)
+        return tensor[:, :-1], tensor[:, 1:]
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.next_batch()
+
+    @property
+    def epoch(self) -> float:
+        """How far this stream has read, in passes over the training split."""
+        return self.windows_served * self._meter.seq_len / self._store.n_tokens

@@ -1,0 +1,272 @@
+"""A method directory's `method.toml`: its schema, and `slowrun check`, which reports every problem at once.
+
+    [method]
+    name = "single_model"
+    description = "One GPT trained for the whole budget."
+    authors = ["..."]
+    entry = "train:main"          # module (a .py file in the directory) and function taking a RunContext
+    tracks = ["*"]                # track names, or "*" for any
+
+    [hparams]                     # defaults; `slowrun run --set key=value` overrides, typed by the default
+    lr = 0.003
+
+    [track_hparams.webtext]       # per-track defaults, same keys and types as [hparams]
+    lr = 0.002
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import inspect
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping
+
+from harness.errors import SlowrunError
+from harness.tracks import available_tracks
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+METHOD_FILE = "method.toml"
+_SCALARS = (bool, int, float, str)
+_METHOD_KEYS = {"name", "description", "authors", "entry", "tracks"}
+
+
+class MethodError(SlowrunError):
+    """A method directory cannot be run; the message lists every problem found."""
+
+    def __init__(self, folder: Path, problems: list[str]):
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"{folder / METHOD_FILE}: {len(problems)} problem(s):\n{lines}")
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    folder: Path
+    name: str
+    description: str
+    authors: tuple[str, ...]
+    entry: str
+    tracks: tuple[str, ...]
+    hparams: tuple[tuple[str, Any], ...]
+    track_hparams: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+
+    def supports(self, track: str) -> bool:
+        return "*" in self.tracks or track in self.tracks
+
+    def resolved_hparams(self, track: str, overrides: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Defaults, then the track's defaults, then `overrides` (strings from the command line, typed by
+        the defaults). Raises MethodError naming every bad override."""
+        values = dict(self.hparams)
+        values.update(dict(dict(self.track_hparams).get(track, ())))
+        problems = []
+        for key, text in (overrides or {}).items():
+            if key not in values:
+                problems.append(f"--set {key}: unknown hyperparameter; known: {', '.join(sorted(values))}")
+                continue
+            try:
+                values[key] = parse_like(values[key], text)
+            except ValueError as exc:
+                problems.append(f"--set {key}={text}: {exc}")
+        if problems:
+            raise MethodError(self.folder, problems)
+        return values
+
+
+def parse_like(default: Any, text: Any) -> Any:
+    """Parse a command-line string into the default's type."""
+    if not isinstance(text, str):
+        return text
+    if isinstance(default, bool):
+        if text.lower() in ("1", "true", "yes", "on"):
+            return True
+        if text.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValueError("expected true or false")
+    if isinstance(default, int):
+        try:
+            return int(text)
+        except ValueError:
+            raise ValueError("expected an integer") from None
+    if isinstance(default, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError("expected a number") from None
+    if isinstance(default, list):
+        return [parse_like(default[0], part) if default else part for part in text.split(",")]
+    return text
+
+
+def _type_name(value: Any) -> str:
+    return "number" if isinstance(value, float) else type(value).__name__
+
+
+def _check_value(key: str, value: Any, problems: list[str], where: str) -> None:
+    ok = isinstance(value, _SCALARS) or (isinstance(value, list) and all(isinstance(v, _SCALARS) for v in value))
+    if not ok:
+        problems.append(f"{where}.{key}: must be a number, string, boolean or a list of them")
+
+
+def _same_type(default: Any, value: Any) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return type(default) is type(value)
+
+
+def method_hash(folder: Path) -> str:
+    """sha256 over every file of the method (relative path and bytes), ignoring caches and hidden files."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_dir() or any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        if path.suffix in (".pyc", ".pyo"):
+            continue
+        digest.update(str(rel.as_posix()).encode() + b"\0")
+        digest.update(path.read_bytes())
+        digest.update(b"\0")
+    return "sha256:" + digest.hexdigest()
+
+
+def import_entry(folder: Path, entry: str):
+    """Import the entry function with the method directory first on sys.path (its own modules win)."""
+    module_name, _, function = entry.partition(":")
+    folder = folder.resolve()
+    folder_str = str(folder)
+    if folder_str in sys.path:
+        sys.path.remove(folder_str)
+    sys.path.insert(0, folder_str)
+    _forget_foreign_modules(folder)
+    module = importlib.import_module(module_name)
+    return getattr(module, function)
+
+
+def _forget_foreign_modules(folder: Path) -> None:
+    """Drop cached modules that share a name with this method's modules but live elsewhere (another
+    method's `train`, say), so the import below finds this directory's own files."""
+    names = {p.stem for p in folder.glob("*.py")} | {p.parent.name for p in folder.glob("*/__init__.py")}
+    for name in list(sys.modules):
+        top = name.split(".")[0]
+        if top not in names:
+            continue
+        file = getattr(sys.modules[name], "__file__", None)
+        if file is None or not Path(file).resolve().is_relative_to(folder):
+            del sys.modules[name]
+
+
+def check_method(folder: str | Path, track_files: tuple[str, ...] | list[str] = (),
+                 import_check: bool = True) -> tuple[MethodSpec | None, list[str]]:
+    """Parse and validate a method directory; returns (spec or None, every problem found)."""
+    folder = Path(folder)
+    path = folder / METHOD_FILE
+    if not folder.is_dir():
+        return None, [f"{folder}: not a directory"]
+    if not path.is_file():
+        return None, [f"{path}: missing; a method directory needs a method.toml"]
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        return None, [f"{path}: not valid TOML ({exc})"]
+
+    problems: list[str] = []
+    unknown_tables = sorted(set(data) - {"method", "hparams", "track_hparams"})
+    if unknown_tables:
+        problems.append(f"unknown table(s) {', '.join(unknown_tables)}; allowed: method, hparams, track_hparams")
+    method = data.get("method")
+    if not isinstance(method, dict):
+        problems.append("[method]: missing table")
+        method = {}
+    for key in sorted(set(method) - _METHOD_KEYS):
+        problems.append(f"[method].{key}: unknown key; allowed: {', '.join(sorted(_METHOD_KEYS))}")
+    name = method.get("name")
+    if not isinstance(name, str) or not name.strip():
+        problems.append("[method].name: missing (a non-empty string)")
+    description = method.get("description", "")
+    if not isinstance(description, str):
+        problems.append("[method].description: must be a string")
+    authors = method.get("authors", [])
+    if not isinstance(authors, list) or not all(isinstance(a, str) for a in authors):
+        problems.append("[method].authors: must be a list of strings")
+        authors = []
+    tracks = method.get("tracks", ["*"])
+    if not isinstance(tracks, list) or not all(isinstance(t, str) for t in tracks) or not tracks:
+        problems.append('[method].tracks: must be a non-empty list of track names (or ["*"])')
+        tracks = ["*"]
+    else:
+        try:
+            known = available_tracks(track_files)
+        except SlowrunError as exc:
+            problems.append(str(exc))
+            known = {}
+        for track in tracks:
+            if track != "*" and known and track not in known:
+                problems.append(f"[method].tracks: unknown track {track!r}; known: {', '.join(sorted(known))}")
+
+    entry = method.get("entry")
+    if not isinstance(entry, str) or entry.count(":") != 1 or not all(entry.split(":")):
+        problems.append("[method].entry: missing or malformed; expected 'module:function', e.g. 'train:main'")
+    elif import_check:
+        problems.extend(_check_entry(folder, entry))
+
+    hparams = data.get("hparams", {})
+    if not isinstance(hparams, dict):
+        problems.append("[hparams]: must be a table")
+        hparams = {}
+    for key, value in hparams.items():
+        _check_value(key, value, problems, "[hparams]")
+    track_hparams = data.get("track_hparams", {})
+    if not isinstance(track_hparams, dict):
+        problems.append("[track_hparams]: must be a table of tables, e.g. [track_hparams.webtext]")
+        track_hparams = {}
+    for track, table in track_hparams.items():
+        where = f"[track_hparams.{track}]"
+        if not isinstance(table, dict):
+            problems.append(f"{where}: must be a table")
+            continue
+        for key, value in table.items():
+            if key not in hparams:
+                problems.append(f"{where}.{key}: not in [hparams]; declare its default there first")
+            elif not _same_type(hparams[key], value):
+                problems.append(f"{where}.{key}: is {_type_name(value)}, but the default in [hparams] is "
+                                f"{_type_name(hparams[key])}")
+
+    if problems:
+        return None, problems
+    spec = MethodSpec(
+        folder=folder.resolve(), name=name.strip(), description=description, authors=tuple(authors), entry=entry,
+        tracks=tuple(tracks), hparams=tuple(sorted(hparams.items())),
+        track_hparams=tuple(sorted((t, tuple(sorted(v.items()))) for t, v in track_hparams.items())),
+    )
+    return spec, []
+
+
+def _check_entry(folder: Path, entry: str) -> list[str]:
+    module_name, function = entry.split(":")
+    module_file = folder / (module_name.replace(".", "/") + ".py")
+    package_init = folder / module_name.replace(".", "/") / "__init__.py"
+    if not module_file.is_file() and not package_init.is_file():
+        return [f"[method].entry: module {module_name!r} not found ({module_file.name} is not in {folder})"]
+    try:
+        fn = import_entry(folder, entry)
+    except AttributeError:
+        return [f"[method].entry: {module_file.name} has no function {function!r}"]
+    except Exception as exc:  # any import-time error of the method's code
+        return [f"[method].entry: importing {module_name!r} fails: {type(exc).__name__}: {exc}"]
+    if not callable(fn):
+        return [f"[method].entry: {entry} is not a function"]
+    try:
+        inspect.signature(fn).bind(object())
+    except TypeError:
+        return [f"[method].entry: {entry} must take exactly one argument, the RunContext"]
+    except ValueError:
+        pass  # builtins without a signature: let the run decide
+    return []

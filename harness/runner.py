@@ -1,0 +1,258 @@
+"""Run a method directory: check it, give it the training data in its own process, evaluate, record.
+
+    run_method(RunRequest(...))  ->  RUN_DIR/record.json
+    resume_run(RUN_DIR)          continue a run that was killed, from its last checkpoint
+    evaluate_existing(RUN_DIR)   recompute the evaluation and the record from the snapshots
+
+The run folder holds: `run.json` (the full spec), `worker.json` (what the method's process may know),
+`train_data/` (links to the training split only), `snapshots/`, `metrics.jsonl`, `checkpoint/`,
+`train_result.json` (written by the method's process), `eval/` (per-token caches) and `record.json`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.data.manifest import MANIFEST, read_manifest
+from harness.errors import SlowrunError
+from harness.evaluation import evaluate_run
+from harness.method_spec import MethodError, MethodSpec, check_method, method_hash
+from harness.provenance import environment
+from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic
+from harness.tracks import Track, get_track
+from harness.worker import TRAIN_RESULT, WORKER_SPEC
+
+RUN_SPEC = "run.json"
+RECORD = "record.json"
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    method_dir: Path
+    track: str = "synthetic"
+    epochs: float = 4.0
+    seed: int = 0
+    overrides: tuple[tuple[str, str], ...] = ()
+    out: Path | None = None
+    data_dir: Path | None = None
+    device: str = "cpu"
+    progress: bool = True
+    track_files: tuple[str, ...] = ()
+    compute_class: str | None = None
+    eval_batch_size: int = 16
+    runs_root: Path = field(default=Path("runs"))
+
+
+def default_data_dir(track: str) -> Path:
+    return Path("prepared") / track
+
+
+def ensure_prepared(track: Track, data_dir: Path | None, progress: bool) -> Path:
+    """The prepared data folder for `track`, preparing it first when it does not exist yet."""
+    from harness.data.prepare import prepare_track
+
+    folder = Path(data_dir) if data_dir else default_data_dir(track.name)
+    if not (folder / MANIFEST).exists():
+        print(f"preparing track {track.name!r} into {folder}", file=sys.stderr)
+        prepare_track(track, folder, progress=progress)
+    manifest = read_manifest(folder)
+    if manifest["track"]["name"] != track.name or manifest["seq_len"] != track.seq_len:
+        raise SlowrunError(f"{folder}: holds track {manifest['track']['name']!r} (seq_len {manifest['seq_len']}), "
+                           f"not {track.name!r}; pass the right --data folder")
+    return folder
+
+
+def _link_training_split(data_dir: Path, target: Path) -> None:
+    """Give the method's process the training split only: hard links (copies across filesystems) and a
+    manifest without the validation split, so the method is never told where validation lives."""
+    manifest = read_manifest(data_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    train = manifest["splits"]["train"]
+    for name in (train["tokens_file"], train["docs_file"]):
+        dest = target / name
+        if dest.exists():
+            continue
+        try:
+            os.link(data_dir / name, dest)
+        except OSError:
+            shutil.copyfile(data_dir / name, dest)
+    reduced = {k: v for k, v in manifest.items() if k not in ("splits", "best_val_loss", "best_val_loss_definition")}
+    reduced["splits"] = {"train": train}
+    (target / MANIFEST).write_text(json.dumps(reduced, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _run_id(spec: MethodSpec, track: str, epochs: float, seed: int) -> str:
+    stamp = utc_timestamp().replace(":", "").replace("-", "")
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", spec.name)
+    return f"{safe}-{track}-e{epochs:g}-s{seed}-{stamp}"
+
+
+def prepare_run(req: RunRequest) -> Path:
+    """Check the method, resolve data and hyperparameters, and lay out a new run folder."""
+    spec, problems = check_method(req.method_dir, req.track_files)
+    if problems:
+        raise MethodError(Path(req.method_dir), problems)
+    track = get_track(req.track, req.track_files)
+    if not spec.supports(track.name):
+        raise SlowrunError(f"method {spec.name!r} does not list track {track.name!r} (it lists "
+                           f"{', '.join(spec.tracks)}); add it to [method].tracks in method.toml")
+    if not (req.epochs > 0):
+        raise SlowrunError(f"--epochs must be positive, got {req.epochs}")
+    hparams = spec.resolved_hparams(track.name, dict(req.overrides))
+    data_dir = ensure_prepared(track, req.data_dir, req.progress).resolve()
+    manifest = read_manifest(data_dir)
+    run_id = _run_id(spec, track.name, req.epochs, req.seed)
+    run_dir = Path(req.out) if req.out else Path(req.runs_root) / run_id
+    if run_dir.exists() and any(run_dir.iterdir()):
+        raise SlowrunError(f"{run_dir}: already exists; choose another --out or use --resume {run_dir}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _link_training_split(data_dir, run_dir / "train_data")
+    common = {"track": track.to_dict(), "budget": float(req.epochs), "seed": int(req.seed), "hparams": hparams,
+              "device": req.device, "method_dir": str(spec.folder), "entry": spec.entry,
+              "fitness_docs": manifest["fitness"]["documents"]}
+    _write_json(run_dir / WORKER_SPEC, common)
+    _write_json(run_dir / RUN_SPEC, {
+        **common, "run_id": run_dir.name if req.out else run_id, "created": utc_timestamp(),
+        "data_dir": str(data_dir), "data_hash": manifest["data_hash"],
+        "method": {"name": spec.name, "description": spec.description, "authors": list(spec.authors),
+                   "entry": spec.entry, "hash": method_hash(spec.folder)},
+        "tokenizer": manifest["tokenizer"]["kind"], "vocab_size": manifest["tokenizer"]["vocab_size"],
+        "val_tokens": manifest["splits"]["val"]["tokens"], "train_tokens": manifest["splits"]["train"]["tokens"],
+        "compute_class": req.compute_class or ("cpu" if req.device == "cpu" else "unlimited"),
+        "eval_batch_size": req.eval_batch_size,
+    })
+    return run_dir
+
+
+def _write_json(path: Path, obj: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def launch_worker(run_dir: Path, resume: bool, progress: bool) -> int:
+    """Run the method in a child process; returns its exit code (the result file says how it ended)."""
+    command = [sys.executable, "-m", "harness.worker", str(run_dir)]
+    if resume:
+        command.append("--resume")
+    if not progress:
+        command.append("--no-progress")
+    env = dict(os.environ)
+    project_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
+    return subprocess.run(command, env=env).returncode
+
+
+def run_method(req: RunRequest) -> Path:
+    run_dir = prepare_run(req)
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    started = time.monotonic()
+    code = launch_worker(run_dir, resume=False, progress=req.progress)
+    finish_run(run_dir, worker_exit=code, wall_s=time.monotonic() - started, progress=req.progress)
+    return run_dir
+
+
+def resume_run(run_dir: Path, progress: bool = True) -> Path:
+    run_dir = Path(run_dir)
+    if not (run_dir / RUN_SPEC).exists():
+        raise SlowrunError(f"{run_dir}: not a run folder (no {RUN_SPEC})")
+    (run_dir / TRAIN_RESULT).unlink(missing_ok=True)
+    (run_dir / RECORD).unlink(missing_ok=True)
+    started = time.monotonic()
+    code = launch_worker(run_dir, resume=True, progress=progress)
+    finish_run(run_dir, worker_exit=code, wall_s=time.monotonic() - started, progress=progress)
+    return run_dir
+
+
+def evaluate_existing(run_dir: Path, progress: bool = True) -> Path:
+    """Recompute the evaluation and rewrite the record from the snapshots, without re-training."""
+    run_dir = Path(run_dir)
+    if not (run_dir / TRAIN_RESULT).exists():
+        raise SlowrunError(f"{run_dir}: no {TRAIN_RESULT}; the run never finished training (use --resume)")
+    finish_run(run_dir, worker_exit=0, wall_s=None, progress=progress)
+    return run_dir
+
+
+def finish_run(run_dir: Path, worker_exit: int, wall_s: float | None, progress: bool) -> dict:
+    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
+    result_path = run_dir / TRAIN_RESULT
+    if result_path.exists():
+        train = json.loads(result_path.read_text(encoding="utf-8"))
+    else:
+        train = {"status": "failed", "error": {
+            "type": "WorkerDied", "message": f"the method's process exited with code {worker_exit} before "
+            "reporting (killed, out of memory, or a crash in native code); resume with slowrun run --resume",
+            "traceback": ""}, "meter": {"targets": {}, "windows": {}, "fitness_tokens": 0}, "epochs": 0.0,
+            "train_tokens": 0, "ensemble": None, "snapshots": [], "train_s": wall_s or 0.0}
+    track = Track.from_dict(spec["track"])
+    eval_started = time.monotonic()
+    evaluation = evaluate_run(run_dir, Path(spec["data_dir"]), track.seq_len, train.get("ensemble"),
+                              track.reference_curve, batch_size=spec.get("eval_batch_size", 16),
+                              device=spec["device"], progress=progress)
+    eval_s = time.monotonic() - eval_started
+    record = build_record(spec, train, evaluation, eval_s, wall_s)
+    write_record_atomic(run_dir / RECORD, record)
+    _print_summary(run_dir, record)
+    return record
+
+
+def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_s: float | None) -> dict:
+    meter = train["meter"]
+    status = train["status"]
+    if status == "ok" and evaluation["result"] is None:
+        status, train["error"] = "invalid", {"type": "NoSnapshots", "message": "the method saved no snapshot, so "
+                                             "there is nothing to evaluate", "traceback": ""}
+    train_s = float(train.get("train_s", 0.0))
+    other_s = max(0.0, (wall_s or 0.0) - train_s) if wall_s else 0.0
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": spec["run_id"],
+        "created": utc_timestamp(),
+        "status": status,
+        "error": train.get("error"),
+        "method": spec["method"],
+        "track": {"name": spec["track"]["name"], "data_hash": spec["data_hash"],
+                  "train_tokens": spec["train_tokens"], "val_tokens": spec["val_tokens"],
+                  "seq_len": spec["track"]["seq_len"], "vocab_size": spec["vocab_size"],
+                  "tokenizer": spec["tokenizer"]},
+        "budget_epochs": spec["budget"],
+        "seed": spec["seed"],
+        "hparams": spec["hparams"],
+        "metered": {"epochs": float(train["epochs"]), "train_tokens": int(train["train_tokens"]),
+                    "per_stream": dict(meter.get("targets", {})), "fitness_tokens": int(meter.get("fitness_tokens", 0)),
+                    "epoch_tokens": train.get("epoch_tokens")},
+        "snapshots": evaluation["snapshots"],
+        "ensemble": evaluation["ensemble"],
+        "result": evaluation["result"],
+        "k_sweep": evaluation["k_sweep"],
+        "curve": evaluation["curve"],
+        "prior": evaluation["prior"],
+        "downstream": None,
+        "timings": {"train_s": train_s, "eval_s": eval_s, "other_s": other_s},
+        "compute": {"class": spec["compute_class"], "device": spec["device"], "world_size": 1},
+        "environment": environment(spec["device"]),
+    }
+
+
+def _print_summary(run_dir: Path, record: dict) -> None:
+    lines = [f"status {record['status']}, {record['metered']['epochs']:.3f} epochs metered, "
+             f"{len(record['snapshots'])} snapshot(s)"]
+    if record["error"]:
+        lines.append(f"error: {record['error']['type']}: {record['error']['message']}")
+    if record["result"]:
+        r = record["result"]
+        eff = r["data_efficiency"]
+        eff_text = f"{eff['multiplier']:.2f}x" if eff["multiplier"] is not None else (eff["bound"] or eff["flag"])
+        bpb = f", {r['val_bpb']:.4f} bits/byte" if r["val_bpb"] is not None else ""
+        lines.append(f"val loss {r['val_loss']:.4f} nats/token{bpb}, ensemble of {r['ensemble_size']}, "
+                     f"data efficiency {eff_text}")
+    lines.append(f"record: {run_dir / RECORD}")
+    print("\n".join(lines), file=sys.stderr)

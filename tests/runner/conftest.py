@@ -1,0 +1,60 @@
+"""Fixtures for runner tests: a prepared synthetic track and method directories written on the fly."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from harness.data.prepare import prepare_track
+from harness.tracks import get_track
+
+METHOD_TOML = """
+[method]
+name = "{name}"
+description = "test method"
+authors = ["tests"]
+entry = "train:main"
+tracks = ["*"]
+
+[hparams]
+lr = 0.5
+steps = 0
+"""
+
+PRELUDE = """
+import math
+import torch
+import torch.nn.functional as F
+from tests.runner.tiny_model import Bigram
+
+def step(model, opt, inputs, targets):
+    opt.zero_grad()
+    loss = F.cross_entropy(model(inputs).reshape(-1, model.vocab_size), targets.reshape(-1))
+    loss.backward()
+    opt.step()
+    return loss.item()
+"""
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("prepared") / "synthetic"
+    prepare_track(get_track("synthetic"), out, progress=False)
+    return out
+
+
+@pytest.fixture
+def make_method(tmp_path):
+    """Write a method directory whose train.py body is `body` (indented into main(ctx))."""
+
+    def make(body: str, name: str = "tiny") -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "method.toml").write_text(METHOD_TOML.format(name=name))
+        code = PRELUDE + "\n\ndef main(ctx):\n" + textwrap.indent(textwrap.dedent(body), "    ")
+        (folder / "train.py").write_text(code)
+        return folder
+
+    return make

@@ -1,0 +1,75 @@
+"""`slowrun check`: every problem of a broken method directory at once."""
+
+from __future__ import annotations
+
+from harness.cli import main
+from harness.method_spec import check_method, method_hash
+
+BROKEN = """
+[method]
+description = 3
+entry = "missing_module:main"
+tracks = ["synthetic", "no-such-track"]
+colour = "red"
+
+[hparams]
+lr = 0.1
+layers = 4
+bad = {nested = 1}
+
+[track_hparams.synthetic]
+lr = "fast"
+depth = 2
+"""
+
+
+def test_broken_method_lists_every_problem(tmp_path, capsys):
+    (tmp_path / "method.toml").write_text(BROKEN)
+    spec, problems = check_method(tmp_path)
+    text = "\n".join(problems)
+    assert spec is None
+    for expected in ("[method].colour: unknown key", "[method].name: missing", "[method].description: must be a string",
+                     "unknown track 'no-such-track'", "module 'missing_module' not found", "[hparams].bad",
+                     "[track_hparams.synthetic].lr: is str, but the default in [hparams] is number",
+                     "[track_hparams.synthetic].depth: not in [hparams]"):
+        assert expected in text, expected
+    assert main(["check", str(tmp_path)]) == 1
+    assert "8 problem(s)" in capsys.readouterr().err
+
+
+def test_entry_that_fails_to_import_or_has_wrong_signature(tmp_path):
+    (tmp_path / "method.toml").write_text('[method]\nname = "m"\nentry = "train:main"\n')
+    (tmp_path / "train.py").write_text("import not_a_real_package\n")
+    assert "importing 'train' fails: ModuleNotFoundError" in check_method(tmp_path)[1][0]
+    (tmp_path / "train.py").write_text("def main():\n    pass\n")
+    assert "must take exactly one argument" in check_method(tmp_path)[1][0]
+
+
+def test_the_shipped_methods_pass(capsys):
+    assert main(["check", "submissions/single_model"]) == 0
+    assert "single_model: ok" in capsys.readouterr().out
+
+
+def test_hparam_overrides_are_typed_by_their_defaults(tmp_path):
+    import pytest
+
+    from harness.method_spec import MethodError
+
+    spec, _ = check_method("submissions/single_model")
+    values = spec.resolved_hparams("synthetic", {"lr": "0.01", "batch_size": "4", "mlp": "swiglu"})
+    assert values["lr"] == 0.01 and values["batch_size"] == 4 and values["mlp"] == "swiglu"
+    assert spec.resolved_hparams("fineweb")["d_model"] == 768  # the track's own default
+    with pytest.raises(MethodError, match="batch_size=four: expected an integer"):
+        spec.resolved_hparams("synthetic", {"batch_size": "four"})
+    with pytest.raises(MethodError, match="unknown hyperparameter"):
+        spec.resolved_hparams("synthetic", {"lrr": "1"})
+
+
+def test_method_hash_follows_content(tmp_path):
+    (tmp_path / "a.py").write_text("x = 1\n")
+    first = method_hash(tmp_path)
+    (tmp_path / "__pycache__").mkdir()
+    (tmp_path / "__pycache__" / "a.cpython.pyc").write_bytes(b"junk")
+    assert method_hash(tmp_path) == first
+    (tmp_path / "a.py").write_text("x = 2\n")
+    assert method_hash(tmp_path) != first

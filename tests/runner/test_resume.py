@@ -1,0 +1,56 @@
+"""kill -9 in the middle of a run, then --resume: the same run as one that was never interrupted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from harness.runner import RunRequest, prepare_run, resume_run, run_method
+
+TINY = (("d_model", "32"), ("n_layer", "1"), ("n_head", "2"), ("batch_size", "8"), ("log_every", "1"),
+        ("warmup_steps", "5"))
+
+
+def losses(run_dir: Path) -> list[float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line["loss"] for line in lines if "loss" in line]
+
+
+def test_kill_and_resume_equals_uninterrupted(synthetic_data, tmp_path):
+    request = RunRequest(method_dir=Path("submissions/single_model"), epochs=3.0, seed=3, overrides=TINY,
+                         data_dir=synthetic_data, progress=False)
+    straight = run_method(RunRequest(**{**request.__dict__, "out": tmp_path / "straight"}))
+
+    run_dir = prepare_run(RunRequest(**{**request.__dict__, "out": tmp_path / "killed"}))
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
+    worker = subprocess.Popen([sys.executable, "-m", "harness.worker", str(run_dir), "--no-progress"], env=env)
+    metrics = run_dir / "metrics.jsonl"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and worker.poll() is None:
+        text = metrics.read_text() if metrics.exists() else ""
+        if (run_dir / "checkpoint" / "state.pt").exists() and text.count('"event": "snapshot"') == 1 \
+                and text.count("\n") > 80:
+            break
+        time.sleep(0.05)
+    assert worker.poll() is None, "the run ended before it could be killed"
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    assert not (run_dir / "train_result.json").exists()
+    resume_run(run_dir, progress=False)
+
+    a = json.loads((straight / "record.json").read_text())
+    b = json.loads((run_dir / "record.json").read_text())
+    assert b["status"] == a["status"] == "ok"
+    assert b["metered"] == a["metered"]
+    assert [s["tag"] for s in b["snapshots"]] == [s["tag"] for s in a["snapshots"]]
+    assert losses(run_dir) == losses(straight)  # bitwise: floats compared exactly
+    for snap in a["snapshots"]:
+        weights_a = (straight / "snapshots" / snap["tag"] / "model.safetensors").read_bytes()
+        weights_b = (run_dir / "snapshots" / snap["tag"] / "model.safetensors").read_bytes()
+        assert weights_a == weights_b, snap["tag"]
+    assert b["result"]["val_loss"] == a["result"]["val_loss"]

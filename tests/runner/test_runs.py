@@ -1,0 +1,119 @@
+"""Runs end to end: statuses, budget enforcement, and what the method's process can see."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from harness.records import validate_record
+from harness.runner import RunRequest, run_method
+
+TRAIN_ONE_EPOCH = """
+torch.manual_seed(ctx.seed)
+model = Bigram(ctx.vocab_size)
+opt = torch.optim.SGD(model.parameters(), lr=ctx.hparams["lr"])
+stream = ctx.train_stream("main", batch_size=16)
+while ctx.remaining_epochs * ctx.epoch_tokens >= 16 * ctx.seq_len and ctx.epochs < 1.0:
+    inputs, targets = next(stream)
+    ctx.log(loss=step(model, opt, inputs, targets))
+ctx.save_snapshot(model, "first")
+"""
+
+
+def run(method, data, epochs=2.0, **kw):
+    run_dir = run_method(RunRequest(method_dir=method, track="synthetic", epochs=epochs, data_dir=data,
+                                    out=method.parent / f"run-{method.name}", progress=False, **kw))
+    record = json.loads((run_dir / "record.json").read_text())
+    assert validate_record(record) == []
+    return run_dir, record
+
+
+def test_budget_exceeded_keeps_earlier_snapshots(make_method, synthetic_data):
+    method = make_method(TRAIN_ONE_EPOCH + """
+while True:  # one window too many, eventually
+    inputs, targets = next(stream)
+    step(model, opt, inputs, targets)
+""")
+    run_dir, record = run(method, synthetic_data, epochs=2.0)
+    assert record["status"] == "budget-exceeded"
+    assert "BudgetExhausted" == record["error"]["type"]
+    assert record["metered"]["epochs"] <= 2.0
+    # the refused batch was not served: what is left is less than one batch
+    epoch_tokens = record["metered"]["epoch_tokens"]
+    assert (2.0 * epoch_tokens) - record["metered"]["train_tokens"] < 16 * 128
+    assert [s["tag"] for s in record["snapshots"]] == ["first"]
+    assert record["result"]["val_loss"] < 6.2  # the kept snapshot was evaluated (log 512 = 6.24)
+
+
+def test_streams_share_one_budget(make_method, synthetic_data):
+    method = make_method("""
+model = Bigram(ctx.vocab_size)
+a = ctx.train_stream("a", batch_size=8)
+b = ctx.train_stream("b", batch_size=8)
+for _ in range(10 ** 6):
+    next(a); next(b)
+""")
+    _, record = run(method, synthetic_data, epochs=1.0)
+    assert record["status"] == "budget-exceeded"
+    per_stream = record["metered"]["per_stream"]
+    assert abs(per_stream["a"] - per_stream["b"]) <= 8 * 128
+    assert sum(per_stream.values()) == record["metered"]["train_tokens"] <= record["metered"]["epoch_tokens"]
+
+
+def test_crash_gives_failed_record_with_the_error(make_method, synthetic_data):
+    method = make_method(TRAIN_ONE_EPOCH + 'raise RuntimeError("optimizer exploded on purpose")\n')
+    _, record = run(method, synthetic_data, epochs=2.0)
+    assert record["status"] == "failed"
+    assert record["error"]["type"] == "RuntimeError"
+    assert "optimizer exploded on purpose" in record["error"]["message"]
+    assert "train.py" in record["error"]["traceback"]
+    assert [s["tag"] for s in record["snapshots"]] == ["first"]
+
+
+def test_nan_loss_stops_the_run_as_diverged(make_method, synthetic_data):
+    method = make_method("""
+stream = ctx.train_stream("main", batch_size=4)
+next(stream)
+ctx.log(loss=float("nan"))
+raise AssertionError("not reached")
+""")
+    _, record = run(method, synthetic_data, epochs=1.0)
+    assert record["status"] == "diverged"
+    assert "nan" in record["error"]["message"]
+    assert record["result"] is None
+
+
+def test_method_that_saves_nothing_is_invalid(make_method, synthetic_data):
+    method = make_method("next(ctx.train_stream('main', 2))\n")
+    _, record = run(method, synthetic_data, epochs=1.0)
+    assert record["status"] == "invalid" and "no snapshot" in record["error"]["message"]
+
+
+def test_the_method_process_never_sees_validation(make_method, synthetic_data):
+    method = make_method("""
+import json, os, pathlib
+seen = {"attrs": sorted(vars(ctx)), "cwd_files": sorted(os.listdir(ctx.scratch_dir.parent / "train_data"))}
+pathlib.Path(ctx.scratch_dir / "seen.json").write_text(json.dumps(seen))
+""" + TRAIN_ONE_EPOCH)
+    run_dir, record = run(method, synthetic_data, epochs=2.0)
+    assert record["status"] == "ok"
+    seen = json.loads((run_dir / "scratch" / "seen.json").read_text())
+    assert not any("val" in name for name in seen["cwd_files"])
+    manifest = json.loads((run_dir / "train_data" / "manifest.json").read_text())
+    assert list(manifest["splits"]) == ["train"]
+    worker_spec = (run_dir / "worker.json").read_text()
+    assert str(synthetic_data) not in worker_spec
+    # fitness windows are not training: reading them costs no epochs
+    assert record["metered"]["fitness_tokens"] == 0
+
+
+def test_record_carries_provenance(make_method, synthetic_data):
+    method = make_method(TRAIN_ONE_EPOCH)
+    _, record = run(method, synthetic_data, epochs=2.0)
+    assert record["method"]["hash"].startswith("sha256:")
+    manifest = json.loads((synthetic_data / "manifest.json").read_text())
+    assert record["track"]["data_hash"] == manifest["data_hash"]
+    assert record["environment"]["torch"] and record["environment"]["harness_version"]
+    # the record's epochs come from the meter, whatever the method logs
+    assert abs(record["metered"]["epochs"] - record["metered"]["train_tokens"] / record["metered"]["epoch_tokens"]) < 1e-12
