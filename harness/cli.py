@@ -97,6 +97,18 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_calibrate(args) -> int:
+    from harness.calibrate import CalibrationRequest, calibrate
+
+    factors = tuple(int(f) for f in args.factors.split(","))
+    calibrate(CalibrationRequest(
+        track=args.track, factors=factors, epochs=args.epochs, method_dir=Path(args.method), seed=args.seed,
+        overrides=_parse_sets(args.set), data_dir=Path(args.data) if args.data else None,
+        work_dir=Path(args.work_dir), out=Path(args.out) if args.out else None, track_files=tuple(args.tracks),
+        progress=not args.quiet))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="slowrun", description=__doc__)
     parser.add_argument("--version", action="version", version=f"slowrun {__version__}")
@@ -145,6 +157,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)
+
+    from harness.calibrate import DEFAULT_METHOD
+
+    p = sub.add_parser("calibrate", help="measure a small track's reference curve on growing fresh data")
+    p.add_argument("--track", required=True)
+    p.add_argument("--tracks", action="append", default=[], metavar="FILE.toml", help=tracks_help)
+    p.add_argument("--factors", default="1,2,4,8", help="multiples of the training tokens (default 1,2,4,8)")
+    p.add_argument("--epochs", type=float, default=1.0, help="passes over each fresh-data set (default 1)")
+    p.add_argument("--method", default=str(DEFAULT_METHOD), help="the baseline method directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    p.add_argument("--data", help="the track's prepared folder (default prepared/TRACK)")
+    p.add_argument("--work-dir", default="calibration", help="where the larger preparations and runs go")
+    p.add_argument("--out", help="curve file (default: the track's curve in harness/reference_curves/)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("tracks", help="list the known tracks")
     p.add_argument("--tracks", action="append", default=[], metavar="FILE.toml", help=tracks_help)

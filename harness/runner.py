@@ -49,6 +49,7 @@ class RunRequest:
     compute_class: str | None = None
     eval_batch_size: int = 16
     runs_root: Path = field(default=Path("runs"))
+    track_spec: Track | None = None  # a track object instead of a name (calibration's larger variants)
 
 
 def default_data_dir(track: str) -> Path:
@@ -100,7 +101,7 @@ def prepare_run(req: RunRequest) -> Path:
     spec, problems = check_method(req.method_dir, req.track_files)
     if problems:
         raise MethodError(Path(req.method_dir), problems)
-    track = get_track(req.track, req.track_files)
+    track = req.track_spec or get_track(req.track, req.track_files)
     if not spec.supports(track.name):
         raise SlowrunError(f"method {spec.name!r} does not list track {track.name!r} (it lists "
                            f"{', '.join(spec.tracks)}); add it to [method].tracks in method.toml")

@@ -235,9 +235,18 @@ def train_bpe_on_training_split(texts: list[str], track: Track, log, source_name
     )
 
 
-def _build_tokenizer(track: Track, source: DocumentSource, gpt2_ranks: str | None, log):
-    """The tokenizer and, for BPE tracks, the materialised documents it was trained with."""
+def _build_tokenizer(track: Track, source: DocumentSource, gpt2_ranks: str | None, log,
+                     tokenizer_from: Path | None = None):
+    """The tokenizer and, for BPE tracks, the materialised documents it was trained with.
+
+    `tokenizer_from` reuses the BPE saved with another preparation of the same track (calibration
+    prepares more training data behind the same validation split and must not retrain the vocabulary).
+    """
     kind = track.tokenizer.kind
+    if kind == "byte-bpe" and tokenizer_from is not None:
+        tokenizer = ByteBpeTokenizer.load(tokenizer_from)
+        log(f"tokenizer: byte-level BPE ({tokenizer.vocab_size}) reused from {tokenizer_from}")
+        return tokenizer, None
     if kind == "gpt2":
         return Gpt2Tokenizer(gpt2_ranks or track.tokenizer.ranks_path), None
     if kind == "identity":
@@ -280,7 +289,7 @@ def _check_existing(out: Path, request: dict, force: bool) -> None:
 
 def prepare_track(track: Track, out: str | os.PathLike, *, source_override: Sequence[str] | None = None,
                   text_field: str | None = None, gpt2_ranks: str | None = None, force: bool = False,
-                  progress: bool = True, log=None) -> PrepareResult:
+                  progress: bool = True, log=None, tokenizer_from: str | os.PathLike | None = None) -> PrepareResult:
     """Prepare `track` into `out`; see the module docstring for the rules and the guarantees."""
     log = log or (lambda message: print(message, file=sys.stderr))
     out = Path(out)
@@ -290,7 +299,8 @@ def prepare_track(track: Track, out: str | os.PathLike, *, source_override: Sequ
     request = json.loads(json.dumps(request))  # the form it takes in the manifest, to compare with it
     _check_existing(out, request, force)
 
-    tokenizer, materialised = _build_tokenizer(track, source, gpt2_ranks, log)
+    tokenizer, materialised = _build_tokenizer(track, source, gpt2_ranks, log,
+                                               Path(tokenizer_from) if tokenizer_from else None)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32  # every id fits: ids < vocab_size
     budgets = (track.val_tokens, track.train_tokens)
     out.parent.mkdir(parents=True, exist_ok=True)
