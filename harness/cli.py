@@ -174,6 +174,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_calibrate)
 
+    from leaderboard.cli import add_subcommands as add_leaderboard_commands
+
+    add_leaderboard_commands(sub)
+
     p = sub.add_parser("tracks", help="list the known tracks")
     p.add_argument("--tracks", action="append", default=[], metavar="FILE.toml", help=tracks_help)
     p.set_defaults(func=_cmd_tracks)

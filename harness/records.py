@@ -17,6 +17,7 @@ import math
 import os
 import re
 import tempfile
+from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -215,7 +216,7 @@ RECORD_FIELDS = tuple(name for name, _ in RECORD_SCHEMA.fields)
 
 def parse_created(text: str) -> datetime:
     """The record's `created` stamp as an aware UTC datetime; ValueError if it is not ISO-8601 UTC."""
-    stamp = datetime.fromisoformat(text)
+    stamp = datetime.fromisoformat(text[:-1] + "+00:00" if text.endswith("Z") else text)  # 3.10 lacks "Z"
     if stamp.tzinfo is None or stamp.utcoffset() != timedelta(0):
         raise ValueError("not in UTC")
     return stamp.astimezone(timezone.utc)
@@ -266,7 +267,7 @@ def _consistency_problems(obj: dict) -> list[str]:
     snapshots = obj.get("snapshots")
     if isinstance(snapshots, list) and all(isinstance(s, dict) and isinstance(s.get("tag"), str) for s in snapshots):
         tags = [s["tag"] for s in snapshots]
-        duplicates = sorted({t for t in tags if tags.count(t) > 1})
+        duplicates = sorted(tag for tag, count in Counter(tags).items() if count > 1)
         if duplicates:
             problems.append(f"snapshots: tags must be unique, repeated: {', '.join(map(repr, duplicates))}")
         ensemble = obj.get("ensemble")

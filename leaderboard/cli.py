@@ -1,0 +1,90 @@
+"""`slowrun leaderboard build|add|publish`: argument parsing only; each command calls one function."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from harness.errors import SlowrunError
+from leaderboard.naming import DEFAULT_RECORDS_DIR, DEFAULT_SITE_DIR
+from leaderboard.publish import HF_SPACE
+
+
+
+def _default_plot_cache() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return str(Path(base) / "slowrun" / "leaderboard-plots")
+
+
+def _cmd_build(args) -> int:
+    from leaderboard.site import build_site
+
+    cache = None if args.no_plot_cache else args.plot_cache
+    print(build_site(args.records, args.out, plot_cache=cache, workers=args.workers).summary())
+    return 0
+
+
+def _cmd_add(args) -> int:
+    from leaderboard.add import add_record, parse_known_tracks
+
+    path = add_record(args.run_dir, args.records, known_tracks=parse_known_tracks(args.known_tracks),
+                      new_track=args.new_track)
+    print(path)
+    return 0
+
+
+def _cmd_publish(args) -> int:
+    from leaderboard.publish import format_plan, publish_site
+
+    files, destination = publish_site(args.site, args.to, dry_run=args.dry_run)
+    print(("would publish " if args.dry_run else "published ") + format_plan(files, destination))
+    return 0
+
+
+def add_subcommands(subparsers) -> argparse.ArgumentParser:
+    """Register `leaderboard` and its commands on an argparse subparsers object."""
+    board = subparsers.add_parser("leaderboard", help="build, extend and publish the static leaderboard")
+    commands = board.add_subparsers(dest="leaderboard_command", required=True)
+
+    p = commands.add_parser("build", help="build the static site from the record files")
+    p.add_argument("--records", default=str(DEFAULT_RECORDS_DIR), help="folder of accepted records (default: %(default)s)")
+    p.add_argument("--out", default=str(DEFAULT_SITE_DIR), help="output folder (default: %(default)s)")
+    p.add_argument("--plot-cache", default=_default_plot_cache(), metavar="DIR",
+                   help="keep rendered plots here between builds (default: %(default)s)")
+    p.add_argument("--no-plot-cache", action="store_true", help="render every plot afresh")
+    p.add_argument("--workers", type=int, default=None, help="plot-rendering processes (default: one per core, up to 4)")
+    p.set_defaults(func=_cmd_build)
+
+    p = commands.add_parser("add", help="accept a finished run's record into the records folder")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding record.json (or the record file)")
+    p.add_argument("--records", default=str(DEFAULT_RECORDS_DIR), help="folder of accepted records (default: %(default)s)")
+    p.add_argument("--known-tracks", nargs="*", default=[], metavar="NAME=HASH",
+                   help="data hashes the track must have (default: those of records already on the board)")
+    p.add_argument("--new-track", action="store_true", help="accept a track the board has no records of yet")
+    p.set_defaults(func=_cmd_add)
+
+    p = commands.add_parser("publish", help="publish the built site to a folder or a Hugging Face Space")
+    p.add_argument("--to", nargs="+", required=True, metavar="DEST",
+                   help=f"a folder (GitHub Pages), or `{HF_SPACE} OWNER/NAME` for a static Space")
+    p.add_argument("--site", default=str(DEFAULT_SITE_DIR), help="the built site (default: %(default)s)")
+    p.add_argument("--dry-run", action="store_true", help="list the files and sizes; write and send nothing")
+    p.set_defaults(func=_cmd_publish)
+    return board
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the leaderboard commands on their own (`python -m leaderboard.cli leaderboard build`)."""
+    parser = argparse.ArgumentParser(prog="slowrun")
+    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except SlowrunError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

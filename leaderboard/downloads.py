@@ -1,0 +1,57 @@
+"""The machine-readable downloads of the board: records.json (whole records) and records.csv (one row each).
+
+Both are ordered like the site (track table, then rank, then the unranked rows) and written with fixed
+formatting, so the same records give the same bytes.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from harness.records import SCHEMA_VERSION
+from leaderboard.collect import LoadedRecord
+from leaderboard.tables import TrackTable
+
+_CSV_COLUMNS = [
+    "track", "data_hash", "rank", "status", "method", "run_id", "val_loss", "val_bpb",
+    "data_efficiency", "data_efficiency_multiplier", "data_efficiency_note", "metered_epochs",
+    "ensemble_size", "downstream_avg_acc", "compute_class", "created", "file",
+]
+
+
+def records_json(tables: list[TrackTable], records: dict[str, LoadedRecord], last_update: str | None) -> str:
+    entries = []
+    for table in tables:
+        for row in table.rows:
+            entries.append({"file": row.relpath, "rank": row.rank, "page": f"r/{row.page}.html",
+                            "record": records[row.relpath].record})
+    document = {"schema_version": SCHEMA_VERSION, "last_update": last_update, "records": entries}
+    # Compact on purpose: an indent switches json to its pure-Python encoder, ten times slower.
+    return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def records_csv(tables: list[TrackTable]) -> str:
+    tasks = sorted({task for table in tables for task in table.tasks})
+    task_columns = [f"{task}_{metric}" for task in tasks for metric in ("acc", "acc_norm")]
+    rows = []
+    for table in tables:
+        for row in table.rows:
+            item = {
+                "track": table.track, "data_hash": table.data_hash, "rank": row.rank, "status": row.status,
+                "method": row.method, "run_id": row.run_id, "val_loss": row.val_loss, "val_bpb": row.val_bpb,
+                "data_efficiency": None if row.efficiency.text == "—" else row.efficiency.text,
+                "data_efficiency_multiplier": row.efficiency.multiplier,
+                "data_efficiency_note": row.efficiency.note, "metered_epochs": row.epochs,
+                "ensemble_size": row.ensemble_size, "downstream_avg_acc": row.downstream_avg,
+                "compute_class": row.compute_class, "created": row.created, "file": row.relpath,
+            }
+            for task, score in row.downstream.items():
+                item[f"{task}_acc"] = score.acc
+                item[f"{task}_acc_norm"] = score.acc_norm
+            rows.append(item)
+    frame = pd.DataFrame(rows, columns=_CSV_COLUMNS + task_columns)
+    for column in ("rank", "ensemble_size"):
+        frame[column] = frame[column].astype("Int64")  # integers stay integers beside missing values
+    return frame.to_csv(index=False, lineterminator="\n")

@@ -1,0 +1,71 @@
+"""Turning tables and records into HTML through jinja2 templates.
+
+Autoescaping is on for every template and no template marks record data safe: a method called
+`<script>…` is shown as those characters. The only markup inserted as is are the SVG plots, which are
+made by leaderboard.plots from numbers and fixed labels, never from record strings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+from jinja2 import Environment, FileSystemLoader, StrictUndefined
+from markupsafe import Markup
+
+from leaderboard.naming import PACKAGE_DIR
+
+TEMPLATES_DIR = PACKAGE_DIR / "templates"
+STATIC_DIR = PACKAGE_DIR / "static"
+
+
+def format_number(value, digits: int = 4) -> str:
+    """Fixed decimals, or an em dash for a missing value, so columns line up and blanks are explicit."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return "—"
+    return f"{value:.{digits}f}"
+
+
+def format_percent(value, digits: int = 1) -> str:
+    return "—" if value is None else format_number(value * 100.0, digits)
+
+
+def format_count(value) -> str:
+    return "—" if value is None else f"{value:,}"
+
+
+def sort_key(value) -> str:
+    """The value a table cell sorts by (data-sort): plain digits for numbers, empty for missing."""
+    if value is None or isinstance(value, bool):
+        return ""
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ""
+    return str(value)
+
+
+def pretty_json(value) -> str:
+    """Plain text for a JSON value (escaped by the template like any other record string)."""
+    return json.dumps(value, sort_keys=True, indent=2, ensure_ascii=False)
+
+
+def compact_json(value) -> str:
+    return json.dumps(value, sort_keys=True, ensure_ascii=False, separators=(", ", ": "))
+
+
+def make_environment() -> Environment:
+    env = Environment(
+        loader=FileSystemLoader(str(TEMPLATES_DIR)),
+        autoescape=True,
+        undefined=StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(num=format_number, pct=format_percent, count=format_count, sortkey=sort_key,
+                       pretty_json=pretty_json, compact_json=compact_json)
+    return env
+
+
+def trusted_svg(svg: str | None) -> Markup | None:
+    """Mark a plot made by leaderboard.plots as markup; it holds numbers and fixed labels only."""
+    return Markup(svg) if svg is not None else None

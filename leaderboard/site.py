@@ -1,0 +1,175 @@
+"""Building the static leaderboard site from a folder of record files.
+
+The site is a pure function of the record files: nothing reads the clock, the host or the folder's
+absolute location, every listing is sorted, and plots are reproducible, so the same records give the
+same bytes (the "last update" shown is the newest record's `created`). The build writes into a staging
+folder beside the output and swaps it in at the end, so a failed build leaves the previous site whole,
+and it only ever replaces a folder that an earlier build made.
+
+Layout of the output:
+    index.html           one sortable table per (track, data hash)
+    r/<page>.html        one page per record; r/<page>.json is the record as published
+    records.json/.csv    downloads
+    build-report.txt     what was used and which files were skipped, and why
+    static/              style sheet and the table sorter
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.records import RECORD_FIELDS, SCHEMA_VERSION, parse_created
+from harness.errors import LeaderboardError
+from leaderboard.collect import LoadedRecord, SkippedFile, collect_records
+from leaderboard.downloads import records_csv, records_json
+from leaderboard.naming import DEFAULT_RECORDS_DIR, DEFAULT_SITE_DIR, SITE_MARKER, page_names
+from leaderboard.plots import PlotCache, k_sweep_plot_spec, loss_plot_spec, render_all
+from leaderboard.render import STATIC_DIR, make_environment, trusted_svg
+from leaderboard.tables import Row, TrackTable, build_tables
+
+
+@dataclass(frozen=True)
+class BuildReport:
+    out_dir: Path
+    record_count: int
+    tables: tuple[tuple[str, str, int, int], ...]  # track, data hash, ranked, unranked
+    skipped: tuple[SkippedFile, ...]
+    plot_count: int
+    last_update: str | None
+
+    def summary(self) -> str:
+        lines = [f"built {self.out_dir}: {self.record_count} records in {len(self.tables)} tables, "
+                 f"{self.plot_count} plots"]
+        if self.skipped:
+            lines.append(f"skipped {len(self.skipped)} record files (see {self.out_dir / 'build-report.txt'}):")
+            lines += [f"  {item.relpath}" for item in self.skipped]
+        return "\n".join(lines)
+
+
+def last_update_of(records: list[LoadedRecord]) -> str | None:
+    """The newest `created` among the records: the board changes only when its records do."""
+    if not records:
+        return None
+    newest = max(parse_created(item.record["created"]) for item in records)
+    return newest.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def build_report_text(report: BuildReport) -> str:
+    lines = [
+        "Slowrun leaderboard build report",
+        f"last update: {report.last_update or 'no records'}",
+        f"record schema version: {SCHEMA_VERSION}",
+        f"records used: {report.record_count} in {len(report.tables)} tables",
+    ]
+    for track, data_hash, ranked, unranked in report.tables:
+        lines.append(f"  {track} (data {data_hash}): {ranked} ranked, {unranked} unranked")
+    lines.append(f"files skipped: {len(report.skipped)}")
+    for item in report.skipped:
+        lines.append(f"- {item.relpath}")
+        lines += [f"    {line}" for line in item.reason.splitlines()]
+    return "\n".join(lines) + "\n"
+
+
+def build_site(records_dir: str | Path = DEFAULT_RECORDS_DIR, out_dir: str | Path = DEFAULT_SITE_DIR, *,
+               plot_cache: str | Path | None = None, workers: int | None = None) -> BuildReport:
+    """Build the whole site into `out_dir`; unreadable or invalid records are reported, never fatal.
+
+    `plot_cache` names a folder where rendered plots are kept between builds (same output either way);
+    `workers` caps the processes that render plots (default: up to 4, one per core).
+    """
+    records_dir, out_dir = Path(records_dir), Path(out_dir)
+    records_real, out_real = records_dir.resolve(), out_dir.resolve()
+    if out_real.is_relative_to(records_real) or records_real.is_relative_to(out_real):
+        raise LeaderboardError(f"--out {out_dir} and --records {records_dir} overlap; build the site in a folder "
+                               "outside the records (a rebuild replaces the whole output folder)")
+    _check_replaceable(out_dir)
+    records, skipped = collect_records(records_dir)
+    pages = page_names([item.relpath for item in records])
+    tables = build_tables(records, pages)
+    by_path = {item.relpath: item for item in records}
+
+    loss_specs = {item.relpath: loss_plot_spec(item.record) for item in records}
+    k_specs = {item.relpath: k_sweep_plot_spec(item.record) for item in records}
+    specs = [spec for spec in list(loss_specs.values()) + list(k_specs.values()) if spec is not None]
+    svgs = render_all(specs, cache=PlotCache(plot_cache) if plot_cache else None, workers=workers)
+
+    last_update = last_update_of(records)
+    report = BuildReport(
+        out_dir=out_dir,
+        record_count=len(records),
+        tables=tuple((t.track, t.data_hash, len(t.ranked), len(t.unranked)) for t in tables),
+        skipped=tuple(skipped),
+        plot_count=len(specs),
+        last_update=last_update,
+    )
+    banner = {"last_update": last_update, "schema_version": SCHEMA_VERSION,
+              "record_count": len(records), "skipped_count": len(skipped)}
+
+    env = make_environment()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.building-"))
+    staging.chmod(0o755)  # mkdtemp makes it private; a published site must be readable by a web server
+    try:
+        _write(staging / "index.html", env.get_template("index.html.j2").render(
+            root="", banner=banner, tables=tables, skipped=skipped))
+        record_page = env.get_template("record.html.j2")
+        (staging / "r").mkdir()
+        for table in tables:
+            for row in table.rows:
+                record = by_path[row.relpath].record
+                _write(staging / "r" / f"{row.page}.json", by_path[row.relpath].text)
+                _write(staging / "r" / f"{row.page}.html", record_page.render(
+                    root="../", banner=banner, table=table, row=row, record=record,
+                    extras={k: v for k, v in sorted(record.items()) if k not in RECORD_FIELDS},
+                    loss_svg=_svg_for(loss_specs[row.relpath], svgs),
+                    k_svg=_svg_for(k_specs[row.relpath], svgs)))
+        _write(staging / "records.json", records_json(tables, by_path, last_update))
+        _write(staging / "records.csv", records_csv(tables))
+        _write(staging / "build-report.txt", build_report_text(report))
+        (staging / "static").mkdir()
+        for asset in sorted(STATIC_DIR.iterdir()):
+            if asset.is_file():
+                shutil.copyfile(asset, staging / "static" / asset.name)
+        _write(staging / SITE_MARKER, "A Slowrun leaderboard build; `slowrun leaderboard build` replaces it.\n")
+        _swap_in(staging, out_dir)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return report
+
+
+def _svg_for(spec, svgs: dict[str, str]):
+    return trusted_svg(svgs[spec.key]) if spec is not None else None
+
+
+def _write(path: Path, text: str) -> None:
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        handle.write(text)
+
+
+def _check_replaceable(out_dir: Path) -> None:
+    if out_dir.is_symlink() or (out_dir.exists() and not out_dir.is_dir()):
+        raise LeaderboardError(f"{out_dir} exists and is not a folder; choose another --out")
+    if out_dir.is_dir() and any(out_dir.iterdir()) and not (out_dir / SITE_MARKER).is_file():
+        raise LeaderboardError(f"{out_dir} holds files that an earlier leaderboard build did not make; "
+                               "choose an empty or new folder with --out, or remove it")
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    """Replace the previous build with the staged one; the old one is removed only once the new is in."""
+    _check_replaceable(out_dir)
+    if not out_dir.exists():
+        staging.rename(out_dir)
+        return
+    retired = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}.old-"))
+    retired.rmdir()
+    out_dir.rename(retired)
+    try:
+        staging.rename(out_dir)
+    except BaseException:
+        retired.rename(out_dir)
+        raise
+    shutil.rmtree(retired, ignore_errors=True)
