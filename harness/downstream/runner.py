@@ -1,0 +1,116 @@
+"""Downstream scores for a snapshot or an ensemble: the `downstream` field of a run record.
+
+Each task reports accuracy (``acc``: the choice with the highest total log-likelihood is the gold one) and
+normalised accuracy (``acc_norm``: the same with each log-likelihood divided by the choice's length in
+characters, lm-eval's definition), both labelled, with their standard errors and the number of documents
+scored.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Sequence
+
+from harness.data.manifest import read_manifest
+from harness.data.tokenizers import ByteBpeTokenizer, Gpt2Tokenizer
+from harness.downstream.tasks import DEFAULT_TASKS, load_tasks, quiet_lm_eval
+from harness.errors import DataError, SlowrunError
+
+METRICS = ("acc", "acc_norm")
+FEWSHOT_SEED = 1234  # lm-eval's default; the configs are zero-shot, so it only keeps runs reproducible
+
+
+class DownstreamNotApplicable(SlowrunError):
+    """The track's token ids do not spell text, so text benchmarks cannot be put to its models."""
+
+
+def track_tokenizer(track_folder: str | Path, gpt2_ranks: str | Path | None = None):
+    """The prepared track's tokenizer and sequence length, checked against the manifest's tokenizer hash."""
+    folder = Path(track_folder)
+    manifest = read_manifest(folder)
+    spec = manifest["tokenizer"]
+    kind = spec["kind"]
+    if kind == "identity":
+        raise DownstreamNotApplicable(
+            f"track {manifest['track']['name']!r} is synthetic: its tokens are ids of a generated language, not "
+            "text, so ARC-Easy, PIQA and SciQ cannot be scored on it (downstream scores need a text track)")
+    if kind == "gpt2":
+        tokenizer = Gpt2Tokenizer(gpt2_ranks)
+    elif kind == "byte-bpe":
+        tokenizer = ByteBpeTokenizer.load(folder)
+    else:
+        raise DataError(f"{folder}: tokenizer kind {kind!r} is unknown to downstream scoring")
+    if tokenizer.identity()["hash"] != spec["hash"]:
+        raise DataError(f"{folder}: the tokenizer found does not match the one the track was prepared with "
+                        "(hash differs); point to the same tokenizer files")
+    return tokenizer, int(manifest["seq_len"])
+
+
+def _task_scores(results: dict, task: str) -> dict:
+    row = results["results"][task]
+    scores = {}
+    for metric in METRICS:
+        scores[metric] = float(row[f"{metric},none"])
+        stderr = row.get(f"{metric}_stderr,none")
+        scores[f"{metric}_stderr"] = float(stderr) if isinstance(stderr, (int, float)) else None
+    scores["n"] = int(results["n-samples"][task]["effective"])
+    return scores
+
+
+def run_tasks(lm, tasks: Sequence[str] = DEFAULT_TASKS, data_dir: str | Path | None = None,
+              limit: int | None = None) -> dict[str, dict]:
+    """Score any lm-eval ``LM`` on the project's task configs; returns the per-task score table."""
+    from lm_eval.evaluator import evaluate
+
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise SlowrunError(f"limit must be a positive number of documents, got {limit!r}")
+    tasks = list(tasks)
+    if len(set(tasks)) != len(tasks):
+        raise SlowrunError(f"downstream tasks are listed more than once: {tasks}")
+    loaded = load_tasks(tasks, data_dir)
+    with quiet_lm_eval():
+        # lm-eval's `evaluate`, not `simple_evaluate`: the latter adds nothing for zero-shot tasks with a
+        # ready-made model but probes the whole environment (torch's collect_env) on every call, ~6 s.
+        for task in loaded["tasks"].values():
+            task.set_fewshot_seed(seed=FEWSHOT_SEED)
+        results = evaluate(lm=lm, task_dict=loaded, limit=limit, log_samples=False)
+    return {task: _task_scores(results, task) for task in tasks}
+
+
+def score_downstream(models: Sequence, weights: Sequence[float] | None = None, *, tokenizer, seq_len: int,
+                     tasks: Sequence[str] = DEFAULT_TASKS, data_dir: str | Path | None = None,
+                     limit: int | None = None, batch_size: int = 32, device: str = "cpu",
+                     progress: bool = False) -> dict[str, dict]:
+    """Zero-shot scores of the mixture of ``models`` (uniform when ``weights`` is None).
+
+    Returns ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}}``. Data comes from the Hub
+    unless ``data_dir`` names a local downstream folder; ``limit`` scores only each task's first documents.
+    """
+    from harness.downstream.lm import MixtureLM
+
+    lm = MixtureLM(models, weights, tokenizer=tokenizer, seq_len=seq_len, batch_size=batch_size, device=device,
+                   progress=progress)
+    return run_tasks(lm, tasks, data_dir, limit)
+
+
+def score_snapshots(snapshots: Sequence, weights: Sequence[float] | None = None, *, tokenizer, seq_len: int,
+                    device: str = "cpu", **options) -> dict[str, dict]:
+    """:func:`score_downstream` for stored snapshots (``harness.snapshots.Snapshot``), loaded on ``device``."""
+    from harness.snapshots import load_snapshot_model
+
+    models = [load_snapshot_model(snapshot, device) for snapshot in snapshots]
+    return score_downstream(models, weights, tokenizer=tokenizer, seq_len=seq_len, device=device, **options)
+
+
+def downstream_average(scores: dict[str, dict]) -> dict[str, float]:
+    """Unweighted mean over tasks of ``acc`` and of ``acc_norm`` (each task counts once, whatever its size)."""
+    if not scores:
+        raise SlowrunError("no downstream scores to average")
+    average = {}
+    for metric in METRICS:
+        values = [float(task[metric]) for task in scores.values()]
+        if not all(math.isfinite(v) for v in values):
+            raise SlowrunError(f"a downstream {metric} is not a finite number: {values}")
+        average[metric] = sum(values) / len(values)
+    return average
