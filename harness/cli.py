@@ -85,7 +85,9 @@ def _cmd_run(args) -> int:
             method_dir=Path(args.dir), track=args.track, epochs=args.epochs, seed=args.seed,
             overrides=_parse_sets(args.set), out=Path(args.out) if args.out else None,
             data_dir=Path(args.data) if args.data else None, device=args.device, progress=not args.quiet,
-            track_files=tuple(args.tracks), compute_class=args.compute_class, eval_batch_size=args.eval_batch_size))
+            track_files=tuple(args.tracks), compute_class=args.compute_class, eval_batch_size=args.eval_batch_size,
+            downstream=args.downstream, downstream_data=Path(args.downstream_data) if args.downstream_data else None,
+            downstream_limit=args.downstream_limit))
     print(run_dir)
     return 0
 
@@ -93,7 +95,9 @@ def _cmd_run(args) -> int:
 def _cmd_eval(args) -> int:
     from harness.runner import evaluate_existing
 
-    print(evaluate_existing(Path(args.run_dir), progress=not args.quiet))
+    print(evaluate_existing(Path(args.run_dir), progress=not args.quiet, downstream=True if args.downstream else None,
+                            downstream_data=Path(args.downstream_data) if args.downstream_data else None,
+                            downstream_limit=args.downstream_limit))
     return 0
 
 
@@ -107,6 +111,26 @@ def _cmd_calibrate(args) -> int:
         work_dir=Path(args.work_dir), out=Path(args.out) if args.out else None, track_files=tuple(args.tracks),
         progress=not args.quiet))
     return 0
+
+
+def _cmd_demo(args) -> int:
+    from harness.demo import DemoRequest, run_demo
+
+    print(run_demo(DemoRequest(out=Path(args.out), epochs=args.epochs, seed=args.seed, progress=not args.quiet)))
+    return 0
+
+
+def _cmd_plan(args) -> int:
+    from q0_reference.planner import plan_main
+
+    print(plan_main(args.epochs))
+    return 0
+
+
+def _downstream_options(p) -> None:
+    p.add_argument("--downstream", action="store_true", help="also score ARC-Easy, PIQA and SciQ (text tracks)")
+    p.add_argument("--downstream-data", metavar="DIR", help="local task data (arc_easy/, piqa/, sciq/); else the Hub")
+    p.add_argument("--downstream-limit", type=int, metavar="N", help="score only the first N documents per task")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -150,11 +174,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-class", help="label for the record (tiny, limited, two-hour, unlimited, cpu)")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run that was interrupted")
+    _downstream_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("eval", help="recompute a run's evaluation and record from its snapshots")
     p.add_argument("run_dir")
+    _downstream_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
@@ -173,6 +199,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="curve file (default: the track's curve in harness/reference_curves/)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_calibrate)
+
+    p = sub.add_parser("demo", help="the whole loop on the offline default track, in minutes")
+    p.add_argument("--out", default="slowrun-demo", help="folder for data, runs, records and the site")
+    p.add_argument("--epochs", type=float, default=4.0, help="budget of each method (default 4)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("plan", help="q0's allocation plan for an epoch budget")
+    p.add_argument("--epochs", type=float, required=True)
+    p.set_defaults(func=_cmd_plan)
 
     from leaderboard.cli import add_subcommands as add_leaderboard_commands
 

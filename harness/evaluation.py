@@ -21,6 +21,7 @@ from harness.efficiency import ReferenceCurveError, curve_path, data_efficiency,
 from harness.ensemble import bits_per_byte, mean_nll, mixture_logp
 from harness.logprobs import load_logprobs, save_logprobs, token_logprobs
 from harness.prior import default_ks, fit_prior, k_sweep, loss_curve
+from harness.threads import apply_thread_setting
 from harness.snapshots import Snapshot, list_snapshots, load_snapshot_model
 
 MIN_PRIOR_WEIGHT = 1e-4  # prior members below this weight are dropped from the final ensemble
@@ -80,6 +81,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
              "curve": [], "prior": None}
     if not snapshots:
         return empty
+    apply_thread_setting()
     data = open_eval_data(data_dir, seq_len)
     cache = Path(run_dir) / "eval"
     tags = [s.tag for s in snapshots]

@@ -50,6 +50,9 @@ class RunRequest:
     eval_batch_size: int = 16
     runs_root: Path = field(default=Path("runs"))
     track_spec: Track | None = None  # a track object instead of a name (calibration's larger variants)
+    downstream: bool = False  # also score ARC-Easy, PIQA and SciQ with the final predictor
+    downstream_data: Path | None = None  # local copies of the three tasks' data (else the Hub)
+    downstream_limit: int | None = None  # documents per task (for quick looks; the record says n)
 
 
 def default_data_dir(track: str) -> Path:
@@ -129,6 +132,9 @@ def prepare_run(req: RunRequest) -> Path:
         "val_tokens": manifest["splits"]["val"]["tokens"], "train_tokens": manifest["splits"]["train"]["tokens"],
         "compute_class": req.compute_class or ("cpu" if req.device == "cpu" else "unlimited"),
         "eval_batch_size": req.eval_batch_size,
+        "downstream": {"enabled": req.downstream,
+                       "data_dir": str(Path(req.downstream_data).resolve()) if req.downstream_data else None,
+                       "limit": req.downstream_limit},
     })
     return run_dir
 
@@ -173,13 +179,43 @@ def resume_run(run_dir: Path, progress: bool = True) -> Path:
     return run_dir
 
 
-def evaluate_existing(run_dir: Path, progress: bool = True) -> Path:
-    """Recompute the evaluation and rewrite the record from the snapshots, without re-training."""
+def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | None = None,
+                      downstream_data: Path | None = None, downstream_limit: int | None = None) -> Path:
+    """Recompute the evaluation and rewrite the record from the snapshots, without re-training.
+
+    `downstream=True` (with optional local data and a document limit) adds or refreshes the downstream
+    scores; None keeps whatever the run was started with."""
     run_dir = Path(run_dir)
     if not (run_dir / TRAIN_RESULT).exists():
         raise SlowrunError(f"{run_dir}: no {TRAIN_RESULT}; the run never finished training (use --resume)")
+    if downstream is not None:
+        spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
+        spec["downstream"] = {"enabled": downstream,
+                              "data_dir": str(Path(downstream_data).resolve()) if downstream_data else None,
+                              "limit": downstream_limit}
+        _write_json(run_dir / RUN_SPEC, spec)
     finish_run(run_dir, worker_exit=0, wall_s=None, progress=progress)
     return run_dir
+
+
+def score_final_predictor(run_dir: Path, spec: dict, evaluation: dict, progress: bool) -> tuple[dict | None, str | None]:
+    """Downstream scores of the run's final ensemble, or (None, why not)."""
+    from harness.downstream import DownstreamNotApplicable, score_snapshots, track_tokenizer
+    from harness.snapshots import list_snapshots
+
+    options = spec.get("downstream") or {}
+    if not options.get("enabled") or not evaluation["ensemble"]["members"]:
+        return None, None
+    try:
+        tokenizer, seq_len = track_tokenizer(Path(spec["data_dir"]))
+    except DownstreamNotApplicable as exc:
+        return None, str(exc)
+    by_tag = {s.tag: s for s in list_snapshots(run_dir / "snapshots")}
+    members = evaluation["ensemble"]["members"]
+    scores = score_snapshots([by_tag[m["tag"]] for m in members], [m["weight"] for m in members],
+                             tokenizer=tokenizer, seq_len=seq_len, device=spec["device"],
+                             data_dir=options.get("data_dir"), limit=options.get("limit"), progress=progress)
+    return scores, None
 
 
 def finish_run(run_dir: Path, worker_exit: int, wall_s: float | None, progress: bool) -> dict:
@@ -198,8 +234,16 @@ def finish_run(run_dir: Path, worker_exit: int, wall_s: float | None, progress: 
     evaluation = evaluate_run(run_dir, Path(spec["data_dir"]), track.seq_len, train.get("ensemble"),
                               track.reference_curve, batch_size=spec.get("eval_batch_size", 16),
                               device=spec["device"], progress=progress)
+    downstream, downstream_note = score_final_predictor(run_dir, spec, evaluation, progress)
     eval_s = time.monotonic() - eval_started
     record = build_record(spec, train, evaluation, eval_s, wall_s)
+    record["downstream"] = downstream
+    if downstream:
+        from harness.downstream import downstream_average
+
+        record["downstream_average"] = downstream_average(downstream)
+    if downstream_note:
+        record["downstream_note"] = downstream_note
     write_record_atomic(run_dir / RECORD, record)
     _print_summary(run_dir, record)
     return record

@@ -22,6 +22,7 @@ from harness.data.store import TokenStore
 from harness.meter import BudgetExhausted, MeterState
 from harness.method_spec import import_entry
 from harness.snapshots import list_snapshots
+from harness.threads import apply_thread_setting
 from harness.tracks import Track
 
 WORKER_SPEC = "worker.json"
@@ -72,6 +73,7 @@ def run_worker(run_dir: Path, resume: bool = False, progress: bool = True) -> di
 
     import torch
 
+    apply_thread_setting()
     seed = int(spec["seed"])
     torch.manual_seed(seed)
     np.random.seed(seed % (1 << 32))

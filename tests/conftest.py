@@ -7,6 +7,14 @@ from pathlib import Path
 
 import pytest
 
+# Tiny test models run fastest, and most predictably on a shared machine, with one torch thread; the
+# variable reaches the method processes the runner starts.
+os.environ.setdefault("SLOWRUN_NUM_THREADS", "1")
+
+from harness.threads import apply_thread_setting  # noqa: E402
+
+apply_thread_setting()
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("SLOWRUN_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
 

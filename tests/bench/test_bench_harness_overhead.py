@@ -1,0 +1,86 @@
+"""Harness overhead: `slowrun run` of single_model against a bare PyTorch loop doing the same steps.
+
+The bare loop builds the same GPT with the same seed and optimizer and trains the same number of steps on
+windows of the same training split, read straight from the memmap. The harness adds the method's own
+process, metered streams with per-epoch document shuffles, logging, a snapshot and a checkpoint per
+epoch, and afterwards the evaluation of every snapshot. Reported: the training phase (everything up to the
+end of the method's process) over the bare loop, and the whole command including evaluation.
+
+Run: pytest tests/bench/test_bench_harness_overhead.py -m bench -s
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+from harness.data.prepare import prepare_track
+from harness.data.store import TokenStore
+from harness.tracks import get_track
+from q0_reference.recipes import Recipe
+from q0_reference.optim import build_optimizer, set_multipliers
+from q0_reference.schedule import WarmupDecaySchedule, steps_for_epochs
+from q0_reference.trainer import train_step
+from tests.bench.timing import report
+
+EPOCHS = 6.0
+
+
+def bare_loop(data_dir, steps: int, hparams: dict) -> float:
+    manifest = json.loads((data_dir / "manifest.json").read_text())
+    train = TokenStore.open(data_dir, "train").documents(manifest["fitness"]["documents"])
+    recipe = Recipe.from_hparams(hparams)
+
+    class Shape:  # what Recipe.model reads
+        vocab_size = train.vocab_size
+        seq_len = 128
+
+    torch.manual_seed(0)
+    model = recipe.model(Shape)
+    optimizer = build_optimizer(model, recipe.optimizer)
+    schedule = WarmupDecaySchedule(steps, warmup_steps=recipe.warmup_steps)
+    tokens = np.asarray(train.tokens, dtype=np.int64)
+    width = 129
+    start = time.perf_counter()
+    for step in range(steps):
+        mult = schedule.at(step)
+        set_multipliers(optimizer, mult.lr, mult.weight_decay)
+        offsets = (np.arange(step * 8, step * 8 + 8) * 128) % (tokens.size - width)
+        batch = torch.from_numpy(np.stack([tokens[o : o + width] for o in offsets]))
+        train_step(model, optimizer, batch[:, :-1], batch[:, 1:], max_grad_norm=recipe.grad_clip)
+    return time.perf_counter() - start
+
+
+def test_harness_overhead_vs_bare_loop(benchmark, tmp_path):
+    data_dir = tmp_path / "synthetic"
+    prepare_track(get_track("synthetic"), data_dir, progress=False)
+    run_dir = tmp_path / "run"
+    command = [sys.executable, "-m", "harness.cli", "run", "submissions/single_model", "--track", "synthetic",
+               "--epochs", str(EPOCHS), "--data", str(data_dir), "--out", str(run_dir), "--quiet"]
+
+    def harness_run():
+        import shutil
+
+        shutil.rmtree(run_dir, ignore_errors=True)
+        started = time.perf_counter()
+        subprocess.run(command, check=True, capture_output=True)
+        return time.perf_counter() - started
+
+    benchmark.pedantic(harness_run, rounds=1, iterations=1)
+    wall = benchmark.stats.stats.max
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "ok"
+    hparams = record["hparams"]
+    steps = steps_for_epochs(EPOCHS, record["metered"]["epoch_tokens"], hparams["batch_size"] * 128)
+    bare = bare_loop(data_dir, steps, hparams)
+    training_phase = wall - record["timings"]["eval_s"]
+    report(benchmark, "bare_loop_s", bare, unit=" s")
+    report(benchmark, "harness_training_phase_s", training_phase, unit=" s")
+    report(benchmark, "harness_eval_s", record["timings"]["eval_s"], unit=" s")
+    report(benchmark, "training_overhead_pct", 100 * (training_phase - bare) / bare, target=3, unit="%")
+    report(benchmark, "whole_command_overhead_pct", 100 * (wall - bare) / bare, unit="%")
