@@ -67,7 +67,7 @@ def calibrate(req: CalibrationRequest) -> Path:
     for factor, variant, variant_dir in variants:
         run_dir = run_method(RunRequest(
             method_dir=req.method_dir, track=track.name, track_spec=variant, epochs=req.epochs, seed=req.seed,
-            overrides=req.overrides, data_dir=variant_dir, out=Path(req.work_dir) / f"run-x{factor}",
+            overrides=req.overrides, data_dir=variant_dir, out=Path(req.work_dir) / f"run-{track.name}-x{factor}",
             progress=req.progress))
         record = json.loads((run_dir / "record.json").read_text(encoding="utf-8"))
         if record["status"] != "ok":
