@@ -74,8 +74,11 @@ def _parse_sets(items: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def _cmd_run(args) -> int:
+    from harness.distributed import LaunchSpec
     from harness.runner import RunRequest, resume_run, run_method
 
+    launch = LaunchSpec(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
+                        master_addr=args.master_addr, master_port=args.master_port)
     if args.resume:
         run_dir = resume_run(Path(args.resume), progress=not args.quiet)
     else:
@@ -87,7 +90,7 @@ def _cmd_run(args) -> int:
             data_dir=Path(args.data) if args.data else None, device=args.device, progress=not args.quiet,
             track_files=tuple(args.tracks), compute_class=args.compute_class, eval_batch_size=args.eval_batch_size,
             downstream=args.downstream, downstream_data=Path(args.downstream_data) if args.downstream_data else None,
-            downstream_limit=args.downstream_limit))
+            downstream_limit=args.downstream_limit, launch=launch))
     print(run_dir)
     return 0
 
@@ -174,6 +177,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-class", help="label for the record (tiny, limited, two-hour, unlimited, cpu)")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run that was interrupted")
+    dist = p.add_argument_group("distributed (through torchrun; the run folder must be on a file system all "
+                                "nodes share)")
+    dist.add_argument("--nproc-per-node", type=int, default=1, help="processes on this node (default 1)")
+    dist.add_argument("--nnodes", type=int, default=1)
+    dist.add_argument("--node-rank", type=int, default=0, help="this node; nodes > 0 need --out of node 0's run")
+    dist.add_argument("--master-addr", default="127.0.0.1")
+    dist.add_argument("--master-port", type=int, default=29512)
     _downstream_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_run)

@@ -21,6 +21,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from harness.data.store import TokenStore
+from harness.distributed import RankGroup, RankInfo, make_rank_groups
 from harness.errors import SlowrunError
 from harness.meter import BudgetExhausted, Meter, MeterState, TrainStream
 from harness.snapshots import build_spec_of, list_snapshots, write_snapshot
@@ -41,9 +42,14 @@ class ContractError(SlowrunError):
 
 @dataclass(frozen=True)
 class RunPaths:
-    """The files a run owns; the method sees only `scratch`."""
+    """The files a run owns; the method sees only `scratch`.
+
+    In a distributed run each rank keeps its own metrics file and checkpoint (rank 0 the usual names),
+    so a resume can roll every rank back to its own last checkpoint.
+    """
 
     root: Path
+    rank: int = 0
 
     @property
     def snapshots(self) -> Path:
@@ -51,11 +57,11 @@ class RunPaths:
 
     @property
     def metrics(self) -> Path:
-        return self.root / "metrics.jsonl"
+        return self.root / ("metrics.jsonl" if self.rank == 0 else f"metrics-rank{self.rank}.jsonl")
 
     @property
     def checkpoint(self) -> Path:
-        return self.root / "checkpoint" / "state.pt"
+        return self.root / "checkpoint" / ("state.pt" if self.rank == 0 else f"state-rank{self.rank}.pt")
 
     @property
     def scratch(self) -> Path:
@@ -97,14 +103,17 @@ class RunContext:
 
     def __init__(self, *, track: Track, budget: float, hparams: Mapping[str, Any], seed: int, device: str,
                  paths: RunPaths, train_store: TokenStore, fitness_docs: int, meter_state: MeterState | None = None,
-                 resume: dict | None = None, progress: bool = True, rank: int = 0, world_size: int = 1):
+                 resume: dict | None = None, progress: bool = True, rank_info: RankInfo | None = None,
+                 shared_budget=None):
         self.track = track
         self.budget = float(budget)
         self.hparams = MappingProxyType(dict(hparams))
         self.seed = int(seed)
         self.device = device
-        self.rank = rank
-        self.world_size = world_size
+        info = rank_info or RankInfo()
+        self.rank, self.world_size, self.local_rank = info.rank, info.world_size, info.local_rank
+        self._rank_info = info
+        self._rank_groups: dict[int, RankGroup] = {}
         self.seq_len = track.seq_len
         self.vocab_size = train_store.vocab_size
         self.bos_id = train_store.bos_id
@@ -115,11 +124,11 @@ class RunContext:
         self._train = train_store.documents(fitness_docs)
         self.epoch_tokens = self._train.n_tokens
         meter_state = meter_state or MeterState()
-        initial = sum(meter_state.targets.values())
-        self._meter = Meter(self.epoch_tokens, track.seq_len, budget, meter_state, on_serve=self._served)
-        self._progress = _Progress(self._meter.allowed_targets, initial, self.epoch_tokens,
-                                   f"train {track.name}", progress)
-        self._streams: dict[str, TrainStream] = {}
+        self._meter = Meter(self.epoch_tokens, track.seq_len, budget, meter_state, on_serve=self._served,
+                            shared=shared_budget)
+        self._progress = _Progress(self._meter.allowed_targets, self._meter.total_targets, self.epoch_tokens,
+                                   f"train {track.name}", progress and self.rank == 0)
+        self._streams: dict[tuple, TrainStream] = {}
         self._ensemble: dict[str, float] | str | None = None
         self._resume = resume
         self._started = time.monotonic()
@@ -140,22 +149,44 @@ class RunContext:
         return self.epoch_tokens / self.seq_len
 
     def _served(self, tokens: int) -> None:
-        self._progress.advance(tokens)
+        if self.world_size > 1:  # rank 0's bar follows the whole job, not only its own streams
+            if self.rank == 0:
+                self._progress.advance(self._meter.total_targets - self._progress.served)
+        else:
+            self._progress.advance(tokens)
+
+    # ---- ranks ----------------------------------------------------------------------------------
+    def rank_groups(self, n_groups: int) -> RankGroup:
+        """This rank's group when the world is split into `n_groups` contiguous groups of ranks.
+
+        The group carries its own process group (for DDP inside it) and a leader, which is the rank that
+        writes the group's snapshots. Every rank must ask for the same `n_groups` at the same point (it
+        creates process groups); in a one-process run it is group 0 of one rank.
+        """
+        if n_groups not in self._rank_groups:
+            self._rank_groups[n_groups] = make_rank_groups(self._rank_info, n_groups)
+        return self._rank_groups[n_groups]
 
     # ---- data -----------------------------------------------------------------------------------
-    def train_stream(self, stream_id: str = "main", batch_size: int = 8) -> TrainStream:
+    def train_stream(self, stream_id: str = "main", batch_size: int = 8,
+                     shard: tuple[int, int] | None = None) -> TrainStream:
         """An endless, metered iterator of (inputs, targets) LongTensor batches of shape [batch, seq_len].
 
         Each stream id has its own document order (derived from the run seed and the id) and its own
         position, which continues if the stream is asked for again. Every batch is charged to the budget
-        before it is returned; a batch that would pass the budget raises BudgetExhausted.
+        before it is returned; a batch that would pass the budget raises BudgetExhausted (in a
+        distributed run the budget is the job's, summed over all ranks).
+
+        `shard=(i, n)` reads part i of n of the stream: the ranks of a DDP group each take their own
+        shard and step together, so together they read the stream's one order without overlap.
         """
         if not isinstance(stream_id, str) or not stream_id:
             raise ContractError("stream_id must be a non-empty string")
-        stream = self._streams.get(stream_id)
+        key = (stream_id, tuple(shard) if shard else None)
+        stream = self._streams.get(key)
         if stream is None or stream.batch_size != batch_size:
-            stream = TrainStream(self._train, self._meter, stream_id, self.seed, batch_size)
-            self._streams[stream_id] = stream
+            stream = TrainStream(self._train, self._meter, stream_id, self.seed, batch_size, shard)
+            self._streams[key] = stream
         return stream
 
     def fitness_windows(self):
@@ -172,10 +203,20 @@ class RunContext:
         return torch.from_numpy(windows)
 
     # ---- results --------------------------------------------------------------------------------
-    def save_snapshot(self, model, tag: str, meta: Mapping[str, Any] | None = None, spec: dict | None = None) -> dict:
-        """Store the model's weights and build spec, stamped with the epochs metered so far."""
-        snap = write_snapshot(self._paths.snapshots, tag, model, build_spec_of(model, spec), self.epochs,
-                              self._meter.total_targets, dict(meta or {}))
+    def save_snapshot(self, model, tag: str, meta: Mapping[str, Any] | None = None, spec: dict | None = None,
+                      group: RankGroup | None = None) -> dict | None:
+        """Store the model's weights and build spec, stamped with the epochs metered so far.
+
+        With `group` (DDP inside a rank group) only the group's leader writes; the other ranks get None.
+        In a distributed run the stamp is the job's total when the snapshot is taken.
+        """
+        if group is not None and not group.is_leader:
+            return None
+        if self.world_size > 1:
+            meta = {**(meta or {}), "rank": self.rank}
+        targets = self._meter.total_targets
+        snap = write_snapshot(self._paths.snapshots, tag, model, build_spec_of(model, spec),
+                              targets / self.epoch_tokens, targets, dict(meta or {}))
         self.log(event="snapshot", tag=tag)
         return snap.to_summary()
 

@@ -54,7 +54,9 @@ class Meter:
     """Counts target tokens against the budget; knows nothing about models or methods."""
 
     def __init__(self, epoch_tokens: int, seq_len: int, budget_epochs: float, state: MeterState | None = None,
-                 on_serve=None):
+                 on_serve=None, shared=None):
+        """`shared`, in a distributed run, is the job-wide counter (`add(tokens) -> new total`) that holds
+        the budget over all ranks; this meter then keeps only this rank's per-stream counts."""
         if epoch_tokens <= seq_len:
             raise SlowrunError(f"the training split ({epoch_tokens} tokens) is shorter than one window")
         self.epoch_tokens = int(epoch_tokens)
@@ -64,10 +66,17 @@ class Meter:
         self.allowed_targets = int(np.floor(self.budget_epochs * self.epoch_tokens + 1e-6))
         self.state = state or MeterState()
         self._on_serve = on_serve
+        self._shared = shared
+
+    @property
+    def local_targets(self) -> int:
+        """Target tokens served by this process's streams."""
+        return sum(self.state.targets.values())
 
     @property
     def total_targets(self) -> int:
-        return sum(self.state.targets.values())
+        """Target tokens served by every stream of the run (all ranks in a distributed run)."""
+        return self._shared.total() if self._shared is not None else self.local_targets
 
     @property
     def epochs(self) -> float:
@@ -77,19 +86,38 @@ class Meter:
     def remaining_targets(self) -> int:
         return self.allowed_targets - self.total_targets
 
-    def charge(self, stream_id: str, n_windows: int) -> None:
-        """Count `n_windows` windows for `stream_id`, or refuse if that would pass the budget."""
+    def charge(self, stream_id: str, n_windows: int, group_step: tuple[str, int, int] | None = None) -> None:
+        """Count `n_windows` windows for `stream_id`, or refuse if that would pass the budget.
+
+        `group_step=(stream, step, shards)` marks one shard of a sharded stream in a distributed run: the
+        windows of all `shards` shards at that step are granted or refused together, so ranks that step
+        together (DDP) all train the step or all stop (see `StoreBudget.charge_group_step`).
+        """
         targets = n_windows * self.seq_len
-        if targets > self.remaining_targets:
-            raise BudgetExhausted(
-                f"stream {stream_id!r} asked for {n_windows} more window(s) ({targets:,} target tokens) but only "
-                f"{max(self.remaining_targets, 0):,} remain of the budget of {self.budget_epochs:g} epochs "
-                f"({self.allowed_targets:,} tokens); {self.epochs:.4f} epochs were served"
-            )
+        if self._shared is not None and group_step is not None and group_step[2] > 1:
+            stream, step, shards = group_step
+            if not self._shared.charge_group_step(stream, step, targets * shards, self.allowed_targets):
+                self._refuse(stream_id, n_windows * shards, targets * shards,
+                             remaining=self.allowed_targets - self._shared.total())
+        elif self._shared is not None:
+            after = self._shared.add(targets)
+            if after > self.allowed_targets:
+                self._shared.add(-targets)
+                self._refuse(stream_id, n_windows, targets, remaining=self.allowed_targets - (after - targets))
+        elif targets > self.remaining_targets:
+            self._refuse(stream_id, n_windows, targets, remaining=self.remaining_targets)
         self.state.windows[stream_id] = self.state.windows.get(stream_id, 0) + n_windows
         self.state.targets[stream_id] = self.state.targets.get(stream_id, 0) + targets
         if self._on_serve is not None:
             self._on_serve(targets)
+
+    def _refuse(self, stream_id: str, n_windows: int, targets: int, remaining: int) -> None:
+        served = (self.allowed_targets - remaining) / self.epoch_tokens
+        raise BudgetExhausted(
+            f"stream {stream_id!r} asked for {n_windows} more window(s) ({targets:,} target tokens) but only "
+            f"{max(remaining, 0):,} remain of the budget of {self.budget_epochs:g} epochs "
+            f"({self.allowed_targets:,} tokens); {served:.4f} epochs were served"
+        )
 
     def charge_fitness(self, tokens: int) -> None:
         self.state.fitness_tokens += int(tokens)
@@ -102,19 +130,37 @@ class TrainStream:
     so a method may ask for its stream again (e.g. after resuming) without replaying data.
     """
 
-    def __init__(self, store: TokenStore, meter: Meter, stream_id: str, run_seed: int, batch_size: int):
+    def __init__(self, store: TokenStore, meter: Meter, stream_id: str, run_seed: int, batch_size: int,
+                 shard: tuple[int, int] | None = None):
         if not isinstance(batch_size, int) or batch_size < 1:
             raise SlowrunError(f"batch_size must be a positive integer, got {batch_size!r}")
+        index, count = shard or (0, 1)
+        if not (isinstance(count, int) and isinstance(index, int) and 0 <= index < count):
+            raise SlowrunError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
         self._store = store
         self._meter = meter
         self.stream_id = stream_id
         self.batch_size = batch_size
-        self._seed = stream_seed(run_seed, stream_id)
+        self.shard = (index, count)
+        # A shard is metered under its own key: its count alone fixes its position in the shared order.
+        self.meter_key = stream_id if count == 1 else f"{stream_id}[{index}/{count}]"
+        self._seed = stream_seed(run_seed, stream_id)  # every shard reads the one order of its stream
         self._epoch_cache: dict[int, np.ndarray] = {}
 
     @property
     def windows_served(self) -> int:
-        return self._meter.state.windows.get(self.stream_id, 0)
+        """Windows this stream (this shard of it) has served."""
+        return self._meter.state.windows.get(self.meter_key, 0)
+
+    def _first_window(self) -> int:
+        """Index in the stream's endless order of the next batch's first window.
+
+        Shards deal whole batches round-robin: batch k of shard i is batch k * count + i of the stream, so
+        shards that step together (DDP) read disjoint windows and together follow the unsharded order.
+        """
+        index, count = self.shard
+        batches = self.windows_served // self.batch_size
+        return (batches * count + index) * self.batch_size
 
     def _epoch(self, epoch: int) -> np.ndarray:
         if epoch not in self._epoch_cache:
@@ -138,8 +184,10 @@ class TrainStream:
     def next_batch(self):
         import torch
 
-        first = self.windows_served
-        self._meter.charge(self.stream_id, self.batch_size)
+        first = self._first_window()
+        index, count = self.shard
+        self._meter.charge(self.meter_key, self.batch_size,
+                           group_step=(self.stream_id, self.windows_served // self.batch_size, count))
         width = self._meter.seq_len + 1
         batch = np.empty((self.batch_size, width), dtype=np.int64)
         for row in range(self.batch_size):
@@ -155,5 +203,5 @@ class TrainStream:
 
     @property
     def epoch(self) -> float:
-        """How far this stream has read, in passes over the training split."""
-        return self.windows_served * self._meter.seq_len / self._store.n_tokens
+        """How far this stream (all its shards, stepping together) has read, in passes over the split."""
+        return self.windows_served * self.shard[1] * self._meter.seq_len / self._store.n_tokens

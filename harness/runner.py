@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.data.manifest import MANIFEST, read_manifest
+from harness.distributed import LaunchSpec
 from harness.errors import SlowrunError
 from harness.evaluation import evaluate_run
 from harness.method_spec import MethodError, MethodSpec, check_method, method_hash
@@ -53,6 +54,7 @@ class RunRequest:
     downstream: bool = False  # also score ARC-Easy, PIQA and SciQ with the final predictor
     downstream_data: Path | None = None  # local copies of the three tasks' data (else the Hub)
     downstream_limit: int | None = None  # documents per task (for quick looks; the record says n)
+    launch: LaunchSpec = field(default_factory=LaunchSpec)  # torchrun placement (one process by default)
 
 
 def default_data_dir(track: str) -> Path:
@@ -132,6 +134,7 @@ def prepare_run(req: RunRequest) -> Path:
         "val_tokens": manifest["splits"]["val"]["tokens"], "train_tokens": manifest["splits"]["train"]["tokens"],
         "compute_class": req.compute_class or ("cpu" if req.device == "cpu" else "unlimited"),
         "eval_batch_size": req.eval_batch_size,
+        "launch": req.launch.to_dict(),
         "downstream": {"enabled": req.downstream,
                        "data_dir": str(Path(req.downstream_data).resolve()) if req.downstream_data else None,
                        "limit": req.downstream_limit},
@@ -145,24 +148,57 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def launch_worker(run_dir: Path, resume: bool, progress: bool) -> int:
-    """Run the method in a child process; returns its exit code (the result file says how it ended)."""
-    command = [sys.executable, "-m", "harness.worker", str(run_dir)]
+def launch_worker(run_dir: Path, resume: bool, progress: bool, launch: LaunchSpec | None = None) -> int:
+    """Run the method in a child process (torchrun's processes when distributed); returns the exit code
+    (the result file says how it ended)."""
+    args = [str(run_dir)]
     if resume:
-        command.append("--resume")
+        args.append("--resume")
     if not progress:
-        command.append("--no-progress")
+        args.append("--no-progress")
+    launch = launch or LaunchSpec()
+    if launch.is_distributed:
+        command = launch.torchrun_command("harness.worker", args)
+    else:
+        command = [sys.executable, "-m", "harness.worker", *args]
     env = dict(os.environ)
     project_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
+    if launch.is_distributed:
+        # every rank is a full process on a shared machine: one intra-op thread each unless told otherwise
+        env.setdefault("OMP_NUM_THREADS", "1")
     return subprocess.run(command, env=env).returncode
 
 
+def _launch_of(spec: dict) -> LaunchSpec:
+    return LaunchSpec(**spec.get("launch", {}))
+
+
+def join_run(req: RunRequest, wait_s: float = 600.0) -> Path:
+    """A node other than node 0 of a multi-node job: wait for node 0's run folder (on a shared file
+    system), start this node's ranks, and leave evaluation and the record to node 0."""
+    if req.out is None:
+        raise SlowrunError("--node-rank > 0 needs --out: the run folder node 0 creates on the shared file system")
+    run_dir = Path(req.out)
+    deadline = time.monotonic() + wait_s
+    while not (run_dir / WORKER_SPEC).exists():
+        if time.monotonic() > deadline:
+            raise SlowrunError(f"{run_dir}: node 0 has not created the run within {wait_s:.0f} s; start node 0 "
+                               "first, with the same --out on a file system both nodes see")
+        time.sleep(1.0)
+    code = launch_worker(run_dir, resume=False, progress=False, launch=req.launch)
+    print(f"node {req.launch.node_rank}: ranks ended with code {code}; node 0 writes {run_dir / RECORD}",
+          file=sys.stderr)
+    return run_dir
+
+
 def run_method(req: RunRequest) -> Path:
+    if req.launch.node_rank > 0:
+        return join_run(req)
     run_dir = prepare_run(req)
     print(f"run folder: {run_dir}", file=sys.stderr)
     started = time.monotonic()
-    code = launch_worker(run_dir, resume=False, progress=req.progress)
+    code = launch_worker(run_dir, resume=False, progress=req.progress, launch=req.launch)
     finish_run(run_dir, worker_exit=code, wall_s=time.monotonic() - started, progress=req.progress)
     return run_dir
 
@@ -171,10 +207,11 @@ def resume_run(run_dir: Path, progress: bool = True) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / RUN_SPEC).exists():
         raise SlowrunError(f"{run_dir}: not a run folder (no {RUN_SPEC})")
+    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
     (run_dir / TRAIN_RESULT).unlink(missing_ok=True)
     (run_dir / RECORD).unlink(missing_ok=True)
     started = time.monotonic()
-    code = launch_worker(run_dir, resume=True, progress=progress)
+    code = launch_worker(run_dir, resume=True, progress=progress, launch=_launch_of(spec))
     finish_run(run_dir, worker_exit=code, wall_s=time.monotonic() - started, progress=progress)
     return run_dir
 
@@ -282,7 +319,8 @@ def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_
         "prior": evaluation["prior"],
         "downstream": None,
         "timings": {"train_s": train_s, "eval_s": eval_s, "other_s": other_s},
-        "compute": {"class": spec["compute_class"], "device": spec["device"], "world_size": 1},
+        "compute": {"class": spec["compute_class"], "device": spec["device"],
+                    "world_size": int(train.get("world_size", _launch_of(spec).world_size))},
         "environment": environment(spec["device"]),
     }
 

@@ -158,6 +158,44 @@ def train_naive_ensemble(ctx, recipe: Recipe, members: int, ema_decay: float) ->
 
 
 @dataclass(frozen=True)
+class _Placement:
+    """Where this process's trajectories run: rank group `index` of `n_groups`, DDP inside it when the
+    group has several ranks. A one-process run is group 0 of 1 with no DDP."""
+
+    index: int = 0
+    n_groups: int = 1
+    group: Any = None  # the context's RankGroup, in a distributed run
+
+    @property
+    def shard(self) -> tuple[int, int] | None:
+        if self.group is None or self.group.size == 1:
+            return None
+        return (self.group.rank_in_group, self.group.size)
+
+    @property
+    def snapshot_args(self) -> dict:
+        return {} if self.group is None else {"group": self.group}
+
+    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
+        if self.shard is None:
+            return model
+        from torch.nn.parallel import DistributedDataParallel
+
+        return DistributedDataParallel(model, process_group=self.group.process_group)
+
+
+def _trajectory_group(ctx, n_trajectories: int) -> _Placement:
+    """Trajectories are independent, so they go to rank groups: with W ranks and N trajectories there are
+    min(N, W) groups and trajectory t runs in group t mod groups."""
+    world = getattr(ctx, "world_size", 1)
+    if world <= 1:
+        return _Placement()
+    n_groups = min(n_trajectories, world)
+    group = ctx.rank_groups(n_groups)
+    return _Placement(group.index, n_groups, group)
+
+
+@dataclass(frozen=True)
 class Q0Settings:
     lr_floor: float = 0.08
     wd_floor: float = 0.7
@@ -195,17 +233,22 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
     Each trajectory runs the cyclic LR/anti-phase WD schedule; the optimizer state carries across cycles.
     After the warm-up cycles every cycle trains against the previous snapshot of the same trajectory as a
     frozen teacher. The final predictor is the harness's learned prior over all snapshots.
-    `trajectories` restricts which trajectories this process trains (rank groups in distributed runs).
+    In a distributed run the trajectories are spread over rank groups (DDP inside a group of several
+    ranks); `trajectories` restricts by hand which ones this process trains.
     """
     allocation = q0_plan(ctx.budget, settings)
-    tokens_per_step = recipe.tokens_per_step(ctx)
+    group = _trajectory_group(ctx, allocation.n_trajectories)
+    # a step of a trajectory is one batch on every rank of its group (DDP), all of it metered
+    tokens_per_step = recipe.tokens_per_step(ctx) * (group.shard[1] if group.shard else 1)
     schedule = allocation.trajectory_schedule(ctx.epoch_tokens, tokens_per_step, lr_floor=settings.lr_floor,
                                               wd_floor=settings.wd_floor, warmup_steps=recipe.warmup_steps)
     ctx.log(event="plan", trajectories=allocation.n_trajectories, cycles=allocation.cycles_per_trajectory,
             cycle_epochs=allocation.cycle_epochs, warmup_cycles=allocation.warmup_cycles, mode=allocation.mode,
             steps_per_trajectory=schedule.total_steps)
+    if trajectories is None:
+        trajectories = [t for t in range(allocation.n_trajectories) if t % group.n_groups == group.index]
     state = ctx.resume_state() or {}
-    todo = list(range(allocation.n_trajectories)) if trajectories is None else list(trajectories)
+    todo = list(trajectories)
     done = set(state.get("done", []))
     total_steps = schedule.total_steps * allocation.n_trajectories
     for t in todo:
@@ -226,14 +269,15 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
                 teacher = recipe.model(ctx)
                 teacher.load_state_dict(state["teacher"])
                 teacher = frozen_teacher(teacher)
-        stream = ctx.train_stream(f"trajectory{t}", recipe.batch_size)
+        student = group.wrap(model)
+        stream = ctx.train_stream(f"trajectory{t}", recipe.batch_size, shard=group.shard)
         while step < schedule.total_steps:
             mult = schedule.at(step)
             set_multipliers(optimizer, mult.lr, mult.weight_decay)
             cycle = schedule.cycle_index(step)
             use_teacher = teacher is not None and cycle is not None and allocation.has_teacher(cycle)
             inputs, targets = next(stream)
-            loss = train_step(model, optimizer, inputs, targets, teacher if use_teacher else None,
+            loss = train_step(student, optimizer, inputs, targets, teacher if use_teacher else None,
                               alpha=settings.distill.alpha, temperature=settings.distill.temperature,
                               max_grad_norm=recipe.grad_clip, step=step)
             is_end = schedule.is_cycle_end(step)
@@ -244,7 +288,7 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
             if not is_end:
                 continue
             ctx.save_snapshot(model, f"t{t}-c{cycle:03d}", meta={
-                "trajectory": t, "cycle": cycle, "distilled": use_teacher, "step": step})
+                "trajectory": t, "cycle": cycle, "distilled": use_teacher, "step": step}, **group.snapshot_args)
             teacher = frozen_teacher(model)
             if settings.perturbation is not None and step < schedule.total_steps:
                 progress = (t * schedule.total_steps + step) / total_steps
