@@ -17,7 +17,9 @@ from pathlib import Path
 
 from harness.data.manifest import read_manifest
 from harness.data.prepare import prepare_track
-from harness.efficiency import CURVES_DIR, lower_envelope, write_reference_curve
+from harness.efficiency import (CURVES_DIR, DownstreamCurves, downstream_curve_path, downstream_metric_values,
+                                load_downstream_curves, lower_envelope, write_downstream_curves,
+                                write_reference_curve)
 from harness.errors import DataError, SlowrunError
 from harness.runner import RunRequest, ensure_prepared, run_method
 from harness.tracks import get_track
@@ -38,6 +40,8 @@ class CalibrationRequest:
     out: Path | None = None
     track_files: tuple[str, ...] = ()
     progress: bool = True
+    downstream: bool = False  # also score ARC-Easy, PIQA and SciQ and write the downstream curves
+    downstream_data: Path | None = None
 
 
 def calibrate(req: CalibrationRequest) -> Path:
@@ -63,16 +67,19 @@ def calibrate(req: CalibrationRequest) -> Path:
             raise SlowrunError(f"{variant_dir}: its validation split differs from {base_dir}'s; the curve would "
                                "not measure the same thing")
         variants.append((factor, variant, variant_dir))
-    points = []
+    points, scored = [], []
     for factor, variant, variant_dir in variants:
         run_dir = run_method(RunRequest(
             method_dir=req.method_dir, track=track.name, track_spec=variant, epochs=req.epochs, seed=req.seed,
             overrides=req.overrides, data_dir=variant_dir, out=Path(req.work_dir) / f"run-{track.name}-x{factor}",
-            progress=req.progress))
+            progress=req.progress, downstream=req.downstream, downstream_data=req.downstream_data))
         record = json.loads((run_dir / "record.json").read_text(encoding="utf-8"))
         if record["status"] != "ok":
             raise SlowrunError(f"calibration run {run_dir} ended {record['status']}: {record['error']}")
         points.append((record["metered"]["train_tokens"], record["result"]["val_loss"]))
+        if req.downstream:
+            scored.append((record["metered"]["train_tokens"],
+                           downstream_metric_values(record["downstream"], record.get("downstream_average"))))
         print(f"{factor}x fresh data: {points[-1][0]:,} tokens -> val loss {points[-1][1]:.4f}", file=sys.stderr)
     kept = lower_envelope(points)
     if len(kept) < len(points):
@@ -85,5 +92,13 @@ def calibrate(req: CalibrationRequest) -> Path:
                      f"(seed {req.seed}); data hash of the base track {base['data_hash'][:16]}."),
         source=f"slowrun calibrate --track {track.name} --factors {','.join(map(str, factors))}",
     )
+    if scored:
+        metrics = tuple((m, tuple((t, values[m]) for t, values in scored)) for m in sorted(scored[0][1]))
+        where = write_downstream_curves(downstream_curve_path(out), DownstreamCurves(
+            track.name, f"Downstream scores of the same calibration runs (seed {req.seed}).",
+            f"slowrun calibrate --track {track.name} --downstream", track.train_tokens, metrics))
+        usable = [m for m, _ in metrics if load_downstream_curves(out).curve(m) is not None]
+        print(f"{where}: {len(usable)} of {len(metrics)} downstream metrics improve with data and get a curve",
+              file=sys.stderr)
     print(out)
     return out

@@ -112,7 +112,8 @@ def _cmd_calibrate(args) -> int:
         track=args.track, factors=factors, epochs=args.epochs, method_dir=Path(args.method), seed=args.seed,
         overrides=_parse_sets(args.set), data_dir=Path(args.data) if args.data else None,
         work_dir=Path(args.work_dir), out=Path(args.out) if args.out else None, track_files=tuple(args.tracks),
-        progress=not args.quiet))
+        progress=not args.quiet, downstream=args.downstream,
+        downstream_data=Path(args.downstream_data) if args.downstream_data else None))
     return 0
 
 
@@ -207,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="the track's prepared folder (default prepared/TRACK)")
     p.add_argument("--work-dir", default="calibration", help="where the larger preparations and runs go")
     p.add_argument("--out", help="curve file (default: the track's curve in harness/reference_curves/)")
+    p.add_argument("--downstream", action="store_true",
+                   help="also score ARC-Easy, PIQA and SciQ and write the downstream curves (text tracks)")
+    p.add_argument("--downstream-data", metavar="DIR", help="local task data (arc_easy/, piqa/, sciq/); else the Hub")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_calibrate)
 

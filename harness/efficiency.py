@@ -274,3 +274,84 @@ def write_reference_curve(
         Path(tmp_name).unlink(missing_ok=True)
         raise
     return curve
+
+
+# ---- downstream metrics -------------------------------------------------------------------------------
+# A downstream reference curve maps fresh training tokens to a score (accuracy: higher is better). It is
+# stored beside the loss curve as `<name>.downstream.json`; the multiplier reuses the loss machinery on
+# the error rate 1 - score, which falls as data grows exactly as a loss does.
+
+@dataclass(frozen=True)
+class DownstreamCurves:
+    track: str
+    description: str
+    source: str
+    train_tokens: int
+    metrics: tuple[tuple[str, tuple[tuple[int, float], ...]], ...]  # (metric, ((tokens, score), ...))
+
+    def curve(self, metric: str) -> ReferenceCurve | None:
+        """The metric's curve as a reference curve over error rates, or None when it has no usable curve
+        (unknown metric, or a score that never improved with more data)."""
+        points = dict(self.metrics).get(metric)
+        if points is None:
+            return None
+        errors = tuple((t, 1.0 - s) for t, s in points if 0.0 <= s < 1.0)
+        if len(lower_envelope(errors)) < 2:
+            return None
+        return ReferenceCurve(self.track, self.description, self.source, errors, self.train_tokens)
+
+    def to_dict(self) -> dict:
+        return {"track": self.track, "description": self.description, "source": self.source,
+                "train_tokens": self.train_tokens,
+                "metrics": {m: [{"tokens": t, "score": s} for t, s in pts] for m, pts in self.metrics}}
+
+
+def downstream_curve_path(name_or_path: str | os.PathLike) -> Path:
+    path = curve_path(name_or_path)
+    return path.with_name(f"{path.stem}.downstream.json")
+
+
+def load_downstream_curves(name_or_path: str | os.PathLike) -> DownstreamCurves | None:
+    """The downstream curves that go with a loss curve, or None when the track has none."""
+    path = downstream_curve_path(name_or_path)
+    if not path.is_file():
+        return None
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+        metrics = tuple((str(m), tuple((int(p["tokens"]), float(p["score"])) for p in pts))
+                        for m, pts in sorted(raw["metrics"].items()))
+        return DownstreamCurves(str(raw["track"]), str(raw.get("description", "")), str(raw.get("source", "")),
+                                _check_train_tokens(raw["train_tokens"], str(path)), metrics)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        raise ReferenceCurveError(f"{path}: not a downstream curve file ({exc}); expected track, train_tokens "
+                                  "and metrics {name: [{tokens, score}, ...]}") from exc
+
+
+def write_downstream_curves(path: str | os.PathLike, curves: DownstreamCurves) -> Path:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.write_text(json.dumps(curves.to_dict(), indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def downstream_metric_values(scores: dict, average: dict | None = None) -> dict[str, float]:
+    """Flat `task/metric` (and `average/metric`) values from a record's downstream table."""
+    values = {f"{task}/{metric}": float(row[metric]) for task, row in scores.items()
+              for metric in ("acc", "acc_norm") if metric in row}
+    for metric, value in (average or {}).items():
+        values[f"average/{metric}"] = float(value)
+    return values
+
+
+def downstream_efficiency(values: dict[str, float], curves: DownstreamCurves) -> dict[str, dict]:
+    """Data efficiency per downstream metric that has a usable reference curve (others are left out)."""
+    out = {}
+    for metric, score in sorted(values.items()):
+        curve = curves.curve(metric)
+        if curve is None or not math.isfinite(score):
+            continue
+        eff = data_efficiency(1.0 - score, curve)
+        out[metric] = {"score": score, "multiplier": eff.multiplier, "bound": eff.bound, "flag": eff.flag}
+    return out

@@ -279,11 +279,25 @@ def finish_run(run_dir: Path, worker_exit: int, wall_s: float | None, progress: 
         from harness.downstream import downstream_average
 
         record["downstream_average"] = downstream_average(downstream)
+        efficiency = _downstream_efficiency(record, track.reference_curve)
+        if efficiency:
+            record["downstream_efficiency"] = efficiency
     if downstream_note:
         record["downstream_note"] = downstream_note
     write_record_atomic(run_dir / RECORD, record)
     _print_summary(run_dir, record)
     return record
+
+
+def _downstream_efficiency(record: dict, reference_curve: str | None) -> dict | None:
+    """Data efficiency of each downstream score whose metric has a reference curve on this track."""
+    from harness.efficiency import downstream_efficiency, downstream_metric_values, load_downstream_curves
+
+    curves = load_downstream_curves(reference_curve) if reference_curve else None
+    if curves is None:
+        return None
+    values = downstream_metric_values(record["downstream"], record.get("downstream_average"))
+    return downstream_efficiency(values, curves) or None
 
 
 def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_s: float | None) -> dict:

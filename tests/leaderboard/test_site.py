@@ -278,3 +278,15 @@ def test_tracks_whose_names_clean_up_alike_get_distinct_anchors(tmp_path):
     build_site(tmp_path / "records", tmp_path / "site", workers=1)
     boards = parse_boards((tmp_path / "site" / "index.html").read_text(encoding="utf-8"))
     assert len(boards) == 2 and boards[0].section_id != boards[1].section_id
+
+
+def test_record_page_shows_downstream_data_efficiency(tmp_path):
+    record = make_record(0)
+    record["downstream_efficiency"] = {
+        "piqa/acc": {"score": 0.55, "multiplier": 3.0, "bound": None, "flag": None},
+        "sciq/acc": {"score": 0.9, "multiplier": None, "bound": ">4x", "flag": "below-table"}}
+    write_board(tmp_path / "records", [record])
+    build_site(tmp_path / "records", tmp_path / "site", workers=1)
+    page = next((tmp_path / "site" / "r").glob("*.html")).read_text(encoding="utf-8")
+    assert "Downstream data efficiency" in page
+    assert "<td>piqa/acc</td>" in page and ">3.00x<" in page and "&gt;4x" in page
