@@ -24,7 +24,6 @@ from pathlib import Path
 from harness.data.manifest import MANIFEST, read_manifest
 from harness.distributed import LaunchSpec
 from harness.errors import SlowrunError
-from harness.evaluation import evaluate_run
 from harness.method_spec import MethodError, MethodSpec, check_method, method_hash
 from harness.provenance import environment
 from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic
@@ -103,7 +102,9 @@ def _run_id(spec: MethodSpec, track: str, epochs: float, seed: int) -> str:
 
 def prepare_run(req: RunRequest) -> Path:
     """Check the method, resolve data and hyperparameters, and lay out a new run folder."""
-    spec, problems = check_method(req.method_dir, req.track_files)
+    # The entry point is imported in the method's own process, which reports a failed import as an
+    # `invalid` record; importing it here too would put a second torch import before training starts.
+    spec, problems = check_method(req.method_dir, req.track_files, import_check=False)
     if problems:
         raise MethodError(Path(req.method_dir), problems)
     track = req.track_spec or get_track(req.track, req.track_files)
@@ -167,7 +168,16 @@ def launch_worker(run_dir: Path, resume: bool, progress: bool, launch: LaunchSpe
     if launch.is_distributed:
         # every rank is a full process on a shared machine: one intra-op thread each unless told otherwise
         env.setdefault("OMP_NUM_THREADS", "1")
-    return subprocess.run(command, env=env).returncode
+    worker = subprocess.Popen(command, env=env)
+    try:
+        # Evaluation needs torch in this process; importing it while the method's process starts up
+        # overlaps the two imports instead of putting one after the other.
+        import harness.evaluation  # noqa: F401
+        return worker.wait()
+    except BaseException:
+        worker.kill()
+        worker.wait()
+        raise
 
 
 def _launch_of(spec: dict) -> LaunchSpec:
@@ -266,6 +276,8 @@ def finish_run(run_dir: Path, worker_exit: int, wall_s: float | None, progress: 
             "reporting (killed, out of memory, or a crash in native code); resume with slowrun run --resume",
             "traceback": ""}, "meter": {"targets": {}, "windows": {}, "fitness_tokens": 0}, "epochs": 0.0,
             "train_tokens": 0, "ensemble": None, "snapshots": [], "train_s": wall_s or 0.0}
+    from harness.evaluation import evaluate_run
+
     track = Track.from_dict(spec["track"])
     eval_started = time.monotonic()
     evaluation = evaluate_run(run_dir, Path(spec["data_dir"]), track.seq_len, train.get("ensemble"),

@@ -103,7 +103,11 @@ def run_worker(run_dir: Path, resume: bool = False, progress: bool = True) -> di
         ctx._ensemble = payload["ensemble"]
     status, error = "ok", None
     try:
-        entry = import_entry(Path(spec["method_dir"]), spec["entry"])
+        try:
+            entry = import_entry(Path(spec["method_dir"]), spec["entry"])
+        except Exception as exc:
+            raise ContractError(f"[method].entry {spec['entry']!r} cannot be imported from {spec['method_dir']}: "
+                                f"{type(exc).__name__}: {exc} (slowrun check DIR lists every problem)") from exc
         entry(ctx)
     except BudgetExhausted as exc:
         status, error = "budget-exceeded", _error(exc)

@@ -38,13 +38,17 @@ def mixture_scores(member_logits: Sequence[torch.Tensor], log_weights: torch.Ten
         return target_lp, logits.argmax(dim=-1)
     member_target_lp, mixed = [], None
     for logits, log_w in zip(member_logits, log_weights.tolist()):
-        logits = logits.to(torch.float64)
+        logits = logits.to(torch.float64)  # a fresh copy: everything below works in place on it
         peak = logits.max(dim=-1, keepdim=True).values
-        unnormalised = torch.exp(logits - peak)
-        total = unnormalised.sum(dim=-1, keepdim=True)
-        member_target_lp.append((logits.gather(1, index) - peak - torch.log(total)).squeeze(1))
-        term = unnormalised.mul_(torch.exp(log_w - torch.log(total)))  # w_i * p_i, in place
-        mixed = term if mixed is None else mixed.add_(term)
+        target_logit = logits.gather(1, index)
+        unnormalised = logits.sub_(peak).exp_()
+        log_total = unnormalised.sum(dim=-1, keepdim=True).log_()
+        member_target_lp.append((target_logit - peak - log_total).squeeze(1))
+        scale = (log_w - log_total).exp_()  # w_i / sum_v exp(logit - peak), per row
+        if mixed is None:
+            mixed = unnormalised.mul_(scale)
+        else:
+            mixed.addcmul_(unnormalised, scale)  # += w_i * p_i, fused
     stacked = torch.stack(member_target_lp) + log_weights.to(torch.float64)[:, None]
     return torch.logsumexp(stacked, dim=0), mixed.argmax(dim=-1)
 

@@ -84,6 +84,16 @@ raise AssertionError("not reached")
     assert record["result"] is None
 
 
+def test_method_whose_entry_cannot_be_imported_is_invalid(make_method, synthetic_data):
+    method = make_method("pass\n")
+    train = method / "train.py"
+    train.write_text("import a_module_that_does_not_exist\n" + train.read_text())
+    _, record = run(method, synthetic_data, epochs=1.0)
+    assert record["status"] == "invalid"
+    assert "cannot be imported" in record["error"]["message"]
+    assert "a_module_that_does_not_exist" in record["error"]["message"]
+
+
 def test_method_that_saves_nothing_is_invalid(make_method, synthetic_data):
     method = make_method("next(ctx.train_stream('main', 2))\n")
     _, record = run(method, synthetic_data, epochs=1.0)
