@@ -48,9 +48,9 @@ class StudySpec:
     progress: bool = True
 
 
-def cell_id(method: str, budget: float, seed: int) -> str:
-    """The run id of one study cell; the record's file name on the board derives from it."""
-    return f"{STUDY_PREFIX}-{method}-e{budget:g}-s{seed}"
+def cell_id(track: str, method: str, budget: float, seed: int) -> str:
+    """The run id of one study cell, unique on the board; the record's file name derives from it."""
+    return f"{STUDY_PREFIX}-{track}-{method}-e{budget:g}-s{seed}"
 
 
 def _filed(records_dir: Path, track: str, method: str, run_id: str) -> bool:
@@ -72,7 +72,7 @@ def run_study(spec: StudySpec) -> list[Path]:
         for seed in spec.seeds:
             for budget in sorted(spec.budgets):
                 for method in spec.methods:
-                    run_id = cell_id(method, budget, seed)
+                    run_id = cell_id(track_name, method, budget, seed)
                     if _filed(spec.records_dir, track_name, method, run_id):
                         continue
                     out = spec.work_dir / "runs" / track_name / run_id
@@ -89,7 +89,7 @@ def run_study(spec: StudySpec) -> list[Path]:
     return filed
 
 
-def refresh_study(spec: StudySpec, downstream_data: Path | None = None) -> list[Path]:
+def refresh_study(spec: StudySpec, downstream_data: Path | None = None, pattern: str = "*") -> list[Path]:
     """Re-evaluate every finished cell from its snapshots (cached log-probabilities make this cheap) and
     replace its record on the board: after a reference curve changes, or to add downstream scores."""
     from harness.records import load_record, record_to_json, write_text_atomic
@@ -98,7 +98,7 @@ def refresh_study(spec: StudySpec, downstream_data: Path | None = None) -> list[
 
     refreshed = []
     for track_name in spec.tracks:
-        for run_dir in sorted((spec.work_dir / "runs" / track_name).glob(f"{STUDY_PREFIX}-*")):
+        for run_dir in sorted((spec.work_dir / "runs" / track_name).glob(f"{STUDY_PREFIX}-{pattern}")):
             if not (run_dir / "record.json").exists():
                 continue
             evaluate_existing(run_dir, progress=spec.progress, downstream=True if downstream_data else None,
@@ -276,14 +276,8 @@ def report_markdown(cells: list[Cell]) -> str:
                 k = group[0].record["result"]["ensemble_size"]
                 row.append(f"{_fmt(mean, sd)} ({_efficiency_text(group)}, K={k}, n={len(group)})")
             lines.append(f"| {method} | " + " | ".join(row) + " |")
-        target_budget, matched, ratio = epochs_to_match_ratio(cells, track)
-        if target_budget is not None:
-            if ratio is None:
-                lines += ["", f"q0 never reaches the naive ensemble's {target_budget:g}-epoch loss within its "
-                              "budgets."]
-            else:
-                lines += ["", f"Epochs to match: q0 reaches the naive ensemble's {target_budget:g}-epoch loss "
-                              f"at about {matched:.2f} epochs, {ratio:.2f}x fewer."]
+        for against in ("naive_ensemble", "single_model"):
+            lines += ["", _match_text(cells, track, against)]
         q0 = [c for c in cells if c.track == track and c.method == "q0"]
         if q0:
             lines += ["", "q0 members (validation loss of single snapshots):", "",
@@ -296,6 +290,18 @@ def report_markdown(cells: list[Cell]) -> str:
                 lines.append(f"| {c.budget:g} | {c.seed} | {plan} | {show(before)} | {show(after)} | {c.loss:.4f} |")
         lines.append("")
     return "\n".join(lines)
+
+
+def _match_text(cells: list[Cell], track: str, against: str) -> str:
+    target_budget, matched, ratio = epochs_to_match_ratio(cells, track, "q0", against)
+    if target_budget is None:
+        return f"Epochs to match against {against}: not enough cells yet."
+    head = f"Epochs to match against {against}'s {target_budget:g}-epoch loss"
+    if ratio is None:
+        return f"{head}: q0 does not reach it within its budgets."
+    if matched == min(c.budget for c in cells if c.track == track and c.method == "q0"):
+        return f"{head}: q0 beats it already at its smallest budget ({matched:g} epochs), at least {ratio:.2f}x fewer."
+    return f"{head}: q0 reaches it at about {matched:.2f} epochs, {ratio:.2f}x fewer."
 
 
 def _plan_text(record: dict) -> str:
@@ -399,6 +405,7 @@ def main(argv: list[str] | None = None) -> int:
     refresh.add_argument("--work-dir", type=Path, default=Path("study-runs"))
     refresh.add_argument("--records", type=Path, default=StudySpec.records_dir)
     refresh.add_argument("--downstream-data", type=Path, help="also score ARC-Easy, PIQA and SciQ (text tracks)")
+    refresh.add_argument("--cells", default="*", help="glob over cell ids after 'study-', e.g. 'q0-e32-*'")
     refresh.add_argument("--quiet", action="store_true")
     tune = sub.add_parser("tune", help="the same small grid for every method at one budget")
     tune.add_argument("--track", default="webtext")
@@ -422,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.command == "refresh":
         spec = StudySpec(tracks=tuple(args.tracks.split(",")), work_dir=args.work_dir, records_dir=args.records,
                          progress=not args.quiet)
-        for path in refresh_study(spec, args.downstream_data):
+        for path in refresh_study(spec, args.downstream_data, args.cells):
             print(path)
     elif args.command == "tune":
         rows = run_tuning(args.track, args.budget, tuple(args.methods.split(",")), args.work_dir, not args.quiet)
