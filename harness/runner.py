@@ -345,6 +345,7 @@ def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_
         "prior": evaluation["prior"],
         "downstream": None,
         "timings": {"train_s": train_s, "eval_s": eval_s, "other_s": other_s},
+        "resumed": bool(train.get("resumed", False)),  # continued from a checkpoint after an interruption
         "compute": {"class": spec["compute_class"], "device": spec["device"],
                     "world_size": int(train.get("world_size", _launch_of(spec).world_size))},
         "environment": environment(spec["device"]),

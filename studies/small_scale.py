@@ -331,11 +331,10 @@ def plot_study(cells: list[Cell], out_dir: Path) -> list[Path]:
             pts = [(b, statistics.fmean(v)) for b, v in zip(budgets, eff) if v and all(x is not None for x in v)]
             if pts:
                 ax_eff.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=method)
-        floor = _best_loss(cells, track)
-        if floor is not None:
-            ax_loss.axhline(floor, color="grey", linestyle=":", label="best achievable")
+        budgets = sorted({c.budget for c in cells if c.track == track})
         for ax, ylabel in ((ax_loss, "validation loss (nats/token)"), (ax_eff, "data efficiency (x)")):
             ax.set_xscale("log", base=2)
+            ax.set_xticks(budgets, [f"{b:g}" for b in budgets])
             ax.set_xlabel("epoch budget")
             ax.set_ylabel(ylabel)
             ax.grid(alpha=0.3)
@@ -347,13 +346,6 @@ def plot_study(cells: list[Cell], out_dir: Path) -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
-
-
-def _best_loss(cells: list[Cell], track: str) -> float | None:
-    for c in cells:
-        if c.track == track:
-            return c.record.get("track", {}).get("best_val_loss")
-    return None
 
 
 def write_report(records_dir: Path, out_dir: Path) -> Path:

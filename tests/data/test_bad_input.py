@@ -117,3 +117,78 @@ def test_cli_prints_one_clear_error(tmp_path, capsys):
     assert code == 2
     assert err.startswith("error: ") and "gone.jsonl: no such file" in err
     assert "Traceback" not in err
+
+
+def gpt2_track(files, **kwargs):
+    from harness.tracks import TokenizerSpec
+    from tests.conftest import shared_path
+
+    ranks = str(shared_path("gpt2", "r50k_base.tiktoken"))
+    return local_track(files, tokenizer=TokenizerSpec(kind="gpt2", ranks_path=ranks), **kwargs)
+
+
+def test_error_mid_stream_removes_the_half_written_split(tmp_path, monkeypatch):
+    """GPT-2 encodes while it streams, so the bad line is met after the temporary folder exists."""
+    import harness.data.prepare as prepare
+
+    made = []
+    real_mkdtemp = prepare.tempfile.mkdtemp
+    monkeypatch.setattr(prepare.tempfile, "mkdtemp", lambda **kw: made.append(real_mkdtemp(**kw)) or made[-1])
+    data = write_docs(tmp_path / "docs.jsonl", 300)
+    lines = data.read_text().splitlines()
+    lines[250] = "{not json"
+    data.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"docs.jsonl:251: not valid JSON"):
+        prepare_track(gpt2_track([data], val_tokens=2_000, train_tokens=20_000), out, progress=False)
+    assert len(made) == 1  # the temporary folder existed when the error came
+    assert_nothing_left(out)
+
+
+def test_error_while_writing_keeps_the_previous_preparation(tmp_path, monkeypatch):
+    import harness.data.prepare as prepare
+
+    data = write_docs(tmp_path / "docs.jsonl", 200)
+    out = tmp_path / "out"
+    prepare_track(local_track([data]), out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def write_then_fail(tmp, *args, **kwargs):
+        (tmp / "val.tokens.bin").write_bytes(b"partial")
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(prepare, "_write_splits", write_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        prepare_track(local_track([data], val_tokens=2_500), out, progress=False, force=True)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out.")] == []
+
+
+def test_same_request_on_changed_source_is_refused_until_forced(tmp_path, capsys):
+    """The request matches, but the file's content changed, so the data hash does not."""
+    data = write_docs(tmp_path / "docs.jsonl", 200)
+    out = tmp_path / "out"
+    first = prepare_track(gpt2_track([data]), out, progress=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    data.write_text(data.read_text().replace("fox", "cat"))
+    with pytest.raises(DataError, match=r"out: holds data with hash .* pass --force"):
+        prepare_track(gpt2_track([data]), out, progress=False)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    ranks = gpt2_track([data]).tokenizer.ranks_path
+    tracks = tmp_path / "tracks.toml"
+    tracks.write_text(f"""
+[tracks.t]
+description = "test track"
+val_tokens = 2000
+train_tokens = 6000
+seq_len = 32
+fitness_tokens = 0
+source = {{ kind = "local", paths = ["{data}"] }}
+tokenizer = {{ kind = "gpt2", ranks_path = "{ranks}" }}
+""")
+    assert main(["prepare", "--track", "t", "--tracks", str(tracks), "--out", str(out), "--quiet"]) == 2
+    assert "pass --force" in capsys.readouterr().err
+    assert main(["prepare", "--track", "t", "--tracks", str(tracks), "--out", str(out), "--quiet", "--force"]) == 0
+    from harness.data.manifest import read_manifest
+
+    assert read_manifest(out)["data_hash"] != first.manifest["data_hash"]

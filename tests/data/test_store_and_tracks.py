@@ -154,3 +154,12 @@ def test_fineweb_stream_code_path_on_local_parquet(tmp_path):
 def test_progress_bar_shows_token_rate(tmp_path, capfd):
     prepare_track(get_track("synthetic"), tmp_path / "p", progress=True)
     assert "tok/s" in capfd.readouterr().err
+
+
+def test_official_fineweb_track_is_the_one_design_defines():
+    track = get_track("fineweb")
+    assert track.source.kind == "fineweb" and track.tokenizer.kind == "gpt2"
+    assert (track.val_tokens, track.train_tokens, track.seq_len) == (10_000_000, 100_000_000, 2048)
+    # every full window of 2049 tokens is scored: 4,880 windows of 2,048 targets
+    assert track.val_windows == 10_000_000 // 2049 == 4880
+    assert track.val_windows * track.seq_len == 9_994_240

@@ -112,3 +112,42 @@ def test_gpt2_track_tokenizer_from_explicit_ranks(tmp_path, shared_data):
     loaded, seq_len = track_tokenizer(tmp_path, gpt2_ranks=ranks)
     assert seq_len == 2048 and loaded.bos_id == 50256
     assert loaded.encode_batch(["Hello world"]) == [[15496, 995]]  # published GPT-2 ids
+
+
+def test_run_with_downstream_puts_scores_into_the_record(shared_data, tmp_path, monkeypatch):
+    """slowrun run --downstream on a small text track: the final predictor's scores reach the record,
+    equal to scoring the same snapshot directly."""
+    from harness.data.prepare import prepare_track
+    from harness.records import validate_record
+    from harness.runner import RunRequest, run_method
+    from tests.data.helpers import local_track
+
+    monkeypatch.setenv("SLOWRUN_NUM_THREADS", "1")
+    track = local_track([shared_data("webtext", "webtext.valid.jsonl")], val_tokens=3_000, train_tokens=8_000,
+                        seq_len=64, name="tinytext")
+    prepared = tmp_path / "tinytext"
+    prepare_track(track, prepared, progress=False)
+    method = tmp_path / "m"
+    method.mkdir()
+    (method / "method.toml").write_text('[method]\nname = "m"\nentry = "train:main"\ntracks = ["*"]\n')
+    (method / "train.py").write_text(
+        "import torch\nfrom tests.runner.tiny_model import Bigram\n\n"
+        "def main(ctx):\n    torch.manual_seed(0)\n    model = Bigram(ctx.vocab_size)\n"
+        "    opt = torch.optim.Adam(model.parameters(), lr=0.05)\n"
+        "    for x, y in ctx.train_stream('main', 8):\n"
+        "        loss = torch.nn.functional.cross_entropy(model(x).flatten(0, 1), y.flatten())\n"
+        "        opt.zero_grad(); loss.backward(); opt.step()\n"
+        "        if ctx.remaining_epochs * ctx.epoch_tokens < 8 * ctx.seq_len:\n            break\n"
+        "    ctx.save_snapshot(model, 'final')\n")
+    data = shared_data("downstream")
+    run_dir = run_method(RunRequest(method_dir=method, track="tinytext", track_spec=track, epochs=1.0,
+                                    data_dir=prepared, out=tmp_path / "run", progress=False, downstream=True,
+                                    downstream_data=data, downstream_limit=6))
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "ok" and validate_record(record) == []
+    assert set(record["downstream"]) == {"arc_easy", "piqa", "sciq"}
+    tokenizer, seq_len = track_tokenizer(prepared)
+    direct = score_snapshots(list_snapshots(run_dir / "snapshots"), [1.0], tokenizer=tokenizer, seq_len=seq_len,
+                             data_dir=data, limit=6)
+    assert record["downstream"] == direct
+    assert record["downstream_average"] == downstream_average(direct)

@@ -48,6 +48,7 @@ def test_kill_and_resume_equals_uninterrupted(method, synthetic_data, tmp_path):
     a = json.loads((straight / "record.json").read_text())
     b = json.loads((run_dir / "record.json").read_text())
     assert b["status"] == a["status"] == "ok"
+    assert b["resumed"] and not a["resumed"]
     assert b["metered"] == a["metered"]
     assert [s["tag"] for s in b["snapshots"]] == [s["tag"] for s in a["snapshots"]]
     assert losses(run_dir) == losses(straight)  # bitwise: floats compared exactly

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from harness.records import validate_record
 from harness.runner import RunRequest, run_method
@@ -103,13 +104,17 @@ def test_method_that_saves_nothing_is_invalid(make_method, synthetic_data):
 def test_the_method_process_never_sees_validation(make_method, synthetic_data):
     method = make_method("""
 import json, os, pathlib
-seen = {"attrs": sorted(vars(ctx)), "cwd_files": sorted(os.listdir(ctx.scratch_dir.parent / "train_data"))}
+seen = {"attrs": {k: repr(v) for k, v in vars(ctx).items()}, "env": dict(os.environ),
+        "cwd_files": sorted(os.listdir(ctx.scratch_dir.parent / "train_data"))}
 pathlib.Path(ctx.scratch_dir / "seen.json").write_text(json.dumps(seen))
 """ + TRAIN_ONE_EPOCH)
     run_dir, record = run(method, synthetic_data, epochs=2.0)
     assert record["status"] == "ok"
     seen = json.loads((run_dir / "scratch" / "seen.json").read_text())
     assert not any("val" in name for name in seen["cwd_files"])
+    # nothing the context holds, nor the process environment, names the validation split or its folder
+    for text in [*seen["attrs"].values(), *seen["env"].values()]:
+        assert str(synthetic_data) not in text and "val.tokens" not in text
     manifest = json.loads((run_dir / "train_data" / "manifest.json").read_text())
     assert list(manifest["splits"]) == ["train"]
     worker_spec = (run_dir / "worker.json").read_text()
@@ -121,9 +126,15 @@ pathlib.Path(ctx.scratch_dir / "seen.json").write_text(json.dumps(seen))
 def test_record_carries_provenance(make_method, synthetic_data):
     method = make_method(TRAIN_ONE_EPOCH)
     _, record = run(method, synthetic_data, epochs=2.0)
-    assert record["method"]["hash"].startswith("sha256:")
+    from harness.method_spec import method_hash
+    from harness.provenance import git_commit
+
+    assert record["method"]["hash"] == method_hash(method)
     manifest = json.loads((synthetic_data / "manifest.json").read_text())
     assert record["track"]["data_hash"] == manifest["data_hash"]
-    assert record["environment"]["torch"] and record["environment"]["harness_version"]
+    assert record["environment"]["torch"] == torch.__version__ and record["environment"]["harness_version"]
+    assert record["environment"]["git_commit"] == git_commit()
+    # epochs are counted against the training split minus the fitness carve
+    assert record["metered"]["epoch_tokens"] == manifest["splits"]["train"]["tokens"] - manifest["fitness"]["tokens"]
     # the record's epochs come from the meter, whatever the method logs
     assert abs(record["metered"]["epochs"] - record["metered"]["train_tokens"] / record["metered"]["epoch_tokens"]) < 1e-12
