@@ -17,7 +17,8 @@ from pathlib import Path
 
 from harness.data.manifest import read_manifest
 from harness.data.prepare import prepare_track
-from harness.efficiency import (CURVES_DIR, DownstreamCurves, downstream_curve_path, downstream_metric_values,
+from harness.efficiency import (CURVES_DIR, DownstreamCurves, downstream_curve_path, downstream_metric_stderrs,
+                                downstream_metric_values,
                                 load_downstream_curves, lower_envelope, write_downstream_curves,
                                 write_reference_curve)
 from harness.errors import DataError, SlowrunError
@@ -79,7 +80,8 @@ def calibrate(req: CalibrationRequest) -> Path:
         points.append((record["metered"]["train_tokens"], record["result"]["val_loss"]))
         if req.downstream:
             scored.append((record["metered"]["train_tokens"],
-                           downstream_metric_values(record["downstream"], record.get("downstream_average"))))
+                           downstream_metric_values(record["downstream"], record.get("downstream_average")),
+                           downstream_metric_stderrs(record["downstream"])))
         print(f"{factor}x fresh data: {points[-1][0]:,} tokens -> val loss {points[-1][1]:.4f}", file=sys.stderr)
     kept = lower_envelope(points)
     if len(kept) < len(points):
@@ -93,12 +95,14 @@ def calibrate(req: CalibrationRequest) -> Path:
         source=f"slowrun calibrate --track {track.name} --factors {','.join(map(str, factors))}",
     )
     if scored:
-        metrics = tuple((m, tuple((t, values[m]) for t, values in scored)) for m in sorted(scored[0][1]))
+        names = sorted(scored[0][1])
+        metrics = tuple((m, tuple((t, values[m]) for t, values, _ in scored)) for m in names)
+        stderrs = tuple((m, tuple(ses.get(m) for _, _, ses in scored)) for m in names)
         where = write_downstream_curves(downstream_curve_path(out), DownstreamCurves(
             track.name, f"Downstream scores of the same calibration runs (seed {req.seed}).",
-            f"slowrun calibrate --track {track.name} --downstream", track.train_tokens, metrics))
+            f"slowrun calibrate --track {track.name} --downstream", track.train_tokens, metrics, stderrs))
         usable = [m for m, _ in metrics if load_downstream_curves(out).curve(m) is not None]
-        print(f"{where}: {len(usable)} of {len(metrics)} downstream metrics improve with data and get a curve",
-              file=sys.stderr)
+        print(f"{where}: {len(usable)} of {len(metrics)} downstream metrics improve with data by more than two "
+              "standard errors and get a curve", file=sys.stderr)
     print(out)
     return out

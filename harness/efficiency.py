@@ -288,22 +288,32 @@ class DownstreamCurves:
     source: str
     train_tokens: int
     metrics: tuple[tuple[str, tuple[tuple[int, float], ...]], ...]  # (metric, ((tokens, score), ...))
+    stderrs: tuple[tuple[str, tuple[float | None, ...]], ...] = ()  # (metric, standard error of each score)
 
     def curve(self, metric: str) -> ReferenceCurve | None:
-        """The metric's curve as a reference curve over error rates, or None when it has no usable curve
-        (unknown metric, or a score that never improved with more data)."""
+        """The metric's curve as a reference curve over error rates, or None when it has no usable curve:
+        an unknown metric, a score that never improved with more data, or one whose whole improvement is
+        within two standard errors of its scores (noise would then be read as data efficiency)."""
         points = dict(self.metrics).get(metric)
         if points is None:
             return None
         errors = tuple((t, 1.0 - s) for t, s in points if 0.0 <= s < 1.0)
-        if len(lower_envelope(errors)) < 2:
+        envelope = lower_envelope(errors)
+        if len(envelope) < 2:
+            return None
+        spread = {t: se for (t, _), se in zip(points, dict(self.stderrs).get(metric, ())) if se is not None}
+        (first_t, first_err), (last_t, last_err) = envelope[0], envelope[-1]
+        noise = max(spread.get(first_t, 0.0), spread.get(last_t, 0.0))
+        if first_err - last_err <= 2.0 * noise:
             return None
         return ReferenceCurve(self.track, self.description, self.source, errors, self.train_tokens)
 
     def to_dict(self) -> dict:
+        errs = dict(self.stderrs)
         return {"track": self.track, "description": self.description, "source": self.source,
                 "train_tokens": self.train_tokens,
-                "metrics": {m: [{"tokens": t, "score": s} for t, s in pts] for m, pts in self.metrics}}
+                "metrics": {m: [{"tokens": t, "score": s, **({"stderr": errs[m][i]} if m in errs else {})}
+                                for i, (t, s) in enumerate(pts)] for m, pts in self.metrics}}
 
 
 def downstream_curve_path(name_or_path: str | os.PathLike) -> Path:
@@ -320,8 +330,10 @@ def load_downstream_curves(name_or_path: str | os.PathLike) -> DownstreamCurves 
         raw = json.loads(path.read_text(encoding="utf-8"))
         metrics = tuple((str(m), tuple((int(p["tokens"]), float(p["score"])) for p in pts))
                         for m, pts in sorted(raw["metrics"].items()))
+        stderrs = tuple((str(m), tuple(None if p.get("stderr") is None else float(p["stderr"]) for p in pts))
+                        for m, pts in sorted(raw["metrics"].items()) if any("stderr" in p for p in pts))
         return DownstreamCurves(str(raw["track"]), str(raw.get("description", "")), str(raw.get("source", "")),
-                                _check_train_tokens(raw["train_tokens"], str(path)), metrics)
+                                _check_train_tokens(raw["train_tokens"], str(path)), metrics, stderrs)
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ReferenceCurveError(f"{path}: not a downstream curve file ({exc}); expected track, train_tokens "
                                   "and metrics {name: [{tokens, score}, ...]}") from exc
@@ -343,6 +355,22 @@ def downstream_metric_values(scores: dict, average: dict | None = None) -> dict[
     for metric, value in (average or {}).items():
         values[f"average/{metric}"] = float(value)
     return values
+
+
+def downstream_metric_stderrs(scores: dict) -> dict[str, float | None]:
+    """Standard errors beside `downstream_metric_values`: per task as lm-eval reports them, and for the
+    unweighted average over tasks sqrt(sum se^2) / tasks (the tasks' documents are independent)."""
+    out: dict[str, float | None] = {}
+    for metric in ("acc", "acc_norm"):
+        ses = []
+        for task, row in scores.items():
+            se = row.get(f"{metric}_stderr")
+            out[f"{task}/{metric}"] = None if se is None else float(se)
+            ses.append(se)
+        if scores:
+            out[f"average/{metric}"] = (None if any(se is None for se in ses)
+                                        else math.sqrt(sum(float(se) ** 2 for se in ses)) / len(ses))
+    return out
 
 
 def downstream_efficiency(values: dict[str, float], curves: DownstreamCurves) -> dict[str, dict]:

@@ -47,3 +47,21 @@ def test_record_gets_efficiency_for_tasks_and_average(tmp_path):
     out = _downstream_efficiency(record, str(tmp_path / "t.json"))
     assert list(out) == ["average/acc_norm"]
     assert out["average/acc_norm"]["multiplier"] == pytest.approx(2.0)  # error 0.6: halfway, 200 tokens
+
+
+def test_an_improvement_within_two_standard_errors_gets_no_curve():
+    points = ((100, 0.50), (200, 0.51), (400, 0.515))
+    noisy = DownstreamCurves("t", "", "", 100, (("piqa/acc", points),), (("piqa/acc", (0.01, 0.01, 0.01)),))
+    assert noisy.curve("piqa/acc") is None  # 0.015 better with 4x the data, against a 0.02 noise band
+    clear = DownstreamCurves("t", "", "", 100, (("piqa/acc", points),), (("piqa/acc", (0.005, 0.005, 0.005)),))
+    assert clear.curve("piqa/acc") is not None
+
+
+def test_standard_error_of_the_task_average():
+    from harness.efficiency import downstream_metric_stderrs
+
+    scores = {"a": {"acc": 0.5, "acc_stderr": 0.03, "acc_norm": 0.5, "acc_norm_stderr": None},
+              "b": {"acc": 0.3, "acc_stderr": 0.04, "acc_norm": 0.3, "acc_norm_stderr": 0.01}}
+    ses = downstream_metric_stderrs(scores)
+    assert ses["average/acc"] == pytest.approx(0.05 / 2)  # sqrt(0.03^2 + 0.04^2) / 2 tasks
+    assert ses["average/acc_norm"] is None and ses["b/acc_norm"] == 0.01
