@@ -247,5 +247,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """The `slowrun` console script: `main`, then a fast exit (see harness.fast_exit)."""
+    from harness.fast_exit import exit_now
+
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

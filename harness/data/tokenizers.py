@@ -7,6 +7,8 @@ different paths give the same prepared data hash.
 
 from __future__ import annotations
 
+import functools
+
 import hashlib
 import json
 import os
@@ -78,6 +80,32 @@ def resolve_gpt2_ranks(explicit: str | os.PathLike | None = None) -> Path | None
     return None
 
 
+@functools.lru_cache(maxsize=4)
+def _gpt2_encoding(path: str, size: int, mtime_ns: int):
+    """The tiktoken Encoding of a ranks file, loaded once per process and file version (as tiktoken's own
+    `get_encoding` caches its encodings): parsing 50K base64 ranks costs more than encoding a small track."""
+    import tiktoken
+    from tiktoken.load import load_tiktoken_bpe
+
+    try:
+        ranks = load_tiktoken_bpe(path)
+    except Exception as exc:
+        raise DataError(f"{path}: not a tiktoken ranks file ({exc})") from None
+    if len(ranks) != GPT2_BOS:
+        raise DataError(f"{path}: has {len(ranks)} ranks; GPT-2's file has {GPT2_BOS}")
+    return tiktoken.Encoding(name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks,
+                             special_tokens={ENDOFTEXT: GPT2_BOS})
+
+
+def _token_pieces(enc) -> list[bytes]:
+    """The bytes of every ordinary token, computed once per Encoding object and kept on it."""
+    pieces = getattr(enc, "_slowrun_pieces", None)
+    if pieces is None:
+        pieces = [enc.decode_single_token_bytes(i) for i in range(GPT2_BOS)]
+        enc._slowrun_pieces = pieces
+    return pieces
+
+
 class Gpt2Tokenizer:
     """GPT-2 BPE through tiktoken, with BOS = <|endoftext|> = 50256."""
 
@@ -98,17 +126,8 @@ class Gpt2Tokenizer:
                 ) from None
             self.origin = "tiktoken:gpt2"
         else:
-            from tiktoken.load import load_tiktoken_bpe
-
-            try:
-                ranks = load_tiktoken_bpe(str(path))
-            except Exception as exc:
-                raise DataError(f"{path}: not a tiktoken ranks file ({exc})") from None
-            if len(ranks) != GPT2_BOS:
-                raise DataError(f"{path}: has {len(ranks)} ranks; GPT-2's file has {GPT2_BOS}")
-            self._enc = tiktoken.Encoding(
-                name="gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: GPT2_BOS}
-            )
+            stat = path.stat()
+            self._enc = _gpt2_encoding(str(path.resolve()), stat.st_size, stat.st_mtime_ns)
             self.origin = str(path)
         self._identity: dict | None = None
         self._piece_cache: list[bytes] | None = None
@@ -136,7 +155,7 @@ class Gpt2Tokenizer:
     @property
     def _pieces(self) -> list[bytes]:
         if self._piece_cache is None:
-            self._piece_cache = [self._enc.decode_single_token_bytes(i) for i in range(GPT2_BOS)]
+            self._piece_cache = _token_pieces(self._enc)
         return self._piece_cache
 
     def token_bytes(self) -> np.ndarray:

@@ -34,6 +34,7 @@ from q0_reference.trainer import train_step
 from tests.bench.timing import report
 
 EPOCHS = 6.0
+ROUNDS = 3
 
 
 def bare_loop(data_dir, steps: int, hparams: dict) -> float:
@@ -71,31 +72,42 @@ def test_harness_overhead_vs_bare_loop(benchmark, tmp_path):
     # both sides on the same number of intra-op threads, or the ratio measures thread counts
     env = {**os.environ, "SLOWRUN_NUM_THREADS": str(torch.get_num_threads())}
 
-    def harness_run():
+    def harness_run() -> tuple[float, float]:
+        """(whole command, its training phase: the command less the evaluation it reports)."""
         import shutil
 
         shutil.rmtree(run_dir, ignore_errors=True)
         started = time.perf_counter()
         subprocess.run(command, check=True, capture_output=True, env=env)
+        wall = time.perf_counter() - started
+        record = json.loads((run_dir / "record.json").read_text())
+        assert record["status"] == "ok"
+        return wall, wall - record["timings"]["eval_s"]
+
+    def bare_run(steps: int, hparams: dict) -> float:
+        bare_command = [sys.executable, "-m", "tests.bench.test_bench_harness_overhead", str(data_dir), str(steps),
+                        json.dumps(hparams)]
+        started = time.perf_counter()
+        subprocess.run(bare_command, check=True, env=env)
         return time.perf_counter() - started
 
-    benchmark.pedantic(harness_run, rounds=1, iterations=1)
-    wall = benchmark.stats.stats.max
-    record = json.loads((run_dir / "record.json").read_text())
-    assert record["status"] == "ok"
-    hparams = record["hparams"]
-    steps = steps_for_epochs(EPOCHS, record["metered"]["epoch_tokens"], hparams["batch_size"] * 128)
-    bare_command = [sys.executable, "-m", "tests.bench.test_bench_harness_overhead", str(data_dir), str(steps),
-                    json.dumps(hparams)]
-    started = time.perf_counter()
-    subprocess.run(bare_command, check=True, env=env)
-    bare = time.perf_counter() - started
-    training_phase = wall - record["timings"]["eval_s"]
+    harness_times, bare_times = [], []
+    for _ in range(ROUNDS):  # alternate, and keep the least disturbed run of each side
+        harness_times.append(harness_run())
+        record = json.loads((run_dir / "record.json").read_text())
+        hparams = record["hparams"]
+        steps = steps_for_epochs(EPOCHS, record["metered"]["epoch_tokens"], hparams["batch_size"] * 128)
+        bare_times.append(bare_run(steps, hparams))
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    wall = min(w for w, _ in harness_times)
+    training_phase = min(t for _, t in harness_times)
+    bare = min(bare_times)
     report(benchmark, "bare_loop_s", bare, unit=" s")
     report(benchmark, "harness_training_phase_s", training_phase, unit=" s")
-    report(benchmark, "harness_eval_s", record["timings"]["eval_s"], unit=" s")
+    report(benchmark, "harness_eval_s", wall - training_phase, unit=" s")
     report(benchmark, "training_overhead_pct", 100 * (training_phase - bare) / bare, target=3, unit="%")
     report(benchmark, "whole_command_overhead_pct", 100 * (wall - bare) / bare, unit="%")
+    print(f"rounds: harness {[round(t, 2) for _, t in harness_times]}, bare {[round(b, 2) for b in bare_times]}")
 
 
 if __name__ == "__main__":
