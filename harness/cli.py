@@ -90,7 +90,9 @@ def _cmd_run(args) -> int:
             data_dir=Path(args.data) if args.data else None, device=args.device, progress=not args.quiet,
             track_files=tuple(args.tracks), compute_class=args.compute_class, eval_batch_size=args.eval_batch_size,
             downstream=args.downstream, downstream_data=Path(args.downstream_data) if args.downstream_data else None,
-            downstream_limit=args.downstream_limit, launch=launch))
+            downstream_limit=args.downstream_limit, launch=launch,
+            timeout_s=args.timeout if args.timeout and args.timeout > 0 else None,
+            allow_read=tuple(Path(p) for p in args.allow_read)))
     print(run_dir)
     return 0
 
@@ -178,6 +180,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compute-class", help="label for the record (tiny, limited, two-hour, unlimited, cpu)")
     p.add_argument("--eval-batch-size", type=int, default=16)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run that was interrupted")
+    p.add_argument("--timeout", type=float, metavar="SECONDS",
+                   help="wall-clock limit of the method's processes; they are all stopped there (default: none)")
+    p.add_argument("--allow-read", action="append", default=[], metavar="DIR",
+                   help="another folder of code the sandboxed method may read (never data)")
     dist = p.add_argument_group("distributed (through torchrun; the run folder must be on a file system all "
                                 "nodes share)")
     dist.add_argument("--nproc-per-node", type=int, default=1, help="processes on this node (default 1)")

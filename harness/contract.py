@@ -2,29 +2,31 @@
 
 A method is a function `main(ctx)` in a method directory. It never opens data files: training data comes
 only from `ctx.train_stream`, whose every window is metered, and held-out documents for weighting
-ensembles from `ctx.fitness_windows`. What it produced reaches evaluation only as snapshots. The
-validation split is not in the method's process at all.
+ensembles from `ctx.fitness_windows`. What it produced reaches evaluation only as snapshots.
+
+The context is a thin client of the harness's data server (harness/server): every call that touches
+data, the meter or results is a request over the socket the worker opened before it sandboxed itself.
+The meter, the clock, snapshot storage and the records live in the server, out of the method's reach,
+so nothing in this process (which runs the method's code) can change a number the record reports.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
-import time
-from dataclasses import dataclass
+import secrets
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
 
 import numpy as np
 
-from harness.data.store import TokenStore
 from harness.distributed import RankGroup, RankInfo, make_rank_groups
 from harness.errors import SlowrunError
-from harness.meter import BudgetExhausted, Meter, MeterState, TrainStream
-from harness.snapshots import build_spec_of, list_snapshots, write_snapshot
+from harness.meter import BudgetExhausted
+from harness.server.wire import Channel
+from harness.snapshots import build_spec_of
 from harness.tracks import Track
 
 __all__ = ["RunContext", "BudgetExhausted", "Diverged", "ContractError"]
@@ -40,120 +42,99 @@ class ContractError(SlowrunError):
     """The method used the context in a way the contract does not allow."""
 
 
-@dataclass(frozen=True)
-class RunPaths:
-    """The files a run owns; the method sees only `scratch`.
-
-    In a distributed run each rank keeps its own metrics file and checkpoint (rank 0 the usual names),
-    so a resume can roll every rank back to its own last checkpoint.
-    """
-
-    root: Path
-    rank: int = 0
-
-    @property
-    def snapshots(self) -> Path:
-        return self.root / "snapshots"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / ("metrics.jsonl" if self.rank == 0 else f"metrics-rank{self.rank}.jsonl")
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.root / "checkpoint" / ("state.pt" if self.rank == 0 else f"state-rank{self.rank}.pt")
-
-    @property
-    def scratch(self) -> Path:
-        return self.root / "scratch"
-
-    @property
-    def train_data(self) -> Path:
-        return self.root / "train_data"
+_ERRORS = {"BudgetExhausted": BudgetExhausted, "Diverged": Diverged, "ContractError": ContractError}
 
 
-class _Progress:
-    """A tqdm bar over the budget's target tokens, moved by the meter, annotated by the method's logs."""
+class RemoteStream:
+    """An endless iterator of metered (inputs, targets) batches, read from the data server.
 
-    def __init__(self, total: int, initial: int, epoch_tokens: int, label: str, enabled: bool):
-        from tqdm import tqdm
+    Each batch arrives as the split's own dtype (uint16 for GPT-2) and is widened to int64 here."""
 
-        self.epoch_tokens = epoch_tokens
-        self.bar = tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc=label,
-                        disable=not enabled, dynamic_ncols=True, smoothing=0.05)
-        self.served = initial
+    def __init__(self, ctx: "RunContext", stream_id: str, batch_size: int, shard: tuple[int, int] | None):
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+            raise SlowrunError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if shard is not None:
+            index, count = shard
+            if not (isinstance(count, int) and isinstance(index, int) and 0 <= index < count):
+                raise SlowrunError(f"shard must be (index, count) with 0 <= index < count, got {shard!r}")
+        self._ctx = ctx
+        self.stream_id = stream_id
+        self.batch_size = batch_size
+        self.shard = tuple(shard) if shard else (0, 1)
+        self._request = {"op": "batch", "stream": stream_id, "batch_size": batch_size,
+                         "shard": list(shard) if shard else None}
+        self.windows_served = 0
+        self.epoch = 0.0
 
-    def advance(self, tokens: int) -> None:
-        self.served += tokens
-        self.bar.update(tokens)
+    def next_batch(self):
+        import torch
 
-    def note(self, metrics: Mapping[str, Any]) -> None:
-        shown = {"epoch": f"{self.served / self.epoch_tokens:.2f}"}
-        for key, value in metrics.items():
-            if isinstance(value, float):
-                shown[key] = f"{value:.4g}"
-        self.bar.set_postfix(shown, refresh=False)
+        header, payload = self._ctx._call(self._request)
+        array = np.frombuffer(payload, dtype=np.dtype(header["dtype"])).reshape(header["shape"])
+        tensor = torch.from_numpy(array.astype(np.int64))
+        self.windows_served, self.epoch = header["windows_served"], header["epoch"]
+        return tensor[:, :-1], tensor[:, 1:]
 
-    def close(self) -> None:
-        self.bar.close()
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        return self.next_batch()
 
 
 class RunContext:
     """The method's whole view of the run. Attributes are read-only by convention and by construction."""
 
-    def __init__(self, *, track: Track, budget: float, hparams: Mapping[str, Any], seed: int, device: str,
-                 paths: RunPaths, train_store: TokenStore, fitness_docs: int, meter_state: MeterState | None = None,
-                 resume: dict | None = None, progress: bool = True, rank_info: RankInfo | None = None,
-                 shared_budget=None):
-        self.track = track
-        self.budget = float(budget)
-        self.hparams = MappingProxyType(dict(hparams))
-        self.seed = int(seed)
-        self.device = device
+    def __init__(self, channel: Channel, run: Mapping[str, Any], rank_info: RankInfo | None = None,
+                 device: str | None = None):
+        self._channel = channel
+        self.track = Track.from_dict(run["track"])
+        self.budget = float(run["budget"])
+        self.hparams = MappingProxyType(dict(run["hparams"]))
+        self.seed = int(run["seed"])
+        self.device = device or run["device"]
         info = rank_info or RankInfo()
         self.rank, self.world_size, self.local_rank = info.rank, info.world_size, info.local_rank
         self._rank_info = info
         self._rank_groups: dict[int, RankGroup] = {}
-        self.seq_len = track.seq_len
-        self.vocab_size = train_store.vocab_size
-        self.bos_id = train_store.bos_id
-        self._paths = paths
-        self.scratch_dir = paths.scratch
-        self.scratch_dir.mkdir(parents=True, exist_ok=True)
-        self._fitness = train_store.documents(0, fitness_docs) if fitness_docs else None
-        self._train = train_store.documents(fitness_docs)
-        self.epoch_tokens = self._train.n_tokens
-        meter_state = meter_state or MeterState()
-        self._meter = Meter(self.epoch_tokens, track.seq_len, budget, meter_state, on_serve=self._served,
-                            shared=shared_budget)
-        self._progress = _Progress(self._meter.allowed_targets, self._meter.total_targets, self.epoch_tokens,
-                                   f"train {track.name}", progress and self.rank == 0)
-        self._streams: dict[tuple, TrainStream] = {}
-        self._ensemble: dict[str, float] | str | None = None
-        self._resume = resume
-        self._started = time.monotonic()
-        self._last_metrics: dict[str, Any] = {}
+        self.seq_len = int(run["seq_len"])
+        self.vocab_size = int(run["vocab_size"])
+        self.bos_id = int(run["bos_id"])
+        self.epoch_tokens = int(run["epoch_tokens"])
+        self.scratch_dir = Path(run["scratch"])
+        self._outbox = Path(run["outbox"])
+        self._has_fitness = bool(run["has_fitness"])
+        self._resume_file = run.get("resume_file")
+        self._ensemble = run.get("ensemble")
+        self._streams: dict[tuple, RemoteStream] = {}
+
+    # ---- the wire -------------------------------------------------------------------------------
+    def _call(self, header: dict):
+        self._channel.send(header)
+        reply, payload = self._channel.recv()
+        if not reply.get("ok"):
+            error = reply.get("error") or {}
+            raise _ERRORS.get(error.get("type"), ContractError)(error.get("message", "request refused"))
+        return reply, payload
 
     # ---- accounting -------------------------------------------------------------------------------
+    def _totals(self) -> tuple[int, int]:
+        reply, _ = self._call({"op": "status"})
+        return reply["total_targets"], reply["allowed_targets"]
+
     @property
     def epochs(self) -> float:
-        """Epochs metered so far (all streams)."""
-        return self._meter.epochs
+        """Epochs metered so far (all streams, all ranks), as the server counts them."""
+        return self._totals()[0] / self.epoch_tokens
 
     @property
     def remaining_epochs(self) -> float:
-        return self._meter.remaining_targets / self.epoch_tokens
+        total, allowed = self._totals()
+        return (allowed - total) / self.epoch_tokens
 
     def windows_per_epoch(self) -> float:
         """Windows of seq_len targets in one epoch (fractional: epochs need not be whole windows)."""
         return self.epoch_tokens / self.seq_len
-
-    def _served(self, tokens: int) -> None:
-        if self.world_size > 1:  # rank 0's bar follows the whole job, not only its own streams
-            if self.rank == 0:
-                self._progress.advance(self._meter.total_targets - self._progress.served)
-        else:
-            self._progress.advance(tokens)
 
     # ---- ranks ----------------------------------------------------------------------------------
     def rank_groups(self, n_groups: int) -> RankGroup:
@@ -169,13 +150,13 @@ class RunContext:
 
     # ---- data -----------------------------------------------------------------------------------
     def train_stream(self, stream_id: str = "main", batch_size: int = 8,
-                     shard: tuple[int, int] | None = None) -> TrainStream:
+                     shard: tuple[int, int] | None = None) -> RemoteStream:
         """An endless, metered iterator of (inputs, targets) LongTensor batches of shape [batch, seq_len].
 
         Each stream id has its own document order (derived from the run seed and the id) and its own
         position, which continues if the stream is asked for again. Every batch is charged to the budget
-        before it is returned; a batch that would pass the budget raises BudgetExhausted (in a
-        distributed run the budget is the job's, summed over all ranks).
+        before it is sent; a batch that would pass the budget raises BudgetExhausted (in a distributed
+        run the budget is the job's, summed over all ranks).
 
         `shard=(i, n)` reads part i of n of the stream: the ranks of a DDP group each take their own
         shard and step together, so together they read the stream's one order without overlap.
@@ -185,7 +166,7 @@ class RunContext:
         key = (stream_id, tuple(shard) if shard else None)
         stream = self._streams.get(key)
         if stream is None or stream.batch_size != batch_size:
-            stream = TrainStream(self._train, self._meter, stream_id, self.seed, batch_size, shard)
+            stream = RemoteStream(self, stream_id, batch_size, shard)
             self._streams[key] = stream
         return stream
 
@@ -196,50 +177,63 @@ class RunContext:
         """
         import torch
 
-        if self._fitness is None or self._fitness.num_windows(self.seq_len) == 0:
+        if not self._has_fitness:
             raise ContractError(f"track {self.track.name!r} carves no fitness documents (fitness_tokens = 0)")
-        windows = np.asarray(self._fitness.windows(self.seq_len), dtype=np.int64)
-        self._meter.charge_fitness(windows.shape[0] * self.seq_len)
-        return torch.from_numpy(windows)
+        header, payload = self._call({"op": "fitness"})
+        array = np.frombuffer(payload, dtype=np.dtype(header["dtype"])).reshape(header["shape"])
+        return torch.from_numpy(array.astype(np.int64))
 
     # ---- results --------------------------------------------------------------------------------
+    def _outbox_path(self, kind: str) -> Path:
+        self._outbox.mkdir(parents=True, exist_ok=True)
+        return self._outbox / f"{kind}-r{self.rank}-{os.getpid()}-{secrets.token_hex(6)}"
+
     def save_snapshot(self, model, tag: str, meta: Mapping[str, Any] | None = None, spec: dict | None = None,
                       group: RankGroup | None = None) -> dict | None:
-        """Store the model's weights and build spec, stamped with the epochs metered so far.
+        """Hand the model's weights and build spec to the harness, which stamps them with its metered epochs.
 
-        With `group` (DDP inside a rank group) only the group's leader writes; the other ranks get None.
-        In a distributed run the stamp is the job's total when the snapshot is taken.
+        The weights are written into the run's outbox and moved into harness storage by the server, which
+        hashes them. With `group` (DDP inside a rank group) only the group's leader hands them over; the
+        other ranks get None.
         """
         if group is not None and not group.is_leader:
             return None
+        from safetensors.torch import save_file
+
+        build = build_spec_of(model, spec)
+        meta = dict(meta or {})
         if self.world_size > 1:
-            meta = {**(meta or {}), "rank": self.rank}
-        targets = self._meter.total_targets
-        snap = write_snapshot(self._paths.snapshots, tag, model, build_spec_of(model, spec),
-                              targets / self.epoch_tokens, targets, dict(meta or {}))
-        self.log(event="snapshot", tag=tag)
-        return snap.to_summary()
+            meta["rank"] = self.rank
+        try:
+            meta = _finite(meta)
+        except ValueError as exc:
+            raise ContractError(f"snapshot {tag!r}: meta must be JSON-able with finite numbers ({exc})") from None
+        path = self._outbox_path("snapshot").with_suffix(".safetensors")
+        state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+        save_file(state, str(path))
+        try:
+            reply, _ = self._call({"op": "snapshot", "tag": tag, "spec": build, "meta": meta, "file": path.name})
+        finally:
+            path.unlink(missing_ok=True)  # gone already when the server took it
+        return reply["snapshot"]
 
     def snapshot_tags(self) -> list[str]:
-        return [s.tag for s in list_snapshots(self._paths.snapshots)]
+        return list(self._call({"op": "tags"})[0]["tags"])
 
     def set_ensemble(self, weights: Mapping[str, float] | str) -> None:
         """The final predictor: {tag: weight} over saved snapshots, or "prior" for the harness's learned
         prior over all snapshots (fit on the fitness windows at evaluation). Default: the last snapshot."""
-        if weights == "prior":
-            self._ensemble = "prior"
-            return
-        if not isinstance(weights, Mapping) or not weights:
-            raise ContractError('set_ensemble takes {tag: weight} or "prior"')
-        known = set(self.snapshot_tags())
-        unknown = [t for t in weights if t not in known]
-        if unknown:
-            raise ContractError(f"set_ensemble names unknown snapshot(s) {unknown}; saved: {sorted(known)}")
-        values = [float(w) for w in weights.values()]
-        if any(not math.isfinite(w) or w < 0 for w in values) or sum(values) <= 0:
-            raise ContractError("ensemble weights must be finite, non-negative, and not all zero")
-        total = sum(values)
-        self._ensemble = {tag: float(w) / total for tag, w in weights.items()}
+        if weights != "prior":
+            if not isinstance(weights, Mapping) or not weights:
+                raise ContractError('set_ensemble takes {tag: weight} or "prior"')
+            try:
+                weights = {str(tag): float(w) for tag, w in weights.items()}
+            except (TypeError, ValueError):
+                raise ContractError("ensemble weights must be numbers") from None
+            if not all(math.isfinite(w) for w in weights.values()):
+                raise ContractError("ensemble weights must be finite, non-negative, and not all zero")
+        self._call({"op": "ensemble", "weights": weights})
+        self._ensemble = weights
 
     @property
     def ensemble(self):
@@ -247,7 +241,7 @@ class RunContext:
 
     # ---- logging --------------------------------------------------------------------------------
     def log(self, metrics: Mapping[str, Any] | None = None, **more: Any) -> None:
-        """Append metrics to the run's metrics.jsonl, stamped with the meter's tokens and epochs.
+        """Append metrics to the run's metrics.jsonl (the server stamps them with its tokens and epochs).
 
         A non-finite `loss` or `train_loss` ends the run with status "diverged".
         """
@@ -255,33 +249,30 @@ class RunContext:
         for key in LOSS_KEYS:
             value = entry.get(key)
             if isinstance(value, (int, float)) and not math.isfinite(value):
+                self._call({"op": "log", "entry": {key: str(value)}})  # the server records the divergence
                 raise Diverged(f"training {key} is {value} after {self.epochs:.4f} epochs; lower the learning rate "
                                "or add warm-up / gradient clipping")
-        line = {"tokens": self._meter.total_targets, "epochs": round(self.epochs, 6), **entry}
-        with open(self._paths.metrics, "a", encoding="utf-8") as f:
-            f.write(json.dumps(line, default=_jsonable) + "\n")
-        self._progress.note(entry)
+        self._call({"op": "log", "entry": _finite(entry, lenient=True)})
 
     # ---- checkpoint / resume --------------------------------------------------------------------
     def checkpoint(self, state: Mapping[str, Any]) -> None:
-        """Save the method's state with the meter and RNG states, atomically; resume continues from here."""
+        """Save the method's state with its RNG states; resume continues from here.
+
+        The server keeps its own meter, snapshot list and ensemble beside it, so a resumed run restarts
+        its accounting from the harness's numbers, not from anything in this file."""
         import torch
 
-        path = self._paths.checkpoint
-        path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "method_state": dict(state),
-            "meter": self._meter.state.to_dict(),
-            "snapshots": self.snapshot_tags(),
-            "ensemble": self._ensemble,
-            "metrics_lines": _count_lines(self._paths.metrics),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
-        }
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        torch.save(payload, tmp)
-        with open(tmp, "rb") as f:
+        payload = {"method_state": dict(state),
+                   "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
+                           "python": random.getstate()}}
+        path = self._outbox_path("checkpoint").with_suffix(".pt")
+        torch.save(payload, path)
+        with open(path, "rb") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            self._call({"op": "checkpoint", "file": path.name})
+        finally:
+            path.unlink(missing_ok=True)
 
     def resume_state(self) -> Mapping[str, Any] | None:
         """The state given to the last checkpoint() of an interrupted run, or None for a fresh run.
@@ -289,36 +280,40 @@ class RunContext:
         Calling it also restores the random number generators as they were at that checkpoint, so call it
         after building the model (whose initialisation draws random numbers the checkpoint overwrites).
         """
-        if self._resume is None:
+        if not self._resume_file:
             return None
         import torch
 
-        rng = self._resume["rng"]
+        payload = torch.load(self._resume_file, weights_only=False)
+        rng = payload["rng"]
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
-        return self._resume["method_state"]
+        return payload["method_state"]
 
     def close(self) -> None:
-        self._progress.close()
-
-    def meter_state(self) -> MeterState:
-        return self._meter.state
-
-    @property
-    def train_seconds(self) -> float:
-        return time.monotonic() - self._started
+        pass
 
 
-def _count_lines(path: Path) -> int:
-    if not path.exists():
-        return 0
-    with open(path, "rb") as f:
-        return sum(1 for _ in f)
-
-
-def _jsonable(value):
+def _finite(value, lenient: bool = False):
+    """A JSON-safe copy: with `lenient`, non-finite floats and unknown objects become strings (metrics);
+    otherwise they are an error (snapshot meta)."""
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v, lenient) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v, lenient) for v in value]
+    if isinstance(value, bool) or value is None or isinstance(value, (str, int)):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        if lenient:
+            return str(value)
+        raise ValueError(f"{value} is not finite")
     try:
-        return float(value)
+        number = float(value)  # numpy and torch scalars
     except (TypeError, ValueError):
-        return str(value)
+        if lenient:
+            return str(value)
+        raise ValueError(f"{type(value).__name__} is not JSON-able") from None
+    return _finite(number, lenient)

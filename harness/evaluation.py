@@ -1,17 +1,30 @@
 """Evaluate a run from its snapshots: per-token caches, then every number of the record by arithmetic.
 
 Runs in the harness's process after training (the method's process never holds validation data). Each
-snapshot is run once over the validation windows and once over the fitness windows; the caches
-(`eval/<tag>.val.npy`, `eval/<tag>.fit.npy`, float32) make re-evaluation free, and everything else (the
-final ensemble, the learned prior, the K sweep, the curve against epochs, data efficiency) is computed
-from them. Choices (prior weights, which K, which snapshot) are made on fitness data only.
+snapshot's model runs in an evaluation worker of its own (:mod:`harness.eval_client`: a sandboxed process
+that never sees the data files, only the windows it is asked about), is probed for causality and
+statelessness (:mod:`harness.probes`), and is run once over the validation windows and once over the
+fitness windows; the log-probabilities are computed here, from the logits it returns. A snapshot that
+cannot be scored (refused builder, failed probe, non-finite output, weights that do not match their
+hash, a crash or timeout) is listed as invalid with its reason and left out of everything else.
+
+The caches (`eval/<tag>.val.npy`, `eval/<tag>.fit.npy`, float32) make re-evaluation free. A cache is
+used only if `eval/<tag>.sha256` (written with it) matches both the cache files and the snapshot's
+current weights: a cache that was placed there by anything else, or that belongs to other weights, is
+recomputed. Everything else (the final ensemble, the learned prior, the K sweep, the curve against epochs,
+data efficiency) is computed from the caches. Choices (prior weights, which K, which snapshot) are made on
+fitness data only.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -19,12 +32,16 @@ from harness.data.manifest import read_manifest
 from harness.data.store import TokenStore
 from harness.efficiency import ReferenceCurveError, curve_path, data_efficiency, load_reference_curve
 from harness.ensemble import bits_per_byte, mean_nll, mixture_logp
+from harness.errors import SlowrunError
+from harness.eval_client import DEFAULT_TIMEOUT_S, InvalidSnapshot, RemoteModel, read_weights
 from harness.logprobs import load_logprobs, save_logprobs, token_logprobs
 from harness.prior import default_ks, fit_prior, k_sweep, loss_curve
+from harness.probes import CausalityProbe, ProbedModel, ProbeSettings, statelessness_probe
+from harness.snapshots import WEIGHTS, Snapshot, list_snapshots
 from harness.threads import apply_thread_setting
-from harness.snapshots import Snapshot, list_snapshots, load_snapshot_model
 
 MIN_PRIOR_WEIGHT = 1e-4  # prior members below this weight are dropped from the final ensemble
+PREFETCH = True  # start the next snapshot's worker while the current one is scored (see _score_all)
 
 
 @dataclass(frozen=True)
@@ -32,6 +49,7 @@ class EvalData:
     val_windows: np.ndarray  # (n, T + 1), zero-copy view of the validation split
     fit_windows: np.ndarray  # (m, T + 1), the fitness documents' windows
     val_target_bytes: np.ndarray | None  # UTF-8 bytes of every validation target (BOS = 0), or None
+    vocab_size: int | None = None  # the track's vocabulary: a model must give at least this many logits
 
 
 def open_eval_data(data_dir: Path, seq_len: int) -> EvalData:
@@ -46,22 +64,120 @@ def open_eval_data(data_dir: Path, seq_len: int) -> EvalData:
     if bytes_file.exists():
         table = np.fromfile(bytes_file, dtype=np.int32)
         target_bytes = table[np.asarray(windows[:, 1:]).reshape(-1)]
-    return EvalData(windows, fit, target_bytes)
+    vocab = manifest.get("tokenizer", {}).get("vocab_size")
+    return EvalData(windows, fit, target_bytes, int(vocab) if vocab else None)
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """How snapshots' models are run: where their code may come from, and the worker's limits."""
+
+    method_dir: Path | None = None  # the method's directory: builders like 'mymodel:build' live there
+    builder_roots: tuple[Path, ...] | None = None  # more trusted folders; None: $SLOWRUN_ALLOW_READ's
+    timeout_s: float | None = DEFAULT_TIMEOUT_S  # per snapshot
+    probes: ProbeSettings = ProbeSettings()
+    require_sandbox: bool = False
+
+    def remote(self, snapshot: Snapshot, device: str, vocab_size: int | None) -> RemoteModel:
+        return RemoteModel(snapshot, method_dir=self.method_dir, builder_roots=self.builder_roots, device=device,
+                           vocab_size=vocab_size, timeout_s=self.timeout_s, require_sandbox=self.require_sandbox)
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _cache_paths(cache: Path, tag: str) -> tuple[Path, Path, Path]:
+    return cache / f"{tag}.fit.npy", cache / f"{tag}.val.npy", cache / f"{tag}.sha256"
+
+
+def cache_is_trusted(cache: Path, tag: str, weights_sha256: str) -> bool:
+    """Whether eval/<tag>.{fit,val}.npy were written by the harness for these very weights: the sidecar
+    eval/<tag>.sha256 must name the weights' hash and the hash of each cache file as it is now."""
+    fit_path, val_path, sidecar = _cache_paths(cache, tag)
+    try:
+        stamp = json.loads(sidecar.read_text(encoding="utf-8"))
+        return (isinstance(stamp, dict) and stamp.get("weights_sha256") == weights_sha256
+                and stamp.get("fit_sha256") == _sha256_file(fit_path) and stamp.get("val_sha256") == _sha256_file(val_path))
+    except (OSError, ValueError):
+        return False
+
+
+def _write_cache(cache: Path, tag: str, fit: np.ndarray, val: np.ndarray, weights_sha256: str) -> None:
+    fit_path, val_path, sidecar = _cache_paths(cache, tag)
+    sidecar.unlink(missing_ok=True)  # never a sidecar that vouches for half-replaced caches
+    save_logprobs(val_path, val)
+    save_logprobs(fit_path, fit)
+    stamp = {"weights_sha256": weights_sha256, "fit_sha256": _sha256_file(fit_path),
+             "val_sha256": _sha256_file(val_path)}
+    fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=cache)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(stamp, handle, sort_keys=True)
+            handle.write("\n")
+        os.replace(tmp, sidecar)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _load_cache(cache: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
+    fit_path, val_path, _ = _cache_paths(cache, tag)
+    return np.asarray(load_logprobs(fit_path)).reshape(-1), np.asarray(load_logprobs(val_path)).reshape(-1)
+
+
+def score_remote(model, data: EvalData, batch_size: int, device: str, probes: ProbeSettings, stream: int = 0,
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """(fitness, validation) log p(target) of ``model``, shapes (m, T) and (n, T), with both probes passed.
+
+    The causality probe's batches run between the validation scoring calls; the statelessness probe runs
+    after scoring. Raises InvalidSnapshot (ProbeFailed for a probe) when the snapshot cannot be scored.
+    """
+    causal_rng, stateless_rng = probes.rng(stream, 1), probes.rng(stream, 2)
+    probe = CausalityProbe(data.val_windows, batch_size, probes, causal_rng)
+    calls = -(-len(data.val_windows) // batch_size)
+    probed = ProbedModel(model, probe, calls, device, causal_rng)
+    try:
+        val = token_logprobs(probed, data.val_windows, batch_size, device, progress=progress)
+        fit = (token_logprobs(model, data.fit_windows, batch_size, device) if len(data.fit_windows)
+               else np.empty((0, data.val_windows.shape[1] - 1), np.float32))
+    except InvalidSnapshot:
+        raise
+    except SlowrunError as exc:  # wrong shapes, a vocabulary too small, non-finite log-probabilities
+        raise InvalidSnapshot(str(exc)) from None
+    probed.finish()
+    statelessness_probe(model, data.val_windows, val, batch_size, device, probes, stateless_rng)
+    return fit, val
 
 
 def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_size: int, device: str,
-                      progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
-    """(fitness, validation) log p(target), flattened; computed once per snapshot and cached."""
+                      progress: bool = False, *, options: WorkerOptions | None = None,
+                      worker: RemoteModel | None = None, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fitness, validation) log p(target), flattened; computed once per snapshot and cached.
+
+    The model runs in an evaluation worker (``worker`` if one was started ahead for this snapshot, else a
+    new one built from ``options``) and must pass the probes. Raises InvalidSnapshot with the reason the
+    snapshot cannot be scored; nothing is cached then.
+    """
+    options = options or WorkerOptions()
     cache.mkdir(parents=True, exist_ok=True)
-    fit_path, val_path = cache / f"{snapshot.tag}.fit.npy", cache / f"{snapshot.tag}.val.npy"
-    if not (fit_path.exists() and val_path.exists()):
-        model = load_snapshot_model(snapshot, device)
-        save_logprobs(val_path, token_logprobs(model, data.val_windows, batch_size, device, progress=progress))
-        fit = (token_logprobs(model, data.fit_windows, batch_size, device) if len(data.fit_windows)
-               else np.empty((0, data.val_windows.shape[1] - 1), np.float32))
-        save_logprobs(fit_path, fit)
-        del model
-    return np.asarray(load_logprobs(fit_path)).reshape(-1), np.asarray(load_logprobs(val_path)).reshape(-1)
+    model = worker
+    try:
+        weights = read_weights(snapshot)
+        if cache_is_trusted(cache, snapshot.tag, weights[1]):
+            return _load_cache(cache, snapshot.tag)
+        model = model or options.remote(snapshot, device, data.vocab_size)
+        model.load(weights)
+        fit, val = score_remote(model, data, batch_size, device, options.probes, stream, progress)
+    finally:
+        if model is not None:
+            model.close()
+    _write_cache(cache, snapshot.tag, fit, val, weights[1])
+    return fit.reshape(-1), val.reshape(-1)
 
 
 def _bpb(logp: np.ndarray, data: EvalData) -> float | None:
@@ -72,26 +188,77 @@ def _members(tags: list[str], weights) -> list[dict]:
     return [{"tag": tags[i], "weight": float(w)} for i, w in enumerate(weights) if w > 0]
 
 
+def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_size: int, device: str,
+               options: WorkerOptions, prefetch: bool, progress: bool):
+    """Score every snapshot; returns (valid snapshots, their fits, their vals, invalid rows).
+
+    With ``prefetch`` the next snapshot's worker is started while the current one is scored, so its
+    sandbox set-up and torch import overlap the scoring (unless that snapshot's cache is trusted)."""
+    valid, fits, vals, invalid = [], [], [], []
+    ahead: RemoteModel | None = None
+    try:
+        for i, snap in enumerate(snapshots):
+            if progress:
+                print(f"evaluating snapshot {snap.tag} ({i + 1}/{len(snapshots)})", flush=True)
+            worker, ahead = ahead, None
+            if prefetch and i + 1 < len(snapshots) and not _cached(snapshots[i + 1], cache):
+                ahead = options.remote(snapshots[i + 1], device, data.vocab_size).start()
+            try:
+                fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, progress=progress,
+                                             options=options, worker=worker, stream=i)
+            except InvalidSnapshot as exc:
+                reason = str(exc)
+                invalid.append({"tag": snap.tag, "epochs": snap.epochs, "reason": reason})
+                if progress:
+                    print(f"snapshot {snap.tag} is invalid and will not be scored: {reason}", flush=True)
+                continue
+            valid.append(snap)
+            fits.append(fit)
+            vals.append(val)
+    finally:
+        if ahead is not None:
+            ahead.close()
+    return valid, fits, vals, invalid
+
+
+def _cached(snapshot: Snapshot, cache: Path) -> bool:
+    """Whether the snapshot's cache will be used (so no worker is needed for it)."""
+    try:
+        return cache_is_trusted(cache, snapshot.tag, _sha256_file(Path(snapshot.folder) / WEIGHTS))
+    except OSError:
+        return False
+
+
 def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: Mapping[str, float] | str | None,
                  reference_curve: str | None, batch_size: int = 16, device: str = "cpu",
-                 progress: bool = True) -> dict:
-    """The evaluation parts of a record: snapshots, ensemble, result, k_sweep, curve."""
+                 progress: bool = True, *, method_dir: Path | None = None,
+                 builder_roots: Sequence[Path] | None = None,
+                 timeout_s: float | None = DEFAULT_TIMEOUT_S, probes: ProbeSettings | None = None,
+                 prefetch: bool = PREFETCH, require_sandbox: bool = False) -> dict:
+    """The evaluation parts of a record: snapshots, ensemble, result, k_sweep, curve, invalid_snapshots.
+
+    Each snapshot's model is run from its builder in an evaluation worker: ``method_dir`` is the method's
+    directory (builders defined there, e.g. 'mymodel:build'), ``builder_roots`` more trusted folders a
+    builder may come from besides the method directory and ``q0_reference`` (the run's --allow-read
+    folders; the test suite's ``tests``; None: those in $SLOWRUN_ALLOW_READ), ``timeout_s`` the limit
+    per snapshot. Invalid snapshots are listed with their reason and left out of everything else; a
+    method ensemble naming one is renormalised over the rest (no valid member left: result None).
+    """
     snapshots = list_snapshots(Path(run_dir) / "snapshots")
     empty = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None, "k_sweep": [],
-             "curve": [], "prior": None}
+             "curve": [], "prior": None, "invalid_snapshots": []}
     if not snapshots:
         return empty
     apply_thread_setting()
     data = open_eval_data(data_dir, seq_len)
-    cache = Path(run_dir) / "eval"
+    options = WorkerOptions(Path(method_dir) if method_dir is not None else None,
+                            None if builder_roots is None else tuple(Path(r) for r in builder_roots), timeout_s,
+                            probes or ProbeSettings(), require_sandbox)
+    snapshots, fits, vals, invalid = _score_all(snapshots, data, Path(run_dir) / "eval", batch_size, device,
+                                                options, prefetch, progress)
+    if not snapshots:
+        return {**empty, "invalid_snapshots": invalid}
     tags = [s.tag for s in snapshots]
-    fits, vals = [], []
-    for i, snap in enumerate(snapshots):
-        if progress:
-            print(f"evaluating snapshot {snap.tag} ({i + 1}/{len(snapshots)})", flush=True)
-        fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, progress=progress)
-        fits.append(fit)
-        vals.append(val)
     fit_m, val_m = np.stack(fits), np.stack(vals)
     has_fitness = fit_m.shape[1] > 0
 
@@ -103,7 +270,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     prior = fit_prior(fit_m) if has_fitness else None
 
     if isinstance(ensemble_choice, Mapping) and ensemble_choice:
-        weights = np.array([float(ensemble_choice.get(t, 0.0)) for t in tags])
+        weights = np.array([float(ensemble_choice.get(t, 0.0)) for t in tags])  # invalid members drop out
         source = "method"
     elif ensemble_choice == "prior" and prior is not None:
         weights = np.where(prior.weights >= MIN_PRIOR_WEIGHT, prior.weights, 0.0)
@@ -112,14 +279,18 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
         weights = np.zeros(len(tags))
         weights[-1] = 1.0
         source = "last"
-    weights = weights / weights.sum()
-    final_val = mixture_logp(val_m, weights)
-    result = {
-        "val_loss": mean_nll(final_val),
-        "val_bpb": _bpb(final_val, data),
-        "ensemble_size": int(np.count_nonzero(weights)),
-        "data_efficiency": efficiency_of(mean_nll(final_val), reference_curve),
-    }
+    result = None
+    if weights.sum() > 0:
+        weights = weights / weights.sum()
+        final_val = mixture_logp(val_m, weights)
+        result = {
+            "val_loss": mean_nll(final_val),
+            "val_bpb": _bpb(final_val, data),
+            "ensemble_size": int(np.count_nonzero(weights)),
+            "data_efficiency": efficiency_of(mean_nll(final_val), reference_curve),
+        }
+    else:
+        weights = np.zeros(len(tags))
 
     sweep, curve = [], []
     if prior is not None:
@@ -143,6 +314,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
         "prior": None if prior is None else {
             "weights": {t: float(w) for t, w in zip(tags, prior.weights)}, "fitness_loss": prior.nll,
             "iterations": prior.iterations, "converged": prior.converged, "method": "EM"},
+        "invalid_snapshots": invalid,
     }
 
 

@@ -181,18 +181,25 @@ class TrainStream:
             out[filled : filled + chunk.shape[0]] = chunk
             filled += chunk.shape[0]
 
-    def next_batch(self):
-        import torch
+    def next_array(self) -> np.ndarray:
+        """The next batch as one (batch, seq_len + 1) array in the split's own dtype, charged first.
 
+        This is what the data server sends over the wire (uint16 for GPT-2: a quarter of int64's bytes).
+        """
         first = self._first_window()
         index, count = self.shard
         self._meter.charge(self.meter_key, self.batch_size,
                            group_step=(self.stream_id, self.windows_served // self.batch_size, count))
         width = self._meter.seq_len + 1
-        batch = np.empty((self.batch_size, width), dtype=np.int64)
+        batch = np.empty((self.batch_size, width), dtype=self._store.tokens.dtype)
         for row in range(self.batch_size):
             self._window(first + row, batch[row])
-        tensor = torch.from_numpy(batch)
+        return batch
+
+    def next_batch(self):
+        import torch
+
+        tensor = torch.from_numpy(self.next_array().astype(np.int64))
         return tensor[:, :-1], tensor[:, 1:]
 
     def __iter__(self):

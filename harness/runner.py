@@ -4,9 +4,14 @@
     resume_run(RUN_DIR)          continue a run that was killed, from its last checkpoint
     evaluate_existing(RUN_DIR)   recompute the evaluation and the record from the snapshots
 
-The run folder holds: `run.json` (the full spec), `worker.json` (what the method's process may know),
-`train_data/` (links to the training split only), `snapshots/`, `metrics.jsonl`, `checkpoint/`,
-`train_result.json` (written by the method's process), `eval/` (per-token caches) and `record.json`.
+Training runs behind the trust boundary (docs/threat-model.md): the runner starts the data server (the
+meter, the clock, snapshot intake, checkpoints, metrics) in its own process, and the method's process
+tree under the sandbox supervisor, which enforces `--timeout` and kills every process the method
+started when it ends. The method's process reaches the server only through its socket.
+
+The run folder holds harness storage: `run.json` (the full spec), `snapshots/`, `metrics.jsonl`,
+`checkpoint/`, `train_result.json` (the server's account of training), `eval/` (per-token caches) and
+`record.json`; and `sandbox/scratch`, `sandbox/outbox`, the only places the method may write.
 """
 
 from __future__ import annotations
@@ -28,10 +33,17 @@ from harness.method_spec import MethodError, MethodSpec, check_method, method_ha
 from harness.provenance import environment
 from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic
 from harness.tracks import Track, get_track
-from harness.worker import TRAIN_RESULT, WORKER_SPEC
+from harness.server.dataserver import RunLayout, TrainOutcome
 
 RUN_SPEC = "run.json"
 RECORD = "record.json"
+TRAIN_RESULT = "train_result.json"
+SUPERVISOR_STATUS = "supervisor.json"
+ALLOW_READ_ENV = "SLOWRUN_ALLOW_READ"  # extra read-only folders for the method (os.pathsep-separated)
+
+
+class RunInterrupted(SlowrunError):
+    """slowrun run got SIGTERM or SIGINT: the method's processes were stopped and a record was written."""
 
 
 @dataclass(frozen=True)
@@ -54,6 +66,8 @@ class RunRequest:
     downstream_data: Path | None = None  # local copies of the three tasks' data (else the Hub)
     downstream_limit: int | None = None  # documents per task (for quick looks; the record says n)
     launch: LaunchSpec = field(default_factory=LaunchSpec)  # torchrun placement (one process by default)
+    timeout_s: float | None = None  # wall-clock limit of the method's processes (None: no limit)
+    allow_read: tuple[Path, ...] = ()  # more read-only folders for the method (shared code, not data)
 
 
 def default_data_dir(track: str) -> Path:
@@ -73,25 +87,6 @@ def ensure_prepared(track: Track, data_dir: Path | None, progress: bool) -> Path
         raise SlowrunError(f"{folder}: holds track {manifest['track']['name']!r} (seq_len {manifest['seq_len']}), "
                            f"not {track.name!r}; pass the right --data folder")
     return folder
-
-
-def _link_training_split(data_dir: Path, target: Path) -> None:
-    """Give the method's process the training split only: hard links (copies across filesystems) and a
-    manifest without the validation split, so the method is never told where validation lives."""
-    manifest = read_manifest(data_dir)
-    target.mkdir(parents=True, exist_ok=True)
-    train = manifest["splits"]["train"]
-    for name in (train["tokens_file"], train["docs_file"]):
-        dest = target / name
-        if dest.exists():
-            continue
-        try:
-            os.link(data_dir / name, dest)
-        except OSError:
-            shutil.copyfile(data_dir / name, dest)
-    reduced = {k: v for k, v in manifest.items() if k not in ("splits", "best_val_loss", "best_val_loss_definition")}
-    reduced["splits"] = {"train": train}
-    (target / MANIFEST).write_text(json.dumps(reduced, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
 def _run_id(spec: MethodSpec, track: str, epochs: float, seed: int) -> str:
@@ -121,13 +116,12 @@ def prepare_run(req: RunRequest) -> Path:
     if run_dir.exists() and any(run_dir.iterdir()):
         raise SlowrunError(f"{run_dir}: already exists; choose another --out or use --resume {run_dir}")
     run_dir.mkdir(parents=True, exist_ok=True)
-    _link_training_split(data_dir, run_dir / "train_data")
-    common = {"track": track.to_dict(), "budget": float(req.epochs), "seed": int(req.seed), "hparams": hparams,
-              "device": req.device, "method_dir": str(spec.folder), "entry": spec.entry,
-              "fitness_docs": manifest["fitness"]["documents"]}
-    _write_json(run_dir / WORKER_SPEC, common)
+    allow_read = [str(Path(p).resolve()) for p in (*req.allow_read, *_env_allow_read())]
     _write_json(run_dir / RUN_SPEC, {
-        **common, "run_id": run_dir.name if req.out else run_id, "created": utc_timestamp(),
+        "track": track.to_dict(), "budget": float(req.epochs), "seed": int(req.seed), "hparams": hparams,
+        "device": req.device, "method_dir": str(spec.folder.resolve()), "entry": spec.entry,
+        "fitness_docs": manifest["fitness"]["documents"],
+        "run_id": run_dir.name if req.out else run_id, "created": utc_timestamp(),
         "data_dir": str(data_dir), "data_hash": manifest["data_hash"],
         "method": {"name": spec.name, "description": spec.description, "authors": list(spec.authors),
                    "entry": spec.entry, "hash": method_hash(spec.folder)},
@@ -136,6 +130,8 @@ def prepare_run(req: RunRequest) -> Path:
         "compute_class": req.compute_class or ("cpu" if req.device == "cpu" else "unlimited"),
         "eval_batch_size": req.eval_batch_size,
         "launch": req.launch.to_dict(),
+        "timeout_s": req.timeout_s,
+        "allow_read": allow_read,
         "downstream": {"enabled": req.downstream,
                        "data_dir": str(Path(req.downstream_data).resolve()) if req.downstream_data else None,
                        "limit": req.downstream_limit},
@@ -149,80 +145,175 @@ def _write_json(path: Path, obj: dict) -> None:
     os.replace(tmp, path)
 
 
-def launch_worker(run_dir: Path, resume: bool, progress: bool, launch: LaunchSpec | None = None) -> int:
-    """Run the method in a child process (torchrun's processes when distributed); returns the exit code
-    (the result file says how it ended)."""
-    args = [str(run_dir)]
-    if resume:
-        args.append("--resume")
-    if not progress:
-        args.append("--no-progress")
-    launch = launch or LaunchSpec()
-    if launch.is_distributed:
-        command = launch.torchrun_command("harness.worker", args)
-    else:
-        command = [sys.executable, "-m", "harness.worker", *args]
-    env = dict(os.environ)
-    project_root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
-    if launch.is_distributed:
-        # every rank is a full process on a shared machine: one intra-op thread each unless told otherwise
-        env.setdefault("OMP_NUM_THREADS", "1")
-    worker = subprocess.Popen(command, env=env)
-    try:
-        # Evaluation needs torch in this process; importing it while the method's process starts up
-        # overlaps the two imports instead of putting one after the other.
-        import harness.evaluation  # noqa: F401
-        return worker.wait()
-    except BaseException:
-        worker.kill()
-        worker.wait()
-        raise
-
-
 def _launch_of(spec: dict) -> LaunchSpec:
     return LaunchSpec(**spec.get("launch", {}))
 
 
+def _env_allow_read() -> list[str]:
+    return [p for p in os.environ.get(ALLOW_READ_ENV, "").split(os.pathsep) if p]
+
+
+def _sandbox_paths(spec: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(read-only, list-only) folders the method needs beyond the Python installation: its own directory
+    and any --allow-read folder; the parents of those are listable (names only) so that their packages
+    import through PYTHONPATH."""
+    read_only = (spec["method_dir"], *spec.get("allow_read", []))
+    list_only = tuple(sorted({str(Path(p).parent) for p in read_only} | {str(Path(__file__).resolve().parents[1])}))
+    return tuple(read_only), list_only
+
+
+def _builder_roots(spec: dict) -> tuple[Path, ...]:
+    """Where a snapshot's builder may live besides the method directory: the --allow-read folders (the
+    harness adds its own model packages)."""
+    return tuple(Path(p) for p in spec.get("allow_read", []))
+
+
+def server_spec(run_dir: Path, spec: dict, resume: bool, progress: bool) -> "ServerSpec":
+    from harness.server import ServerSpec
+
+    read_only, list_only = _sandbox_paths(spec)
+    return ServerSpec(run_dir=run_dir, data_dir=Path(spec["data_dir"]), track=Track.from_dict(spec["track"]),
+                      budget=spec["budget"], seed=spec["seed"], hparams=spec["hparams"], device=spec["device"],
+                      method_dir=Path(spec["method_dir"]), entry=spec["entry"], fitness_docs=spec["fitness_docs"],
+                      world_size=_launch_of(spec).world_size, resume=resume, progress=progress,
+                      sandbox_read_only=read_only, sandbox_list_only=list_only)
+
+
+def _worker_env(address: str, token: str, scratch: Path, launch: LaunchSpec) -> dict:
+    from harness.sandbox import sandbox_env
+
+    env = dict(os.environ)
+    project_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(sandbox_env(scratch))
+    env["SLOWRUN_SERVER"], env["SLOWRUN_TOKEN"] = address, token
+    if launch.is_distributed:
+        # every rank is a full process on a shared machine: one intra-op thread each unless told otherwise
+        env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+class _Signals:
+    """SIGTERM and SIGINT to `slowrun run` become an exception in the waiting runner, which then stops
+    the method's whole process tree and writes a record; the previous handlers come back afterwards."""
+
+    class Received(BaseException):
+        pass
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self._saved = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._saved[sig] = signal.signal(sig, self._raise)
+        return self
+
+    def _raise(self, signum, frame):
+        raise self.Received(signum)
+
+    def __exit__(self, *exc):
+        import signal
+
+        for sig, handler in self._saved.items():
+            signal.signal(sig, handler)
+        return False
+
+
+def train(run_dir: Path, resume: bool, progress: bool) -> tuple[TrainOutcome, bool]:
+    """Train behind the trust boundary: the data server here, the method's process tree under the
+    supervisor. Returns the server's account of training and whether the runner was interrupted."""
+    from dataclasses import asdict
+
+    from harness.sandbox.supervise import Supervisor
+    from harness.server import DataServer
+
+    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
+    launch = _launch_of(spec)
+    server = DataServer(server_spec(run_dir, spec, resume, progress))
+    address = server.start()
+    command = (launch.torchrun_command("harness.worker", []) if launch.is_distributed
+               else [sys.executable, "-m", "harness.worker"])
+    layout = RunLayout(run_dir)
+    supervisor = Supervisor(command, env=_worker_env(address, server.token, layout.scratch, launch),
+                            timeout_s=spec.get("timeout_s"), status_file=run_dir / SUPERVISOR_STATUS,
+                            cwd=layout.scratch)
+    interrupted = False
+    try:
+        supervisor.start()
+        try:
+            # Evaluation needs torch in this process; importing it while the method's process starts up
+            # overlaps the two imports instead of putting one after the other.
+            import harness.evaluation  # noqa: F401
+            result = supervisor.wait()
+        except _Signals.Received:
+            interrupted = True
+            result = supervisor.terminate()
+    except BaseException:
+        try:
+            supervisor.terminate()
+        except Exception:  # it never started: nothing to stop
+            pass
+        server.stop()
+        raise
+    server.stop()
+    outcome = server.outcome(asdict(result))
+    _write_json(run_dir / TRAIN_RESULT, outcome.to_dict())
+    return outcome, interrupted
+
+
 def join_run(req: RunRequest, wait_s: float = 600.0) -> Path:
-    """A node other than node 0 of a multi-node job: wait for node 0's run folder (on a shared file
-    system), start this node's ranks, and leave evaluation and the record to node 0."""
-    if req.out is None:
-        raise SlowrunError("--node-rank > 0 needs --out: the run folder node 0 creates on the shared file system")
-    run_dir = Path(req.out)
-    deadline = time.monotonic() + wait_s
-    while not (run_dir / WORKER_SPEC).exists():
-        if time.monotonic() > deadline:
-            raise SlowrunError(f"{run_dir}: node 0 has not created the run within {wait_s:.0f} s; start node 0 "
-                               "first, with the same --out on a file system both nodes see")
-        time.sleep(1.0)
-    code = launch_worker(run_dir, resume=False, progress=False, launch=req.launch)
-    print(f"node {req.launch.node_rank}: ranks ended with code {code}; node 0 writes {run_dir / RECORD}",
-          file=sys.stderr)
-    return run_dir
+    """A node other than node 0 of a multi-node job.
+
+    Every rank meters through node 0's data server, which listens on a Unix socket of node 0's machine;
+    ranks on other machines cannot reach it, so multi-node runs are refused until the server also serves
+    TCP (see docs/threat-model.md)."""
+    raise SlowrunError("multi-node runs (--nnodes > 1) are not supported behind the data server yet: run one "
+                       "node with --nproc-per-node N")
 
 
 def run_method(req: RunRequest) -> Path:
-    if req.launch.node_rank > 0:
+    if req.launch.nnodes > 1:
         return join_run(req)
     run_dir = prepare_run(req)
     print(f"run folder: {run_dir}", file=sys.stderr)
-    started = time.monotonic()
-    code = launch_worker(run_dir, resume=False, progress=req.progress, launch=req.launch)
-    finish_run(run_dir, worker_exit=code, wall_s=time.monotonic() - started, progress=req.progress)
+    _train_and_finish(run_dir, resume=False, progress=req.progress)
     return run_dir
+
+
+def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
+    """Train, evaluate, record. SIGTERM or SIGINT at any point stops the method's processes (or the
+    evaluation) and still writes a record, then raises RunInterrupted."""
+    started = time.monotonic()
+    with _Signals():
+        outcome, interrupted = train(run_dir, resume=resume, progress=progress)
+        train_result = outcome.to_dict()
+        record = None
+        if not interrupted:
+            try:
+                record = finish_run(run_dir, train_result, wall_s=time.monotonic() - started, progress=progress)
+            except _Signals.Received:
+                interrupted = True
+                train_result = {**train_result, "status": "failed", "error": {
+                    "type": "Interrupted", "message": "interrupted during evaluation; slowrun eval RUN_DIR evaluates "
+                    "the snapshots again", "traceback": ""}}
+        if record is None:
+            record = finish_run(run_dir, train_result, wall_s=time.monotonic() - started, progress=progress,
+                                evaluate=False)
+    if interrupted:
+        raise RunInterrupted(f"interrupted: the method's processes were stopped and {run_dir / RECORD} records "
+                             f"status {record['status']}; continue with slowrun run --resume {run_dir}")
+    return record
 
 
 def resume_run(run_dir: Path, progress: bool = True) -> Path:
     run_dir = Path(run_dir)
     if not (run_dir / RUN_SPEC).exists():
         raise SlowrunError(f"{run_dir}: not a run folder (no {RUN_SPEC})")
-    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
     (run_dir / TRAIN_RESULT).unlink(missing_ok=True)
     (run_dir / RECORD).unlink(missing_ok=True)
-    started = time.monotonic()
-    code = launch_worker(run_dir, resume=True, progress=progress, launch=_launch_of(spec))
-    finish_run(run_dir, worker_exit=code, wall_s=time.monotonic() - started, progress=progress)
+    _train_and_finish(run_dir, resume=True, progress=progress)
     return run_dir
 
 
@@ -241,7 +332,8 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
                               "data_dir": str(Path(downstream_data).resolve()) if downstream_data else None,
                               "limit": downstream_limit}
         _write_json(run_dir / RUN_SPEC, spec)
-    finish_run(run_dir, worker_exit=0, wall_s=None, progress=progress)
+    train_result = json.loads((run_dir / TRAIN_RESULT).read_text(encoding="utf-8"))
+    finish_run(run_dir, train_result, wall_s=None, progress=progress)
     return run_dir
 
 
@@ -265,25 +357,30 @@ def score_final_predictor(run_dir: Path, spec: dict, evaluation: dict, progress:
     return scores, None
 
 
-def finish_run(run_dir: Path, worker_exit: int, wall_s: float | None, progress: bool) -> dict:
-    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
-    result_path = run_dir / TRAIN_RESULT
-    if result_path.exists():
-        train = json.loads(result_path.read_text(encoding="utf-8"))
-    else:
-        train = {"status": "failed", "error": {
-            "type": "WorkerDied", "message": f"the method's process exited with code {worker_exit} before "
-            "reporting (killed, out of memory, or a crash in native code); resume with slowrun run --resume",
-            "traceback": ""}, "meter": {"targets": {}, "windows": {}, "fitness_tokens": 0}, "epochs": 0.0,
-            "train_tokens": 0, "ensemble": None, "snapshots": [], "train_s": wall_s or 0.0}
-    from harness.evaluation import evaluate_run
+def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool, evaluate: bool = True) -> dict:
+    """Evaluate the run's snapshots and write its record; whatever goes wrong, a record is written.
 
+    `evaluate=False` (an interrupted run) records the training outcome without scoring anything."""
+    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
     track = Track.from_dict(spec["track"])
     eval_started = time.monotonic()
-    evaluation = evaluate_run(run_dir, Path(spec["data_dir"]), track.seq_len, train.get("ensemble"),
-                              track.reference_curve, batch_size=spec.get("eval_batch_size", 16),
-                              device=spec["device"], progress=progress)
-    downstream, downstream_note = score_final_predictor(run_dir, spec, evaluation, progress)
+    evaluation, downstream, downstream_note = _EMPTY_EVALUATION, None, None
+    if evaluate:
+        try:
+            from harness.evaluation import evaluate_run
+
+            evaluation = evaluate_run(run_dir, Path(spec["data_dir"]), track.seq_len, train.get("ensemble"),
+                                      track.reference_curve, batch_size=spec.get("eval_batch_size", 16),
+                                      device=spec["device"], progress=progress,
+                                      method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec))
+            downstream, downstream_note = score_final_predictor(run_dir, spec, evaluation, progress)
+        except Exception as exc:  # the record says what failed instead of there being no record
+            import traceback
+
+            train = {**train, "status": "failed", "error": {
+                "type": "EvaluationFailed", "message": f"evaluation failed: {type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc()}}
+            evaluation = _EMPTY_EVALUATION
     eval_s = time.monotonic() - eval_started
     record = build_record(spec, train, evaluation, eval_s, wall_s)
     record["downstream"] = downstream
@@ -301,6 +398,10 @@ def finish_run(run_dir: Path, worker_exit: int, wall_s: float | None, progress: 
     return record
 
 
+_EMPTY_EVALUATION = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None,
+                     "k_sweep": [], "curve": [], "prior": None}
+
+
 def _downstream_efficiency(record: dict, reference_curve: str | None) -> dict | None:
     """Data efficiency of each downstream score whose metric has a reference curve on this track."""
     from harness.efficiency import downstream_efficiency, downstream_metric_values, load_downstream_curves
@@ -315,7 +416,12 @@ def _downstream_efficiency(record: dict, reference_curve: str | None) -> dict | 
 def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_s: float | None) -> dict:
     meter = train["meter"]
     status = train["status"]
-    if status == "ok" and evaluation["result"] is None:
+    invalid = evaluation.get("invalid_snapshots") or []
+    if status == "ok" and evaluation["result"] is None and invalid:
+        reasons = "; ".join(f"{s['tag']}: {s['reason']}" for s in invalid[:3])
+        status, train["error"] = "invalid", {"type": "InvalidSnapshots", "message": f"every snapshot was invalid "
+                                             f"({len(invalid)}): {reasons}", "traceback": ""}
+    elif status == "ok" and evaluation["result"] is None:
         status, train["error"] = "invalid", {"type": "NoSnapshots", "message": "the method saved no snapshot, so "
                                              "there is nothing to evaluate", "traceback": ""}
     train_s = float(train.get("train_s", 0.0))
@@ -346,6 +452,8 @@ def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_
         "downstream": None,
         "timings": {"train_s": train_s, "eval_s": eval_s, "other_s": other_s},
         "resumed": bool(train.get("resumed", False)),  # continued from a checkpoint after an interruption
+        "sandbox": train.get("sandbox") or {"kind": "none", "reason": "not recorded"},
+        "invalid_snapshots": invalid,
         "compute": {"class": spec["compute_class"], "device": spec["device"],
                     "world_size": int(train.get("world_size", _launch_of(spec).world_size))},
         "environment": environment(spec["device"]),

@@ -38,6 +38,7 @@ class Snapshot:
     config: dict
     meta: dict
     folder: Path
+    weights_sha256: str | None = None  # stamped by the data server when it takes the snapshot in
 
     def to_summary(self) -> dict:
         return {"tag": self.tag, "epochs": self.epochs, "train_tokens": self.train_tokens, "meta": self.meta}
@@ -95,7 +96,7 @@ def read_snapshot(folder: Path) -> Snapshot:
     except (OSError, json.JSONDecodeError) as exc:
         raise SnapshotError(f"{path}: unreadable snapshot spec ({exc})") from None
     return Snapshot(raw["tag"], float(raw["epochs"]), int(raw["train_tokens"]), raw["builder"], raw["config"],
-                    raw.get("meta", {}), Path(folder))
+                    raw.get("meta", {}), Path(folder), raw.get("weights_sha256"))
 
 
 def list_snapshots(root: Path) -> list[Snapshot]:

@@ -56,11 +56,12 @@ class SourceSpec:
     split: str = "train"
     synthetic: tuple[tuple[str, float], ...] = ()  # SyntheticLanguage parameters that differ from its defaults
     base_dir: str | None = None  # where relative paths resolve; None = the shared data root
+    redacted: bool = False  # only the kind is known: the method's view of a track (Track.public_dict)
 
     def __post_init__(self):
         if self.kind not in SOURCE_KINDS:
             raise TrackError(f"source kind {self.kind!r} is unknown; use one of {', '.join(SOURCE_KINDS)}")
-        if self.kind == "local" and not self.paths:
+        if self.kind == "local" and not self.paths and not self.redacted:
             raise TrackError("a local source needs `paths` (files or glob patterns)")
 
 
@@ -111,11 +112,33 @@ class Track:
         return self.val_tokens // (self.seq_len + 1)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """The whole spec as plain data. `redacted` appears only on a redacted spec, so the dict of an
+        ordinary track (stored in every prepared manifest's request) is the same as before it existed."""
+        raw = dataclasses.asdict(self)
+        if not self.source.redacted:
+            del raw["source"]["redacted"]
+        return raw
+
+    def redacted(self) -> "Track":
+        """This track as the method's process may know it: its source reduced to its kind.
+
+        The source spec is what generates the data: the synthetic language's seed and parameters (from
+        which the validation split can be regenerated token for token), or the paths of the raw files
+        (which hold the validation documents). A method needs none of it: name, description, sizes,
+        seq_len, tokenizer, fitness carve, reference curve and suggested defaults all stay.
+        """
+        return dataclasses.replace(self, source=SourceSpec(kind=self.source.kind, redacted=True))
+
+    def public_dict(self) -> dict:
+        """`redacted().to_dict()`: the track spec to give the method's process (worker.json); it
+        round-trips through `Track.from_dict`, and such a track refuses to prepare data."""
+        raw = self.redacted().to_dict()
+        raw["source"] = {"kind": raw["source"]["kind"], "redacted": True}  # defaults of the rest add nothing
+        return raw
 
     @classmethod
     def from_dict(cls, raw: dict) -> "Track":
-        """The inverse of to_dict (lists back to tuples), for specs that crossed a JSON file."""
+        """The inverse of to_dict and public_dict (lists back to tuples), for specs that crossed a JSON file."""
         source = dict(raw["source"])
         source["paths"] = tuple(source.get("paths", ()))
         source["synthetic"] = tuple(tuple(item) for item in source.get("synthetic", ()))
@@ -167,7 +190,7 @@ BUILTIN_TRACKS: dict[str, Track] = {
 }
 
 _TRACK_KEYS = {f.name for f in dataclasses.fields(Track)} - {"name"}
-_SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceSpec)}
+_SOURCE_KEYS = {f.name for f in dataclasses.fields(SourceSpec)} - {"redacted"}  # not a thing a track file sets
 _TOKENIZER_KEYS = {f.name for f in dataclasses.fields(TokenizerSpec)}
 
 

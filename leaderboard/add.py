@@ -1,23 +1,36 @@
 """Accepting a finished run's record into the board's records folder.
 
-What is checked before a record joins: it is a valid record of a finished run, and its track's data
-hash is one the board knows for that track (given by the maintainer, or carried by records already on
-the board), because a record on other data would otherwise sit in the board under the same name. A
-track the board has never seen needs an explicit `new_track`. The file is filed under a name derived
-from the track, method and run, written atomically, and an existing different file is never replaced.
+What is checked before a record joins, all before anything is written:
+- it is a valid record of a finished run, with no bidirectional control characters in its strings and
+  numbers a real run could have produced (leaderboard/verify.py: losses above the track's floor, data
+  within the budget, scores in [0, 1], a past date, ensembles of its own snapshots weighing 1);
+- with a method folder given, the folder hashes to the record's `method.hash`;
+- its track's data hash is official (harness/official_hashes.py) for a track that has official data,
+  else one the board knows for that track (given by the maintainer, or carried by records already on
+  the board), because a record on other data would otherwise sit in the board under the same name. A
+  track the board has never seen needs an explicit `new_track`;
+- its run is not on the board already in another file: each run is listed once;
+- the optional `verify` hook (re-checking the run folder itself) finds nothing wrong.
+The file is filed under a name derived from the track, method and run, written atomically, and an
+existing different file is never replaced; adding the identical record again is a no-op.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Callable, Iterable, Mapping
 
 from harness.errors import LeaderboardError
+from harness.official_hashes import KNOWN_FLOORS, official_hashes
 from harness.records import RECORD_FILENAME, STATUSES, load_record, record_to_json, write_text_atomic
-from leaderboard.collect import collect_records
+from leaderboard.collect import LoadedRecord, collect_records
 from leaderboard.naming import DEFAULT_RECORDS_DIR, hash_prefix, slug
+from leaderboard.verify import bidi_problems, method_hash_problems, verify_record_bounds
 
 FINISHED_STATUSES = frozenset(STATUSES)  # every status a record can carry is the end of a run
+
+Verifier = Callable[[Path, dict], list[str]]  # (run folder, record) -> problems; empty means fine
 
 
 def parse_known_tracks(pairs: Iterable[str]) -> dict[str, set[str]]:
@@ -31,28 +44,55 @@ def parse_known_tracks(pairs: Iterable[str]) -> dict[str, set[str]]:
     return known
 
 
+def parse_floors(pairs: Iterable[str]) -> dict[str, float]:
+    """`NAME=LOSS` strings (the form `--floor` takes) as {track name: lowest reachable validation loss}."""
+    floors: dict[str, float] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        try:
+            floor = float(value)
+        except ValueError:
+            floor = math.nan
+        if not sep or not name.strip() or not math.isfinite(floor) or floor < 0:
+            raise LeaderboardError(f"--floor takes NAME=LOSS with a finite loss >= 0 (nats/token), got {pair!r}")
+        floors[name.strip()] = floor
+    return floors
+
+
 def record_destination(record: dict, records_dir: Path) -> Path:
     """records/<track>/<method>-<run_id>.json, each part reduced to file-name-safe characters."""
     return records_dir / slug(record["track"]["name"]) / (
         f"{slug(record['method']['name'])}-{slug(record['run_id'])}.json")
 
 
+def _board(records_dir: Path) -> list[LoadedRecord]:
+    return collect_records(records_dir)[0] if records_dir.is_dir() else []
+
+
 def board_track_hashes(records_dir: Path) -> dict[str, set[str]]:
     """Data hashes per track name among the valid records already on the board."""
+    return _track_hashes(_board(records_dir))
+
+
+def _track_hashes(board: list[LoadedRecord]) -> dict[str, set[str]]:
     hashes: dict[str, set[str]] = {}
-    if records_dir.is_dir():
-        for loaded in collect_records(records_dir)[0]:
-            track = loaded.record["track"]
-            hashes.setdefault(track["name"], set()).add(track["data_hash"])
+    for loaded in board:
+        track = loaded.record["track"]
+        hashes.setdefault(track["name"], set()).add(track["data_hash"])
     return hashes
 
 
 def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DIR, *,
-               known_tracks: Mapping[str, Iterable[str]] | None = None, new_track: bool = False) -> Path:
+               known_tracks: Mapping[str, Iterable[str]] | None = None, new_track: bool = False,
+               floors: Mapping[str, float] | None = None, method_dir: str | Path | None = None,
+               verify: Verifier | None = None) -> Path:
     """File RUN_DIR/record.json (or a record file given directly) into the board; return where it went.
 
-    Hashes given in `known_tracks` for the record's track take precedence over the ones found on the
-    board. Adding the same record twice is a no-op; a different file at the same place is refused.
+    A track with official data (harness/official_hashes.py) must be on one of its official hashes.
+    For other tracks, hashes given in `known_tracks` take precedence over the ones found on the board.
+    `floors` adds or replaces per-track loss floors over the built-in ones. `method_dir`, when given,
+    must hash to the record's `method.hash`. `verify(run folder, record)` returns problems that refuse
+    the record. Adding the same record twice is a no-op; a different file at the same place is refused.
     """
     run_dir, records_dir = Path(run_dir), Path(records_dir)
     source = run_dir / RECORD_FILENAME if run_dir.is_dir() else run_dir
@@ -63,9 +103,53 @@ def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DI
         raise LeaderboardError(f"{source}: status {record['status']!r} is not a finished run; wait for the run "
                                "to end")
 
+    destination = record_destination(record, records_dir)
+    text = record_to_json(record)
+    if _same_text(destination, text):
+        return destination  # already filed: nothing to write, nothing to check again
+
+    problems = bidi_problems(record) + verify_record_bounds(record, {**KNOWN_FLOORS, **(floors or {})})
+    if method_dir is not None:
+        problems += method_hash_problems(record, method_dir)
+    if problems:
+        raise LeaderboardError(f"{source}: refused, {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+
+    board = _board(records_dir)
+    _check_data_hash(source, record, board, known_tracks, new_track)
+    _check_run_is_new(source, record, board, destination, records_dir)
+    if destination.exists():
+        raise LeaderboardError(f"{destination} already exists with different content; a record on the board is "
+                               "never overwritten: remove it first if it must be replaced")
+    if verify is not None:
+        found = list(verify(source.parent, record))
+        if found:
+            raise LeaderboardError(f"{source}: verification of the run folder {source.parent} failed:\n  "
+                                   + "\n  ".join(found))
+    write_text_atomic(destination, text)
+    return destination
+
+
+def _same_text(path: Path, text: str) -> bool:
+    try:
+        return path.is_file() and path.read_text(encoding="utf-8") == text
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _check_data_hash(source: Path, record: dict, board: list[LoadedRecord],
+                     known_tracks: Mapping[str, Iterable[str]] | None, new_track: bool) -> None:
     track, data_hash = record["track"]["name"], record["track"]["data_hash"]
+    official = official_hashes(track)
+    if official is not None:
+        if data_hash not in official:
+            shown = ", ".join(sorted(hash_prefix(h) for h in official))
+            raise LeaderboardError(
+                f"{source}: track {track!r} ran on data {hash_prefix(data_hash)}, which is not the track's official "
+                f"data ({shown}, listed in harness/official_hashes.py); re-run on the data `slowrun prepare "
+                f"--track {track}` gives (check `slowrun data info`)")
+        return
     given = {name: set(hashes) for name, hashes in (known_tracks or {}).items()}
-    expected = given.get(track) or board_track_hashes(records_dir).get(track, set())
+    expected = given.get(track) or _track_hashes(board).get(track, set())
     if expected and data_hash not in expected:
         shown = ", ".join(sorted(hash_prefix(h) for h in expected))
         raise LeaderboardError(
@@ -75,16 +159,14 @@ def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DI
         raise LeaderboardError(f"{source}: track {track!r} is new to this board; pass --new-track to open a "
                                "table for it, or --known-tracks NAME=HASH to state the expected data")
 
-    destination = record_destination(record, records_dir)
-    text = record_to_json(record)
-    if destination.exists():
-        try:
-            existing = destination.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError):
-            existing = None
-        if existing == text:
-            return destination
-        raise LeaderboardError(f"{destination} already exists with different content; a record on the board is "
-                               "never overwritten: remove it first if it must be replaced")
-    write_text_atomic(destination, text)
-    return destination
+
+def _check_run_is_new(source: Path, record: dict, board: list[LoadedRecord], destination: Path,
+                      records_dir: Path) -> None:
+    """A run is listed once: the same run id in another file is refused (the same file with other content is
+    refused by the caller, which never overwrites)."""
+    here = destination.relative_to(records_dir).as_posix()
+    for loaded in board:
+        if loaded.record["run_id"] == record["run_id"] and loaded.relpath != here:
+            raise LeaderboardError(
+                f"{source}: run {record['run_id']!r} is already on the board as {loaded.relpath}; each run is "
+                f"listed once, so remove {records_dir / loaded.relpath} first if this record must replace it")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -10,7 +12,6 @@ from pathlib import Path
 from harness.errors import SlowrunError
 from leaderboard.naming import DEFAULT_RECORDS_DIR, DEFAULT_SITE_DIR
 from leaderboard.publish import HF_SPACE
-
 
 
 def _default_plot_cache() -> str:
@@ -27,10 +28,21 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_add(args) -> int:
-    from leaderboard.add import add_record, parse_known_tracks
+    from leaderboard.add import add_record, parse_floors, parse_known_tracks
 
+    verify = None
+    if args.verify:
+        if importlib.util.find_spec("harness.verify") is None:
+            print("error: --verify needs harness.verify, which this installation does not have", file=sys.stderr)
+            return 2
+        import functools
+
+        verify = functools.partial(importlib.import_module("harness.verify").reverify_run,
+                                   method_dir=args.method_dir, data_dir=args.data,
+                                   allow_read=tuple(Path(p) for p in args.allow_read))
     path = add_record(args.run_dir, args.records, known_tracks=parse_known_tracks(args.known_tracks),
-                      new_track=args.new_track)
+                      new_track=args.new_track, floors=parse_floors(args.floor), method_dir=args.method_dir,
+                      verify=verify)
     print(path)
     return 0
 
@@ -63,6 +75,17 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--known-tracks", nargs="*", default=[], metavar="NAME=HASH",
                    help="data hashes the track must have (default: those of records already on the board)")
     p.add_argument("--new-track", action="store_true", help="accept a track the board has no records of yet")
+    p.add_argument("--floor", action="append", default=[], metavar="NAME=LOSS",
+                   help="lowest validation loss reachable on a track, beside the built-in ones (repeatable)")
+    p.add_argument("--method-dir", default=None, metavar="DIR",
+                   help="the method folder the run used: it must hash to the record's method.hash")
+    p.add_argument("--verify", action="store_true",
+                   help="re-evaluate the run folder's snapshots in the sandbox and compare with the record "
+                        "(harness.verify; tolerance 1e-4 nats)")
+    p.add_argument("--data", default=None, metavar="DIR",
+                   help="with --verify: your prepared copy of the record's track (default prepared/TRACK)")
+    p.add_argument("--allow-read", action="append", default=[], metavar="DIR",
+                   help="with --verify: another folder the snapshots' model code may be read from")
     p.set_defaults(func=_cmd_add)
 
     p = commands.add_parser("publish", help="publish the built site to a folder or a Hugging Face Space")

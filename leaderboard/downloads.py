@@ -1,7 +1,10 @@
 """The machine-readable downloads of the board: records.json (whole records) and records.csv (one row each).
 
 Both are ordered like the site (track table, then rank, then the unranked rows) and written with fixed
-formatting, so the same records give the same bytes.
+formatting, so the same records give the same bytes. Text in the CSV comes from submitters and the file
+is meant for spreadsheets, which run a cell beginning with `=`, `+`, `-` or `@` as a formula, so such
+text cells (and tab or carriage return starts) get a leading `'` (the OWASP rule for CSV injection).
+Numbers are written as numbers, so a negative number stays a number.
 """
 
 from __future__ import annotations
@@ -19,6 +22,16 @@ _CSV_COLUMNS = [
     "data_efficiency", "data_efficiency_multiplier", "data_efficiency_note", "metered_epochs",
     "ensemble_size", "downstream_avg_acc", "compute_class", "created", "file",
 ]
+
+
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(value):
+    """A text cell a spreadsheet will show as text, never run; any other value unchanged."""
+    if isinstance(value, str) and value.startswith(_FORMULA_STARTS):
+        return "'" + value
+    return value
 
 
 def records_json(tables: list[TrackTable], records: dict[str, LoadedRecord], last_update: str | None) -> str:
@@ -50,8 +63,10 @@ def records_csv(tables: list[TrackTable]) -> str:
             for task, score in row.downstream.items():
                 item[f"{task}_acc"] = score.acc
                 item[f"{task}_acc_norm"] = score.acc_norm
-            rows.append(item)
-    frame = pd.DataFrame(rows, columns=_CSV_COLUMNS + task_columns)
+            rows.append({csv_safe(key): csv_safe(value) for key, value in item.items()})
+    frame = pd.DataFrame(rows, columns=[csv_safe(column) for column in _CSV_COLUMNS + task_columns])
     for column in ("rank", "ensemble_size"):
         frame[column] = frame[column].astype("Int64")  # integers stay integers beside missing values
-    return frame.to_csv(index=False, lineterminator="\n")
+    # CRLF rows (RFC 4180): the writer quotes a cell holding any line-terminator character, and only CRLF
+    # makes that include a lone carriage return, which would otherwise end the row for many readers.
+    return frame.to_csv(index=False, lineterminator="\r\n")

@@ -54,6 +54,7 @@ class Row:
     compute_class: str = ""
     created: str = ""  # normalised UTC stamp, sorts as text
     date: str = ""
+    sandbox: str = "none"  # the sandbox the method ran in; records from before the sandbox carry none
 
 
 @dataclass(frozen=True)
@@ -120,7 +121,14 @@ def make_row(loaded: LoadedRecord, page: str, rank: int | None) -> Row:
         compute_class=record["compute"]["class"],
         created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         date=created.strftime("%Y-%m-%d"),
+        sandbox=sandbox_kind(record),
     )
+
+
+def sandbox_kind(record: dict) -> str:
+    """`landlock` when the method's process was confined, else `none` (older records have no field)."""
+    sandbox = record.get("sandbox")
+    return str(sandbox.get("kind", "none")) if isinstance(sandbox, dict) else "none"
 
 
 def _is_ranked(record: dict) -> bool:

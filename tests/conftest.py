@@ -16,6 +16,9 @@ from harness.threads import apply_thread_setting  # noqa: E402
 apply_thread_setting()
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+# Test methods build their models from tests/runner/tiny_model.py: the sandboxed method process and the
+# evaluation worker may read the test package (code, no data), as a user's --allow-read folder would be.
+os.environ.setdefault("SLOWRUN_ALLOW_READ", str(REPO_ROOT / "tests"))
 SHARED_DATA = Path(os.environ.get("SLOWRUN_DATA_ROOT", REPO_ROOT.parent / "shared" / "data"))
 
 

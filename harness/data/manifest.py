@@ -49,6 +49,34 @@ def compute_data_hash(manifest: dict) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
+_PUBLIC_SPLIT_KEYS = ("tokens", "documents", "tokens_file", "docs_file", "tokens_sha256", "docs_sha256")
+
+
+def public_manifest(manifest: dict) -> dict:
+    """The manifest as the method's process may see it beside the training split: a copy of the few
+    fields reading that split needs, and nothing else.
+
+    Kept by name rather than dropped by name, so a field added to manifests later stays out until someone
+    decides the method may see it. Left out: the validation split and the best loss (what is scored);
+    `source` and `request` (the synthetic language's seed and parameters regenerate the validation split
+    token for token; file paths lead to the raw validation documents); the tokenizer's hash (for the
+    synthetic source a hash of those same parameters, which a guessed seed can be checked against) and
+    the data hash (it covers the validation split); the training split's first and last document
+    origins (a synthetic origin names the seed, a file origin its path).
+    """
+    tokenizer, train = manifest["tokenizer"], manifest["splits"]["train"]
+    return {
+        "format": manifest["format"],
+        "harness_version": manifest.get("harness_version"),
+        "track": {"name": manifest["track"]["name"], "description": manifest["track"].get("description", "")},
+        "tokenizer": {key: tokenizer[key] for key in ("kind", "vocab_size", "bos_id")},
+        "dtype": manifest["dtype"],
+        "seq_len": manifest["seq_len"],
+        "splits": {"train": {key: train[key] for key in _PUBLIC_SPLIT_KEYS}},
+        "fitness": dict(manifest["fitness"]),
+    }
+
+
 def write_manifest(folder: Path, manifest: dict) -> None:
     text = json.dumps(manifest, indent=2, sort_keys=True) + "\n"
     (Path(folder) / MANIFEST).write_text(text, encoding="utf-8")

@@ -53,6 +53,10 @@ class PrepareResult:
 def build_source(track: Track, source_override: Sequence[str] | None = None,
                  text_field: str | None = None) -> DocumentSource:
     spec = track.source
+    if spec.redacted:
+        raise DataError(f"track {track.name!r}: this spec is the method's redacted view (Track.public_dict), "
+                        "which does not say where its data comes from; prepare from the full track spec "
+                        "(slowrun prepare --track NAME)")
     field = text_field or spec.text_field
     if source_override:
         if spec.kind == "fineweb" and all(str(p).endswith((".parquet", ".json", ".jsonl")) for p in source_override):

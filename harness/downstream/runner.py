@@ -95,12 +95,32 @@ def score_downstream(models: Sequence, weights: Sequence[float] | None = None, *
 
 
 def score_snapshots(snapshots: Sequence, weights: Sequence[float] | None = None, *, tokenizer, seq_len: int,
-                    device: str = "cpu", **options) -> dict[str, dict]:
-    """:func:`score_downstream` for stored snapshots (``harness.snapshots.Snapshot``), loaded on ``device``."""
-    from harness.snapshots import load_snapshot_model
+                    device: str = "cpu", method_dir: str | Path | None = None,
+                    builder_roots: Sequence[str | Path] | None = None, timeout_s: float | None = None,
+                    **options) -> dict[str, dict]:
+    """:func:`score_downstream` for stored snapshots (``harness.snapshots.Snapshot``), run on ``device``.
 
-    models = [load_snapshot_model(snapshot, device) for snapshot in snapshots]
-    return score_downstream(models, weights, tokenizer=tokenizer, seq_len=seq_len, device=device, **options)
+    Each snapshot's model runs in an evaluation worker of its own (see :mod:`harness.eval_client`), never in
+    this process: ``method_dir`` and ``builder_roots`` say where its builder may come from (see
+    :class:`harness.eval_client.RemoteModel`), ``timeout_s``
+    bounds each worker (default: the evaluation's per-snapshot limit). A snapshot that cannot be run raises
+    :class:`harness.eval_client.InvalidSnapshot`.
+    """
+    from contextlib import ExitStack
+
+    from harness.eval_client import DEFAULT_TIMEOUT_S, RemoteModel
+
+    with ExitStack() as stack:
+        models = []
+        for snapshot in snapshots:  # all workers start first, so their torch imports overlap
+            remote = RemoteModel(snapshot, method_dir=method_dir, builder_roots=builder_roots, device=device,
+                                 vocab_size=getattr(tokenizer, "vocab_size", None),
+                                 timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+            stack.callback(remote.close)
+            models.append(remote.start())
+        for remote in models:
+            remote.load()
+        return score_downstream(models, weights, tokenizer=tokenizer, seq_len=seq_len, device=device, **options)
 
 
 def downstream_average(scores: dict[str, dict]) -> dict[str, float]:

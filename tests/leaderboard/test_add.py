@@ -1,4 +1,8 @@
-"""Accepting records into the board: checks on status and data hash, safe names, no overwrites."""
+"""Accepting records into the board: checks on status and data hash, safe names, no overwrites.
+
+These tests run on a track without official data ("lab"), where the board's own hashes decide; the
+official tracks and the other refusals are tested in test_verify.py.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,18 @@ import pytest
 from harness.errors import LeaderboardError, RecordError
 from harness.records import load_record, record_to_json, write_record_atomic
 from leaderboard.add import add_record, parse_known_tracks
-from tests.leaderboard.factory import DATA_HASH, OTHER_DATA_HASH, failed_record, make_record
+from tests.leaderboard import factory
+from tests.leaderboard.factory import DATA_HASH, OTHER_DATA_HASH
+
+TRACK = "lab"  # not in harness/official_hashes.py
+
+
+def make_record(index: int = 0, **overrides) -> dict:
+    return factory.make_record(index, **{"track__name": TRACK, **overrides})
+
+
+def failed_record(index: int = 0, **overrides) -> dict:
+    return factory.failed_record(index, **{"track__name": TRACK, **overrides})
 
 
 def run_dir_with(tmp_path, record, name="run"):
@@ -24,7 +39,7 @@ def test_new_track_needs_explicit_consent(tmp_path):
         add_record(run, tmp_path / "records")
     assert not (tmp_path / "records").exists()
     path = add_record(run, tmp_path / "records", new_track=True)
-    assert path == tmp_path / "records" / "synthetic" / "method-0-run-00000.json"
+    assert path == tmp_path / "records" / TRACK / "method-0-run-00000.json"
     assert path.read_text(encoding="utf-8") == record_to_json(make_record(0))
 
 
@@ -42,11 +57,11 @@ def test_known_tracks_given_take_precedence(tmp_path):
     records = tmp_path / "records"
     add_record(run_dir_with(tmp_path, make_record(0)), records, new_track=True)
     other = run_dir_with(tmp_path, make_record(1, track__data_hash=OTHER_DATA_HASH), "other")
-    path = add_record(other, records, known_tracks=parse_known_tracks([f"synthetic={OTHER_DATA_HASH}"]))
+    path = add_record(other, records, known_tracks=parse_known_tracks([f"{TRACK}={OTHER_DATA_HASH}"]))
     assert load_record(path)["track"]["data_hash"] == OTHER_DATA_HASH
     fresh = run_dir_with(tmp_path, make_record(2), "fresh")
     with pytest.raises(LeaderboardError):
-        add_record(fresh, records, known_tracks={"synthetic": [OTHER_DATA_HASH]})
+        add_record(fresh, records, known_tracks={TRACK: [OTHER_DATA_HASH]})
     # a hash given for an unknown track opens it without --new-track
     novel = run_dir_with(tmp_path, make_record(3, track__name="fineweb"), "novel")
     assert add_record(novel, records, known_tracks={"fineweb": {DATA_HASH}}).parent.name == "fineweb"

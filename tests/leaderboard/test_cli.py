@@ -21,7 +21,7 @@ def test_commands_register_on_a_host_parser():
 
 
 def test_add_build_publish_round_trip(tmp_path, capsys):
-    write_record_atomic(tmp_path / "run" / "record.json", make_record(0))
+    write_record_atomic(tmp_path / "run" / "record.json", make_record(0, track__name="lab"))  # no official data
     records, site, pages = tmp_path / "records", tmp_path / "site", tmp_path / "pages"
     assert main(["leaderboard", "add", str(tmp_path / "run"), "--records", str(records), "--new-track"]) == 0
     assert capsys.readouterr().out.strip().endswith("method-0-run-00000.json")

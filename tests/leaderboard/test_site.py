@@ -290,3 +290,16 @@ def test_record_page_shows_downstream_data_efficiency(tmp_path):
     page = next((tmp_path / "site" / "r").glob("*.html")).read_text(encoding="utf-8")
     assert "Downstream data efficiency" in page
     assert "<td>piqa/acc</td>" in page and ">3.00x<" in page and "&gt;4x" in page
+
+
+def test_runs_without_the_sandbox_carry_a_badge(tmp_path):
+    records = [make_record(0, sandbox={"kind": "landlock", "abi": 7}),
+               make_record(1, sandbox={"kind": "none", "reason": "Landlock is unavailable"}),
+               make_record(2)]  # from before the sandbox: no field, so it ran unconfined
+    write_board(tmp_path / "records", records)
+    build_site(tmp_path / "records", tmp_path / "site", workers=1)
+    board = parse_boards((tmp_path / "site" / "index.html").read_text(encoding="utf-8"))[0]
+    assert board.column("Status") == ["ok", "ok unsandboxed", "ok unsandboxed"]
+    pages = sorted((tmp_path / "site" / "r").glob("*.html"))
+    badges = sorted("unsandboxed" in page.read_text(encoding="utf-8") for page in pages)
+    assert badges == [False, True, True]

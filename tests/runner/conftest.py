@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -58,3 +61,26 @@ def make_method(tmp_path):
         return folder
 
     return make
+
+
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def train_in_subprocess(run_dir: Path) -> subprocess.Popen:
+    """Train a prepared run folder in a process of its own (data server, supervisor, method), so a test can
+    kill the whole runner with SIGKILL as a crash or a lost machine would."""
+    code = ("import sys; from pathlib import Path; from harness.runner import train; "
+            "train(Path(sys.argv[1]), resume=False, progress=False)")
+    env = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-c", code, str(run_dir)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def wait_until_gone(run_dir: Path, timeout: float = 30.0) -> None:
+    """After the runner was killed its supervisor stops the method's processes and writes its status."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and not (run_dir / "supervisor.json").exists():
+        time.sleep(0.05)
+    assert (run_dir / "supervisor.json").exists(), "the supervisor did not clean up after its runner died"

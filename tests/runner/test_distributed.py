@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 
 from harness.distributed import DistributedError, LaunchSpec, split_ranks
 from harness.runner import RunRequest, prepare_run, resume_run, run_method
+from tests.runner.conftest import train_in_subprocess, wait_until_gone
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY_Q0 = (("d_model", "32"), ("n_layer", "1"), ("n_head", "2"), ("batch_size", "8"), ("n_trajectories", "2"),
@@ -136,18 +137,17 @@ def test_distributed_run_resumes_after_kill_9(synthetic_data, tmp_path, monkeypa
 
     launch = two_ranks()
     run_dir = prepare_run(RunRequest(out=tmp_path / "killed", launch=launch, **common))
-    env = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
-    job = subprocess.Popen(launch.torchrun_command("harness.worker", [str(run_dir), "--no-progress"]), env=env,
-                           start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    checkpoints = [run_dir / "checkpoint" / "state.pt", run_dir / "checkpoint" / "state-rank1.pt"]
+    runner = train_in_subprocess(run_dir)
+    checkpoints = [run_dir / "checkpoint" / "rank0.json", run_dir / "checkpoint" / "rank1.json"]
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and job.poll() is None:
+    while time.monotonic() < deadline and runner.poll() is None:
         if all(p.exists() for p in checkpoints):
             break
         time.sleep(0.05)
-    assert job.poll() is None, "the job ended before it could be killed"
-    os.killpg(job.pid, signal.SIGKILL)
-    job.wait()
+    assert runner.poll() is None, "the job ended before it could be killed"
+    os.kill(runner.pid, signal.SIGKILL)  # the runner and its data server; the supervisor stops the ranks
+    runner.wait()
+    wait_until_gone(run_dir)
     assert not (run_dir / "train_result.json").exists()
     resumed = read(resume_run(run_dir, progress=False))
     assert resumed["status"] == "ok"

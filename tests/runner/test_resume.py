@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from harness.runner import RunRequest, prepare_run, resume_run, run_method
+from tests.runner.conftest import train_in_subprocess, wait_until_gone
 
 TINY = (("d_model", "32"), ("n_layer", "1"), ("n_head", "2"), ("batch_size", "8"), ("log_every", "1"),
         ("warmup_steps", "5"))
@@ -30,18 +29,18 @@ def test_kill_and_resume_equals_uninterrupted(method, synthetic_data, tmp_path):
     straight = run_method(RunRequest(**{**request.__dict__, "out": tmp_path / "straight"}))
 
     run_dir = prepare_run(RunRequest(**{**request.__dict__, "out": tmp_path / "killed"}))
-    env = {**os.environ, "PYTHONPATH": str(Path.cwd())}
-    worker = subprocess.Popen([sys.executable, "-m", "harness.worker", str(run_dir), "--no-progress"], env=env)
+    runner = train_in_subprocess(run_dir)
     metrics = run_dir / "metrics.jsonl"
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and worker.poll() is None:
+    while time.monotonic() < deadline and runner.poll() is None:
         text = metrics.read_text() if metrics.exists() else ""
-        if (run_dir / "checkpoint" / "state.pt").exists() and text.count('"event": "snapshot"') == 1:
+        if (run_dir / "checkpoint" / "rank0.json").exists() and text.count('"event": "snapshot"') == 1:
             break
         time.sleep(0.05)
-    assert worker.poll() is None, "the run ended before it could be killed"
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
+    assert runner.poll() is None, "the run ended before it could be killed"
+    os.kill(runner.pid, signal.SIGKILL)  # the runner itself: the data server dies with it
+    runner.wait()
+    wait_until_gone(run_dir)
     assert not (run_dir / "train_result.json").exists()
     resume_run(run_dir, progress=False)
 

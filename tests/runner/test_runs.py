@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -105,20 +106,17 @@ def test_the_method_process_never_sees_validation(make_method, synthetic_data):
     method = make_method("""
 import json, os, pathlib
 seen = {"attrs": {k: repr(v) for k, v in vars(ctx).items()}, "env": dict(os.environ),
-        "cwd_files": sorted(os.listdir(ctx.scratch_dir.parent / "train_data"))}
+        "files": sorted(str(p) for p in ctx.scratch_dir.parent.rglob("*"))}
 pathlib.Path(ctx.scratch_dir / "seen.json").write_text(json.dumps(seen))
 """ + TRAIN_ONE_EPOCH)
     run_dir, record = run(method, synthetic_data, epochs=2.0)
     assert record["status"] == "ok"
-    seen = json.loads((run_dir / "scratch" / "seen.json").read_text())
-    assert not any("val" in name for name in seen["cwd_files"])
-    # nothing the context holds, nor the process environment, names the validation split or its folder
+    seen = json.loads((run_dir / "sandbox" / "scratch" / "seen.json").read_text())
+    assert not any("val" in Path(name).name for name in seen["files"])
+    # nothing the context holds, nor the process environment, names the prepared data or the run's records
     for text in [*seen["attrs"].values(), *seen["env"].values()]:
-        assert str(synthetic_data) not in text and "val.tokens" not in text
-    manifest = json.loads((run_dir / "train_data" / "manifest.json").read_text())
-    assert list(manifest["splits"]) == ["train"]
-    worker_spec = (run_dir / "worker.json").read_text()
-    assert str(synthetic_data) not in worker_spec
+        assert str(synthetic_data) not in text and "val.tokens" not in text and "run.json" not in text
+    assert record["sandbox"]["kind"] == "landlock"
     # fitness windows are not training: reading them costs no epochs
     assert record["metered"]["fitness_tokens"] == 0
 

@@ -1,0 +1,342 @@
+"""The harness's side of the evaluation worker: a snapshot's model, run in a sandboxed process of its own.
+
+:class:`RemoteModel` starts ``python -m harness.eval_worker`` under the sandbox supervisor (which enforces
+a per-snapshot time limit and kills whatever the model's code leaves behind), sends it the snapshot's
+builder, config and weights *bytes*, and then stands in for the ``torch.nn.Module`` that
+:func:`harness.logprobs.token_logprobs` and :class:`harness.downstream.lm.MixtureLM` call: ``model(inputs)``
+returns logits. Everything that comes back is checked here (exact shape [B, T, V] with V at least the
+track's vocabulary, a float dtype, finite values) before the harness computes any log-probability from
+it; the worker never sees targets and never reports a score.
+
+Anything that makes a snapshot unusable (weights that do not match their stamped hash, a refused builder,
+an error, non-finite logits, a malformed reply, a crash or a timeout of the worker) raises
+:class:`InvalidSnapshot` with a reason for the record, so the caller can skip that snapshot and go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from harness import channel
+from harness.errors import SlowrunError
+from harness.snapshots import WEIGHTS, Snapshot
+
+DEFAULT_TIMEOUT_S = 6 * 3600.0  # per snapshot, from the worker's start to its last reply
+ALLOW_READ_ENV = "SLOWRUN_ALLOW_READ"  # harness.runner.ALLOW_READ_ENV, not imported: the runner is heavy
+QUIT_WAIT_S = 5.0  # how long a worker told to quit may take before the supervisor kills it
+MAX_VOCAB = 1 << 24  # a reply claiming more logits per position than this is refused before allocation
+LOGIT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# Variables the worker inherits from the harness; everything else (tokens, keys, paths) stays behind.
+PASSED_ENV = ("PATH", "LANG", "LC_ALL", "SLOWRUN_NUM_THREADS", "SLOWRUN_SANDBOX", "OMP_NUM_THREADS",
+              "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES",
+              "LD_LIBRARY_PATH")
+
+
+class InvalidSnapshot(SlowrunError):
+    """The snapshot cannot be scored; the message is the reason recorded next to it."""
+
+
+def project_root() -> Path:
+    """The folder holding the harness package (on sys.path of the worker, even without installation)."""
+    return Path(__file__).resolve().parent.parent
+
+
+def trusted_builder_roots() -> tuple[Path, ...]:
+    """The harness's own model packages, from which a builder may always come: ``q0_reference``."""
+    import q0_reference
+
+    return (Path(q0_reference.__file__).resolve().parent,)
+
+
+def env_builder_roots() -> tuple[Path, ...]:
+    """The folders in $SLOWRUN_ALLOW_READ (the runner's extra read-only folders for the method, e.g. the
+    test suite's ``tests``): where builders may come from when the caller names no folders itself."""
+    return tuple(Path(p) for p in os.environ.get(ALLOW_READ_ENV, "").split(os.pathsep) if p)
+
+
+def read_weights(snapshot: Snapshot) -> tuple[bytes, str]:
+    """The weights file's bytes and their sha256; refused when the snapshot's stamped hash differs."""
+    path = Path(snapshot.folder) / WEIGHTS
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InvalidSnapshot(f"cannot read the weights {path} ({exc})") from None
+    digest = hashlib.sha256(data).hexdigest()
+    if snapshot.weights_sha256 is not None and digest != str(snapshot.weights_sha256).lower():
+        raise InvalidSnapshot(f"weights sha256 mismatch: {path} hashes to {digest}, but the snapshot was taken in "
+                              f"with {snapshot.weights_sha256}; the weights changed after the snapshot was taken")
+    return data, digest
+
+
+def _worker_env(scratch: Path) -> dict[str, str]:
+    from harness.sandbox import sandbox_env
+
+    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    env.update(sandbox_env(scratch))
+    env["PYTHONPATH"] = str(project_root())  # the harness package, also when it is not installed
+    return env
+
+
+class RemoteModel:
+    """A snapshot's model in an evaluation worker; use as a context manager (``with RemoteModel(...) as m``).
+
+    ``start()`` only spawns the worker (its torch import can then overlap other work: prefetch);
+    ``load()`` (or entering the context) sends the weights. Builders may come from ``method_dir``, from
+    :func:`trusted_builder_roots` and from ``builder_roots`` (more trusted folders, e.g. the run's
+    --allow-read folders: a package, or a folder of modules; None: :func:`env_builder_roots`). ``model(inputs)`` sends int token ids
+    [B, T] and returns the checked logits [B, T, V] on the inputs' device. ``vocab_size``, when given,
+    is the smallest V accepted. ``close()`` stops the worker and removes its scratch folder.
+    """
+
+    def __init__(self, snapshot: Snapshot, *, method_dir: Path | None = None,
+                 builder_roots: Sequence[Path] | None = None,
+                 device: str = "cpu", dtype: str | None = None, vocab_size: int | None = None,
+                 timeout_s: float | None = DEFAULT_TIMEOUT_S, require_sandbox: bool = False):
+        if dtype is not None and dtype not in LOGIT_DTYPES:
+            raise SlowrunError(f"dtype must be one of {', '.join(LOGIT_DTYPES)} or None (as stored), got {dtype!r}")
+        self.snapshot = snapshot
+        self.method_dir = Path(method_dir).resolve() if method_dir is not None else None
+        extra = env_builder_roots() if builder_roots is None else builder_roots
+        roots = (*trusted_builder_roots(), *(Path(r).resolve() for r in extra))
+        self.builder_roots = tuple(dict.fromkeys(roots))
+        self.device = str(device)
+        self.dtype = dtype
+        self.vocab_size = vocab_size
+        self.timeout_s = timeout_s
+        self.require_sandbox = require_sandbox
+        self.training = False
+        self.weights_sha256: str | None = None
+        self.sandbox: dict | None = None
+        self.logits_dtype: torch.dtype | None = None
+        self.calls = 0
+        self._sock: socket.socket | None = None
+        self._supervisor = None
+        self._private: Path | None = None
+        self._deadline: float | None = None
+        self._loaded = False
+
+    # ------------------------------------------------------------------ life cycle
+    def start(self) -> "RemoteModel":
+        """Spawn the worker (sandboxed, supervised); returns at once, the worker imports torch meanwhile."""
+        if self._supervisor is not None:
+            return self
+        from harness.sandbox import Supervisor
+
+        self._private = Path(tempfile.mkdtemp(prefix=f"slowrun-eval-{self.snapshot.tag}-"))
+        scratch = self._private / "scratch"  # the worker may write here and nowhere else
+        scratch.mkdir()
+        ours, theirs = socket.socketpair()
+        for end in (ours, theirs):
+            channel.widen_buffers(end)
+        command = [sys.executable, "-s", "-m", "harness.eval_worker", "--fd", str(theirs.fileno()),
+                   "--scratch", str(scratch)]
+        if self.method_dir is not None:
+            command += ["--method-dir", str(self.method_dir)]
+        for root in self.builder_roots:
+            command += ["--builder-root", str(root)]
+        if self.require_sandbox:
+            command.append("--require-sandbox")
+        # The status file sits beside scratch, not in it: the worker must not be able to forge its outcome.
+        self._supervisor = Supervisor(command, env=_worker_env(scratch), timeout_s=self.timeout_s,
+                                      status_file=self._private / "status.json", pass_fds=(theirs.fileno(),),
+                                      cwd=scratch)
+        try:
+            self._supervisor.start()
+        except BaseException:
+            ours.close()
+            raise
+        finally:
+            theirs.close()  # only the worker holds that end now, so its exit reads as end-of-file here
+        self._sock = ours
+        self._deadline = None if not self.timeout_s else time.monotonic() + float(self.timeout_s)
+        return self
+
+    def load(self, weights: tuple[bytes, str] | None = None) -> "RemoteModel":
+        """Send the builder, config and weights; the worker rebuilds the model and loads them strictly.
+
+        ``weights`` is ``read_weights(snapshot)`` when the caller already has it (bytes and their hash)."""
+        if self._loaded:
+            return self
+        data, self.weights_sha256 = weights if weights is not None else read_weights(self.snapshot)
+        self.start()
+        header = {"op": "load", "builder": self.snapshot.builder, "config": self.snapshot.config,
+                  "device": self.device, "dtype": self.dtype}
+        reply, _ = self._exchange(header, data, max_payload=0)
+        self.sandbox = reply.get("sandbox") if isinstance(reply.get("sandbox"), dict) else None
+        self._loaded = True
+        return self
+
+    def close(self) -> None:
+        """Tell the worker to quit, make sure its whole process tree is gone, remove its scratch folder."""
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.settimeout(QUIT_WAIT_S)
+                channel.send(sock, {"op": "quit"})
+                sock.recv(1)  # end-of-file once the worker has exited
+            except OSError:
+                pass
+            sock.close()
+        if self._supervisor is not None:
+            try:
+                self._supervisor.terminate()
+            except SlowrunError:
+                pass
+        if self._private is not None:
+            shutil.rmtree(self._private, ignore_errors=True)
+            self._private = None
+
+    def __enter__(self) -> "RemoteModel":
+        try:
+            return self.load()
+        except BaseException:
+            self.close()
+            raise
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+    def __del__(self):  # a forgotten worker must not outlive its RemoteModel
+        if getattr(self, "_sock", None) is not None or getattr(self, "_private", None) is not None:
+            try:
+                self.close()
+            except Exception:  # noqa: BLE001 - interpreter shutdown
+                pass
+
+    # ------------------------------------------------------------------ torch.nn.Module's surface
+    def eval(self) -> "RemoteModel":
+        return self.train(False)
+
+    def train(self, mode: bool = True) -> "RemoteModel":
+        """Only remembered: the worker's model is always in eval mode with gradients off."""
+        self.training = bool(mode)
+        return self
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.forward(inputs)
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not self._loaded:
+            raise SlowrunError("RemoteModel.forward before load(): use it as a context manager")
+        tokens = torch.as_tensor(inputs)
+        if tokens.ndim != 2 or tokens.dtype.is_floating_point or tokens.is_complex():
+            raise SlowrunError(f"RemoteModel takes integer token ids [batch, time], got {tuple(tokens.shape)} "
+                               f"{tokens.dtype}")
+        batch, steps = (int(s) for s in tokens.shape)
+        wide = tokens.numel() and (int(tokens.min()) < -(1 << 31) or int(tokens.max()) >= 1 << 31)
+        host = tokens.to("cpu", torch.int64 if wide else torch.int32).contiguous()
+        header = {"op": "forward", "shape": [batch, steps], "dtype": "int64" if wide else "int32"}
+        holder: dict[str, torch.Tensor] = {}
+
+        def allocate(reply: dict, nbytes: int):
+            shape, dtype = self._check_reply(reply, batch, steps, nbytes)
+            holder["logits"] = torch.empty(shape, dtype=dtype)
+            return holder["logits"].view(-1).view(torch.uint8).numpy()
+
+        max_payload = batch * steps * MAX_VOCAB * 4
+        self._exchange(header, host.numpy(), allocate=allocate, max_payload=max_payload)
+        logits = holder["logits"]
+        if not bool(torch.isfinite(logits).all()):
+            raise InvalidSnapshot("the model gave non-finite logits (NaN or infinity), so it cannot be scored")
+        self.calls += 1
+        self.logits_dtype = logits.dtype
+        return logits if tokens.device.type == "cpu" else logits.to(tokens.device)
+
+    # ------------------------------------------------------------------ the wire
+    def _check_reply(self, reply: dict, batch: int, steps: int, nbytes: int) -> tuple[list[int], torch.dtype]:
+        shape, name = reply.get("shape"), reply.get("dtype")
+        if name not in LOGIT_DTYPES:
+            raise InvalidSnapshot(f"the model returned logits of dtype {name!r}; allowed: {', '.join(LOGIT_DTYPES)}")
+        if (not isinstance(shape, list) or len(shape) != 3 or not all(isinstance(s, int) for s in shape)
+                or shape[:2] != [batch, steps]):
+            raise InvalidSnapshot(f"the model returned logits of shape {shape} for input [{batch}, {steps}]; "
+                                  "expected [batch, time, vocab]")
+        vocab = shape[2]
+        if vocab < max(1, self.vocab_size or 1) or vocab > MAX_VOCAB:
+            raise InvalidSnapshot(f"the model returned {vocab} logits per position; the track's vocabulary has "
+                                  f"{self.vocab_size} tokens")
+        dtype = LOGIT_DTYPES[name]
+        expected = batch * steps * vocab * torch.empty((), dtype=dtype).element_size()
+        if nbytes != expected:
+            raise InvalidSnapshot(f"the worker sent {nbytes} bytes of logits for shape {shape} {name} "
+                                  f"({expected} expected)")
+        return shape, dtype
+
+    def _exchange(self, header: dict, payload=b"", *, allocate=None, max_payload: int | None = None):
+        """Send one request and receive its reply; every failure becomes InvalidSnapshot (worker stopped)."""
+        if self._sock is None:
+            raise InvalidSnapshot("the evaluation worker is no longer running")
+        try:
+            self._sock.settimeout(self._remaining())
+            channel.send(self._sock, header, payload)
+
+            def checked(reply: dict, nbytes: int):
+                if reply.get("ok") is not True:
+                    raise _WorkerFailed(reply)
+                if allocate is None:
+                    return bytearray(nbytes)
+                return allocate(reply, nbytes)
+
+            reply, _ = channel.recv(self._sock, allocate=checked,
+                                    max_payload=None if max_payload is None else max(max_payload, 0))
+            return reply, _
+        except _WorkerFailed as failed:
+            self._stop()
+            raise InvalidSnapshot(f"the model's code failed in the evaluation worker: {failed.message}") from None
+        except InvalidSnapshot:
+            self._stop()
+            raise
+        except (OSError, channel.ChannelError) as exc:
+            result = self._stop()
+            raise InvalidSnapshot(self._ending(result, exc)) from None
+
+    def _remaining(self) -> float | None:
+        if self._deadline is None:
+            return None
+        left = self._deadline - time.monotonic()
+        if left <= 0:
+            raise socket.timeout("the per-snapshot time limit has passed")
+        return left
+
+    def _stop(self):
+        """Kill the worker after a failure; its supervised result (or None)."""
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+        if self._supervisor is None:
+            return None
+        try:
+            return self._supervisor.terminate()
+        except SlowrunError:
+            return None
+
+    def _ending(self, result, exc: BaseException) -> str:
+        limit = f"{self.timeout_s:g} s" if self.timeout_s else "no limit"
+        if isinstance(exc, socket.timeout) or (result is not None and result.reason == "timeout"):
+            return f"the evaluation worker timed out (per-snapshot limit {limit})"
+        if result is not None and result.signal:
+            return f"the evaluation worker crashed (killed by signal {result.signal})"
+        if result is not None and result.exit_code not in (None, 0):
+            return f"the evaluation worker crashed (exit code {result.exit_code}): {exc}"
+        return f"the evaluation worker stopped answering: {exc}"
+
+
+class _WorkerFailed(Exception):
+    def __init__(self, reply: dict):
+        error = reply.get("error")
+        self.message = (error if isinstance(error, str) else "an error it did not describe")[:4000]
+        super().__init__(self.message)
+
+
+__all__ = ["DEFAULT_TIMEOUT_S", "InvalidSnapshot", "RemoteModel", "env_builder_roots", "read_weights",
+           "trusted_builder_roots"]

@@ -1,0 +1,265 @@
+"""The evaluation worker: one fresh, sandboxed process per snapshot that runs the method's model code.
+
+A snapshot's builder is code the method chose, so it must never run in the harness's process, which
+holds the validation split: there it could read the windows off the call stack, open the token files,
+or run a shell. This process is started by the harness (:mod:`harness.eval_client`) as
+
+    python -m harness.eval_worker --fd N --method-dir DIR --scratch DIR [--builder-root DIR ...]
+
+and, before it imports torch or anything of the method, it confines itself (Landlock while it still has
+one thread): read-only Python, the installed packages, the method directory and the harness's model
+packages (the builder roots); read-write its scratch folder; the usual devices. It never gets a path to
+the data nor to the weights: the weights arrive as bytes over the socket (fd N), inputs arrive as token
+ids, and all it sends back is logits, which the harness checks and turns into log-probabilities itself.
+
+Messages (see :mod:`harness.channel`): ``load`` {builder, config, device, dtype} + safetensors bytes ->
+{ok, parameters, sandbox}; ``forward`` {shape, dtype} + token ids -> {ok, shape, dtype} + logits;
+``quit``. Any failure is answered with {ok: false, error} and ends the process: a snapshot whose code
+fails once is not trusted with another call.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import traceback
+
+from harness import channel
+
+# The dtypes logits may come back in; float64 logits are sent as float32 (the harness normalises in
+# float32 anyway), anything else is refused.
+LOGIT_DTYPES = ("float32", "bfloat16", "float16")
+TOKEN_DTYPES = ("int32", "int64")
+MAX_ERROR_CHARS = 4000
+
+
+class BuilderRefused(Exception):
+    """The snapshot's builder names code outside the method directory and the harness's model packages."""
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m harness.eval_worker",
+                                     description="Run one snapshot's model for the harness (started by it).")
+    parser.add_argument("--fd", type=int, required=True, help="inherited socket file descriptor")
+    parser.add_argument("--method-dir", default=None, help="the method's directory (read-only, first on sys.path)")
+    parser.add_argument("--scratch", required=True, help="the only folder the worker may write")
+    parser.add_argument("--builder-root", action="append", default=[],
+                        help="a trusted folder builders may also come from: a package, or a folder of modules "
+                             "(repeatable)")
+    parser.add_argument("--require-sandbox", action="store_true",
+                        help="refuse to run without Landlock instead of running unconfined")
+    return parser.parse_args(argv)
+
+
+def _sandbox(args: argparse.Namespace) -> dict:
+    from harness.sandbox import SandboxPolicy, base_read_only_paths, default_devices, enter_sandbox
+
+    shm = os.path.realpath("/dev/shm")
+    # No /dev/shm: it is the one folder every worker could write, so a snapshot's worker could leave the
+    # validation windows it was shown there for the next snapshot's model to look up.
+    devices = tuple(d for d in default_devices() if d != "/dev/shm" and os.path.realpath(d) != shm)
+    policy = SandboxPolicy(read_only=tuple(base_read_only_paths()) + tuple(_roots(args)),
+                           read_write=(os.path.realpath(args.scratch),), devices=devices)
+    return enter_sandbox(policy, required=args.require_sandbox)
+
+
+# ---------------------------------------------------------------------------------------------- builders
+class _RootFinder:
+    """Import a builder root that is a package from that root, whatever else sys.path holds.
+
+    A package root (e.g. the harness's own ``q0_reference`` or ``tests`` folder) is importable under its
+    folder name without putting its parent on sys.path: the parent also holds run folders and data, which
+    the sandbox does not let the worker list, and a same-named package elsewhere must not stand in for it.
+    """
+
+    def __init__(self, roots: list[str]):
+        self.packages = {os.path.basename(r): r for r in roots if os.path.isfile(os.path.join(r, "__init__.py"))}
+
+    def find_spec(self, fullname, path=None, target=None):
+        root = self.packages.get(fullname)
+        if root is None:
+            return None
+        import importlib.util
+
+        return importlib.util.spec_from_file_location(fullname, os.path.join(root, "__init__.py"),
+                                                      submodule_search_locations=[root])
+
+
+def _inside(path: str, roots: list[str]) -> bool:
+    real = os.path.realpath(path)
+    return any(real == root or real.startswith(root.rstrip(os.sep) + os.sep) for root in roots)
+
+
+def resolve_builder(builder: str, roots: list[str]):
+    """The builder function or class, imported only if every module on its way lies inside ``roots``.
+
+    Each package level is located first and imported only once its file is found inside a root, so
+    ``os:system``, ``builtins:eval`` or ``subprocess:run`` are refused without running anything, and the
+    attribute must be a function or class defined in that very module (not something it imported).
+    """
+    import importlib
+    import importlib.util
+    import inspect
+
+    module_name, sep, attribute = builder.partition(":")
+    parts = module_name.split(".")
+    if not sep or not attribute.isidentifier() or not all(p.isidentifier() for p in parts):
+        raise BuilderRefused(f"builder {builder!r} must look like 'module:function' (e.g. 'mymodel:build')")
+    for depth in range(1, len(parts) + 1):
+        name = ".".join(parts[:depth])
+        loaded = sys.modules.get(name)
+        try:
+            spec = loaded.__spec__ if loaded is not None else importlib.util.find_spec(name)
+        except (ImportError, ValueError) as exc:
+            raise BuilderRefused(f"builder {builder!r}: cannot find module {name!r} ({exc})") from None
+        if spec is None:
+            raise BuilderRefused(f"builder {builder!r}: no module named {name!r} in the method directory "
+                                 "(the builder's module must be a file of the method)")
+        places = ([spec.origin] if spec.has_location and spec.origin else []) + list(
+            spec.submodule_search_locations or [])
+        outside = [p for p in places if not _inside(p, roots)]
+        if not places or outside:
+            where = f"at {outside[0]}" if outside else (spec.origin or "built in")
+            raise BuilderRefused(
+                f"builder {builder!r} is refused: module {name!r} is {where}, outside the method directory and "
+                "the harness's model packages; a snapshot's builder must be a function or class defined in "
+                "the method's own code (e.g. 'mymodel:build' for mymodel.py in the method directory)")
+        module = importlib.import_module(name)
+    target = getattr(module, attribute, None)
+    if target is None:
+        raise BuilderRefused(f"builder {builder!r}: module {module_name!r} has no attribute {attribute!r}")
+    if not (inspect.isfunction(target) or inspect.isclass(target)) or target.__module__ != module.__name__:
+        raise BuilderRefused(f"builder {builder!r} is refused: {attribute!r} must be a Python function or class "
+                             f"defined in {module_name!r} itself, not {type(target).__name__} from elsewhere")
+    return target
+
+
+# ---------------------------------------------------------------------------------------------- serving
+class _Server:
+    def __init__(self, sock: socket.socket, roots: list[str], sandbox: dict):
+        import safetensors.torch  # noqa: F401 - imported now, before the method directory is on sys.path
+        import torch
+
+        self.torch = torch
+        self.sock = sock
+        self.roots = roots
+        self.sandbox = sandbox
+        self.model = None
+        self.device = None
+
+    def load(self, header: dict, payload: memoryview) -> dict:
+        torch = self.torch
+        from safetensors.torch import load as load_safetensors
+
+        build = resolve_builder(str(header["builder"]), self.roots)
+        self.device = torch.device(str(header.get("device") or "cpu"))
+        model = build(header["config"])
+        if not isinstance(model, torch.nn.Module):
+            raise TypeError(f"builder {header['builder']!r} returned {type(model).__name__}, not a torch.nn.Module")
+        state = load_safetensors(bytes(payload))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if missing or unexpected:
+            raise ValueError(f"the weights do not fit the rebuilt model (missing {sorted(missing)[:5]}, "
+                             f"unexpected {sorted(unexpected)[:5]})")
+        del state
+        model.to(self.device)
+        if header.get("dtype"):
+            model.to(getattr(torch, str(header["dtype"])))
+        model.eval()
+        for parameter in model.parameters():
+            parameter.requires_grad_(False)
+        self.model = model
+        return {"ok": True, "parameters": sum(p.numel() for p in model.parameters()), "sandbox": self.sandbox}
+
+    def forward(self, header: dict, payload: memoryview):
+        torch = self.torch
+        if self.model is None:
+            raise RuntimeError("forward before load")
+        shape, dtype = [int(s) for s in header["shape"]], str(header["dtype"])
+        if len(shape) != 2 or dtype not in TOKEN_DTYPES:
+            raise ValueError(f"forward needs [batch, time] tokens of {TOKEN_DTYPES}, got {shape} {dtype}")
+        tokens = torch.frombuffer(payload, dtype=getattr(torch, dtype)).reshape(shape).to(torch.long)
+        with torch.inference_mode():
+            logits = self.model(tokens.to(self.device))
+        if not isinstance(logits, torch.Tensor):
+            raise TypeError(f"the model returned {type(logits).__name__}, not a tensor of logits")
+        if logits.dtype == torch.float64:
+            logits = logits.float()
+        name = str(logits.dtype).removeprefix("torch.")
+        if name not in LOGIT_DTYPES:
+            raise TypeError(f"the model returned logits of dtype {name}; use one of {', '.join(LOGIT_DTYPES)}")
+        logits = logits.detach().to("cpu").contiguous()
+        raw = logits.reshape(-1).view(torch.uint8).numpy()
+        return {"ok": True, "shape": list(logits.shape), "dtype": name}, memoryview(raw)
+
+    def serve(self) -> int:
+        while True:
+            try:
+                header, payload = channel.recv(self.sock)
+            except channel.ChannelError:
+                return 0  # the harness went away: nothing left to do
+            op = header.get("op")
+            if op == "quit":
+                return 0
+            try:
+                if op == "load":
+                    channel.send(self.sock, self.load(header, payload))
+                elif op == "forward":
+                    reply, body = self.forward(header, payload)
+                    channel.send(self.sock, reply, body)
+                else:
+                    raise ValueError(f"unknown operation {op!r}")
+            except BaseException as exc:  # noqa: BLE001 - every failure goes back to the harness as text
+                _report(self.sock, exc)
+                return 1
+
+
+def _report(sock: socket.socket, exc: BaseException) -> None:
+    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    message = f"{type(exc).__name__}: {exc}"
+    print(f"harness.eval_worker: {message}" if isinstance(exc, BuilderRefused) else trace, file=sys.stderr, flush=True)
+    try:
+        channel.send(sock, {"ok": False, "error": message[:MAX_ERROR_CHARS], "type": type(exc).__name__,
+                            "traceback": trace[-MAX_ERROR_CHARS:]})
+    except (OSError, channel.ChannelError):
+        pass
+
+
+def _roots(args: argparse.Namespace) -> list[str]:
+    return [os.path.realpath(p) for p in ([args.method_dir] if args.method_dir else []) + args.builder_root]
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    sock = socket.socket(fileno=args.fd)
+    try:
+        sandbox = _sandbox(args)
+    except Exception as exc:  # noqa: BLE001 - the harness records why the worker could not start
+        _report(sock, exc)
+        return 1
+    try:
+        from harness.threads import apply_thread_setting
+
+        # Torch and safetensors are imported before the method directory goes on sys.path, so a file of
+        # the method cannot stand in for them; in a prefetched worker this import overlaps the scoring of
+        # the previous snapshot.
+        server = _Server(sock, _roots(args), sandbox)
+        apply_thread_setting()
+    except Exception as exc:  # noqa: BLE001
+        _report(sock, exc)
+        return 1
+    if args.method_dir:
+        sys.path.insert(0, os.path.realpath(args.method_dir))
+    packages = [os.path.realpath(p) for p in args.builder_root]
+    sys.meta_path.insert(0, _RootFinder(packages))
+    # A root that is not itself a package is a folder of modules and packages, as on PYTHONPATH.
+    sys.path.extend(p for p in packages if not os.path.isfile(os.path.join(p, "__init__.py")))
+    return server.serve()
+
+
+if __name__ == "__main__":
+    from harness.fast_exit import exit_now
+
+    exit_now(main())

@@ -1,0 +1,405 @@
+"""A supervisor that owns the untrusted process tree, so nothing the method starts outlives its run.
+
+    python -m harness.sandbox.supervise --timeout SECONDS --status-file PATH [--pass-fd N ...] -- COMMAND...
+
+Killing the method's process is not enough: its forked children, DataLoader workers, or a daemon it
+detached with setsid and a double fork would keep running (and keep the GPU) after the run. The
+supervisor makes itself a child subreaper, so every orphaned descendant is reparented to it instead of
+to init, runs COMMAND in a new session, and when COMMAND exits, the timeout passes or it is told to stop
+(SIGTERM, SIGINT, SIGHUP, or its parent dying), SIGKILLs the command's process group and then every
+process whose parent chain still reaches it, until none is left. The outcome goes to a JSON status file,
+written atomically, and the exit code: the command's, 124 on timeout, 143 when terminated.
+
+This module imports only the standard library and nothing heavy, and `Supervisor` runs it by file path
+in isolated mode, so the supervisor starts in a few tens of milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+PR_SET_PDEATHSIG = 1
+PR_SET_CHILD_SUBREAPER = 36
+
+EXIT_TIMEOUT = 124
+EXIT_TERMINATED = 128 + signal.SIGTERM  # 143
+EXIT_NOT_STARTED = 127
+KILL_WAIT_S = 5.0  # how long to keep killing descendants before reporting the rest as leftovers
+READY_WAIT_S = 30.0
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def _prctl(option: int, value: int) -> bool:
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError:
+        return False
+    zero = ctypes.c_ulong(0)
+    return libc.prctl(ctypes.c_int(option), ctypes.c_ulong(value), zero, zero, zero) == 0
+
+
+# --- the process table ----------------------------------------------------------------------------------
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) for every process in /proc."""
+    table: dict[int, tuple[int, str]] = {}
+    try:
+        names = os.listdir("/proc")
+    except OSError:
+        return table
+    for name in names:
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat", "rb") as f:
+                data = f.read()
+            # The command name in parentheses may contain spaces or parentheses: split after the last ')'.
+            fields = data[data.rindex(b")") + 2:].split()
+            table[int(name)] = (int(fields[1]), fields[0].decode("ascii", "replace"))
+        except (OSError, ValueError, IndexError):
+            continue  # the process ended while we looked
+    return table
+
+
+def descendants(root: int) -> dict[int, str]:
+    """Every process whose parent chain reaches `root` (not root itself), with its state letter."""
+    children: dict[int, list[int]] = {}
+    table = _process_table()
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found: dict[int, str] = {}
+    stack = list(children.get(root, ()))
+    while stack:
+        pid = stack.pop()
+        if pid in found or pid == root:
+            continue
+        found[pid] = table[pid][1]
+        stack.extend(children.get(pid, ()))
+    return found
+
+
+class _Reaper:
+    """Reaps every child that ended (orphans reparent to us), remembering the command's own wait status."""
+
+    def __init__(self) -> None:
+        self.child_pid: int | None = None
+        self.child_status: int | None = None
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            except InterruptedError:
+                continue
+            if pid == 0:
+                return
+            if pid == self.child_pid:
+                self.child_status = status
+
+
+def kill_tree(root: int, child_pgid: int | None, reaper: _Reaper, wait_s: float = KILL_WAIT_S) -> tuple[int, list[int]]:
+    """SIGKILL the command's group, then every live descendant, reaping as they die, until none is left or
+    `wait_s` passes. Returns how many processes were killed and the pids still alive at the end."""
+    killed: set[int] = set()
+    deadline = time.monotonic() + wait_s
+    first = True
+    while True:
+        reaper.reap()
+        found = descendants(root)
+        live = [pid for pid, state in found.items() if state not in ("Z", "X")]
+        if first and child_pgid is not None:
+            try:
+                os.killpg(child_pgid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        first = False
+        if not found:
+            return len(killed), []
+        for pid in live:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
+            except (ProcessLookupError, PermissionError):
+                pass
+        if time.monotonic() >= deadline:
+            reaper.reap()
+            return len(killed), sorted(pid for pid, state in descendants(root).items() if state not in ("Z", "X"))
+        time.sleep(0.005)
+
+
+# --- the supervisor process -----------------------------------------------------------------------------
+
+
+def _write_status(path: Path, status: dict[str, object]) -> None:
+    """Write the status JSON atomically: a reader sees the whole file or none."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(status, f)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _parse(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m harness.sandbox.supervise",
+        description="Run COMMAND and kill every process it leaves behind when it exits, times out or is stopped.",
+    )
+    parser.add_argument("--timeout", type=float, default=0.0, help="seconds before the command is killed; 0 = none")
+    parser.add_argument("--status-file", type=Path, required=True, help="where to write the outcome as JSON")
+    parser.add_argument("--pass-fd", type=int, action="append", default=[], help="a file descriptor to inherit")
+    parser.add_argument("--parent-pid", type=int, default=0, help="stop at once if our parent is no longer this pid")
+    parser.add_argument("--ready-fd", type=int, default=None, help="write one byte here once signals are handled")
+    parser.add_argument("--kill-wait", type=float, default=KILL_WAIT_S, help="seconds to keep killing leftovers")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
+    args = parser.parse_args(argv)
+    if args.command and args.command[0] == "--":
+        args.command = args.command[1:]
+    if not args.command:
+        parser.error("no command given after --")
+    if args.timeout < 0:
+        parser.error("--timeout must be 0 (none) or positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    stop: list[int] = []
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, lambda signum, frame: stop.append(signum))
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the loop through the pipe
+    _prctl(PR_SET_CHILD_SUBREAPER, 1)
+    _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if args.parent_pid and os.getppid() != args.parent_pid:
+        stop.append(signal.SIGTERM)  # the parent died before PDEATHSIG was set: it will never come
+    if args.ready_fd is not None:
+        try:
+            os.write(args.ready_fd, b"1")
+            os.close(args.ready_fd)
+        except OSError:
+            pass
+
+    reaper = _Reaper()
+    started = time.monotonic()
+    error = None
+    child: subprocess.Popen[bytes] | None = None
+    if not stop:
+        try:
+            child = subprocess.Popen(args.command, start_new_session=True, pass_fds=tuple(args.pass_fd))
+        except (OSError, ValueError) as exc:
+            error = f"cannot start {args.command[0]}: {exc}"
+        else:
+            reaper.child_pid = child.pid
+    deadline = started + args.timeout if args.timeout > 0 else None
+
+    reason = "exited"
+    while child is not None:
+        reaper.reap()
+        if reaper.child_status is not None:
+            reason = "exited"
+            break
+        if stop:
+            reason = "terminated"
+            break
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            reason = "timeout"
+            break
+        try:
+            select.select([wake_r], [], [], 1.0 if deadline is None else min(1.0, deadline - now))
+            while os.read(wake_r, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+    if child is None and stop:
+        reason = "terminated"
+    elapsed = time.monotonic() - started
+
+    killed, leftover = kill_tree(os.getpid(), child.pid if child else None, reaper, args.kill_wait)
+    status = reaper.child_status
+    exit_code = signum = None
+    if status is not None:
+        if os.WIFEXITED(status):
+            exit_code = os.WEXITSTATUS(status)
+        elif os.WIFSIGNALED(status):
+            signum = os.WTERMSIG(status)
+    elif child is None and error is not None:
+        exit_code = EXIT_NOT_STARTED
+    if child is not None and status is not None:
+        child.returncode = exit_code if exit_code is not None else -(signum or 0)  # reaped by us, not by Popen
+
+    record: dict[str, object] = {
+        "exit_code": exit_code,
+        "signal": signum,
+        "reason": reason,
+        "elapsed_s": round(elapsed, 6),
+        "killed": killed,
+        "leftover": leftover,
+    }
+    if error is not None:
+        record["error"] = error
+        print(f"supervise: {error}", file=sys.stderr, flush=True)
+    if leftover:
+        print(f"supervise: processes still alive after {args.kill_wait:g} s of SIGKILL: {leftover}",
+              file=sys.stderr, flush=True)
+    _write_status(args.status_file, record)
+    if reason == "timeout":
+        return EXIT_TIMEOUT
+    if reason == "terminated":
+        return EXIT_TERMINATED
+    if exit_code is not None:
+        return exit_code
+    return 128 + signum if signum else 1
+
+
+# --- the caller's side ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SupervisedResult:
+    """How a supervised command ended: exit code or signal, why it ended, how long it ran, and how many
+    processes the supervisor had to kill afterwards (leftover: pids it could not kill in time)."""
+
+    exit_code: int | None
+    signal: int | None
+    reason: str  # "exited", "timeout" or "terminated"
+    elapsed_s: float
+    killed: int
+    leftover: tuple[int, ...] = ()
+
+
+class Supervisor:
+    """Runs a command under the supervisor process and collects its result.
+
+    `start` returns at once. The supervisor gets SIGTERM when the thread that called `start` ends
+    (PR_SET_PDEATHSIG is per thread), so call it from the thread that lives for the whole run. No signal
+    handlers are installed here: a caller that wants Ctrl-C to stop the run calls `terminate`.
+    """
+
+    def __init__(
+        self,
+        command: list[str],
+        *,
+        env: dict[str, str],
+        timeout_s: float | None,
+        status_file: Path,
+        pass_fds: tuple[int, ...] = (),
+        cwd: Path | None = None,
+    ) -> None:
+        if not command:
+            raise ValueError("Supervisor needs a command")
+        self.command = list(command)
+        self.env = dict(env)
+        self.timeout_s = timeout_s
+        self.status_file = Path(status_file)
+        self.pass_fds = tuple(pass_fds)
+        self.cwd = cwd
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._ready_fd: int | None = None
+        self._result: SupervisedResult | None = None
+
+    @property
+    def pid(self) -> int:
+        """The supervisor's pid (not the command's)."""
+        if self._proc is None:
+            raise RuntimeError("the supervisor has not been started")
+        return self._proc.pid
+
+    def start(self) -> None:
+        if self._proc is not None:
+            raise RuntimeError("the supervisor was already started")
+        self.status_file.parent.mkdir(parents=True, exist_ok=True)
+        self.status_file.unlink(missing_ok=True)  # a stale file must not pass for this run's outcome
+        ready_r, ready_w = os.pipe()
+        argv = [sys.executable, "-I", "-S", str(Path(__file__).resolve()),
+                "--timeout", repr(float(self.timeout_s or 0)), "--status-file", str(self.status_file.resolve()),
+                "--parent-pid", str(os.getpid()), "--ready-fd", str(ready_w)]
+        for fd in self.pass_fds:
+            argv += ["--pass-fd", str(fd)]
+        argv += ["--", *self.command]
+        try:
+            self._proc = subprocess.Popen(argv, env=self.env, cwd=self.cwd, pass_fds=(*self.pass_fds, ready_w))
+        except BaseException:
+            os.close(ready_r)
+            raise
+        finally:
+            os.close(ready_w)
+        self._ready_fd = ready_r
+
+    def _await_ready(self) -> None:
+        """Wait until the supervisor handles SIGTERM (or has died): a signal sent earlier would kill it
+        before it could clean up."""
+        if self._ready_fd is None:
+            return
+        try:
+            ready, _, _ = select.select([self._ready_fd], [], [], READY_WAIT_S)
+            if ready:
+                os.read(self._ready_fd, 1)
+        finally:
+            os.close(self._ready_fd)
+            self._ready_fd = None
+
+    def wait(self) -> SupervisedResult:
+        """Block until the supervisor has cleaned up; its result. Raises SandboxError when the supervisor
+        itself died without a status (then processes it started may still be running)."""
+        if self._proc is None:
+            raise RuntimeError("the supervisor has not been started")
+        if self._result is not None:
+            return self._result
+        returncode = self._proc.wait()
+        if self._ready_fd is not None:
+            os.close(self._ready_fd)
+            self._ready_fd = None
+        try:
+            data = json.loads(self.status_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            from harness.sandbox.landlock import SandboxError
+
+            raise SandboxError(
+                f"the supervisor (pid {self._proc.pid}) ended with code {returncode} without a readable status "
+                f"file {self.status_file} ({exc}); processes it started may still be running"
+            ) from None
+        self._result = SupervisedResult(
+            exit_code=data["exit_code"],
+            signal=data["signal"],
+            reason=data["reason"],
+            elapsed_s=float(data["elapsed_s"]),
+            killed=int(data["killed"]),
+            leftover=tuple(data.get("leftover", ())),
+        )
+        return self._result
+
+    def terminate(self) -> SupervisedResult:
+        """Stop the run: SIGTERM to the supervisor, which kills the whole tree; then its result."""
+        if self._proc is None:
+            raise RuntimeError("the supervisor has not been started")
+        if self._proc.poll() is None:
+            self._await_ready()
+            try:
+                self._proc.send_signal(signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        return self.wait()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,699 @@
+"""The data server: meter, clock, snapshot intake, checkpoints and metrics, out of the method's reach.
+
+It runs as threads in the runner's process and listens on a socket that only the harness's worker code
+connects to, before that code sandboxes itself and imports the method. Every rank of a job has one
+connection. A connection first says `hello` with the run's token and its rank; after that each request
+is one message and one reply. What the method receives is exactly what was metered: a training batch is
+charged before its bytes are sent, and a refused batch is never sent.
+
+Everything a record says about training (epochs, per-stream counts, snapshot stamps, the ensemble, the
+status) is taken from this server's own state. What the method writes into its outbox (snapshot
+weights, checkpoint payloads) is moved into harness storage and hashed here; nothing the method wrote
+anywhere else is read back, and nothing it wrote is ever unpickled in the harness.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import secrets
+import shutil
+import socket
+import stat
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from harness.data.store import TokenStore
+from harness.errors import SlowrunError
+from harness.meter import BudgetExhausted, Meter, MeterState, TrainStream
+from harness.server.budget import LocalBudget
+from harness.server.wire import Channel, ChannelClosed
+from harness.snapshots import SPEC, TAG_PATTERN, WEIGHTS, list_snapshots
+from harness.tracks import Track
+
+LOSS_KEYS = ("loss", "train_loss")
+BUILDER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
+OUTBOX_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
+MAX_SAFETENSORS_HEADER = 100 << 20
+SEVERITY = ("ok", "budget-exceeded", "invalid", "diverged", "failed", "timeout")
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """Where a run keeps what: harness storage at the top, the method's two writable folders below
+    `sandbox/`. The method is told only `scratch` and `outbox`."""
+
+    root: Path
+
+    @property
+    def snapshots(self) -> Path:
+        return self.root / "snapshots"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / "checkpoint"
+
+    @property
+    def scratch(self) -> Path:
+        return self.root / "sandbox" / "scratch"
+
+    @property
+    def outbox(self) -> Path:
+        return self.root / "sandbox" / "outbox"
+
+    def metrics(self, rank: int) -> Path:
+        return self.root / ("metrics.jsonl" if rank == 0 else f"metrics-rank{rank}.jsonl")
+
+    def checkpoint_index(self, rank: int) -> Path:
+        return self.checkpoints / f"rank{rank}.json"
+
+    def resume_file(self, rank: int) -> Path:
+        return self.scratch / ".resume" / f"state-rank{rank}.pt"
+
+
+@dataclass(frozen=True)
+class ServerSpec:
+    """What the server needs to know about the run (from run.json); the method sees `public()` only."""
+
+    run_dir: Path
+    data_dir: Path
+    track: Track
+    budget: float
+    seed: int
+    hparams: dict
+    device: str
+    method_dir: Path
+    entry: str
+    fitness_docs: int
+    world_size: int = 1
+    resume: bool = False
+    progress: bool = True
+    sandbox_read_only: tuple[str, ...] = ()  # beyond the Python installation: the method dir, --allow-read
+    sandbox_list_only: tuple[str, ...] = ()
+    max_snapshot_bytes: int = 256 << 30
+
+
+@dataclass
+class RankState:
+    connected: bool = False
+    ended: bool = False
+    status: str | None = None
+    error: dict | None = None
+    sandbox: dict | None = None
+    metrics_lines: int = 0
+
+
+@dataclass
+class TrainOutcome:
+    """How training ended, from the server's own counts; the runner turns it into the record."""
+
+    status: str
+    error: dict | None
+    meter: dict
+    epochs: float
+    epoch_tokens: int
+    train_tokens: int
+    ensemble: Any
+    snapshots: list
+    train_s: float
+    resumed: bool
+    world_size: int
+    sandbox: dict
+    supervisor: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return dict(self.__dict__)
+
+
+class RequestError(SlowrunError):
+    """A request the contract does not allow; the method's side raises it as a ContractError."""
+
+
+def _error(kind: str, message: str, tb: str = "") -> dict:
+    return {"type": kind, "message": message, "traceback": tb}
+
+
+def _write_json_atomic(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def check_safetensors(path: Path, size: int) -> None:
+    """Refuse a weights file that is not a well-formed safetensors file (read without torch: the header
+    is JSON, and every tensor's byte range must lie inside the file)."""
+    with open(path, "rb") as f:
+        raw = f.read(8)
+        if len(raw) < 8:
+            raise RequestError("the snapshot's weights file is not a safetensors file (too short)")
+        n = int.from_bytes(raw, "little")
+        if n <= 0 or n > MAX_SAFETENSORS_HEADER or 8 + n > size:
+            raise RequestError("the snapshot's weights file is not a safetensors file (bad header length)")
+        try:
+            header = json.loads(f.read(n))
+        except (ValueError, UnicodeDecodeError):
+            raise RequestError("the snapshot's weights file has an unreadable safetensors header") from None
+    if not isinstance(header, dict):
+        raise RequestError("the snapshot's weights file has a malformed safetensors header")
+    body = size - 8 - n
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        offsets = info.get("data_offsets") if isinstance(info, dict) else None
+        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
+                or not 0 <= offsets[0] <= offsets[1] <= body):
+            raise RequestError(f"the snapshot's weights file has a tensor {name!r} outside the file")
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(8 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class DataServer:
+    """Serve one run's training data to its ranks, and keep every number the record will carry."""
+
+    def __init__(self, spec: ServerSpec):
+        self.spec = spec
+        self.layout = RunLayout(Path(spec.run_dir))
+        for folder in (self.layout.snapshots, self.layout.checkpoints, self.layout.scratch, self.layout.outbox):
+            folder.mkdir(parents=True, exist_ok=True)
+        store = TokenStore.open(spec.data_dir, "train")
+        self._fitness = store.documents(0, spec.fitness_docs) if spec.fitness_docs else None
+        self._train = store.documents(spec.fitness_docs)
+        self.epoch_tokens = self._train.n_tokens
+        self.token = secrets.token_hex(24)
+        self._lock = threading.RLock()
+        self._ranks: dict[int, RankState] = {}
+        self._meters: dict[int, Meter] = {}
+        self._streams: dict[tuple, TrainStream] = {}
+        self._restored: dict[int, dict] = {}
+        self.ensemble: Any = None
+        self._diverged: dict | None = None
+        self._previous_train_s = 0.0
+        if spec.resume:
+            self._restore()
+        else:
+            self._clear_outbox()
+        initial = sum(sum(r["meter"]["targets"].values()) for r in self._restored.values())
+        self.budget = LocalBudget(initial)
+        self._allowed = int(np.floor(spec.budget * self.epoch_tokens + 1e-6))
+        self._progress = _Progress(self._allowed, initial, self.epoch_tokens, f"train {spec.track.name}",
+                                   spec.progress)
+        self._started: float | None = None
+        self._ended: float | None = None
+        self._listener: socket.socket | None = None
+        self._threads: list[threading.Thread] = []
+        self._channels: list[Channel] = []
+        self._closing = False
+
+    # ---- lifecycle --------------------------------------------------------------------------------
+    def start(self) -> str:
+        """Listen, and return the address the workers connect to (an abstract Unix socket on Linux)."""
+        if sys.platform.startswith("linux"):
+            name = f"\0slowrun-{os.getpid()}-{secrets.token_hex(8)}"
+            address = "unix-abstract:" + name[1:]
+        else:  # pragma: no cover - no abstract namespace: a socket file in a private temporary folder
+            import tempfile
+
+            name = str(Path(tempfile.mkdtemp(prefix="slowrun-")) / "server.sock")
+            address = "unix:" + name
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(name)
+        listener.listen(max(8, self.spec.world_size * 2))
+        self._listener = listener
+        thread = threading.Thread(target=self._accept_loop, name="slowrun-server", daemon=True)
+        thread.start()
+        self._threads.append(thread)
+        self.address = address
+        self._started = time.monotonic()
+        return address
+
+    def _accept_loop(self) -> None:
+        while not self._closing:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), name="slowrun-rank", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def stop(self) -> None:
+        self._closing = True
+        if self._ended is None:
+            self._ended = time.monotonic()
+        if self._listener is not None:
+            try:
+                self._listener.close()
+            except OSError:
+                pass
+        for channel in list(self._channels):
+            try:
+                channel.sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            channel.close()
+        for thread in self._threads:
+            if thread is not threading.current_thread():
+                thread.join(timeout=5)
+        self._progress.close()
+
+    # ---- one connection -----------------------------------------------------------------------------
+    def _serve(self, sock: socket.socket) -> None:
+        channel = Channel(sock)
+        self._channels.append(channel)
+        rank = None
+        try:
+            header, _ = channel.recv()
+            rank = self._hello(channel, header)
+            if rank is None:
+                return
+            while True:
+                header, payload = channel.recv()
+                op = header.get("op")
+                handler = self._HANDLERS.get(op)
+                if handler is None:
+                    channel.send({"ok": False, "error": _error("ContractError", f"unknown request {op!r}")})
+                    continue
+                try:
+                    reply = handler(self, rank, header, payload)
+                except BudgetExhausted as exc:
+                    channel.send({"ok": False, "error": _error("BudgetExhausted", str(exc))})
+                    continue
+                except (RequestError, SlowrunError) as exc:
+                    channel.send({"ok": False, "error": _error(_kind(exc), str(exc))})
+                    continue
+                if isinstance(reply, tuple):
+                    channel.send(*reply)
+                else:
+                    channel.send(reply)
+                if op == "end":
+                    return
+        except (ChannelClosed, OSError, ValueError):
+            return
+        except Exception:  # a bug here must not take the runner down; the rank ends as failed
+            if rank is not None:
+                with self._lock:
+                    state = self._ranks[rank]
+                    if not state.ended:
+                        state.ended, state.status = True, "failed"
+                        state.error = _error("HarnessError", "the data server failed serving this rank",
+                                             traceback.format_exc())
+        finally:
+            if rank is not None:
+                with self._lock:
+                    self._ranks[rank].connected = False
+            channel.close()
+
+    def _hello(self, channel: Channel, header: dict) -> int | None:
+        if header.get("op") != "hello" or not secrets.compare_digest(str(header.get("token", "")), self.token):
+            channel.send({"ok": False, "error": _error("ContractError", "bad hello")})
+            return None
+        rank = header.get("rank")
+        with self._lock:
+            if not isinstance(rank, int) or not 0 <= rank < self.spec.world_size or (
+                    rank in self._ranks and (self._ranks[rank].connected or self._ranks[rank].ended)):
+                channel.send({"ok": False, "error": _error("ContractError", f"rank {rank!r} is not expected")})
+                return None
+            state = self._ranks.setdefault(rank, RankState())
+            state.connected = True
+            restored = self._restored.get(rank)
+            self._meters[rank] = Meter(self.epoch_tokens, self.spec.track.seq_len, self.spec.budget,
+                                       MeterState.from_dict(restored["meter"]) if restored else MeterState(),
+                                       on_serve=self._progress.advance, shared=self.budget)
+            state.metrics_lines = restored["metrics_lines"] if restored else 0
+            resume_file = None
+            if restored and restored.get("state_file"):
+                source = self.layout.checkpoints / restored["state_file"]
+                if source.exists():
+                    target = self.layout.resume_file(rank)
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(source, target)  # a copy: the method may write to scratch
+                    resume_file = str(target)
+        spec = self.spec
+        channel.send({"ok": True, "run": {
+            "track": spec.track.public_dict(),
+            "budget": spec.budget, "seed": spec.seed, "hparams": spec.hparams, "device": spec.device,
+            "method_dir": str(spec.method_dir), "entry": spec.entry, "epoch_tokens": self.epoch_tokens,
+            "seq_len": spec.track.seq_len, "vocab_size": self._train.vocab_size, "bos_id": self._train.bos_id,
+            "has_fitness": self._fitness is not None and self._fitness.num_windows(spec.track.seq_len) > 0,
+            "scratch": str(self.layout.scratch), "outbox": str(self.layout.outbox), "resume_file": resume_file,
+            "ensemble": self.ensemble, "sandbox": {
+                "read_only": list(spec.sandbox_read_only), "read_write": [str(self.layout.scratch),
+                                                                          str(self.layout.outbox)],
+                "list_only": list(spec.sandbox_list_only)}}})
+        return rank
+
+    # ---- requests ---------------------------------------------------------------------------------
+    def _op_sandboxed(self, rank: int, header: dict, payload) -> dict:
+        """The worker reports the sandbox it entered, before it imports the method (later reports are
+        the method's and are ignored)."""
+        with self._lock:
+            state = self._ranks[rank]
+            if state.sandbox is None:
+                info = header.get("sandbox")
+                state.sandbox = info if isinstance(info, dict) else {"kind": "unknown"}
+        return {"ok": True}
+
+    def _op_batch(self, rank: int, header: dict, payload):
+        stream_id, batch_size, shard = header.get("stream"), header.get("batch_size"), header.get("shard")
+        if not isinstance(stream_id, str) or not stream_id:
+            raise RequestError("stream_id must be a non-empty string")
+        if shard is not None:
+            if not (isinstance(shard, list) and len(shard) == 2):
+                raise RequestError(f"shard must be (index, count), got {shard!r}")
+            shard = (shard[0], shard[1])
+        key = (rank, stream_id, shard)
+        stream = self._streams.get(key)
+        if stream is None or stream.batch_size != batch_size:
+            stream = TrainStream(self._train, self._meters[rank], stream_id, self.spec.seed, batch_size, shard)
+            self._streams[key] = stream
+        array = stream.next_array()
+        return ({"ok": True, "dtype": array.dtype.str, "shape": list(array.shape),
+                 "windows_served": stream.windows_served, "epoch": stream.epoch,
+                 "total_targets": self.budget.total()}, array)
+
+    def _op_fitness(self, rank: int, header: dict, payload):
+        seq_len = self.spec.track.seq_len
+        if self._fitness is None or self._fitness.num_windows(seq_len) == 0:
+            raise RequestError(f"track {self.spec.track.name!r} carves no fitness documents (fitness_tokens = 0)")
+        windows = np.ascontiguousarray(self._fitness.windows(seq_len))
+        self._meters[rank].charge_fitness(windows.shape[0] * seq_len)
+        return {"ok": True, "dtype": windows.dtype.str, "shape": list(windows.shape)}, windows
+
+    def _op_status(self, rank: int, header: dict, payload) -> dict:
+        return {"ok": True, "total_targets": self.budget.total(), "allowed_targets": self._allowed}
+
+    def _op_tags(self, rank: int, header: dict, payload) -> dict:
+        return {"ok": True, "tags": [s.tag for s in list_snapshots(self.layout.snapshots)]}
+
+    def _outbox_file(self, name) -> tuple[Path, os.stat_result]:
+        if not isinstance(name, str) or not OUTBOX_NAME.match(name) or name.startswith(".."):
+            raise RequestError(f"outbox file name {name!r} is not a plain file name")
+        path = self.layout.outbox / name
+        try:
+            info = os.lstat(path)
+        except FileNotFoundError:
+            raise RequestError(f"{name!r} is not in the outbox") from None
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
+            raise RequestError(f"outbox entry {name!r} must be a plain file with one link")
+        return path, info
+
+    def _op_snapshot(self, rank: int, header: dict, payload) -> dict:
+        tag, spec, meta = header.get("tag"), header.get("spec"), header.get("meta") or {}
+        if not isinstance(tag, str) or not TAG_PATTERN.match(tag):
+            raise RequestError(f"snapshot tag {tag!r} must be 1-100 letters, digits, '.', '_' or '-' (and not "
+                               "start with a punctuation mark)")
+        if not (isinstance(spec, dict) and isinstance(spec.get("builder"), str)
+                and BUILDER_PATTERN.match(spec["builder"]) and "config" in spec):
+            raise RequestError("a snapshot's build spec needs builder 'package.module:function' and a JSON config")
+        if not isinstance(meta, dict) or not _finite_json(meta) or not _finite_json(spec["config"]):
+            raise RequestError(f"snapshot {tag!r}: meta and config must be JSON with finite numbers")
+        path, info = self._outbox_file(header.get("file"))
+        if info.st_size > self.spec.max_snapshot_bytes:
+            raise RequestError(f"snapshot {tag!r} is {info.st_size:,} bytes, over the limit")
+        with self._lock:
+            final = self.layout.snapshots / tag
+            if final.exists():
+                path.unlink(missing_ok=True)
+                raise RequestError(f"snapshot tag {tag!r} is already used in this run; tags must be unique")
+            tmp = self.layout.snapshots / f".{tag}.tmp-{secrets.token_hex(4)}"
+            tmp.mkdir()
+            try:
+                weights = tmp / WEIGHTS
+                os.replace(path, weights)  # out of the method's reach from here on
+                check_safetensors(weights, info.st_size)
+                targets = self.budget.total()
+                record = {"tag": tag, "epochs": targets / self.epoch_tokens, "train_tokens": targets,
+                          "builder": spec["builder"], "config": spec["config"], "meta": meta,
+                          "weights_sha256": _sha256_file(weights), "weights_bytes": info.st_size,
+                          "train_s": self.train_seconds(), "rank": rank}
+                _write_json_atomic(tmp / SPEC, record)
+                os.replace(tmp, final)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+            self._append_metrics(rank, {"event": "snapshot", "tag": tag})
+        return {"ok": True, "snapshot": {"tag": tag, "epochs": record["epochs"], "train_tokens": targets,
+                                         "meta": meta}}
+
+    def _op_ensemble(self, rank: int, header: dict, payload) -> dict:
+        weights = header.get("weights")
+        if weights == "prior":
+            with self._lock:
+                self.ensemble = "prior"
+            return {"ok": True}
+        self.ensemble_check(weights)
+        with self._lock:
+            self.ensemble = normalise_weights(weights)
+        return {"ok": True}
+
+    def ensemble_check(self, weights) -> None:
+        if not isinstance(weights, dict) or not weights:
+            raise RequestError('set_ensemble takes {tag: weight} or "prior"')
+        known = {s.tag for s in list_snapshots(self.layout.snapshots)}
+        unknown = [t for t in weights if t not in known]
+        if unknown:
+            raise RequestError(f"set_ensemble names unknown snapshot(s) {unknown}; saved: {sorted(known)}")
+        normalise_weights(weights)
+
+    def _op_log(self, rank: int, header: dict, payload) -> dict:
+        entry = header.get("entry")
+        if not isinstance(entry, dict):
+            raise RequestError("log takes a mapping of metrics")
+        for key in LOSS_KEYS:
+            value = entry.get(key)
+            if isinstance(value, (int, float)) and not math.isfinite(value) or value in ("nan", "inf", "-inf"):
+                with self._lock:
+                    if self._diverged is None:
+                        self._diverged = _error("Diverged", f"training {key} is {value} after "
+                                                f"{self.budget.total() / self.epoch_tokens:.4f} epochs")
+        with self._lock:
+            self._append_metrics(rank, entry)
+            self._progress.note(entry, self.budget.total())
+        return {"ok": True}
+
+    def _append_metrics(self, rank: int, entry: dict) -> None:
+        total = self.budget.total()
+        line = {"tokens": total, "epochs": round(total / self.epoch_tokens, 6)}
+        line.update({k: v for k, v in entry.items() if k not in ("tokens", "epochs")})
+        with open(self.layout.metrics(rank), "a", encoding="utf-8") as f:
+            f.write(json.dumps(line, default=str) + "\n")
+        self._ranks[rank].metrics_lines += 1
+
+    def _op_checkpoint(self, rank: int, header: dict, payload) -> dict:
+        """Take the method's state file from the outbox and record the server's own state beside it.
+
+        The index (`checkpoint/rank<r>.json`) is written last and names the state file it belongs to, so
+        a crash at any point leaves the previous checkpoint whole."""
+        path, _ = self._outbox_file(header.get("file"))
+        with self._lock:
+            index_path = self.layout.checkpoint_index(rank)
+            previous = json.loads(index_path.read_text()) if index_path.exists() else None
+            generation = (previous or {}).get("generation", 0) + 1
+            state_name = f"state-rank{rank}-{generation}.pt"
+            os.replace(path, self.layout.checkpoints / state_name)
+            index = {"generation": generation, "state_file": state_name,
+                     "meter": self._meters[rank].state.to_dict(),
+                     "snapshots": [s.tag for s in list_snapshots(self.layout.snapshots)],
+                     "ensemble": self.ensemble, "metrics_lines": self._ranks[rank].metrics_lines,
+                     "train_s": self.train_seconds()}
+            _write_json_atomic(index_path, index)
+            if previous and previous.get("state_file") and previous["state_file"] != state_name:
+                (self.layout.checkpoints / previous["state_file"]).unlink(missing_ok=True)
+        return {"ok": True}
+
+    def _op_end(self, rank: int, header: dict, payload) -> dict:
+        status, error = header.get("status"), header.get("error")
+        if status not in SEVERITY or status == "timeout":
+            status, error = "failed", _error("ContractError", f"the method's process reported status {status!r}")
+        with self._lock:
+            state = self._ranks[rank]
+            if not state.ended:
+                state.ended, state.status = True, status
+                state.error = error if isinstance(error, dict) else None
+        return {"ok": True}
+
+    _HANDLERS = {"sandboxed": _op_sandboxed, "batch": _op_batch, "fitness": _op_fitness, "status": _op_status,
+                 "tags": _op_tags, "snapshot": _op_snapshot, "ensemble": _op_ensemble, "log": _op_log,
+                 "checkpoint": _op_checkpoint, "end": _op_end}
+
+    # ---- resume -----------------------------------------------------------------------------------
+    def _restore(self) -> None:
+        """Roll the run back to its ranks' last checkpoints: their meter counts, the snapshots any of
+        them had seen, their metrics lines. Snapshots taken after a checkpoint are removed (the resumed
+        run takes them again)."""
+        kept: set[str] = set()
+        for rank in range(self.spec.world_size):
+            index_path = self.layout.checkpoint_index(rank)
+            if index_path.exists():
+                index = json.loads(index_path.read_text(encoding="utf-8"))
+                self._restored[rank] = index
+                kept.update(index["snapshots"])
+                if index.get("ensemble") is not None and self.ensemble is None:
+                    self.ensemble = index["ensemble"]
+                self._previous_train_s = max(self._previous_train_s, float(index.get("train_s", 0.0)))
+        for snap in list_snapshots(self.layout.snapshots):
+            if snap.tag not in kept:
+                shutil.rmtree(snap.folder)
+        for leftover in self.layout.snapshots.glob(".*.tmp-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        for rank in range(self.spec.world_size):
+            metrics = self.layout.metrics(rank)
+            if metrics.exists():
+                keep = self._restored.get(rank, {}).get("metrics_lines", 0)
+                lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True)[:keep]
+                metrics.write_text("".join(lines), encoding="utf-8")
+        self._clear_outbox()
+
+    def _clear_outbox(self) -> None:
+        for entry in self.layout.outbox.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+    # ---- the outcome ------------------------------------------------------------------------------
+    def train_seconds(self) -> float:
+        if self._started is None:
+            return self._previous_train_s
+        end = self._ended if self._ended is not None else time.monotonic()
+        return self._previous_train_s + (end - self._started)
+
+    def outcome(self, supervised: dict | None = None) -> TrainOutcome:
+        """The training part of the record, from the server's state alone.
+
+        `supervised` is how the method's process tree ended (the supervisor's status): a timeout or an
+        interruption is the run's status for every rank that had not ended by then."""
+        with self._lock:
+            reason = (supervised or {}).get("reason")
+            ranks = []
+            for rank in range(self.spec.world_size):
+                state = self._ranks.get(rank, RankState())
+                if state.ended:
+                    status, error = state.status, state.error
+                elif reason == "timeout":
+                    status, error = "timeout", _error("Timeout", f"stopped by --timeout after "
+                                                      f"{supervised.get('elapsed_s', 0):.1f} s of wall time")
+                elif reason == "terminated":
+                    status, error = "failed", _error("Interrupted", "the run was interrupted (SIGTERM or SIGINT to "
+                                                     "slowrun run); resume it with slowrun run --resume")
+                elif not state.connected and rank not in self._ranks:
+                    status, error = "failed", _error("WorkerDied", "the method's process never reached the data "
+                                                     f"server (exit code {(supervised or {}).get('exit_code')})")
+                else:
+                    status, error = "failed", _error(
+                        "WorkerDied", f"the method's process exited with code {(supervised or {}).get('exit_code')} "
+                        "before reporting (killed, out of memory, or a crash in native code); resume with "
+                        "slowrun run --resume")
+                ranks.append((rank, status, error))
+            if self._diverged is not None:
+                ranks.append((-1, "diverged", self._diverged))
+            worst = max(ranks, key=lambda r: (SEVERITY.index(r[1]), -r[0]))
+            status, error = worst[1], worst[2]
+            if error is not None and self.spec.world_size > 1 and worst[0] >= 0:
+                error = {**error, "message": f"rank {worst[0]}: {error['message']}"}
+            merged = MeterState()
+            for rank in range(self.spec.world_size):
+                meter = self._meters.get(rank)
+                state = meter.state if meter else (MeterState.from_dict(self._restored[rank]["meter"])
+                                                   if rank in self._restored else MeterState())
+                for key, value in state.windows.items():
+                    merged.windows[key] = merged.windows.get(key, 0) + value
+                for key, value in state.targets.items():
+                    merged.targets[key] = merged.targets.get(key, 0) + value
+                merged.fitness_tokens += state.fitness_tokens
+            train_tokens = sum(merged.targets.values())
+            sandboxes = [self._ranks[r].sandbox for r in sorted(self._ranks) if self._ranks[r].sandbox]
+            sandbox = _job_sandbox(sandboxes, self.spec.world_size)
+            return TrainOutcome(
+                status=status, error=error, meter=merged.to_dict(), epochs=train_tokens / self.epoch_tokens,
+                epoch_tokens=self.epoch_tokens, train_tokens=train_tokens, ensemble=self.ensemble,
+                snapshots=[s.to_summary() for s in list_snapshots(self.layout.snapshots)],
+                train_s=self.train_seconds(), resumed=self.spec.resume, world_size=self.spec.world_size,
+                sandbox=sandbox, supervisor=supervised)
+
+
+def normalise_weights(weights: dict) -> dict:
+    """Weights divided by their sum, checked before and after: finite, non-negative, not all zero.
+
+    Dividing by the largest weight first keeps huge weights ({a: 1e308, b: 1e308}) from overflowing the
+    sum to infinity and every normalised weight to zero."""
+    try:
+        values = {str(tag): float(w) for tag, w in weights.items()}
+    except (TypeError, ValueError):
+        raise RequestError("ensemble weights must be numbers") from None
+    if any(not math.isfinite(w) or w < 0 for w in values.values()):
+        raise RequestError("ensemble weights must be finite and non-negative")
+    largest = max(values.values())
+    if largest <= 0:
+        raise RequestError("ensemble weights must not all be zero")
+    scaled = {tag: w / largest for tag, w in values.items()}
+    total = math.fsum(scaled.values())
+    result = {tag: w / total for tag, w in scaled.items()}
+    if not all(math.isfinite(w) and 0 <= w <= 1 for w in result.values()) or abs(math.fsum(result.values()) - 1) > 1e-9:
+        raise RequestError("ensemble weights do not normalise to a distribution")
+    return result
+
+
+def _finite_json(value) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def _kind(exc: BaseException) -> str:
+    return "ContractError" if isinstance(exc, RequestError) else type(exc).__name__
+
+
+def _job_sandbox(reports: list[dict], world_size: int) -> dict:
+    """The job's sandbox is the weakest any rank had: one unsandboxed rank makes the run `none`."""
+    if len(reports) < world_size or not reports:
+        missing = world_size - len(reports)
+        if not reports:
+            return {"kind": "none", "reason": "no rank reported a sandbox"}
+        return {"kind": "none", "reason": f"{missing} rank(s) never reported a sandbox"}
+    weakest = next((r for r in reports if r.get("kind") != "landlock"), None)
+    return dict(weakest) if weakest else dict(reports[0])
+
+
+class _Progress:
+    """A tqdm bar over the budget's target tokens, moved by the meter, annotated by the method's logs."""
+
+    def __init__(self, total: int, initial: int, epoch_tokens: int, label: str, enabled: bool):
+        from tqdm import tqdm
+
+        self.epoch_tokens = epoch_tokens
+        self.bar = tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc=label,
+                        disable=not enabled, dynamic_ncols=True, smoothing=0.05)
+        self._lock = threading.Lock()
+
+    def advance(self, tokens: int) -> None:
+        with self._lock:
+            self.bar.update(tokens)
+
+    def note(self, metrics: dict, total: int) -> None:
+        shown = {"epoch": f"{total / self.epoch_tokens:.2f}"}
+        for key, value in metrics.items():
+            if isinstance(value, float):
+                shown[key] = f"{value:.4g}"
+        self.bar.set_postfix(shown, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()

@@ -1,0 +1,33 @@
+"""What the adversarial methods share: an honest little training loop to run after (or around) the attack,
+and a way to report what an attempt did without trusting anything the method writes to disk."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from tests.runner.tiny_model import Bigram
+
+
+def train_and_snapshot(ctx, epochs: float = 1.0, tag: str = "honest") -> Bigram:
+    torch.manual_seed(ctx.seed)
+    model = Bigram(ctx.vocab_size)
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    stream = ctx.train_stream("main", batch_size=16)
+    while ctx.epochs + 16 * ctx.seq_len / ctx.epoch_tokens <= epochs:
+        inputs, targets = next(stream)
+        opt.zero_grad()
+        loss = F.cross_entropy(model(inputs).reshape(-1, model.vocab_size), targets.reshape(-1))
+        loss.backward()
+        opt.step()
+    ctx.save_snapshot(model, tag)
+    return model
+
+
+def attempt(action) -> str:
+    """'allowed' or the name of the error that stopped it."""
+    try:
+        action()
+        return "allowed"
+    except Exception as exc:  # noqa: BLE001 - the attempt's outcome is the point
+        return type(exc).__name__

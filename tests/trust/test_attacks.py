@@ -1,0 +1,154 @@
+"""Every promise of the trust boundary, attacked by a method directory that tries to break it.
+
+Each method under tests/trust/methods is a plausible attack (or accident): reading the validation split,
+forging the files the harness reads back, patching the meter, leaving without reporting, signalling the
+harness, leaving daemons behind, hanging, handing over forbidden results. Each test runs it through the
+real runner and checks that the record tells what happened and that the harness's numbers held.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from harness.records import validate_record
+from harness.runner import RunRequest, run_method
+
+METHODS = Path(__file__).parent / "methods"
+PROJECT = Path(__file__).resolve().parents[2]
+
+
+def run(name: str, data: Path, tmp_path: Path, epochs: float = 1.0, target: str = "", **kw) -> tuple[Path, dict]:
+    run_dir = run_method(RunRequest(method_dir=METHODS / name, track="synthetic", epochs=epochs, data_dir=data,
+                                    out=tmp_path / f"run-{name}", progress=False,
+                                    overrides=(("target", target),), **kw))
+    record = json.loads((run_dir / "record.json").read_text())
+    assert validate_record(record) == []
+    return run_dir, record
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def attempts(run_dir: Path) -> dict:
+    return next(line["attempts"] for line in metrics(run_dir) if "attempts" in line)
+
+
+def processes_with(marker: str) -> list[int]:
+    """Processes the method started: their command lines end in `echo MARKER` (the runner's own command
+    line carries the marker too, as `target=MARKER`, so that form is not looked for)."""
+    marker = f"echo {marker}"
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.mark.parametrize("target", ["val.tokens.bin", "manifest.json", "train.tokens.bin", "RUN_SPEC"])
+def test_reading_files_it_was_not_given_fails_the_run(target, synthetic_data, tmp_path):
+    path = tmp_path / "run-read_files" / "run.json" if target == "RUN_SPEC" else synthetic_data / target
+    run_dir, record = run("read_files", synthetic_data, tmp_path, target=str(path))
+    assert record["status"] == "failed"
+    assert record["error"]["type"] == "PermissionError", record["error"]
+    assert record["metered"]["train_tokens"] == 0 and record["result"] is None
+    assert record["sandbox"]["kind"] == "landlock"
+
+
+def test_forged_files_are_refused_and_never_read_back(synthetic_data, tmp_path):
+    before = {p.name: p.read_bytes() for p in synthetic_data.iterdir() if p.is_file()}
+    run_dir, record = run("forge_files", synthetic_data, tmp_path, target=str(synthetic_data))
+    tried = attempts(run_dir)
+    assert tried and all(outcome != "allowed" for outcome in tried.values()), tried
+    assert record["status"] == "ok"
+    assert [s["tag"] for s in record["snapshots"]] == ["honest"]
+    assert 2.1 < record["result"]["val_loss"] < 6.3  # a real score, not a forged one
+    after = {p.name: p.read_bytes() for p in synthetic_data.iterdir() if p.is_file()}
+    assert after == before  # the prepared split is untouched
+
+
+def test_patching_the_meter_in_the_method_process_changes_nothing(synthetic_data, tmp_path):
+    _, record = run("patch_meter", synthetic_data, tmp_path, epochs=1.0)
+    assert record["status"] == "budget-exceeded"
+    assert record["metered"]["epochs"] <= 1.0
+    assert record["metered"]["train_tokens"] > 0.9 * record["metered"]["epoch_tokens"]
+
+
+def test_leaving_without_a_report_is_not_ok(synthetic_data, tmp_path):
+    _, record = run("exit_unreported", synthetic_data, tmp_path)
+    assert record["status"] == "failed"
+    assert record["error"]["type"] == "WorkerDied"
+    # what was handed over before is still evaluated
+    assert [s["tag"] for s in record["snapshots"]] == ["honest"]
+
+
+def test_the_method_cannot_signal_the_harness(synthetic_data, tmp_path):
+    run_dir, record = run("signal_harness", synthetic_data, tmp_path)
+    tried = attempts(run_dir)
+    assert tried == {"supervisor": "PermissionError", "runner": "PermissionError"}
+    assert record["status"] == "ok"
+
+
+def test_daemons_die_with_the_run(synthetic_data, tmp_path):
+    marker = f"slowrun-daemon-{uuid.uuid4().hex}"
+    run_dir, record = run("leave_daemon", synthetic_data, tmp_path, target=marker)
+    assert record["status"] == "ok"
+    assert processes_with(marker) == []
+    supervisor = json.loads((run_dir / "supervisor.json").read_text())
+    assert supervisor["killed"] >= 2  # the setsid'ed shell and the double-forked one
+
+
+def test_a_hanging_method_is_stopped_at_the_timeout_with_its_children(synthetic_data, tmp_path):
+    marker = f"slowrun-hang-{uuid.uuid4().hex}"
+    started = time.monotonic()
+    run_dir, record = run("sleep_forever", synthetic_data, tmp_path, target=marker, timeout_s=8.0)
+    assert time.monotonic() - started < 60
+    assert record["status"] == "timeout"
+    assert "--timeout" in record["error"]["message"]
+    assert processes_with(marker) == []
+    # what it handed over before the timeout is evaluated
+    assert [s["tag"] for s in record["snapshots"]] == ["before-hang"]
+    assert record["result"] is not None
+
+
+def test_sigterm_to_slowrun_run_leaves_no_process_and_a_record(synthetic_data, tmp_path):
+    marker = f"slowrun-term-{uuid.uuid4().hex}"
+    out = tmp_path / "run-term"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    runner = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(METHODS / "sleep_forever"),
+                               "--track", "synthetic", "--epochs", "1", "--data", str(synthetic_data),
+                               "--out", str(out), "--set", f"target={marker}", "--quiet"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not processes_with(marker):
+        time.sleep(0.1)
+    assert processes_with(marker), "the method never reached its hang"
+    runner.send_signal(signal.SIGTERM)
+    runner.wait(timeout=60)
+    assert runner.returncode != 0
+    assert processes_with(marker) == []
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "failed" and record["error"]["type"] == "Interrupted"
+    assert [s["tag"] for s in record["snapshots"]] == [] and record["result"] is None
+
+
+def test_forbidden_results_are_refused_and_huge_weights_normalised(synthetic_data, tmp_path):
+    run_dir, record = run("bad_results", synthetic_data, tmp_path)
+    assert attempts(run_dir) == {"escaping_tag": "ContractError", "nan_weight": "ContractError"}
+    assert not (tmp_path / "escaped").exists() and not (run_dir / "escaped").exists()
+    assert record["status"] == "ok"
+    assert record["ensemble"]["source"] == "method"
+    assert sorted((m["tag"], m["weight"]) for m in record["ensemble"]["members"]) == [("a", 0.5), ("b", 0.5)]
