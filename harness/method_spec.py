@@ -250,11 +250,22 @@ def check_method(folder: str | Path, track_files: tuple[str, ...] | list[str] = 
 
 
 def _check_entry(folder: Path, entry: str) -> list[str]:
+    """The entry's module exists here; importing it (which runs the method's code) happens in a sandboxed
+    child process (harness.entry_check)."""
     module_name, function = entry.split(":")
     module_file = folder / (module_name.replace(".", "/") + ".py")
     package_init = folder / module_name.replace(".", "/") / "__init__.py"
     if not module_file.is_file() and not package_init.is_file():
         return [f"[method].entry: module {module_name!r} not found ({module_file.name} is not in {folder})"]
+    from harness.entry_check import check_entry_sandboxed
+
+    return check_entry_sandboxed(folder, entry)
+
+
+def entry_problems(folder: Path, entry: str) -> list[str]:
+    """Import the entry in this process and check it takes one argument (run inside the sandbox)."""
+    module_name, function = entry.split(":")
+    module_file = folder / (module_name.replace(".", "/") + ".py")
     try:
         fn = import_entry(folder, entry)
     except AttributeError:

@@ -152,3 +152,18 @@ def test_forbidden_results_are_refused_and_huge_weights_normalised(synthetic_dat
     assert record["status"] == "ok"
     assert record["ensemble"]["source"] == "method"
     assert sorted((m["tag"], m["weight"]) for m in record["ensemble"]["members"]) == [("a", 0.5), ("b", 0.5)]
+
+
+def test_slowrun_check_imports_the_method_in_the_sandbox(tmp_path):
+    """Importing a submission runs its code: `slowrun check` must not give that code the maintainer's rights."""
+    from harness.method_spec import check_method
+
+    victim = tmp_path / "maintainer-file.txt"
+    victim.write_text("keep me")
+    method = tmp_path / "import_time_attack"
+    method.mkdir()
+    (method / "method.toml").write_text((METHODS / "read_files" / "method.toml").read_text())
+    (method / "train.py").write_text(f"open({str(victim)!r}, 'w').write('gone')\n\ndef main(ctx):\n    pass\n")
+    _, problems = check_method(method)
+    assert victim.read_text() == "keep me"
+    assert len(problems) == 1 and "PermissionError" in problems[0], problems
