@@ -190,7 +190,16 @@ class TrainStream:
         index, count = self.shard
         self._meter.charge(self.meter_key, self.batch_size,
                            group_step=(self.stream_id, self.windows_served // self.batch_size, count))
-        width = self._meter.seq_len + 1
+        seq_len = self._meter.seq_len
+        width = seq_len + 1
+        n = self._store.n_tokens
+        start = first * seq_len
+        epoch, offset = divmod(start, n)
+        stop = offset + (self.batch_size - 1) * seq_len + width
+        if stop <= n:  # the usual case: the whole batch lies in one epoch, one strided copy
+            tokens = self._epoch(epoch)[offset:stop]
+            step = tokens.strides[0]
+            return np.lib.stride_tricks.as_strided(tokens, (self.batch_size, width), (seq_len * step, step)).copy()
         batch = np.empty((self.batch_size, width), dtype=self._store.tokens.dtype)
         for row in range(self.batch_size):
             self._window(first + row, batch[row])

@@ -83,12 +83,12 @@ class TokenStore:
     def epoch_tokens(self, seed: int, epoch: int) -> np.ndarray:
         """All tokens of the split with documents in the epoch's order (one copy, made once per epoch)."""
         order = self.document_order(seed, epoch)
-        lengths = (self.doc_ends - np.asarray(self.doc_starts))[order]
+        starts = np.asarray(self.doc_starts)[order].tolist()
+        ends = self.doc_ends[order].tolist()
+        tokens = np.asarray(self.tokens)  # a plain view: slicing a memmap costs microseconds per call
         out = np.empty(self.n_tokens, dtype=self.tokens.dtype)
         pos = 0
-        starts = np.asarray(self.doc_starts)
-        for doc, length in zip(order.tolist(), lengths.tolist()):
-            begin = int(starts[doc])
-            out[pos : pos + length] = self.tokens[begin : begin + length]
-            pos += length
+        for begin, end in zip(starts, ends):
+            out[pos : pos + end - begin] = tokens[begin:end]
+            pos += end - begin
         return out

@@ -73,3 +73,21 @@ def test_fitness_reads_are_not_epochs():
     meter = Meter(1000, 10, budget_epochs=1)
     meter.charge_fitness(500)
     assert meter.epochs == 0 and meter.state.fitness_tokens == 500
+
+
+def test_batches_equal_their_windows_cut_one_by_one_within_and_across_epochs():
+    """A batch is one strided copy when it lies in one epoch and window by window when it crosses into the
+    next; both must give the windows of the stream's endless order (checked against a plain concatenation)."""
+    store = toy_store()
+    n, seq, batch = store.n_tokens, 4, 3
+    meter = Meter(n, seq, budget_epochs=10.0)
+    stream = TrainStream(store, meter, "s", run_seed=2, batch_size=batch)
+    endless = np.concatenate([store.epoch_tokens(stream._seed, e) for e in range(6)])
+    crossed = False
+    for k in range(12):
+        array = stream.next_array()
+        first = k * batch
+        expected = np.stack([endless[(first + r) * seq : (first + r) * seq + seq + 1] for r in range(batch)])
+        assert np.array_equal(array, expected), k
+        crossed |= (first * seq) // n != ((first + batch - 1) * seq + seq) // n
+    assert crossed  # the loop did cover a batch that spans two epochs
