@@ -5,6 +5,11 @@ track that is Slowrun's published nanochat table; for a small track the harness 
 single-model baseline is trained on 1x, 2x, 4x, 8x ... the track's training tokens of fresh data (the
 source continued past the usual training split, behind the very same validation split and tokenizer)
 and scored on that validation split. The points are written as a reference-curve data file.
+
+Each point's x is the training tokens the baseline was served (the meter's count), and the 1x run's count
+is written as the curve's ``baseline_tokens``: the multiplier's denominator, so that numerator and
+denominator are in the same unit and the baseline on the track's own data scores exactly 1.00x (see
+``harness.efficiency``). The 1x run is therefore required.
 """
 
 from __future__ import annotations
@@ -49,6 +54,10 @@ def calibrate(req: CalibrationRequest) -> Path:
     factors = tuple(sorted(set(req.factors)))
     if not factors or factors[0] < 1:
         raise SlowrunError("--factors must be positive integers, e.g. 1,2,4,8")
+    if factors[0] != 1:
+        raise SlowrunError(f"--factors {','.join(map(str, factors))} lacks 1: the 1x run measures the tokens the "
+                           "baseline is served from the track's own data, the multiplier's denominator; add it, "
+                           f"e.g. --factors 1,{','.join(map(str, factors))}")
     track = get_track(req.track, req.track_files)
     base_dir = ensure_prepared(track, req.data_dir, req.progress)
     base = read_manifest(base_dir)
@@ -83,12 +92,13 @@ def calibrate(req: CalibrationRequest) -> Path:
                            downstream_metric_values(record["downstream"], record.get("downstream_average")),
                            downstream_metric_stderrs(record["downstream"])))
         print(f"{factor}x fresh data: {points[-1][0]:,} tokens -> val loss {points[-1][1]:.4f}", file=sys.stderr)
+    baseline_tokens = points[0][0]  # factors are sorted and start at 1: the 1x run's metered tokens
     kept = lower_envelope(points)
     if len(kept) < len(points):
         print(f"dropped {len(points) - len(kept)} point(s) where more data did not lower the loss", file=sys.stderr)
     out = Path(req.out) if req.out else CURVES_DIR / f"{track.name}.json"
     write_reference_curve(
-        out, kept, track=track.name, train_tokens=track.train_tokens,
+        out, kept, track=track.name, train_tokens=track.train_tokens, baseline_tokens=baseline_tokens,
         description=(f"Validation loss of the single_model baseline trained for {req.epochs:g} epoch(s) on "
                      f"{', '.join(f'{f}x' for f in factors)} the track's training tokens of fresh data "
                      f"(seed {req.seed}); data hash of the base track {base['data_hash'][:16]}."),
@@ -100,7 +110,8 @@ def calibrate(req: CalibrationRequest) -> Path:
         stderrs = tuple((m, tuple(ses.get(m) for _, _, ses in scored)) for m in names)
         where = write_downstream_curves(downstream_curve_path(out), DownstreamCurves(
             track.name, f"Downstream scores of the same calibration runs (seed {req.seed}).",
-            f"slowrun calibrate --track {track.name} --downstream", track.train_tokens, metrics, stderrs))
+            f"slowrun calibrate --track {track.name} --downstream", track.train_tokens, metrics, stderrs,
+            baseline_tokens))
         usable = [m for m, _ in metrics if load_downstream_curves(out).curve(m) is not None]
         print(f"{where}: {len(usable)} of {len(metrics)} downstream metrics improve with data by more than two "
               "standard errors and get a curve", file=sys.stderr)

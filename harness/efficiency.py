@@ -6,6 +6,19 @@ match the run's loss, divided by the data the run actually had: "12.77x" means t
 tokens what the baseline needs 1.277B tokens for. Between table points the curve is taken as linear in
 tokens; outside the table nothing is known, so the answer is a bound (">20x"), never an extrapolation.
 
+Numerator and denominator are counted in one unit, the curve's own x axis, so that the baseline trained
+once on the track's own training data scores exactly 1.00x:
+
+- A calibrated curve (``slowrun calibrate``) measures x as the training tokens the baseline was served
+  (metered): one epoch of each fresh-data set, i.e. its training split less the fitness carve, cut into
+  whole windows and whole batches. Its ``baseline_tokens`` is that count for 1x, the track's own
+  training data (60,416 on ``synthetic``, not the 65,536 of ``train_tokens``), and it is the denominator.
+- A curve without ``baseline_tokens`` (the published fineweb table, whose x is the tokens the nanochat
+  baseline trained on and whose 1x is Slowrun's official 100M) divides by ``train_tokens``.
+
+Dividing by ``train_tokens`` where x counts served tokens would score the calibration baseline itself
+0.92x on ``synthetic`` (60,416 / 65,536) and 0.94x on ``webtext``.
+
 Curves are data files (``harness/reference_curves/<name>.json``) so that tracks without a published
 table can get one from ``slowrun calibrate`` and users can add their own.
 """
@@ -40,7 +53,13 @@ class ReferenceCurve:
     description: str
     source: str
     points: tuple[tuple[int, float], ...]  # (fresh training tokens, val loss in nats/token), as stored
-    train_tokens: int  # the track's training-set size: the denominator of the multiplier
+    train_tokens: int  # the track's training-set size (its `train_tokens`)
+    baseline_tokens: int | None = None  # the curve's x at 1x: what the baseline is served from the track's data
+
+    @property
+    def denominator(self) -> int:
+        """The multiplier's unit: the curve's x for the track's own training data (see the module docstring)."""
+        return self.train_tokens if self.baseline_tokens is None else self.baseline_tokens
 
     def envelope(self) -> tuple[tuple[int, float], ...]:
         return lower_envelope(self.points)
@@ -51,6 +70,7 @@ class ReferenceCurve:
             "description": self.description,
             "source": self.source,
             "train_tokens": self.train_tokens,
+            **_baseline_field(self.baseline_tokens),
             "points": [{"tokens": t, "loss": loss} for t, loss in self.points],
         }
 
@@ -91,10 +111,11 @@ def data_efficiency(loss: float, curve, train_tokens: int | None = None) -> Effi
     """Multiplier for a validation loss (nats/token) against a reference curve (object, name or path).
 
     The equivalent token count is found by linear interpolation in tokens between the two envelope points
-    whose losses bracket ``loss``; the multiplier divides it by ``train_tokens`` (default: the curve's).
+    whose losses bracket ``loss``; the multiplier divides it by ``train_tokens`` when given, else by the
+    curve's ``denominator`` (its ``baseline_tokens``, or its ``train_tokens`` when it has none).
     """
     ref = curve if isinstance(curve, ReferenceCurve) else load_reference_curve(curve)
-    denominator = ref.train_tokens if train_tokens is None else train_tokens
+    denominator = ref.denominator if train_tokens is None else train_tokens
     if not isinstance(denominator, int) or denominator <= 0:
         raise SlowrunError(f"train_tokens must be a positive integer, got {denominator!r}")
     loss = float(loss)
@@ -197,10 +218,20 @@ def _check_points(raw, where: str, strict: bool) -> tuple[tuple[int, float], ...
     return tuple(points)
 
 
-def _check_train_tokens(value, where: str) -> int:
+def _check_train_tokens(value, where: str, name: str = "train_tokens") -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-        raise ReferenceCurveError(f"{where}: train_tokens must be a positive integer, got {value!r}")
+        raise ReferenceCurveError(f"{where}: {name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _check_baseline_tokens(value, where: str) -> int | None:
+    """`baseline_tokens` is optional (None: divide by train_tokens); when present, a positive integer."""
+    return None if value is None else _check_train_tokens(value, where, "baseline_tokens")
+
+
+def _baseline_field(baseline_tokens: int | None) -> dict:
+    """The `baseline_tokens` entry of a curve file, left out when unset so older curves round-trip as they were."""
+    return {} if baseline_tokens is None else {"baseline_tokens": baseline_tokens}
 
 
 def curve_path(name_or_path: str | os.PathLike) -> Path:
@@ -237,6 +268,7 @@ def load_reference_curve(name_or_path: str | os.PathLike) -> ReferenceCurve:
         source=raw.get("source", ""),
         points=_check_points(raw["points"], str(path), strict=False),
         train_tokens=_check_train_tokens(raw["train_tokens"], str(path)),
+        baseline_tokens=_check_baseline_tokens(raw.get("baseline_tokens"), str(path)),
     )
 
 
@@ -248,8 +280,13 @@ def write_reference_curve(
     *,
     description: str = "",
     source: str = "",
+    baseline_tokens: int | None = None,
 ) -> ReferenceCurve:
-    """Validate and write a curve atomically. Points must have strictly increasing tokens and falling loss."""
+    """Validate and write a curve atomically. Points must have strictly increasing tokens and falling loss.
+
+    ``baseline_tokens`` is the curve's x for the track's own training data (the multiplier's denominator);
+    leave it None only where x is counted in the track's ``train_tokens`` units, as the fineweb table is.
+    """
     target = Path(path)
     where = f"reference curve for {target}"
     if not isinstance(track, str) or not track:
@@ -260,6 +297,7 @@ def write_reference_curve(
         source=str(source),
         points=_check_points(list(points), where, strict=True),
         train_tokens=_check_train_tokens(train_tokens, where),
+        baseline_tokens=_check_baseline_tokens(baseline_tokens, where),
     )
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -289,6 +327,7 @@ class DownstreamCurves:
     train_tokens: int
     metrics: tuple[tuple[str, tuple[tuple[int, float], ...]], ...]  # (metric, ((tokens, score), ...))
     stderrs: tuple[tuple[str, tuple[float | None, ...]], ...] = ()  # (metric, standard error of each score)
+    baseline_tokens: int | None = None  # the multiplier's unit, as on the loss curve (module docstring)
 
     def curve(self, metric: str) -> ReferenceCurve | None:
         """The metric's curve as a reference curve over error rates, or None when it has no usable curve:
@@ -306,12 +345,13 @@ class DownstreamCurves:
         noise = max(spread.get(first_t, 0.0), spread.get(last_t, 0.0))
         if first_err - last_err <= 2.0 * noise:
             return None
-        return ReferenceCurve(self.track, self.description, self.source, errors, self.train_tokens)
+        return ReferenceCurve(self.track, self.description, self.source, errors, self.train_tokens,
+                              self.baseline_tokens)
 
     def to_dict(self) -> dict:
         errs = dict(self.stderrs)
         return {"track": self.track, "description": self.description, "source": self.source,
-                "train_tokens": self.train_tokens,
+                "train_tokens": self.train_tokens, **_baseline_field(self.baseline_tokens),
                 "metrics": {m: [{"tokens": t, "score": s, **({"stderr": errs[m][i]} if m in errs else {})}
                                 for i, (t, s) in enumerate(pts)] for m, pts in self.metrics}}
 
@@ -333,7 +373,8 @@ def load_downstream_curves(name_or_path: str | os.PathLike) -> DownstreamCurves 
         stderrs = tuple((str(m), tuple(None if p.get("stderr") is None else float(p["stderr"]) for p in pts))
                         for m, pts in sorted(raw["metrics"].items()) if any("stderr" in p for p in pts))
         return DownstreamCurves(str(raw["track"]), str(raw.get("description", "")), str(raw.get("source", "")),
-                                _check_train_tokens(raw["train_tokens"], str(path)), metrics, stderrs)
+                                _check_train_tokens(raw["train_tokens"], str(path)), metrics, stderrs,
+                                _check_baseline_tokens(raw.get("baseline_tokens"), str(path)))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
         raise ReferenceCurveError(f"{path}: not a downstream curve file ({exc}); expected track, train_tokens "
                                   "and metrics {name: [{tokens, score}, ...]}") from exc

@@ -5,6 +5,10 @@ start of the stream until it holds `val_tokens` (the document that reaches the b
 training continues from the next document and is cut the same way at `train_tokens`; no document is
 in both. Everything is written into a temporary folder beside the output and renamed into place only
 when complete, so an error never leaves a half-written split behind and never touches what was there.
+
+Documents are streamed: reading stops once both splits are full, and a document longer than
+`long_documents.PIECE_CHARS` is encoded in pieces, only as far as the splits can take it, with exactly
+the tokens of the whole document (see `harness.data.long_documents`).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ from harness import __version__
 from harness.data.documents import Document, DocumentSource
 from harness.data.fineweb import FinewebSource
 from harness.data.local_files import LocalFilesSource, expand_paths
+from harness.data.long_documents import encode_documents, utf8_length
 from harness.data.manifest import (
     FORMAT,
     SPLITS,
@@ -74,12 +79,14 @@ def build_source(track: Track, source_override: Sequence[str] | None = None,
     return LocalFilesSource(tuple(paths), field, spec.txt_separator)
 
 
-def _encode_stream(docs: Iterable[Document], tokenizer: Tokenizer) -> Iterator[tuple[Sequence[int], str]]:
+def _encode_stream(docs: Iterable[Document], tokenizer: Tokenizer, cap: int) -> Iterator[tuple[Sequence[int], str]]:
     """(token ids, origin) per document, tokenized in batches.
 
     Reading the next batch (JSON parsing, in Python) overlaps with encoding the current one (native code
     that releases the GIL). An empty document still yields its BOS: the rule is a BOS before every
-    document, and dropping some would make the split depend on a filter nobody asked for.
+    document, and dropping some would make the split depend on a filter nobody asked for. A long
+    document yields only a prefix of at least `cap` tokens (`encode_documents`): `cap` is the largest
+    split budget, so it is cut exactly where the whole document would be.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -87,9 +94,9 @@ def _encode_stream(docs: Iterable[Document], tokenizer: Tokenizer) -> Iterator[t
 
     def encode(batch: list[Document]) -> list:
         try:
-            return tokenizer.encode_batch([d.content for d in batch])
+            return encode_documents(tokenizer, [d.content for d in batch], cap)
         except (UnicodeError, ValueError, TypeError):
-            return [_encode_one(tokenizer, d) for d in batch]  # find and name the offending document
+            return [_encode_one(tokenizer, d, cap) for d in batch]  # find and name the offending document
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slowrun-pipeline") as stage:
         batch = list(itertools.islice(iterator, ENCODE_BATCH))
@@ -100,9 +107,9 @@ def _encode_stream(docs: Iterable[Document], tokenizer: Tokenizer) -> Iterator[t
             batch = upcoming
 
 
-def _encode_one(tokenizer: Tokenizer, doc: Document) -> Sequence[int]:
+def _encode_one(tokenizer: Tokenizer, doc: Document, cap: int) -> Sequence[int]:
     try:
-        return tokenizer.encode_batch([doc.content])[0]
+        return encode_documents(tokenizer, [doc.content], cap)[0]
     except (UnicodeError, ValueError, TypeError) as exc:
         raise DataError(f"{doc.origin}: cannot tokenize this document ({exc}); fix or remove it") from None
 
@@ -180,59 +187,98 @@ def split_document_ranges(lengths: Iterable[int], budgets: Sequence[int]) -> tup
     """Document index ranges [start, end) of each split, from each document's token count (BOS excluded).
 
     The same rule as the filler, in counts only: used to find which documents a tokenizer may see.
-    Returns (None, tokens seen) when the documents do not fill the budgets.
+    Returns (None, tokens placed) when the documents do not fill the budgets. A count only matters up to
+    the budget it lands in, so a long document's may be any number of at least the largest budget.
     """
     ranges: list[tuple[int, int]] = []
-    start = pos = total = 0
+    start = pos = 0
     for index, length in enumerate(lengths):
         pos += 1 + length
-        total += 1 + length
         if pos >= budgets[len(ranges)]:
             ranges.append((start, index + 1))
             start, pos = index + 1, 0
             if len(ranges) == len(budgets):
-                return ranges, total
-    return None, total
+                return ranges, sum(budgets)
+    return None, sum(budgets[: len(ranges)]) + pos
 
 
-def _enough_texts(texts: list[str], min_bytes: int) -> list[str]:
-    """The shortest prefix of `texts` holding `min_bytes` of UTF-8 (all of them if they hold less).
+class DocumentSample:
+    """The documents a byte-level BPE track is prepared from: a prefix of the source, read as needed.
 
-    A small BPE never produces tokens that average anywhere near POOL_BYTES_PER_TOKEN bytes, so the
-    splits always fit in this prefix; training and encoding only it keeps preparation fast.
+    It starts as the shortest prefix holding `step` bytes of UTF-8 (all of the source if it holds less):
+    a small BPE never produces tokens that average anywhere near POOL_BYTES_PER_TOKEN bytes, so the splits
+    nearly always fit in it, and training and encoding only it keeps preparation fast. When they do not
+    (a first document larger than the whole sample, say), `grow` reads at least another `step` bytes;
+    only a source that runs out is too small.
     """
-    total = 0
-    for index, text in enumerate(texts):
-        total += len(text.encode("utf-8"))
-        if total >= min_bytes:
-            return texts[: index + 1]
-    return texts
+
+    def __init__(self, source: Iterable[Document], step: int):
+        self._rest = iter(source)
+        self.step = step
+        self.docs: list[Document] = []
+        self.grow()
+
+    @property
+    def texts(self) -> list[str]:
+        return [d.content for d in self.docs]
+
+    def grow(self) -> bool:
+        """Read documents until another `step` bytes are in or the source ends; False if none were left."""
+        added, before = 0, len(self.docs)
+        while added < self.step:
+            doc = next(self._rest, None)
+            if doc is None:
+                break
+            self.docs.append(doc)
+            added += utf8_length(doc.content)
+        return len(self.docs) > before
 
 
-def train_bpe_on_training_split(texts: list[str], track: Track, log, source_name: str = "the source") -> ByteBpeTokenizer:
+def _token_counts(tokenizer: ByteBpeTokenizer, texts: Sequence[str], cap: int) -> list[int]:
+    """Each text's token count (a long one's counted to at least `cap`), one batch of ids held at a time."""
+    counts: list[int] = []
+    for start in range(0, len(texts), ENCODE_BATCH):
+        counts.extend(len(ids) for ids in encode_documents(tokenizer, texts[start : start + ENCODE_BATCH], cap))
+    return counts
+
+
+def _split_ranges(sample: DocumentSample, tokenizer: ByteBpeTokenizer, budgets: Sequence[int],
+                  source_name: str) -> list[tuple[int, int]]:
+    """The splits' document ranges under `tokenizer`, growing the sample until both splits fit in it."""
+    cap = max(budgets)
+    counts = _token_counts(tokenizer, sample.texts, cap)
+    while True:
+        ranges, placed = split_document_ranges(counts, budgets)
+        if ranges is not None:
+            return ranges
+        known = len(counts)
+        if not sample.grow():
+            raise DataError(shortfall_message(source_name, known, placed, budgets))
+        counts += _token_counts(tokenizer, sample.texts[known:], cap)
+
+
+def train_bpe_on_training_split(sample: DocumentSample, track: Track, log,
+                                source_name: str = "the source") -> ByteBpeTokenizer:
     """A byte-level BPE trained on exactly the documents of the training split it itself defines.
 
     The training split depends on the tokenizer (budgets are in tokens) and the tokenizer on the
     training split, so iterate to a fixed point: train on the training documents found with the
     previous tokenizer until the range stops moving. Validation documents are never seen by the
-    final tokenizer, which would otherwise leak validation text into the vocabulary.
+    final tokenizer, which would otherwise leak validation text into the vocabulary. On return the
+    sample holds both splits under the returned tokenizer.
     """
     budgets = (track.val_tokens, track.train_tokens)
     vocab = track.tokenizer.vocab_size
-    pool = _enough_texts(texts, POOL_BYTES_PER_TOKEN * sum(budgets))
-    tokenizer = ByteBpeTokenizer.train(pool, vocab)  # bootstrap only: finds a first training range
+    tokenizer = ByteBpeTokenizer.train(sample.texts, vocab)  # bootstrap only: finds a first training range
     train_range = None
     for round_ in range(1, BPE_FIXED_POINT_ROUNDS + 1):
-        ranges, total = split_document_ranges((len(ids) for ids in tokenizer.encode_batch(pool)), budgets)
-        if ranges is None:
-            raise DataError(shortfall_message(source_name, len(pool), total, budgets))
-        new_range = ranges[1]
+        new_range = _split_ranges(sample, tokenizer, budgets, source_name)[1]
         if new_range == train_range:
             log(f"tokenizer: byte-level BPE ({vocab}) trained on training documents {train_range[0]}..{train_range[1] - 1}"
                 f" (fixed point after {round_ - 1} rounds)")
             return tokenizer
         train_range = new_range
-        tokenizer = ByteBpeTokenizer.train(pool[train_range[0] : train_range[1]], vocab)
+        tokenizer = ByteBpeTokenizer.train(sample.texts[train_range[0] : train_range[1]], vocab)
     raise DataError(
         f"track {track.name!r}: the BPE training range did not settle in {BPE_FIXED_POINT_ROUNDS} rounds; "
         "change the budgets slightly"
@@ -241,7 +287,7 @@ def train_bpe_on_training_split(texts: list[str], track: Track, log, source_name
 
 def _build_tokenizer(track: Track, source: DocumentSource, gpt2_ranks: str | None, log,
                      tokenizer_from: Path | None = None):
-    """The tokenizer and, for BPE tracks, the materialised documents it was trained with.
+    """The tokenizer and, for BPE tracks, the documents read to train it (they hold both splits).
 
     `tokenizer_from` reuses the BPE saved with another preparation of the same track (calibration
     prepares more training data behind the same validation split and must not retrain the vocabulary).
@@ -258,11 +304,11 @@ def _build_tokenizer(track: Track, source: DocumentSource, gpt2_ranks: str | Non
             raise DataError(f"track {track.name!r}: the identity tokenizer needs the synthetic source")
         lang = source.language
         return IdentityTokenizer(lang.vocab_size, lang.bos_id, source.describe()), None
-    docs = list(source)  # byte-level BPE tracks are small by design: materialise once, reuse for every round
-    if not docs:
+    # Byte-level BPE tracks are small by design: read the documents the splits need once, reuse them.
+    sample = DocumentSample(source, POOL_BYTES_PER_TOKEN * (track.val_tokens + track.train_tokens))
+    if not sample.docs:
         raise DataError(f"source {_describe_short(source)} is empty; give files with documents in them")
-    texts = [d.content for d in docs]
-    return train_bpe_on_training_split(texts, track, log, _describe_short(source)), docs
+    return train_bpe_on_training_split(sample, track, log, _describe_short(source)), sample.docs
 
 
 def _progress(total: int, desc: str, enabled: bool):
@@ -311,7 +357,7 @@ def prepare_track(track: Track, out: str | os.PathLike, *, source_override: Sequ
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         with _progress(sum(budgets), f"prepare {track.name}", progress) as bar:
-            encoded = _encode_stream(materialised if materialised is not None else source, tokenizer)
+            encoded = _encode_stream(materialised if materialised is not None else source, tokenizer, max(budgets))
             filler = fill_splits(encoded, budgets, dtype, tokenizer.bos_id, source, bar)
         manifest = _write_splits(tmp, track, source, tokenizer, filler, request, dtype)
         return _move_into_place(tmp, out, manifest, force, log)

@@ -17,6 +17,7 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from harness.data.long_documents import training_pieces
 from harness.errors import DataError
 
 GPT2_RANKS_ENV = "SLOWRUN_GPT2_RANKS"
@@ -202,7 +203,9 @@ class ByteBpeTokenizer:
             initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
             show_progress=False,
         )
-        tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+        # Long texts go in as whitespace-cut pieces: the same words are counted, so the same vocabulary is
+        # learnt, without the library holding a huge document's words at once (harness.data.long_documents).
+        tok.train_from_iterator(training_pieces(texts), trainer=trainer, length=len(texts))
         return cls(tok)
 
     @classmethod

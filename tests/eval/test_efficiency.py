@@ -148,3 +148,88 @@ def test_epochs_to_match_takes_first_crossing_and_curve_points():
     assert epochs_to_match(points, [(1.0, 3.5)]) == pytest.approx(1.5)
     with pytest.raises(SlowrunError, match="no points"):
         epochs_to_match([], target)
+
+
+# ---- the multiplier's unit: numerator and denominator both count what the baseline is served -----------
+# The shipped small-track curves come from `slowrun calibrate --factors 1,...`: their first point is the
+# baseline's 1x run, trained once on the track's own data, metered at 60,416 (synthetic) and 94,208
+# (webtext) served tokens, against the tracks' nominal 65,536 and 100,000 training tokens.
+CALIBRATED_1X = {"synthetic": (60_416, 2.7801983415398484), "webtext": (94_208, 6.415281999726049)}
+
+
+@pytest.mark.parametrize("name", sorted(CALIBRATED_1X))
+def test_calibration_baseline_on_the_tracks_own_data_scores_exactly_one(name):
+    served, loss = CALIBRATED_1X[name]
+    curve = load_reference_curve(name)
+    assert curve.points[0] == (served, loss)  # the 1x run, as calibrate wrote it
+    eff = data_efficiency(loss, curve)
+    assert eff.multiplier == 1.0 and eff.label == "1.00x"
+    assert eff.equivalent_tokens == served
+
+
+def test_synthetic_multiplier_worked_by_hand():
+    # Half way in loss between the 1x point (60,416 tokens, 2.78020) and the 2x point (125,952, 2.50430):
+    # (60,416 + 125,952) / 2 = 93,184 tokens, which is 91 / 59 = 1.5424 times the 60,416 the baseline is
+    # served from the track's own data (the old denominator, 65,536 training tokens, gave 1.4219x).
+    loss = (2.7801983415398484 + 2.5042985784894545) / 2
+    eff = data_efficiency(loss, "synthetic")
+    assert eff.equivalent_tokens == pytest.approx(93_184, rel=1e-12)
+    assert eff.multiplier == pytest.approx(91 / 59, rel=1e-12) and eff.label == "1.54x"
+
+
+def test_webtext_multiplier_worked_by_hand():
+    # A board record's loss, 5.625612652117777, lies between 2x (194,560 tokens, 5.818407472071828) and
+    # 4x (394,240, 5.2535100223906515): fraction 0.192794819954051 / 0.5648974497311765 = 0.3412915 of
+    # the way, so 194,560 + 0.3412915 * 199,680 = 262,709.9 tokens = 2.78861 x 94,208.
+    eff = data_efficiency(5.625612652117777, "webtext")
+    fraction = 0.192794819954051 / 0.5648974497311765
+    assert eff.multiplier == pytest.approx((194_560 + fraction * 199_680) / 94_208, rel=1e-9)
+    assert round(eff.multiplier, 4) == 2.7886
+
+
+def test_bounds_use_the_same_unit():
+    # Past the synthetic table: at least 2,092,032 / 60,416 = 34.63x; above it: at most 1x.
+    assert data_efficiency(2.0, "synthetic").bound == ">34.6x"
+    assert data_efficiency(3.0, "synthetic").bound == "<1x"
+
+
+def test_baseline_tokens_round_trip_and_is_optional(tmp_path):
+    points = [(900, 4.0), (1_900, 3.0)]
+    with_unit = write_reference_curve(tmp_path / "a.json", points, "t", 1_000, baseline_tokens=900)
+    assert json.loads((tmp_path / "a.json").read_text())["baseline_tokens"] == 900
+    assert load_reference_curve(tmp_path / "a.json") == with_unit and with_unit.denominator == 900
+    assert data_efficiency(3.5, with_unit).multiplier == pytest.approx(1_400 / 900)
+    plain = write_reference_curve(tmp_path / "b.json", points, "t", 1_000)
+    assert "baseline_tokens" not in json.loads((tmp_path / "b.json").read_text())
+    assert plain.denominator == 1_000 and data_efficiency(3.5, plain).multiplier == pytest.approx(1.4)
+    # an explicit denominator still wins, as before
+    assert data_efficiency(3.5, with_unit, train_tokens=700).multiplier == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("value", [0, -5, 1.5, "900", True])
+def test_loader_refuses_a_bad_baseline_tokens(tmp_path, value):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"track": "t", "train_tokens": 1_000, "baseline_tokens": value,
+                               "points": [{"tokens": 900, "loss": 4.0}, {"tokens": 1_900, "loss": 3.0}]}))
+    with pytest.raises(ReferenceCurveError, match="baseline_tokens must be a positive integer"):
+        load_reference_curve(bad)
+
+
+def test_downstream_curves_divide_by_the_same_unit(tmp_path):
+    from harness.efficiency import (DownstreamCurves, downstream_curve_path, downstream_efficiency,
+                                    load_downstream_curves, write_downstream_curves)
+
+    curves = DownstreamCurves("t", "", "", 1_000, (("piqa/acc", ((900, 0.3), (1_900, 0.5))),), baseline_tokens=900)
+    write_downstream_curves(downstream_curve_path(tmp_path / "t.json"), curves)
+    assert load_downstream_curves(tmp_path / "t.json") == curves
+    # error 0.6 is half way between 0.7 (900 tokens) and 0.5 (1,900): 1,400 tokens = 1.556 x 900
+    assert downstream_efficiency({"piqa/acc": 0.4}, curves)["piqa/acc"]["multiplier"] == pytest.approx(1_400 / 900)
+
+
+def test_calibrate_needs_the_1x_run(tmp_path):
+    from harness.calibrate import CalibrationRequest, calibrate
+
+    with pytest.raises(SlowrunError, match=r"--factors 2,4 lacks 1: .* add it, e.g. --factors 1,2,4"):
+        calibrate(CalibrationRequest(track="synthetic", factors=(4, 2), data_dir=tmp_path / "prepared",
+                                     work_dir=tmp_path / "work", out=tmp_path / "c.json", progress=False))
+    assert list(tmp_path.iterdir()) == []  # refused before preparing or training anything
