@@ -287,8 +287,17 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
     evaluation) and still writes a record, then raises RunInterrupted."""
     started = time.monotonic()
     with _Signals():
-        outcome, interrupted = train(run_dir, resume=resume, progress=progress)
-        train_result = outcome.to_dict()
+        try:
+            outcome, interrupted = train(run_dir, resume=resume, progress=progress)
+            train_result = outcome.to_dict()
+        except _Signals.Received:
+            raise
+        except Exception as exc:  # the harness itself failed (bad data folder, no sandbox tools): still a record
+            import traceback
+
+            finish_run(run_dir, _harness_failure(exc, traceback.format_exc(), resume), wall_s=time.monotonic() - started,
+                       progress=progress, evaluate=False)
+            raise
         record = None
         if not interrupted:
             try:
@@ -305,6 +314,14 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
         raise RunInterrupted(f"interrupted: the method's processes were stopped and {run_dir / RECORD} records "
                              f"status {record['status']}; continue with slowrun run --resume {run_dir}")
     return record
+
+
+def _harness_failure(exc: BaseException, tb: str, resume: bool) -> dict:
+    return {"status": "failed", "error": {"type": "HarnessError", "message": f"the harness could not train this run: "
+                                          f"{type(exc).__name__}: {exc}", "traceback": tb},
+            "meter": {"targets": {}, "windows": {}, "fitness_tokens": 0}, "epochs": 0.0, "epoch_tokens": None,
+            "train_tokens": 0, "ensemble": None, "snapshots": [], "train_s": 0.0, "resumed": resume,
+            "sandbox": {"kind": "none", "reason": "training never started"}}
 
 
 def resume_run(run_dir: Path, progress: bool = True) -> Path:

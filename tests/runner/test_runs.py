@@ -136,3 +136,22 @@ def test_record_carries_provenance(make_method, synthetic_data):
     assert record["metered"]["epoch_tokens"] == manifest["splits"]["train"]["tokens"] - manifest["fitness"]["tokens"]
     # the record's epochs come from the meter, whatever the method logs
     assert abs(record["metered"]["epochs"] - record["metered"]["train_tokens"] / record["metered"]["epoch_tokens"]) < 1e-12
+
+
+def test_a_harness_failure_still_ends_in_a_record(make_method, synthetic_data, tmp_path):
+    import shutil
+
+    from harness.runner import prepare_run, resume_run
+
+    data = tmp_path / "data"
+    shutil.copytree(synthetic_data, data)
+    method = make_method(TRAIN_ONE_EPOCH)
+    run_dir = prepare_run(RunRequest(method_dir=method, track="synthetic", epochs=1.0, data_dir=data,
+                                     out=tmp_path / "run", progress=False))
+    (data / "train.tokens.bin").unlink()  # the prepared split vanished between preparing and training
+    with pytest.raises(Exception):
+        resume_run(run_dir, progress=False)
+    record = json.loads((run_dir / "record.json").read_text())
+    assert validate_record(record) == []
+    assert record["status"] == "failed" and record["error"]["type"] == "HarnessError"
+    assert "train.tokens.bin" in record["error"]["message"]
