@@ -85,10 +85,9 @@ def token_logprobs(
     was_training = model.training
     model.eval()
     starts = range(0, n_windows, batch_size)
-    if progress:
-        from tqdm import tqdm
+    from harness.progress import progress as make_progress
 
-        starts = tqdm(starts, desc="log-probs", unit="batch", total=len(starts))
+    bar = make_progress(n_windows, desc="log-probs", unit="windows", enabled=progress)
     try:
         with torch.inference_mode():
             for start in starts:
@@ -117,7 +116,9 @@ def token_logprobs(
                         "NaN or infinity, so the snapshot cannot be scored"
                     )
                 result[start:stop] = batch_logp
+                bar.update(stop - start)
     finally:
+        bar.close()
         model.train(was_training)
     return result
 

@@ -312,10 +312,9 @@ def _build_tokenizer(track: Track, source: DocumentSource, gpt2_ranks: str | Non
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from tqdm import tqdm
+    from harness.progress import progress
 
-    return tqdm(total=total, unit="tok", unit_scale=True, desc=desc, disable=not enabled,
-                file=sys.stderr, dynamic_ncols=True, smoothing=0.1)
+    return progress(total, desc=desc, unit="tok", enabled=enabled, stream=sys.stderr)
 
 
 def _check_existing(out: Path, request: dict, force: bool) -> None:

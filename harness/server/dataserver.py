@@ -674,14 +674,14 @@ def _job_sandbox(reports: list[dict], world_size: int) -> dict:
 
 
 class _Progress:
-    """A tqdm bar over the budget's target tokens, moved by the meter, annotated by the method's logs."""
+    """Progress over the budget's target tokens, moved by the meter, annotated by the method's logs (a tqdm
+    bar on a terminal, plain lines in a log)."""
 
     def __init__(self, total: int, initial: int, epoch_tokens: int, label: str, enabled: bool):
-        from tqdm import tqdm
+        from harness.progress import progress
 
         self.epoch_tokens = epoch_tokens
-        self.bar = tqdm(total=total, initial=initial, unit="tok", unit_scale=True, desc=label,
-                        disable=not enabled, dynamic_ncols=True, smoothing=0.05)
+        self.bar = progress(total, desc=label, unit="tok", initial=initial, enabled=enabled)
         self._lock = threading.Lock()
 
     def advance(self, tokens: int) -> None:
