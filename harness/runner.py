@@ -258,6 +258,7 @@ def train(run_dir: Path, resume: bool, progress: bool) -> tuple[TrainOutcome, bo
         server.stop()
         raise
     server.stop()
+    server.record_session()
     outcome = server.outcome(asdict(result))
     _write_json(run_dir / TRAIN_RESULT, outcome.to_dict())
     return outcome, interrupted

@@ -45,6 +45,7 @@ LOSS_KEYS = ("loss", "train_loss")
 BUILDER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 OUTBOX_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 MAX_SAFETENSORS_HEADER = 100 << 20
+SESSIONS = "sessions.json"  # training seconds of every session of this run, in order
 SEVERITY = ("ok", "budget-exceeded", "invalid", "diverged", "failed", "timeout")
 
 
@@ -547,6 +548,10 @@ class DataServer:
                 if index.get("ensemble") is not None and self.ensemble is None:
                     self.ensemble = index["ensemble"]
                 self._previous_train_s = max(self._previous_train_s, float(index.get("train_s", 0.0)))
+        sessions = self.layout.root / SESSIONS
+        if sessions.exists():  # every earlier session that ended under a runner, crashed or not
+            earlier = json.loads(sessions.read_text(encoding="utf-8"))
+            self._previous_train_s = max(self._previous_train_s, math.fsum(earlier.get("train_s", [])))
         for snap in list_snapshots(self.layout.snapshots):
             if snap.tag not in kept:
                 shutil.rmtree(snap.folder)
@@ -568,6 +573,17 @@ class DataServer:
                 entry.unlink(missing_ok=True)
 
     # ---- the outcome ------------------------------------------------------------------------------
+    def record_session(self) -> None:
+        """Add this session's training time to the run's list, so a resumed run's time includes the work
+        done after the last checkpoint of a session that crashed (a runner killed outright loses only
+        that: the checkpoints carry the time up to them)."""
+        path = self.layout.root / SESSIONS
+        earlier = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"train_s": []}
+        if self._started is not None:
+            end = self._ended if self._ended is not None else time.monotonic()
+            earlier["train_s"].append(end - self._started)
+        _write_json_atomic(path, earlier)
+
     def train_seconds(self) -> float:
         if self._started is None:
             return self._previous_train_s
@@ -596,10 +612,11 @@ class DataServer:
                     status, error = "failed", _error("WorkerDied", "the method's process never reached the data "
                                                      f"server (exit code {(supervised or {}).get('exit_code')})")
                 else:
+                    how = (f"was killed by signal {supervised['signal']}" if (supervised or {}).get("signal")
+                           else f"exited with code {(supervised or {}).get('exit_code')}")
                     status, error = "failed", _error(
-                        "WorkerDied", f"the method's process exited with code {(supervised or {}).get('exit_code')} "
-                        "before reporting (killed, out of memory, or a crash in native code); resume with "
-                        "slowrun run --resume")
+                        "WorkerDied", f"the method's process {how} before reporting (killed, out of memory, or a "
+                        "crash in native code); resume with slowrun run --resume")
                 ranks.append((rank, status, error))
             if self._diverged is not None:
                 ranks.append((-1, "diverged", self._diverged))

@@ -56,3 +56,45 @@ def test_kill_and_resume_equals_uninterrupted(method, synthetic_data, tmp_path):
         weights_b = (run_dir / "snapshots" / snap["tag"] / "model.safetensors").read_bytes()
         assert weights_a == weights_b, snap["tag"]
     assert b["result"]["val_loss"] == a["result"]["val_loss"]
+
+
+KILLED_ONCE = """
+import os, signal, time
+state = ctx.resume_state()
+torch.manual_seed(ctx.seed)
+model = Bigram(ctx.vocab_size)
+opt = torch.optim.SGD(model.parameters(), lr=0.5)
+stream = ctx.train_stream("main", batch_size=16)
+if state is None:
+    while ctx.epochs < 0.5:
+        step(model, opt, *next(stream))
+    ctx.save_snapshot(model, "half")
+    ctx.checkpoint({"model": model.state_dict()})
+    time.sleep(1.5)  # work after the checkpoint: lost to the model, not to the clock
+    os.kill(os.getpid(), signal.SIGKILL)
+model.load_state_dict(state["model"])
+while ctx.remaining_epochs * ctx.epoch_tokens >= 16 * ctx.seq_len:
+    step(model, opt, *next(stream))
+ctx.save_snapshot(model, "full")
+"""
+
+
+def test_a_killed_method_process_records_what_was_metered_and_resume_keeps_its_time(make_method, synthetic_data,
+                                                                                     tmp_path):
+    method = make_method(KILLED_ONCE)
+    run_dir = run_method(RunRequest(method_dir=method, track="synthetic", epochs=1.0, data_dir=synthetic_data,
+                                    out=tmp_path / "run", progress=False))
+    first = json.loads((run_dir / "record.json").read_text())
+    assert first["status"] == "failed" and first["error"]["type"] == "WorkerDied"
+    assert 0.5 <= first["metered"]["epochs"] < 0.6  # the harness's count, not 0
+    assert [s["tag"] for s in first["snapshots"]] == ["half"] and first["snapshots"][0]["val_loss"] < 6.238  # log 512
+    assert "signal 9" in first["error"]["message"]
+    assert first["timings"]["train_s"] >= 1.5
+
+    resume_run(run_dir, progress=False)
+    second = json.loads((run_dir / "record.json").read_text())
+    assert second["status"] == "ok" and second["resumed"]
+    assert [s["tag"] for s in second["snapshots"]] == ["half", "full"]
+    sessions = json.loads((run_dir / "sessions.json").read_text())["train_s"]
+    assert len(sessions) == 2
+    assert second["timings"]["train_s"] >= first["timings"]["train_s"] + sessions[1] - 1e-6
