@@ -95,7 +95,7 @@ def recv(sock: socket.socket, *, allocate: Allocate | None = None,
     _recv_exact(sock, memoryview(head))
     try:
         header = json.loads(head.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
         raise ChannelError(f"the channel header is not JSON ({exc})") from None
     if not isinstance(header, dict):
         raise ChannelError("the channel header must be a JSON object")

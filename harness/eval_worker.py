@@ -234,6 +234,9 @@ def _roots(args: argparse.Namespace) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     args = _parse(argv)
     sock = socket.socket(fileno=args.fd)
+    quiet = os.open(os.devnull, os.O_RDONLY)  # the model has no business with the harness's terminal input
+    os.dup2(quiet, 0)
+    os.close(quiet)
     try:
         sandbox = _sandbox(args)
     except Exception as exc:  # noqa: BLE001 - the harness records why the worker could not start

@@ -78,7 +78,7 @@ class WorkerOptions:
     probes: ProbeSettings = ProbeSettings()
     require_sandbox: bool = False
 
-    def remote(self, snapshot: Snapshot, device: str, vocab_size: int | None) -> RemoteModel:
+    def remote(self, snapshot: Snapshot | None, device: str, vocab_size: int | None) -> RemoteModel:
         return RemoteModel(snapshot, method_dir=self.method_dir, builder_roots=self.builder_roots, device=device,
                            vocab_size=vocab_size, timeout_s=self.timeout_s, require_sandbox=self.require_sandbox)
 
@@ -102,7 +102,8 @@ def cache_is_trusted(cache: Path, tag: str, weights_sha256: str) -> bool:
     try:
         stamp = json.loads(sidecar.read_text(encoding="utf-8"))
         return (isinstance(stamp, dict) and stamp.get("weights_sha256") == weights_sha256
-                and stamp.get("fit_sha256") == _sha256_file(fit_path) and stamp.get("val_sha256") == _sha256_file(val_path))
+                and stamp.get("fit_sha256") == _sha256_file(fit_path)
+                and stamp.get("val_sha256") == _sha256_file(val_path))
     except (OSError, ValueError):
         return False
 
@@ -171,7 +172,9 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
         if cache_is_trusted(cache, snapshot.tag, weights[1]):
             return _load_cache(cache, snapshot.tag)
         model = model or options.remote(snapshot, device, data.vocab_size)
-        model.load(weights)
+        if model.vocab_size is None:
+            model.vocab_size = data.vocab_size
+        model.load(weights, snapshot)
         fit, val = score_remote(model, data, batch_size, device, options.probes, stream, progress)
     finally:
         if model is not None:
@@ -189,20 +192,24 @@ def _members(tags: list[str], weights) -> list[dict]:
 
 
 def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_size: int, device: str,
-               options: WorkerOptions, prefetch: bool, progress: bool):
+               options: WorkerOptions, prefetch: bool, progress: bool, first_worker: RemoteModel | None = None):
     """Score every snapshot; returns (valid snapshots, their fits, their vals, invalid rows).
 
-    With ``prefetch`` the next snapshot's worker is started while the current one is scored, so its
-    sandbox set-up and torch import overlap the scoring (unless that snapshot's cache is trusted)."""
+    Each snapshot that needs scoring gets the worker started ahead for it (``first_worker`` for the first;
+    with ``prefetch``, the next is started while the current one is scored, so its sandbox set-up and
+    torch import overlap the scoring) or else a new one. Snapshots with a trusted cache need none."""
     valid, fits, vals, invalid = [], [], [], []
-    ahead: RemoteModel | None = None
+    cached = [_cached(s, cache) for s in snapshots]
+    ahead = first_worker
     try:
         for i, snap in enumerate(snapshots):
             if progress:
                 print(f"evaluating snapshot {snap.tag} ({i + 1}/{len(snapshots)})", flush=True)
-            worker, ahead = ahead, None
-            if prefetch and i + 1 < len(snapshots) and not _cached(snapshots[i + 1], cache):
-                ahead = options.remote(snapshots[i + 1], device, data.vocab_size).start()
+            worker = None
+            if not cached[i]:
+                worker, ahead = ahead, None
+                if prefetch and not all(cached[i + 1 :]):
+                    ahead = options.remote(None, device, data.vocab_size).start()
             try:
                 fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, progress=progress,
                                              options=options, worker=worker, stream=i)
@@ -221,6 +228,22 @@ def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_siz
     return valid, fits, vals, invalid
 
 
+def start_worker(device: str = "cpu", vocab_size: int | None = None, *, method_dir: Path | None = None,
+                 builder_roots: Sequence[Path] | None = None, timeout_s: float | None = DEFAULT_TIMEOUT_S,
+                 require_sandbox: bool = False) -> RemoteModel:
+    """An evaluation worker started now for the first snapshot evaluate_run will score (``first_worker``);
+    give it the ``device``, ``method_dir`` and ``builder_roots`` that evaluate_run will be given.
+
+    A fresh worker spends ~1.5 s (CPU) starting Python and importing torch; started while the method
+    trains, that is off the evaluation's clock. Until it is given a snapshot it runs harness code only,
+    sandboxed, and holds no data. Call from the thread that will call evaluate_run (the supervisor is tied
+    to it), and close() it if evaluate_run is not called."""
+    options = WorkerOptions(Path(method_dir) if method_dir is not None else None,
+                            None if builder_roots is None else tuple(Path(r) for r in builder_roots), timeout_s,
+                            ProbeSettings(), require_sandbox)
+    return options.remote(None, device, vocab_size).start()
+
+
 def _cached(snapshot: Snapshot, cache: Path) -> bool:
     """Whether the snapshot's cache will be used (so no worker is needed for it)."""
     try:
@@ -234,7 +257,8 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
                  progress: bool = True, *, method_dir: Path | None = None,
                  builder_roots: Sequence[Path] | None = None,
                  timeout_s: float | None = DEFAULT_TIMEOUT_S, probes: ProbeSettings | None = None,
-                 prefetch: bool = PREFETCH, require_sandbox: bool = False) -> dict:
+                 prefetch: bool = PREFETCH, require_sandbox: bool = False,
+                 first_worker: RemoteModel | None = None) -> dict:
     """The evaluation parts of a record: snapshots, ensemble, result, k_sweep, curve, invalid_snapshots.
 
     Each snapshot's model is run from its builder in an evaluation worker: ``method_dir`` is the method's
@@ -243,11 +267,15 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     folders; the test suite's ``tests``; None: those in $SLOWRUN_ALLOW_READ), ``timeout_s`` the limit
     per snapshot. Invalid snapshots are listed with their reason and left out of everything else; a
     method ensemble naming one is renormalised over the rest (no valid member left: result None).
+    ``first_worker`` (from :func:`start_worker`, e.g. started while the method trained) is used for the
+    first snapshot to score, and closed in any case.
     """
     snapshots = list_snapshots(Path(run_dir) / "snapshots")
     empty = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None, "k_sweep": [],
              "curve": [], "prior": None, "invalid_snapshots": []}
     if not snapshots:
+        if first_worker is not None:
+            first_worker.close()
         return empty
     apply_thread_setting()
     data = open_eval_data(data_dir, seq_len)
@@ -255,7 +283,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
                             None if builder_roots is None else tuple(Path(r) for r in builder_roots), timeout_s,
                             probes or ProbeSettings(), require_sandbox)
     snapshots, fits, vals, invalid = _score_all(snapshots, data, Path(run_dir) / "eval", batch_size, device,
-                                                options, prefetch, progress)
+                                                options, prefetch, progress, first_worker)
     if not snapshots:
         return {**empty, "invalid_snapshots": invalid}
     tags = [s.tag for s in snapshots]

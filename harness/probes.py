@@ -34,7 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from harness.eval_client import InvalidSnapshot
+from harness.eval_client import InvalidSnapshot, all_finite
 
 FLOAT32_TOLERANCE = 1e-5
 HALF_TOLERANCE = 0.03
@@ -48,7 +48,7 @@ class ProbeFailed(InvalidSnapshot):
 class ProbeSettings:
     causal_windows: int = 4  # validation windows whose tail is replaced
     cuts_per_window: int = 3  # cut points per window
-    stateless_windows: int = 8  # windows scored a second time after scoring
+    stateless_windows: int = 8  # windows scored a second time after scoring (at least; a batch is filled)
     vocab_ids: int = 63  # random vocabulary ids compared at every position, besides the true next token
     seed: int | None = None  # None: fresh randomness for each evaluation
 
@@ -69,7 +69,7 @@ def _call(model, inputs: np.ndarray, device) -> torch.Tensor:
     if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(tokens.shape):
         raise InvalidSnapshot(f"the model returned logits of shape {tuple(getattr(logits, 'shape', ()))} for "
                               f"input {tuple(tokens.shape)}; expected [batch, time, vocab]")
-    if not bool(torch.isfinite(logits).all()):
+    if not all_finite(logits):
         raise InvalidSnapshot("the model gave non-finite logits (NaN or infinity), so it cannot be scored")
     return logits
 
@@ -203,7 +203,11 @@ def statelessness_probe(model, windows: np.ndarray, scored: np.ndarray, batch_si
     if n == 0:
         return
     size = max(1, min(batch_size, n))
-    chosen = rng.choice(n, size=min(settings.stateless_windows, n), replace=False).tolist()
+    wanted = min(settings.stateless_windows, n)
+    if wanted == 0:
+        return
+    # The last batch is filled with more sampled windows rather than unchecked fillers: they cost the same.
+    chosen = rng.choice(n, size=min(-(-wanted // size) * size, n), replace=False).tolist()
     rows = []
     for k, w in enumerate(chosen):
         if k % 2 and n >= 2 and steps >= 2:

@@ -221,7 +221,7 @@ class _Signals:
         return False
 
 
-def train(run_dir: Path, resume: bool, progress: bool) -> tuple[TrainOutcome, bool]:
+def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple[TrainOutcome, bool]:
     """Train behind the trust boundary: the data server here, the method's process tree under the
     supervisor. Returns the server's account of training and whether the runner was interrupted."""
     from dataclasses import asdict
@@ -246,6 +246,8 @@ def train(run_dir: Path, resume: bool, progress: bool) -> tuple[TrainOutcome, bo
             # Evaluation needs torch in this process; importing it while the method's process starts up
             # overlaps the two imports instead of putting one after the other.
             import harness.evaluation  # noqa: F401
+            if on_started is not None:
+                on_started()
             result = supervisor.wait()
         except _Signals.Received:
             interrupted = True
@@ -287,22 +289,45 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
     """Train, evaluate, record. SIGTERM or SIGINT at any point stops the method's processes (or the
     evaluation) and still writes a record, then raises RunInterrupted."""
     started = time.monotonic()
+    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
+    first_worker = []
+
+    def start_first_worker():
+        """The first evaluation worker starts (Python, torch) while the method trains, off evaluation's clock."""
+        from harness.evaluation import start_worker
+
+        try:
+            first_worker.append(start_worker(spec["device"], spec.get("vocab_size"),
+                                             method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
+                                      first_worker=first_worker))
+        except Exception:  # evaluation starts its own workers; this one is only a head start
+            pass
+
+    def close_first_worker():
+        for worker in first_worker:
+            worker.close()
+        first_worker.clear()
+
     with _Signals():
         try:
-            outcome, interrupted = train(run_dir, resume=resume, progress=progress)
+            outcome, interrupted = train(run_dir, resume=resume, progress=progress, on_started=start_first_worker)
             train_result = outcome.to_dict()
-        except _Signals.Received:
-            raise
-        except Exception as exc:  # the harness itself failed (bad data folder, no sandbox tools): still a record
-            import traceback
+        except BaseException as exc:
+            close_first_worker()
+            if isinstance(exc, (_Signals.Received, KeyboardInterrupt)) or not isinstance(exc, Exception):
+                raise
+            import traceback  # the harness itself failed (bad data folder, no sandbox tools): still a record
 
             finish_run(run_dir, _harness_failure(exc, traceback.format_exc(), resume), wall_s=time.monotonic() - started,
                        progress=progress, evaluate=False)
             raise
         record = None
-        if not interrupted:
+        if interrupted:
+            close_first_worker()
+        else:
             try:
-                record = finish_run(run_dir, train_result, wall_s=time.monotonic() - started, progress=progress)
+                record = finish_run(run_dir, train_result, wall_s=time.monotonic() - started, progress=progress,
+                                    first_worker=first_worker[0] if first_worker else None)
             except _Signals.Received:
                 interrupted = True
                 train_result = {**train_result, "status": "failed", "error": {
@@ -371,11 +396,13 @@ def score_final_predictor(run_dir: Path, spec: dict, evaluation: dict, progress:
     members = evaluation["ensemble"]["members"]
     scores = score_snapshots([by_tag[m["tag"]] for m in members], [m["weight"] for m in members],
                              tokenizer=tokenizer, seq_len=seq_len, device=spec["device"],
+                             method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
                              data_dir=options.get("data_dir"), limit=options.get("limit"), progress=progress)
     return scores, None
 
 
-def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool, evaluate: bool = True) -> dict:
+def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool, evaluate: bool = True,
+               first_worker=None) -> dict:
     """Evaluate the run's snapshots and write its record; whatever goes wrong, a record is written.
 
     `evaluate=False` (an interrupted run) records the training outcome without scoring anything."""
@@ -390,7 +417,8 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
             evaluation = evaluate_run(run_dir, Path(spec["data_dir"]), track.seq_len, train.get("ensemble"),
                                       track.reference_curve, batch_size=spec.get("eval_batch_size", 16),
                                       device=spec["device"], progress=progress,
-                                      method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec))
+                                      method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
+                                      first_worker=first_worker)
             downstream, downstream_note = score_final_predictor(run_dir, spec, evaluation, progress)
         except Exception as exc:  # the record says what failed instead of there being no record
             import traceback
@@ -437,8 +465,8 @@ def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_
     invalid = evaluation.get("invalid_snapshots") or []
     if status == "ok" and evaluation["result"] is None and invalid:
         reasons = "; ".join(f"{s['tag']}: {s['reason']}" for s in invalid[:3])
-        status, train["error"] = "invalid", {"type": "InvalidSnapshots", "message": f"every snapshot was invalid "
-                                             f"({len(invalid)}): {reasons}", "traceback": ""}
+        status, train["error"] = "invalid", {"type": "InvalidSnapshots", "message": f"no valid snapshot is left to "
+                                             f"evaluate ({len(invalid)} invalid): {reasons}", "traceback": ""}
     elif status == "ok" and evaluation["result"] is None:
         status, train["error"] = "invalid", {"type": "NoSnapshots", "message": "the method saved no snapshot, so "
                                              "there is nothing to evaluate", "traceback": ""}

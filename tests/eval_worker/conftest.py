@@ -98,6 +98,10 @@ def build_reader(config):
     return Causal(int(config["vocab_size"]))
 
 
+def build_loud(config):
+    raise ValueError("\x1b[2J\x1b[31mcleared your terminal")
+
+
 def build_crash(config):
     os._exit(3)
 

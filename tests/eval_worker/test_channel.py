@@ -48,7 +48,8 @@ def test_small_messages_keep_their_order(pair):
     a, b = pair
     for i in range(3):
         channel.send(a, {"i": i}, bytes([i]) * i)
-    assert [(h["i"], bytes(p)) for h, p in (channel.recv(b) for _ in range(3))] == [(0, b""), (1, b"\x01"), (2, b"\x02\x02")]
+    received = [channel.recv(b) for _ in range(3)]
+    assert [(h["i"], bytes(p)) for h, p in received] == [(0, b""), (1, b"\x01"), (2, b"\x02\x02")]
 
 
 def test_a_closed_peer_is_an_error_not_an_empty_message(pair):
@@ -84,6 +85,10 @@ def test_headers_must_be_json_objects(pair):
     a.sendall(struct.pack("!4sIQ", channel.MAGIC, 2, 0) + b"[]")
     with pytest.raises(channel.ChannelError, match="JSON object"):
         channel.recv(b)
+    deep = b"[" * 100_000
+    a.sendall(struct.pack("!4sIQ", channel.MAGIC, len(deep), 0) + deep)
+    with pytest.raises(channel.ChannelError, match="not JSON"):
+        channel.recv(b)
     with pytest.raises(channel.ChannelError, match="must be a dict"):
         channel.send(a, ["not", "a", "dict"])
 
@@ -98,6 +103,7 @@ def test_the_receiver_may_refuse_a_message_after_reading_its_header(pair):
     with pytest.raises(ValueError, match="int8 not accepted"):
         channel.recv(b, allocate=refuse)
     # the unread payload is still in the socket: the channel is out of step and must be dropped
+    channel.send(a, {"next": 1})
     with pytest.raises(channel.ChannelError, match="bad channel magic"):
         channel.recv(b)
 

@@ -167,3 +167,10 @@ def test_slowrun_check_imports_the_method_in_the_sandbox(tmp_path):
     _, problems = check_method(method)
     assert victim.read_text() == "keep me"
     assert len(problems) == 1 and "PermissionError" in problems[0], problems
+
+
+def test_a_model_defined_in_the_method_directory_is_evaluated(synthetic_data, tmp_path):
+    _, record = run("own_model", synthetic_data, tmp_path)
+    assert record["status"] == "ok", record["error"]
+    assert record["invalid_snapshots"] == []
+    assert 2.1 < record["result"]["val_loss"] < 6.238  # learned something; above the track's floor
