@@ -18,7 +18,6 @@ fitness data only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import tempfile
@@ -37,7 +36,7 @@ from harness.eval_client import DEFAULT_TIMEOUT_S, InvalidSnapshot, RemoteModel,
 from harness.logprobs import load_logprobs, save_logprobs, token_logprobs
 from harness.prior import default_ks, fit_prior, k_sweep, loss_curve
 from harness.probes import CausalityProbe, ProbedModel, ProbeSettings, statelessness_probe
-from harness.snapshots import WEIGHTS, Snapshot, list_snapshots
+from harness.snapshots import WEIGHTS, Snapshot, list_snapshots, sha256_file
 from harness.threads import apply_thread_setting
 
 MIN_PRIOR_WEIGHT = 1e-4  # prior members below this weight are dropped from the final ensemble
@@ -83,14 +82,6 @@ class WorkerOptions:
                            vocab_size=vocab_size, timeout_s=self.timeout_s, require_sandbox=self.require_sandbox)
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _cache_paths(cache: Path, tag: str) -> tuple[Path, Path, Path]:
     return cache / f"{tag}.fit.npy", cache / f"{tag}.val.npy", cache / f"{tag}.sha256"
 
@@ -102,8 +93,8 @@ def cache_is_trusted(cache: Path, tag: str, weights_sha256: str) -> bool:
     try:
         stamp = json.loads(sidecar.read_text(encoding="utf-8"))
         return (isinstance(stamp, dict) and stamp.get("weights_sha256") == weights_sha256
-                and stamp.get("fit_sha256") == _sha256_file(fit_path)
-                and stamp.get("val_sha256") == _sha256_file(val_path))
+                and stamp.get("fit_sha256") == sha256_file(fit_path)
+                and stamp.get("val_sha256") == sha256_file(val_path))
     except (OSError, ValueError):
         return False
 
@@ -113,8 +104,8 @@ def _write_cache(cache: Path, tag: str, fit: np.ndarray, val: np.ndarray, weight
     sidecar.unlink(missing_ok=True)  # never a sidecar that vouches for half-replaced caches
     save_logprobs(val_path, val)
     save_logprobs(fit_path, fit)
-    stamp = {"weights_sha256": weights_sha256, "fit_sha256": _sha256_file(fit_path),
-             "val_sha256": _sha256_file(val_path)}
+    stamp = {"weights_sha256": weights_sha256, "fit_sha256": sha256_file(fit_path),
+             "val_sha256": sha256_file(val_path)}
     fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=cache)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -247,7 +238,7 @@ def start_worker(device: str = "cpu", vocab_size: int | None = None, *, method_d
 def _cached(snapshot: Snapshot, cache: Path) -> bool:
     """Whether the snapshot's cache will be used (so no worker is needed for it)."""
     try:
-        return cache_is_trusted(cache, snapshot.tag, _sha256_file(Path(snapshot.folder) / WEIGHTS))
+        return cache_is_trusted(cache, snapshot.tag, sha256_file(Path(snapshot.folder) / WEIGHTS))
     except OSError:
         return False
 

@@ -19,8 +19,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -168,7 +166,7 @@ def _builder_roots(spec: dict) -> tuple[Path, ...]:
     return tuple(Path(p) for p in spec.get("allow_read", []))
 
 
-def server_spec(run_dir: Path, spec: dict, resume: bool, progress: bool) -> "ServerSpec":
+def server_spec(run_dir: Path, spec: dict, resume: bool, progress: bool):
     from harness.server import ServerSpec
 
     read_only, list_only = _sandbox_paths(spec)

@@ -44,6 +44,17 @@ class Snapshot:
         return {"tag": self.tag, "epochs": self.epochs, "train_tokens": self.train_tokens, "meta": self.meta}
 
 
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MB blocks (snapshot weights and evaluation caches)."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
 def build_spec_of(model, spec: dict | None) -> dict:
     """The build spec: given explicitly, or from `model.build_spec()` / a `build_spec` dict attribute."""
     if spec is None:

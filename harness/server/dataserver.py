@@ -14,7 +14,6 @@ anywhere else is read back, and nothing it wrote is ever unpickled in the harnes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -38,7 +37,7 @@ from harness.errors import SlowrunError
 from harness.meter import BudgetExhausted, Meter, MeterState, TrainStream
 from harness.server.budget import LocalBudget
 from harness.server.wire import Channel, ChannelClosed
-from harness.snapshots import SPEC, TAG_PATTERN, WEIGHTS, list_snapshots
+from harness.snapshots import SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
 from harness.tracks import Track
 
 LOSS_KEYS = ("loss", "train_loss")
@@ -175,14 +174,6 @@ def check_safetensors(path: Path, size: int) -> None:
         if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
                 or not 0 <= offsets[0] <= offsets[1] <= body):
             raise RequestError(f"the snapshot's weights file has a tensor {name!r} outside the file")
-
-
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(8 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 class DataServer:
@@ -442,7 +433,7 @@ class DataServer:
                 targets = self.budget.total()
                 record = {"tag": tag, "epochs": targets / self.epoch_tokens, "train_tokens": targets,
                           "builder": spec["builder"], "config": spec["config"], "meta": meta,
-                          "weights_sha256": _sha256_file(weights), "weights_bytes": info.st_size,
+                          "weights_sha256": sha256_file(weights), "weights_bytes": info.st_size,
                           "train_s": self.train_seconds(), "rank": rank}
                 _write_json_atomic(tmp / SPEC, record)
                 os.replace(tmp, final)
