@@ -56,6 +56,7 @@ def make_record(index: int = 0, **overrides) -> dict:
                                 "n": 1000}},
         "timings": {"train_s": 120.0, "eval_s": 30.0, "other_s": 5.0},
         "compute": {"class": "tiny", "device": "cpu", "world_size": 1},
+        "sandbox": {"kind": "landlock", "abi": 7},
         "environment": {"python": "3.11.7", "torch": "2.13.0", "platform": "Linux", "cpu": "test cpu",
                         "gpu": None, "harness_version": "0.1.0", "git_commit": "0" * 40},
     }

@@ -264,7 +264,7 @@ def test_cli_verify_without_the_module_exits_2(tmp_path, capsys, monkeypatch):
 def test_cli_verify_calls_reverify_run(tmp_path, capsys, monkeypatch):
     module = types.ModuleType("harness.verify")
     module.__spec__ = importlib.machinery.ModuleSpec("harness.verify", None)
-    module.reverify_run = lambda run_dir, record: [f"{run_dir.name}: snapshot files missing"]
+    module.reverify_run = lambda run_dir, record, **options: [f"{run_dir.name}: snapshot files missing"]
     monkeypatch.setitem(sys.modules, "harness.verify", module)
     run = run_dir_with(tmp_path, official(0))
     assert main(["leaderboard", "add", str(run), "--records", str(tmp_path / "records"), "--verify"]) == 2
