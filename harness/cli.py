@@ -129,7 +129,8 @@ def _cmd_demo(args) -> int:
 def _cmd_plan(args) -> int:
     from q0_reference.planner import plan_main
 
-    print(plan_main(args.epochs))
+    print(plan_main(args.epochs, preset=args.preset, world_size=args.world_size, gpu_memory_gib=args.gpu_memory,
+                    micro_batch_size=args.micro_batch_size))
     return 0
 
 
@@ -229,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("plan", help="q0's allocation plan for an epoch budget")
     p.add_argument("--epochs", type=float, required=True)
+    p.add_argument("--preset", help="lay out this q0_reference preset on the machine (default with the options "
+                                    "below: fineweb)")
+    p.add_argument("--world-size", type=int, metavar="N", help="processes (GPUs) of the run")
+    p.add_argument("--gpu-memory", type=float, metavar="GIB", help="memory of one GPU; refuse a microbatch that "
+                                                                   "cannot fit")
+    p.add_argument("--micro-batch-size", type=int, metavar="M", help="sequences per GPU per forward")
     p.set_defaults(func=_cmd_plan)
 
     from leaderboard.cli import add_subcommands as add_leaderboard_commands

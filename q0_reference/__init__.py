@@ -5,8 +5,11 @@ a cycle) and weight decay (rising in anti-phase), takes a snapshot at the end of
 a few warm-up cycles, distils each cycle from the previous cycle's snapshot. The harness then weights
 the snapshots with its learned prior.
 
-Modules: ``model`` (the GPT and its build spec), ``optim`` (AdamW or Muon with schedule multipliers),
-``schedule`` (cyclic and baseline schedules), ``distill`` (chain-distillation loss), ``perturb``
-(optional noise at cycle boundaries), ``planner`` (epochs -> trajectories and cycles), ``presets`` and
-``trainer`` (one training step).
+Modules: ``model`` (the GPT, its build spec, building on the meta device), ``optim`` and ``muon`` (AdamW
+or batched Muon with schedule multipliers), ``schedule`` (cyclic and baseline schedules), ``distill``
+(chain-distillation loss, the teacher), ``perturb`` (optional noise at cycle boundaries), ``planner``
+(epochs -> trajectories and cycles), ``presets``, ``trainer`` (one step over microbatches), ``runtime``
+(device, bf16, compile), ``batching`` (global batch and accumulation), ``placement`` (jobs on rank
+groups), ``checkpointing`` (policy, writers, resume), ``selection`` (top-K final predictor), ``memory``
+and ``capacity`` (per-GPU memory, `slowrun plan`), ``throughput`` (tokens/s, FLOPs) and ``recipes``.
 """

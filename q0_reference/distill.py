@@ -6,13 +6,16 @@ with p_T = softmax(logits / T) and KL(p || q) = sum_v p_v (log p_v - log q_v), a
 The temperature softens both distributions so the student also learns the teacher's ranking of unlikely
 tokens; the T^2 factor keeps the KL term's gradient on the same scale as the cross-entropy's as T varies.
 The teacher is the frozen previous snapshot of the same trajectory: in eval mode (no dropout), without
-gradients, so its forward costs compute but never changes it.
+gradients, so its forward costs compute but never changes it. :class:`Teacher` keeps one such copy for a
+whole trajectory and refreshes it in place at every cycle end.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn as nn
@@ -33,17 +36,23 @@ class DistillSpec:
             raise Q0ConfigError(f"distillation temperature must be positive, got {self.temperature!r}")
 
 
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 when it is in a narrower type (bf16 logits); float32 and float64 pass unchanged, so
+    softmax and its gradient never run in bf16, and a float64 check stays float64 end to end."""
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
 def tempered_kl(teacher_logits: torch.Tensor, student_logits: torch.Tensor, temperature: float) -> torch.Tensor:
     """Mean over tokens of KL(softmax(teacher/T) || softmax(student/T)); exactly 0 when the logits agree."""
-    log_p = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
-    log_q = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    log_p = F.log_softmax(at_least_float32(teacher_logits) / temperature, dim=-1)
+    log_q = F.log_softmax(at_least_float32(student_logits) / temperature, dim=-1)
     per_token = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
     return per_token.mean()
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy in nats for logits [..., V] and targets [...]."""
-    return F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), targets.reshape(-1))
+    return F.cross_entropy(at_least_float32(logits).reshape(-1, logits.size(-1)), targets.reshape(-1))
 
 
 class _FusedDistillationLoss(torch.autograd.Function):
@@ -61,13 +70,13 @@ class _FusedDistillationLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_logits, teacher_logits, targets, alpha, temperature):
         # Written to reuse buffers: on a CPU, fresh [tokens, vocab] allocations cost more than the arithmetic.
-        z = student_logits.detach().float().reshape(-1, student_logits.size(-1))
+        z = at_least_float32(student_logits.detach()).reshape(-1, student_logits.size(-1))
         y = targets.reshape(-1)
         n = z.size(0)
         inv_t = 1.0 / temperature
         scratch = z * inv_t
         log_q = F.log_softmax(scratch, dim=-1)
-        p = teacher_logits.detach().float().reshape(z.shape) * inv_t
+        p = teacher_logits.detach().to(z.dtype).reshape(z.shape) * inv_t
         log_p = F.log_softmax(p, dim=-1)
         torch.exp(log_p, out=p)
         torch.sub(log_p, log_q, out=scratch)
@@ -110,3 +119,54 @@ def frozen_teacher(model: nn.Module) -> nn.Module:
     teacher.eval()
     teacher.requires_grad_(False)
     return teacher
+
+
+class Teacher:
+    """The predecessor snapshot a cycle distils from, as one frozen model kept for a whole trajectory.
+
+    At each cycle end :meth:`load_from` copies the student's weights into it in place (cast to the
+    teacher's dtype), so its memory is allocated once and a compiled forward is compiled once. It runs in
+    eval mode under inference mode: no dropout, no autograd records, no gradients.
+
+    ``dtype`` bf16 (the GPU setting) halves the teacher's memory and speeds its forward; the student still
+    learns from float32 logits, since the model returns its logits in float32. ``dtype=None`` keeps the
+    student's float32 weights: the teacher then computes exactly what a deep copy of the student would.
+    The teacher is built on the meta device and given storage directly in its own dtype, so a bf16
+    teacher of a 1.8B model never exists in float32.
+    """
+
+    def __init__(self, student: nn.Module, *, dtype: torch.dtype | None = None,
+                 autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+                 compile_fn: Callable = lambda fn: fn):
+        device = next(student.parameters()).device
+        with torch.device("meta"):
+            module = type(student)(student.config)
+        if dtype is not None:  # the weights only: the rotary tables stay float32, as in the student
+            for param in module.parameters():
+                param.data = param.data.to(dtype)
+        module.to_empty(device=device)
+        module.eval()
+        module.requires_grad_(False)
+        self.module = module
+        self.dtype = dtype
+        self._autocast = autocast
+        self._forward = compile_fn(module)
+        self.load_from(student)
+
+    @torch.no_grad()
+    def load_from(self, student: nn.Module) -> None:
+        """Make the teacher a copy of ``student``'s current weights (and buffers)."""
+        for mine, theirs in zip(self.module.parameters(), student.parameters()):
+            mine.copy_(theirs)
+        for mine, theirs in zip(self.module.buffers(), student.buffers()):
+            mine.copy_(theirs)
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode(), self._autocast():
+            return self._forward(inputs)
+
+    def parameters(self):
+        return self.module.parameters()
+
+    def state_dict(self):
+        return self.module.state_dict()

@@ -44,6 +44,7 @@ class GPTConfig:
     d_model: int
     mlp: str = "relu2"
     mlp_ratio: float = 4.0
+    mlp_multiple: int = 64
     padded_vocab_multiple: int = 64
     qk_norm: bool = True
     dropout: float = 0.0
@@ -51,7 +52,7 @@ class GPTConfig:
     logit_softcap: float | None = None
 
     def __post_init__(self):
-        for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model", "padded_vocab_multiple"):
+        for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model", "mlp_multiple", "padded_vocab_multiple"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise Q0ConfigError(f"GPTConfig.{name} must be a positive integer, got {value!r}")
@@ -80,10 +81,12 @@ class GPTConfig:
     @property
     def mlp_hidden(self) -> int:
         """Hidden width of the MLP. SwiGLU has three matrices instead of two, so its width is 2/3 of the
-        ReLU-squared one (rounded up to a multiple of 64) to keep the parameter count about the same."""
+        ReLU-squared one (rounded up to a multiple of ``mlp_multiple``, 64 by default; PR #90 rounds to 256)
+        to keep the parameter count about the same."""
         if self.mlp == "relu2":
             return int(round(self.mlp_ratio * self.d_model))
-        return -(-int(round(2 * self.mlp_ratio * self.d_model / 3)) // 64) * 64
+        m = self.mlp_multiple
+        return -(-int(round(2 * self.mlp_ratio * self.d_model / 3)) // m) * m
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -115,9 +118,13 @@ def rotary_tables(seq_len: int, head_dim: int, base: float) -> tuple[torch.Tenso
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate each (first-half, second-half) channel pair of x [B, H, T, D] by its position's angle."""
+    """Rotate each (first-half, second-half) channel pair of x [B, H, T, D] by its position's angle.
+
+    The tables are cast to x's dtype (a no-op in float32), so under bf16 autocast q and k stay bf16 and
+    reach attention in the same dtype as v, which the flash kernel needs."""
     half = x.size(-1) // 2
     x1, x2 = x[..., :half], x[..., half:]
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
@@ -178,7 +185,8 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """``model(idx[B, T]) -> logits[B, T, vocab_size]`` (float32), for T up to ``config.seq_len``."""
+    """``model(idx[B, T]) -> logits[B, T, vocab_size]`` (float32, or float64 for a float64 model), for T up to
+    ``config.seq_len``."""
 
     def __init__(self, config: GPTConfig):
         super().__init__()
@@ -191,6 +199,26 @@ class GPT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
         self.reset_parameters()
+
+    @torch.no_grad()
+    def materialize(self, device: str | torch.device) -> "GPT":
+        """Give a model built on the meta device real storage on ``device`` and initialise it there.
+
+        Building on meta allocates nothing, so a 1.8B model is never initialised on the CPU only to be
+        copied to a GPU. The initialisation replays what eager construction does, in the same order: every
+        submodule's own ``reset_parameters`` (the draws ``nn.Linear``/``nn.Embedding`` make when built), then
+        :meth:`reset_parameters`. Construction on meta draws nothing from the generators, so with the same
+        seed the weights equal those of ``GPT(config)`` built directly on ``device``, bit for bit.
+        """
+        self.to_empty(device=device)
+        for module in self.modules():
+            if module is not self and hasattr(module, "reset_parameters"):
+                module.reset_parameters()
+        self.reset_parameters()
+        cos, sin = rotary_tables(self.config.seq_len, self.config.head_dim, self.config.rope_base)
+        self.rope_cos.copy_(cos)
+        self.rope_sin.copy_(sin)
+        return self
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -223,7 +251,9 @@ class GPT(nn.Module):
         x = rms_norm(self.wte(idx))
         for block in self.blocks:
             x = block(x, cos, sin)
-        logits = self.lm_head(rms_norm(x))[..., : self.config.vocab_size].float()
+        logits = self.lm_head(rms_norm(x))[..., : self.config.vocab_size]
+        if logits.dtype not in (torch.float32, torch.float64):  # bf16 under autocast: the loss wants float32
+            logits = logits.float()
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
@@ -237,6 +267,16 @@ class GPT(nn.Module):
 def build_gpt(config: Mapping[str, Any]) -> GPT:
     """Build a GPT from a plain JSON-able dict of :class:`GPTConfig` fields (the stored build spec)."""
     return GPT(GPTConfig.from_dict(config))
+
+
+def build_on_device(config: GPTConfig, device: str | torch.device) -> GPT:
+    """A GPT built on the meta device and materialised on ``device`` (see :meth:`GPT.materialize`); on
+    "meta" it stays a shape-only model. Seed torch's generators first: the weights come from them."""
+    with torch.device("meta"):
+        model = GPT(config)
+    if torch.device(device).type == "meta":
+        return model
+    return model.materialize(device)
 
 
 def count_parameters(model: nn.Module, trainable_only: bool = False) -> int:

@@ -2,10 +2,13 @@
 
 Parameters fall into three roles: the input embedding, the output head, and the hidden matrices inside
 the blocks. With ``kind="adamw"`` all three use AdamW; with ``kind="muon"`` the hidden matrices use
-``torch.optim.Muon`` (orthogonalised momentum, which only makes sense for 2-D weights whose rows and
-columns are both feature spaces) and the embedding and head stay on AdamW, because their rows are
-token lookups rather than a linear map to orthogonalise. Any tensor with fewer than two dimensions would
-also go to AdamW, without weight decay.
+Muon (orthogonalised momentum, which only makes sense for 2-D weights whose rows and columns are both
+feature spaces; :class:`q0_reference.muon.BatchedMuon`, torch's update batched over same-shape matrices)
+and the embedding and head stay on AdamW, because their rows are token lookups rather than a linear map to
+orthogonalise. Any tensor with fewer than two dimensions would also go to AdamW, without weight decay.
+
+AdamW runs its fused kernel on CUDA (one launch for every tensor) and the multi-tensor ``foreach`` path
+elsewhere, which on a CPU gives bit for bit the results of the plain per-tensor loop.
 
 Each param group remembers its ``base_lr`` and ``base_weight_decay``; a schedule then sets
 ``lr = base_lr * lr_mult`` and ``weight_decay = base_weight_decay * wd_mult`` on every group at every
@@ -24,6 +27,7 @@ import torch
 import torch.nn as nn
 
 from q0_reference.errors import Q0ConfigError
+from q0_reference.muon import BatchedMuon
 
 OPTIMIZER_KINDS = ("adamw", "muon")
 
@@ -125,7 +129,18 @@ def parameter_roles(model: nn.Module) -> dict[str, list[tuple[str, nn.Parameter]
     return roles
 
 
-def build_optimizer(model: nn.Module, spec: OptimizerSpec = OptimizerSpec()) -> GPTOptimizer:
+def _adamw_kernel(params: list[nn.Parameter]) -> dict[str, bool]:
+    device_types = {p.device.type for p in params}
+    if device_types == {"cuda"}:
+        return {"fused": True}
+    if device_types <= {"cpu"}:
+        return {"foreach": True}
+    return {}  # meta and other devices: torch's default path
+
+
+def build_optimizer(model: nn.Module, spec: OptimizerSpec = OptimizerSpec(), *, process_group=None) -> GPTOptimizer:
+    """AdamW (and Muon) over ``model``'s parameters, wherever they live. With ``process_group`` (the ranks
+    of the model's DDP group) Muon divides its orthogonalisation among them."""
     roles = parameter_roles(model)
     if not any(roles.values()):
         raise Q0ConfigError("the model has no trainable parameters to optimise")
@@ -142,10 +157,11 @@ def build_optimizer(model: nn.Module, spec: OptimizerSpec = OptimizerSpec()) -> 
                    for role in adam_roles if roles[role]]
     optimizers: list[torch.optim.Optimizer] = []
     if adam_groups:
-        optimizers.append(torch.optim.AdamW(adam_groups, betas=spec.betas, eps=spec.eps))
+        kernel = _adamw_kernel([p for g in adam_groups for p in g["params"]])
+        optimizers.append(torch.optim.AdamW(adam_groups, betas=spec.betas, eps=spec.eps, **kernel))
     if spec.kind == "muon" and roles["matrix"]:
-        optimizers.append(torch.optim.Muon([group("matrix", spec.matrix_lr, spec.weight_decay)],
-                                           momentum=spec.momentum, nesterov=spec.nesterov))
+        optimizers.append(BatchedMuon([group("matrix", spec.matrix_lr, spec.weight_decay)],
+                                      momentum=spec.momentum, nesterov=spec.nesterov, process_group=process_group))
     return GPTOptimizer(optimizers)
 
 

@@ -7,6 +7,12 @@ diversity for the ensemble); late in the run the snapshots are good and only nee
 each tensor's own std makes the kick the same relative size for embeddings and hidden matrices alike.
 The noise comes from a caller-seeded generator, so a run is reproducible and does not disturb torch's
 global RNG.
+
+What "the run" is differs between q0 and PR #90. q0's reference measures progress over all trajectories
+as if they ran one after the other (trajectory t of N spans progress [t/N, (t+1)/N]), so later
+trajectories get smaller kicks. PR #90 trains its trajectories side by side, and each one's progress is
+its own: the perturbation after cycle c of n (0-based; there is none after the last) is at progress
+c / (n - 2), from ``start`` after the first cycle to ``end`` before the last (:func:`cycle_progress`).
 """
 
 from __future__ import annotations
@@ -54,3 +60,11 @@ def seeded_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gen
     generator = torch.Generator(device=device)
     generator.manual_seed(seed)
     return generator
+
+
+def cycle_progress(cycle: int, n_cycles: int) -> float:
+    """Progress of the perturbation that follows cycle ``cycle`` (0-based) of a trajectory of ``n_cycles``
+    in PR #90's per-trajectory schedule: 0 after the first cycle, 1 after the next-to-last."""
+    if not 0 <= cycle < n_cycles:
+        raise Q0ConfigError(f"cycle {cycle} is outside a trajectory of {n_cycles} cycles")
+    return min(1.0, cycle / max(1, n_cycles - 2))

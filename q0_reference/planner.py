@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Sequence
 
 from q0_reference.errors import Q0ConfigError
 from q0_reference.schedule import CyclicSchedule, steps_for_epochs
@@ -103,19 +104,40 @@ class Plan:
         """Whether cycle ``cycle`` (0-based) distils from the snapshot of cycle ``cycle - 1``."""
         return cycle >= self.warmup_cycles
 
-    def trajectory_schedule(self, tokens_per_epoch: int, tokens_per_step: int, *, lr_floor: float = 0.08,
-                            wd_floor: float = 0.7, warmup_steps: int = 0) -> CyclicSchedule:
+    def trajectory_schedule(self, tokens_per_epoch: int, tokens_per_step: int | Sequence[int], *,
+                            lr_floor: float = 0.08, wd_floor: float = 0.7, warmup_steps: int = 0,
+                            endpoint: bool = True) -> CyclicSchedule:
         """The step schedule of one trajectory for a given split size and batch, in whole steps that
-        never consume more than ``epochs_per_trajectory``."""
-        cycle_steps = steps_for_epochs(self.cycle_epochs, tokens_per_epoch, tokens_per_step)
-        if cycle_steps < 2:
-            raise Q0ConfigError(
-                f"a cycle of {self.cycle_epochs:g} epochs is only {cycle_steps} step(s) of {tokens_per_step} "
-                f"tokens on a {tokens_per_epoch}-token split; a cycle needs at least 2: use smaller batches")
-        trajectory_steps = steps_for_epochs(self.epochs_per_trajectory, tokens_per_epoch, tokens_per_step)
-        lead_in_steps = max(0, trajectory_steps - self.cycles_per_trajectory * cycle_steps) if self.lead_in_epochs else 0
+        never consume more than ``epochs_per_trajectory``.
+
+        ``tokens_per_step`` may give one batch per cycle (a batch-size schedule): each cycle then has
+        ``floor(cycle_epochs * tokens_per_epoch / its batch)`` steps, and a lead-in trains at the first
+        cycle's batch."""
+        per_cycle = ((int(tokens_per_step),) * self.cycles_per_trajectory if isinstance(tokens_per_step, int)
+                     else tuple(int(t) for t in tokens_per_step))
+        if len(per_cycle) != self.cycles_per_trajectory:
+            raise Q0ConfigError(f"{len(per_cycle)} batch sizes given for {self.cycles_per_trajectory} cycles")
+        lengths = []
+        for tokens in per_cycle:
+            cycle_steps = steps_for_epochs(self.cycle_epochs, tokens_per_epoch, tokens)
+            if cycle_steps < 2:
+                raise Q0ConfigError(
+                    f"a cycle of {self.cycle_epochs:g} epochs is only {cycle_steps} step(s) of {tokens} "
+                    f"tokens on a {tokens_per_epoch}-token split; a cycle needs at least 2: use smaller batches")
+            lengths.append(cycle_steps)
+        lead_in_steps = 0
+        if self.lead_in_epochs:
+            budget_steps = steps_for_epochs(self.epochs_per_trajectory, tokens_per_epoch, per_cycle[0])
+            if len(set(per_cycle)) == 1:
+                lead_in_steps = max(0, budget_steps - sum(lengths))
+            else:  # tokens left once the cycles are paid for, in steps of the first cycle's batch
+                cycle_tokens = sum(n * t for n, t in zip(lengths, per_cycle))
+                budget = self.epochs_per_trajectory * tokens_per_epoch
+                lead_in_steps = max(0, int((budget - cycle_tokens) // per_cycle[0]))
+        cycle_steps = lengths[0] if len(set(lengths)) == 1 else tuple(lengths)
         return CyclicSchedule(cycle_steps=cycle_steps, n_cycles=self.cycles_per_trajectory, lr_floor=lr_floor,
-                              wd_floor=wd_floor, lead_in_steps=lead_in_steps, warmup_steps=warmup_steps)
+                              wd_floor=wd_floor, lead_in_steps=lead_in_steps, warmup_steps=warmup_steps,
+                              endpoint=endpoint)
 
 
 def _largest_fitting(value: float, fits) -> float:
@@ -177,6 +199,18 @@ def format_plan(p: Plan) -> str:
     return "\n".join(["q0 allocation plan"] + [f"  {name:<{width}}  {value}" for name, value in rows])
 
 
-def plan_main(epochs: float, thresholds: PlannerThresholds = PlannerThresholds()) -> str:
-    """Text for ``slowrun plan --epochs E``."""
-    return format_plan(plan(epochs, thresholds))
+def plan_main(epochs: float, thresholds: PlannerThresholds = PlannerThresholds(), *, preset: str | None = None,
+              world_size: int | None = None, gpu_memory_gib: float | None = None,
+              micro_batch_size: int | None = None) -> str:
+    """Text for ``slowrun plan --epochs E``. With a preset, a world size, a GPU memory or a microbatch it
+    also lays the preset's run out on the machine (q0_reference.capacity: placement, batch arithmetic,
+    per-GPU memory) and refuses a microbatch that cannot fit."""
+    hardware = (preset, world_size, gpu_memory_gib, micro_batch_size)
+    if all(value is None for value in hardware):
+        return format_plan(plan(epochs, thresholds))
+    from q0_reference.capacity import capacity, format_capacity  # the presets import this module
+    from q0_reference.presets import get_preset
+
+    name = preset or "fineweb"
+    layout = capacity(epochs, name, world_size or 1, gpu_memory_gib, micro_batch_size)
+    return format_plan(plan(epochs, get_preset(name).planner)) + "\n" + format_capacity(layout)

@@ -2,57 +2,184 @@
 
 The context is anything with the harness's RunContext methods (`train_stream`, `save_snapshot`,
 `checkpoint`, `resume_state`, `log`, `set_ensemble`, plus `seed`, `budget`, `seq_len`, `vocab_size`,
-`epoch_tokens`); this module imports nothing from the harness, so q0 stays a user of the harness like
-any other method. Every recipe checkpoints beside each snapshot and resumes from `ctx.resume_state()`,
-so a killed run continues with identical losses on CPU.
+`epoch_tokens`, `device`, `rank`, `world_size`, `rank_groups`); this module imports nothing from the
+harness, so q0 stays a user of the harness like any other method.
+
+Every recipe trains where the context says (``ctx.device``): models are built on the meta device and
+materialised there (:func:`q0_reference.model.build_on_device`), batches are moved there as they arrive,
+and the teacher lives there too. ``batch_size`` is the global batch of an optimizer step, the same in
+one process and in eight (:mod:`q0_reference.batching`); independent models (trajectories, members) are
+spread over rank groups (:mod:`q0_reference.placement`). Every recipe checkpoints at its snapshots
+(policy: :mod:`q0_reference.checkpointing`) and resumes from `ctx.resume_state()`, so a killed run
+continues with identical losses on CPU.
 """
 
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 
-from q0_reference.distill import DistillSpec, frozen_teacher
-from q0_reference.model import GPT, GPTConfig
+from q0_reference import checkpointing
+from q0_reference.batching import BatchPlan, auto_micro_batch, microbatches
+from q0_reference.checkpointing import CheckpointClock, CheckpointPolicy
+from q0_reference.distill import DistillSpec, Teacher
+from q0_reference.errors import Q0ConfigError
+from q0_reference.model import GPT, GPTConfig, build_on_device
 from q0_reference.optim import OptimizerSpec, build_optimizer, set_multipliers
-from q0_reference.perturb import PerturbationSchedule, perturb_weights, seeded_generator
+from q0_reference.perturb import PerturbationSchedule, cycle_progress, perturb_weights, seeded_generator
+from q0_reference.placement import Placement, place
 from q0_reference.planner import Plan, PlannerThresholds, plan
-from q0_reference.schedule import WarmupDecaySchedule, steps_for_epochs
-from q0_reference.trainer import train_step
+from q0_reference.runtime import Runtime
+from q0_reference.schedule import WarmupDecaySchedule, block_triangular_batches, steps_for_epochs
+from q0_reference.throughput import Throughput
+from q0_reference.trainer import accumulated_step
+
+SNAPSHOT_DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16,
+                   "bf16": torch.bfloat16}
 
 
 @dataclass(frozen=True)
 class Recipe:
-    """Model, optimizer and batch settings shared by every recipe; built from a method's hparams."""
+    """Model, optimizer, batch and runtime settings shared by every recipe; built from a method's hparams.
+
+    ``batch_size`` is the global batch (sequences per optimizer step); ``micro_batch_size`` the sequences
+    per rank per forward (0: the rank's whole share, no accumulation)."""
 
     d_model: int = 128
     n_layer: int = 4
     n_head: int = 4
     mlp: str = "relu2"
+    mlp_multiple: int = 64
+    dropout: float = 0.0
+    logit_softcap: float = 0.0  # 0: no soft-cap
     optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
     batch_size: int = 8
+    micro_batch_size: int = 0
     warmup_steps: int = 20
     final_lr_mult: float = 0.0
     grad_clip: float = 1.0
     log_every: int = 10
+    autocast: str = "auto"
+    compile: str = "auto"
+    snapshot_dtype: str = "auto"
+    checkpoint: CheckpointPolicy = field(default_factory=CheckpointPolicy)
+    rank_groups: int = 0  # 0: the placement rule decides
+
+    def __post_init__(self):
+        if self.snapshot_dtype not in ("auto", *SNAPSHOT_DTYPES):
+            raise Q0ConfigError(f"snapshot_dtype must be auto, float32 or bfloat16, got {self.snapshot_dtype!r}")
+        if isinstance(self.micro_batch_size, bool) or not isinstance(self.micro_batch_size, int) or self.micro_batch_size < 0:
+            raise Q0ConfigError(f"micro_batch_size must be an integer >= 0, got {self.micro_batch_size!r}")
 
     @classmethod
     def from_hparams(cls, hp: Mapping[str, Any]) -> "Recipe":
         opt = OptimizerSpec(kind=hp.get("optimizer", "adamw"), lr=hp.get("lr", 3e-3),
-                            matrix_lr=hp.get("matrix_lr", 0.02), weight_decay=hp.get("weight_decay", 0.1))
-        names = ("d_model", "n_layer", "n_head", "mlp", "batch_size", "warmup_steps", "final_lr_mult", "grad_clip",
-                 "log_every")
-        return cls(optimizer=opt, **{k: hp[k] for k in names if k in hp})
+                            embedding_lr=hp.get("embedding_lr", 0.0) or None, head_lr=hp.get("head_lr", 0.0) or None,
+                            matrix_lr=hp.get("matrix_lr", 0.02), weight_decay=hp.get("weight_decay", 0.1),
+                            betas=(hp.get("beta1", 0.9), hp.get("beta2", 0.95)), eps=hp.get("adam_eps", 1e-8),
+                            momentum=hp.get("momentum", 0.95))
+        names = ("d_model", "n_layer", "n_head", "mlp", "mlp_multiple", "dropout", "logit_softcap", "batch_size",
+                 "micro_batch_size", "warmup_steps", "final_lr_mult", "grad_clip", "log_every", "autocast",
+                 "compile", "snapshot_dtype", "rank_groups")
+        return cls(optimizer=opt, checkpoint=CheckpointPolicy.from_hparams(hp), **{k: hp[k] for k in names if k in hp})
+
+    def model_config(self, ctx) -> GPTConfig:
+        return GPTConfig(vocab_size=ctx.vocab_size, seq_len=ctx.seq_len, n_layer=self.n_layer, n_head=self.n_head,
+                         d_model=self.d_model, mlp=self.mlp, mlp_multiple=self.mlp_multiple, dropout=self.dropout,
+                         logit_softcap=self.logit_softcap or None)
 
     def model(self, ctx) -> GPT:
-        return GPT(GPTConfig(vocab_size=ctx.vocab_size, seq_len=ctx.seq_len, n_layer=self.n_layer,
-                             n_head=self.n_head, d_model=self.d_model, mlp=self.mlp))
+        """A freshly initialised model on the context's device (seed torch first)."""
+        return build_on_device(self.model_config(ctx), getattr(ctx, "device", None) or "cpu")
+
+    def runtime(self, ctx) -> Runtime:
+        return Runtime.resolve(getattr(ctx, "device", None) or "cpu", self.autocast, self.compile)
 
     def tokens_per_step(self, ctx) -> int:
         return self.batch_size * ctx.seq_len
+
+    def snapshot_torch_dtype(self, runtime: Runtime) -> torch.dtype:
+        if self.snapshot_dtype == "auto":
+            return torch.bfloat16 if runtime.is_cuda else torch.float32
+        return SNAPSHOT_DTYPES[self.snapshot_dtype]
+
+
+class _SnapshotView:
+    """What ``ctx.save_snapshot`` reads of a model (its build spec and weights), with the weights cast to
+    ``dtype``: bf16 snapshots are half the size; evaluation loads them into a float32 model."""
+
+    def __init__(self, model: GPT, dtype: torch.dtype):
+        self.model, self.dtype = model, dtype
+
+    def build_spec(self) -> dict:
+        return self.model.build_spec()
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.dtype) if v.is_floating_point() else v for k, v in self.model.state_dict().items()}
+
+
+def _snapshot(model: GPT, dtype: torch.dtype):
+    return model if dtype == torch.float32 else _SnapshotView(model, dtype)
+
+
+class _Student:
+    """The model one rank trains: the plain module (weights, snapshots, checkpoints), the forward the step
+    calls (DDP over the rank group, compiled when asked), and its optimizer."""
+
+    def __init__(self, ctx, recipe: Recipe, runtime: Runtime, placement: Placement, seed: int):
+        torch.manual_seed(seed)
+        self.model = build_on_device(recipe.model_config(ctx), runtime.device)
+        self.optimizer = build_optimizer(self.model, recipe.optimizer,
+                                         process_group=placement.process_group if placement.distributed else None)
+        self.forward = runtime.compiled(placement.wrap(self.model, runtime.device))
+        self.runtime, self.recipe = runtime, recipe
+
+    def step(self, batches, teacher=None, *, step: int, distill: DistillSpec | None = None) -> float:
+        spec = distill or DistillSpec()
+        return accumulated_step(self.forward, self.optimizer, batches, teacher, alpha=spec.alpha,
+                                temperature=spec.temperature, max_grad_norm=self.recipe.grad_clip, step=step,
+                                autocast=self.runtime.autocast)
+
+    def load(self, shared: Mapping[str, Any]) -> None:
+        self.model.load_state_dict(shared["model"])
+        self.optimizer.load_state_dict(shared["optimizer"])
+
+    def shared_state(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+
+def _check_group_agrees(placement: Placement, position: tuple) -> None:
+    """Every rank of a group must resume from the same point; refuse clearly if one checkpoint is newer."""
+    if not placement.distributed:
+        return
+    import torch.distributed as dist
+
+    box = [position if placement.is_leader else None]
+    dist.broadcast_object_list(box, src=placement.leader_rank, group=placement.process_group,
+                               device=checkpointing._comm_device(placement))
+    if box[0] != position:
+        raise Q0ConfigError(f"rank group {placement.index} resumed from different checkpoints (leader at {box[0]}, "
+                            f"this rank at {position}); the run was killed between its ranks' checkpoints and cannot "
+                            f"resume consistently")
+
+
+def _write_checkpoint(checkpoint_fn, placement: Placement, light: dict, shared: dict) -> None:
+    """The leader writes first; the others follow once it has (so a kill leaves them at most one small
+    write apart)."""
+    checkpointing.write(_Fn(checkpoint_fn), placement, light, shared)
+    if placement.distributed:
+        import torch.distributed as dist
+
+        dist.barrier(group=placement.process_group)
+
+
+class _Fn:
+    def __init__(self, fn):
+        self.checkpoint = fn
 
 
 def _snapshot_steps(total_steps: int, steps_per_epoch: float, every_epochs: float) -> list[int]:
@@ -88,63 +215,93 @@ class _Ema:
             ema.lerp_(live, 1.0 - decay)
 
 
+def _log_point(ctx, throughput: Throughput, **entry) -> None:
+    ctx.log(**entry, **throughput.report())
+
+
 def train_single(ctx, recipe: Recipe, *, epochs: float, stream_id: str = "main", seed: int = 0, tag_prefix: str = "",
                  snapshot_every_epochs: float = 1.0, ema_decay: float | None = None, resume: dict | None = None,
-                 on_checkpoint=None) -> str:
+                 on_checkpoint=None, placement: Placement | None = None) -> str:
     """One model, warm-up then cosine decay over `epochs`; returns the tag of its final snapshot.
 
     With `ema_decay` the snapshots hold the EMA weights. `on_checkpoint(state)` lets a caller wrap the
-    state it checkpoints (the naive ensemble adds which member it is on).
-    """
-    torch.manual_seed(seed)
-    model = recipe.model(ctx)
-    optimizer = build_optimizer(model, recipe.optimizer)
+    state it checkpoints (the naive ensemble adds which member it is on). In a distributed run the model
+    trains data-parallel on its rank group (all ranks, unless a caller places it)."""
+    runtime = recipe.runtime(ctx)
+    runtime.configure_backends()
+    if placement is None:
+        placement = place(ctx, 1, [recipe.batch_size], recipe.micro_batch_size, recipe.rank_groups)
+    batch = placement.batch_plan(recipe.batch_size, recipe.micro_batch_size)
+    student = _Student(ctx, recipe, runtime, placement, seed)
+    model, optimizer = student.model, student.optimizer
     ema = _Ema(model, ema_decay) if ema_decay else None
-    tokens_per_step = recipe.tokens_per_step(ctx)
+    tokens_per_step = batch.tokens_per_step(ctx.seq_len)
     total_steps = steps_for_epochs(epochs, ctx.epoch_tokens, tokens_per_step)
     if total_steps < 1:
         raise ValueError(f"{epochs:g} epochs is less than one step of {tokens_per_step} tokens; use smaller batches")
     schedule = WarmupDecaySchedule(total_steps, warmup_steps=min(recipe.warmup_steps, total_steps - 1),
                                    final_lr_mult=recipe.final_lr_mult)
     snapshots = _snapshot_steps(total_steps, ctx.epoch_tokens / tokens_per_step, snapshot_every_epochs)
+    snapshot_dtype = recipe.snapshot_torch_dtype(runtime)
     step = 0
     if resume is not None:
-        model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
+        _check_group_agrees(placement, ("step", resume["step"]))
+        keys = ("model", "optimizer") + (("ema",) if ema is not None else ())
+        shared = checkpointing.share_from_leader(resume, keys, placement)
+        student.load(shared)
         if ema is not None:
-            ema.model.load_state_dict(resume["ema"])
+            ema.model.load_state_dict(shared["ema"])
             ema.updates = resume["step"]
         step = resume["step"]
     checkpoint = on_checkpoint or ctx.checkpoint
-    stream = ctx.train_stream(stream_id, recipe.batch_size)
+    clock = CheckpointClock(recipe.checkpoint, placement)
+    stream = ctx.train_stream(stream_id, batch.micro_batch, shard=placement.shard)
+    throughput = Throughput(runtime.device)
     tag = None
     while step < total_steps:
         mult = schedule.at(step)
         set_multipliers(optimizer, mult.lr, mult.weight_decay)
-        inputs, targets = next(stream)
-        loss = train_step(model, optimizer, inputs, targets, max_grad_norm=recipe.grad_clip, step=step)
+        loss = student.step(microbatches(stream, batch, runtime.to_device), step=step)
+        throughput.add(tokens_per_step)
         if ema is not None:
             ema.update(model)
         step += 1
         if step % recipe.log_every == 0 or step == total_steps:
-            ctx.log(stream=stream_id, step=step, loss=loss, lr_mult=mult.lr)
+            _log_point(ctx, throughput, stream=stream_id, step=step, loss=loss, lr_mult=mult.lr)
         if step in snapshots:
             tag = f"{tag_prefix}ep{ctx.epochs:07.3f}"
-            ctx.save_snapshot(ema.model if ema is not None else model, tag, meta={"stream": stream_id, "step": step})
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "step": step}
-            if ema is not None:
-                state["ema"] = ema.model.state_dict()
-            checkpoint(state)
+            ctx.save_snapshot(_snapshot(ema.model if ema is not None else model, snapshot_dtype), tag,
+                              meta={"stream": stream_id, "step": step}, **placement.snapshot_args)
+            if clock.due() or step == total_steps:
+                shared = student.shared_state()
+                if ema is not None:
+                    shared["ema"] = ema.model.state_dict()
+                _write_checkpoint(checkpoint, placement, {"step": step}, shared)
+                clock.taken()
     return tag if tag is not None else ctx.snapshot_tags()[-1]
 
 
+def _gather_to_all(value) -> list:
+    """Every rank's ``value`` on every rank (a plain process gets [value])."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return [value]
+    out = [None] * dist.get_world_size()
+    dist.all_gather_object(out, value)
+    return out
+
+
 def train_naive_ensemble(ctx, recipe: Recipe, members: int, ema_decay: float) -> None:
-    """N independent models (own seeds and data orders), E/N epochs each, averaged uniformly."""
+    """N independent models (own seeds and data orders), E/N epochs each, averaged uniformly. In a
+    distributed run the members are spread over rank groups like q0's trajectories."""
     n = max(1, min(members, int(ctx.budget)))  # no member gets less than one epoch
     per_member = ctx.budget / n
+    placement = place(ctx, n, [recipe.batch_size], recipe.micro_batch_size, recipe.rank_groups)
+    mine = placement.jobs(n)
     state = ctx.resume_state() or {}
     finals: list[str] = list(state.get("finals", []))
-    for member in range(len(finals), n):
+    for member in mine[len(finals):]:
         resume = state.get("member_state") if state.get("member") == member else None
 
         def wrap(member_state, member=member):
@@ -152,47 +309,12 @@ def train_naive_ensemble(ctx, recipe: Recipe, members: int, ema_decay: float) ->
 
         finals.append(train_single(ctx, recipe, epochs=per_member,
                                    stream_id=f"member{member}", seed=ctx.seed * 1000 + member, tag_prefix=f"m{member}-",
-                                   snapshot_every_epochs=0, ema_decay=ema_decay, resume=resume, on_checkpoint=wrap))
+                                   snapshot_every_epochs=0, ema_decay=ema_decay, resume=resume, on_checkpoint=wrap,
+                                   placement=placement))
         ctx.checkpoint({"finals": finals, "member": member + 1, "member_state": None})
-    ctx.set_ensemble({tag: 1.0 for tag in finals})
-
-
-@dataclass(frozen=True)
-class _Placement:
-    """Where this process's trajectories run: rank group `index` of `n_groups`, DDP inside it when the
-    group has several ranks. A one-process run is group 0 of 1 with no DDP."""
-
-    index: int = 0
-    n_groups: int = 1
-    group: Any = None  # the context's RankGroup, in a distributed run
-
-    @property
-    def shard(self) -> tuple[int, int] | None:
-        if self.group is None or self.group.size == 1:
-            return None
-        return (self.group.rank_in_group, self.group.size)
-
-    @property
-    def snapshot_args(self) -> dict:
-        return {} if self.group is None else {"group": self.group}
-
-    def wrap(self, model: torch.nn.Module) -> torch.nn.Module:
-        if self.shard is None:
-            return model
-        from torch.nn.parallel import DistributedDataParallel
-
-        return DistributedDataParallel(model, process_group=self.group.process_group)
-
-
-def _trajectory_group(ctx, n_trajectories: int) -> _Placement:
-    """Trajectories are independent, so they go to rank groups: with W ranks and N trajectories there are
-    min(N, W) groups and trajectory t runs in group t mod groups."""
-    world = getattr(ctx, "world_size", 1)
-    if world <= 1:
-        return _Placement()
-    n_groups = min(n_trajectories, world)
-    group = ctx.rank_groups(n_groups)
-    return _Placement(group.index, n_groups, group)
+    tags = [tag for finals_of_rank in _gather_to_all(finals if placement.is_leader else []) for tag in finals_of_rank]
+    if getattr(ctx, "rank", 0) == 0:
+        ctx.set_ensemble({tag: 1.0 for tag in tags})
 
 
 @dataclass(frozen=True)
@@ -204,6 +326,19 @@ class Q0Settings:
     thresholds: PlannerThresholds = field(default_factory=PlannerThresholds)
     n_trajectories: int = 0  # 0: the planner decides
     cycle_epochs: float = 0.0  # 0: the planner decides
+    lr_endpoint: bool = True  # the last step of a cycle at lr_floor (False: PR #90's convention)
+    perturb_progress: str = "run"  # "run": over all trajectories in turn; "trajectory": each its own (PR #90)
+    batch_floor: int = 0  # > 0: PR #90's block-triangular batch schedule from batch_floor to batch_size
+    fitness_tokens: int = 0  # > 0: score each snapshot on this many fitness tokens (needed by final_top_k)
+    final_top_k: int = 0  # > 0: predict with the K snapshots of largest fitted weight; 0: the harness's prior
+
+    def __post_init__(self):
+        if self.perturb_progress not in ("run", "trajectory"):
+            raise Q0ConfigError(f"perturb_progress must be run or trajectory, got {self.perturb_progress!r}")
+        if self.final_top_k and not self.fitness_tokens:
+            raise Q0ConfigError("final_top_k needs fitness_tokens > 0: the weights are fitted on fitness scores")
+        if self.batch_floor < 0 or self.fitness_tokens < 0 or self.final_top_k < 0:
+            raise Q0ConfigError("batch_floor, fitness_tokens and final_top_k must be >= 0")
 
     @classmethod
     def from_hparams(cls, hp: Mapping[str, Any]) -> "Q0Settings":
@@ -214,7 +349,16 @@ class Q0Settings:
                                        warmup_cycles=hp.get("warmup_cycles", 8))
         return cls(lr_floor=hp.get("lr_floor", 0.08), wd_floor=hp.get("wd_floor", 0.7),
                    distill=DistillSpec(hp.get("alpha", 0.45), hp.get("temperature", 1.2)), perturbation=perturb,
-                   thresholds=thresholds, n_trajectories=hp.get("n_trajectories", 0))
+                   thresholds=thresholds, n_trajectories=hp.get("n_trajectories", 0),
+                   lr_endpoint=hp.get("lr_reaches_floor", True), perturb_progress=hp.get("perturb_progress", "run"),
+                   batch_floor=hp.get("batch_floor", 0), fitness_tokens=hp.get("fitness_tokens", 0),
+                   final_top_k=hp.get("final_top_k", 0))
+
+    def cycle_batches(self, batch_size: int, n_cycles: int) -> tuple[int, ...]:
+        """The global batch of each cycle: ``batch_size`` throughout, or PR #90's block-triangular schedule."""
+        if not self.batch_floor or self.batch_floor == batch_size:
+            return (batch_size,) * n_cycles
+        return block_triangular_batches(n_cycles, batch_size, self.batch_floor)
 
 
 def q0_plan(budget: float, settings: Q0Settings) -> Plan:
@@ -227,77 +371,179 @@ def q0_plan(budget: float, settings: Q0Settings) -> Plan:
                                              "max_trajectories": settings.n_trajectories}))
 
 
+@dataclass(frozen=True)
+class Q0Layout:
+    """How a q0 run is laid out on this process: its plan, placement, per-cycle batches and schedule."""
+
+    allocation: Plan
+    placement: Placement
+    batches: tuple[BatchPlan, ...]  # one per cycle
+    schedule: Any  # CyclicSchedule
+
+    def batch_at(self, step: int) -> BatchPlan:
+        cycle = self.schedule.cycle_index(step)
+        return self.batches[0 if cycle is None else cycle]
+
+
+def q0_layout(ctx, recipe: Recipe, settings: Q0Settings) -> Q0Layout:
+    allocation = q0_plan(ctx.budget, settings)
+    globals_ = settings.cycle_batches(recipe.batch_size, allocation.cycles_per_trajectory)
+    placement = place(ctx, allocation.n_trajectories, globals_, recipe.micro_batch_size, recipe.rank_groups)
+    micro = recipe.micro_batch_size or auto_micro_batch(globals_, placement.size)
+    batches = tuple(BatchPlan(g, micro, placement.size) for g in globals_)
+    tokens = [b.tokens_per_step(ctx.seq_len) for b in batches]
+    schedule = allocation.trajectory_schedule(ctx.epoch_tokens, tokens[0] if len(set(tokens)) == 1 else tokens,
+                                              lr_floor=settings.lr_floor, wd_floor=settings.wd_floor,
+                                              warmup_steps=recipe.warmup_steps, endpoint=settings.lr_endpoint)
+    return Q0Layout(allocation, placement, batches, schedule)
+
+
+def _fitness_windows(ctx, settings: Q0Settings, placement: Placement):
+    if not settings.fitness_tokens or not placement.is_leader:
+        return None
+    from q0_reference.selection import fitness_slice
+
+    return fitness_slice(ctx.fitness_windows(), settings.fitness_tokens, ctx.seq_len)
+
+
+def _finish_q0(ctx, settings: Q0Settings, placement: Placement, fitness: Mapping[str, torch.Tensor]) -> None:
+    """The final predictor: the harness's prior over all snapshots, or the method's top-K selection over
+    the fitness scores that every group's leader gathered."""
+    if not settings.final_top_k:
+        ctx.set_ensemble("prior")
+        return
+    from q0_reference.selection import select_top_k
+
+    scores = {}
+    for part in _gather_to_all(dict(fitness) if placement.is_leader else {}):
+        scores.update(part)
+    if getattr(ctx, "rank", 0) == 0:
+        weights = select_top_k(scores, settings.final_top_k)
+        ctx.log(event="selection", candidates=len(scores), kept=len(weights), top_k=settings.final_top_k)
+        ctx.set_ensemble(weights)
+
+
 def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] | None = None) -> Plan:
     """Hyper-epoch pretraining: cyclic trajectories, a snapshot per cycle, chain distillation.
 
     Each trajectory runs the cyclic LR/anti-phase WD schedule; the optimizer state carries across cycles.
     After the warm-up cycles every cycle trains against the previous snapshot of the same trajectory as a
-    frozen teacher. The final predictor is the harness's learned prior over all snapshots.
-    In a distributed run the trajectories are spread over rank groups (DDP inside a group of several
-    ranks); `trajectories` restricts by hand which ones this process trains.
+    frozen teacher (taken before the weights are perturbed). The final predictor is the harness's learned
+    prior over all snapshots, or the top K of the method's own fit (``final_top_k``). In a distributed
+    run the trajectories are spread over rank groups (DDP inside a group of several ranks, see
+    q0_reference.placement); `trajectories` restricts by hand which ones this process trains.
     """
-    allocation = q0_plan(ctx.budget, settings)
-    group = _trajectory_group(ctx, allocation.n_trajectories)
-    # a step of a trajectory is one batch on every rank of its group (DDP), all of it metered
-    tokens_per_step = recipe.tokens_per_step(ctx) * (group.shard[1] if group.shard else 1)
-    schedule = allocation.trajectory_schedule(ctx.epoch_tokens, tokens_per_step, lr_floor=settings.lr_floor,
-                                              wd_floor=settings.wd_floor, warmup_steps=recipe.warmup_steps)
+    runtime = recipe.runtime(ctx)
+    runtime.configure_backends()
+    layout = q0_layout(ctx, recipe, settings)
+    allocation, placement, schedule = layout.allocation, layout.placement, layout.schedule
     ctx.log(event="plan", trajectories=allocation.n_trajectories, cycles=allocation.cycles_per_trajectory,
             cycle_epochs=allocation.cycle_epochs, warmup_cycles=allocation.warmup_cycles, mode=allocation.mode,
-            steps_per_trajectory=schedule.total_steps)
+            steps_per_trajectory=schedule.total_steps, rank_groups=placement.n_groups, group_size=placement.size,
+            micro_batch=layout.batches[0].micro_batch,
+            global_batches=sorted({b.global_batch for b in layout.batches}),
+            accumulation=sorted({b.accumulation for b in layout.batches}))
     if trajectories is None:
-        trajectories = [t for t in range(allocation.n_trajectories) if t % group.n_groups == group.index]
+        trajectories = placement.jobs(allocation.n_trajectories)
     state = ctx.resume_state() or {}
-    todo = list(trajectories)
     done = set(state.get("done", []))
+    fitness: dict[str, torch.Tensor] = {}
+    if state:
+        _check_group_agrees(placement, (sorted(done), state.get("trajectory"), state.get("step")))
+        if placement.is_leader:  # scores of snapshots taken before the checkpoint (only leaders keep them)
+            fitness.update(state.get("fitness", {}))
+    windows = _fitness_windows(ctx, settings, placement)
+    snapshot_dtype = recipe.snapshot_torch_dtype(runtime)
+    teacher_dtype = torch.bfloat16 if runtime.bf16 else None
     total_steps = schedule.total_steps * allocation.n_trajectories
-    for t in todo:
+    n_cycles = allocation.cycles_per_trajectory
+    clock = CheckpointClock(recipe.checkpoint, placement)
+    throughput = Throughput(runtime.device)
+    for t in trajectories:
         if t in done:
             continue
-        torch.manual_seed(ctx.seed * 1000 + t)
-        model = recipe.model(ctx)
-        optimizer = build_optimizer(model, recipe.optimizer)
+        student = _Student(ctx, recipe, runtime, placement, ctx.seed * 1000 + t)
+        model, optimizer = student.model, student.optimizer
         generator = seeded_generator(ctx.seed * 1000 + t + 7)
-        teacher = None
+        teacher: Teacher | None = None
         step = 0
+
+        def perturb(cycle: int, step: int) -> None:
+            if settings.perturb_progress == "trajectory":
+                progress = cycle_progress(cycle, n_cycles)
+            else:
+                progress = (t * schedule.total_steps + step) / total_steps
+            perturb_weights(model, settings.perturbation.scale(progress), generator)
+            if placement.distributed:  # the same noise on every rank already; make it bit-exact regardless
+                import torch.distributed as dist
+
+                for p in model.parameters():
+                    dist.broadcast(p.data, src=placement.leader_rank, group=placement.process_group)
+
         if state.get("trajectory") == t:
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
+            keys = ("model", "optimizer", "generator") + (("teacher",) if "teacher" in state else ())
+            shared = checkpointing.share_from_leader(state, keys, placement)
+            student.load(shared)
+            generator.set_state(shared["generator"])
             step = state["step"]
-            if state.get("teacher") is not None:
-                teacher = recipe.model(ctx)
-                teacher.load_state_dict(state["teacher"])
-                teacher = frozen_teacher(teacher)
-        student = group.wrap(model)
-        stream = ctx.train_stream(f"trajectory{t}", recipe.batch_size, shard=group.shard)
+            if shared.get("teacher") is not None:  # a checkpoint written before teachers were re-derived
+                teacher = Teacher(model, dtype=teacher_dtype, autocast=runtime.autocast, compile_fn=runtime.compiled)
+                teacher.module.load_state_dict(shared["teacher"])
+            elif step > 0 and step < schedule.total_steps:
+                finished = schedule.cycle_index(step - 1)
+                if finished is not None and allocation.has_teacher(finished + 1):
+                    teacher = Teacher(model, dtype=teacher_dtype, autocast=runtime.autocast,
+                                      compile_fn=runtime.compiled)
+                if state.get("perturb_pending") and finished is not None:
+                    perturb(finished, step)
+        stream = None
+        micro = None
         while step < schedule.total_steps:
+            batch = layout.batch_at(step)
+            if batch.micro_batch != micro:
+                micro = batch.micro_batch
+                stream = ctx.train_stream(f"trajectory{t}", micro, shard=placement.shard)
             mult = schedule.at(step)
             set_multipliers(optimizer, mult.lr, mult.weight_decay)
             cycle = schedule.cycle_index(step)
             use_teacher = teacher is not None and cycle is not None and allocation.has_teacher(cycle)
-            inputs, targets = next(stream)
-            loss = train_step(student, optimizer, inputs, targets, teacher if use_teacher else None,
-                              alpha=settings.distill.alpha, temperature=settings.distill.temperature,
-                              max_grad_norm=recipe.grad_clip, step=step)
+            loss = student.step(microbatches(stream, batch, runtime.to_device), teacher if use_teacher else None,
+                                step=step, distill=settings.distill)
+            throughput.add(batch.tokens_per_step(ctx.seq_len))
             is_end = schedule.is_cycle_end(step)
             step += 1
             if step % recipe.log_every == 0 or is_end:
-                ctx.log(stream=f"trajectory{t}", step=step, loss=loss, lr_mult=mult.lr, wd_mult=mult.weight_decay,
-                        distilled=use_teacher)
+                _log_point(ctx, throughput, stream=f"trajectory{t}", step=step, loss=loss, lr_mult=mult.lr,
+                           wd_mult=mult.weight_decay, distilled=use_teacher)
             if not is_end:
                 continue
-            ctx.save_snapshot(model, f"t{t}-c{cycle:03d}", meta={
-                "trajectory": t, "cycle": cycle, "distilled": use_teacher, "step": step}, **group.snapshot_args)
-            teacher = frozen_teacher(model)
-            if settings.perturbation is not None and step < schedule.total_steps:
-                progress = (t * schedule.total_steps + step) / total_steps
-                perturb_weights(model, settings.perturbation.scale(progress), generator)
-            ctx.checkpoint({"done": sorted(done), "trajectory": t, "step": step, "model": model.state_dict(),
-                            "optimizer": optimizer.state_dict(), "teacher": teacher.state_dict(),
-                            "generator": generator.get_state()})
+            tag = f"t{t}-c{cycle:03d}"
+            ctx.save_snapshot(_snapshot(model, snapshot_dtype), tag, meta={
+                "trajectory": t, "cycle": cycle, "distilled": use_teacher, "step": step}, **placement.snapshot_args)
+            if windows is not None:
+                from q0_reference.selection import target_logprobs
+
+                fitness[tag] = target_logprobs(model, windows, to_device=runtime.to_device, autocast=runtime.autocast)
+            more = step < schedule.total_steps
+            if more and allocation.has_teacher(cycle + 1):
+                if teacher is None:
+                    teacher = Teacher(model, dtype=teacher_dtype, autocast=runtime.autocast,
+                                      compile_fn=runtime.compiled)
+                else:
+                    teacher.load_from(model)
+            perturbing = more and settings.perturbation is not None
+            if clock.due() and more:
+                _write_checkpoint(ctx.checkpoint, placement,
+                                  {"done": sorted(done), "trajectory": t, "step": step, "perturb_pending": perturbing},
+                                  {**student.shared_state(), "generator": generator.get_state(), "fitness": fitness})
+                clock.taken()
+            if perturbing:
+                perturb(cycle, step)
         done.add(t)
         state = {}
-        ctx.checkpoint({"done": sorted(done), "trajectory": None})
-    ctx.set_ensemble("prior")
+        _write_checkpoint(ctx.checkpoint, placement, {"done": sorted(done), "trajectory": None},
+                          {"fitness": fitness})
+        clock.taken()
+        del student, model, optimizer, teacher
+    _finish_q0(ctx, settings, placement, fitness)
     return allocation

@@ -10,6 +10,13 @@ the snapshot is the low-noise, most-regularised point of its cycle. The next cyc
 learning rate with no warm-up, which kicks the weights out of the basin just found so the next snapshot
 is a different model. An optional warm-up applies once, to the first steps of the whole run.
 
+Cycles may differ in length (in steps) when the batch size changes between cycles: a cycle is a fixed
+number of epochs, so a cycle of larger batches has fewer steps (:func:`block_triangular_batches` is
+PR #90's schedule of batch sizes across cycles). Where exactly the floor falls is a convention: by
+default the last step of a cycle runs at ``lr_floor`` (position = step / (length - 1)); with
+``endpoint=False`` the multiplier falls by (1 - lr_floor) / length per step and the last step runs at
+``lr_floor + (1 - lr_floor) / length``, the floor being where the next step would be (PR #90's code).
+
 A cyclic schedule may start with a lead-in of ordinary training (multipliers 1 and ``wd_floor``, the
 values a cycle starts with, so the hand-over is continuous). That is the small-budget shape of the
 planner: train normally, then pack a few short cycles into the end (:func:`packed_cycles_schedule`).
@@ -24,6 +31,7 @@ on a position measured in any unit.
 
 from __future__ import annotations
 
+import bisect
 import math
 from dataclasses import dataclass
 
@@ -64,25 +72,48 @@ def _check_count(name: str, value: int, minimum: int) -> None:
 
 @dataclass(frozen=True)
 class CyclicSchedule:
-    """``lead_in_steps`` of ordinary training, then ``n_cycles`` cycles of ``cycle_steps`` steps each."""
+    """``lead_in_steps`` of ordinary training, then ``n_cycles`` cycles of ``cycle_steps`` steps each, or
+    of ``cycle_steps[c]`` steps for cycle c when a tuple gives each cycle its own length."""
 
-    cycle_steps: int
+    cycle_steps: int | tuple[int, ...]
     n_cycles: int
     lr_floor: float = 0.08
     wd_floor: float = 0.7
     lead_in_steps: int = 0
     warmup_steps: int = 0
+    endpoint: bool = True
 
     def __post_init__(self):
-        _check_count("cycle_steps", self.cycle_steps, 2)
         _check_count("n_cycles", self.n_cycles, 1)
+        if isinstance(self.cycle_steps, (tuple, list)):
+            object.__setattr__(self, "cycle_steps", tuple(self.cycle_steps))
+            if len(self.cycle_steps) != self.n_cycles:
+                raise Q0ConfigError(f"{len(self.cycle_steps)} cycle lengths given for {self.n_cycles} cycles")
+            for length in self.cycle_steps:
+                _check_count("every cycle length", length, 2)
+        else:
+            _check_count("cycle_steps", self.cycle_steps, 2)
         _check_count("lead_in_steps", self.lead_in_steps, 0)
         _check_count("warmup_steps", self.warmup_steps, 0)
         _check_floors(self.lr_floor, self.wd_floor)
+        lengths = self.cycle_lengths
+        starts = [self.lead_in_steps]
+        for length in lengths[:-1]:
+            starts.append(starts[-1] + length)
+        object.__setattr__(self, "_starts", tuple(starts))
+
+    @property
+    def cycle_lengths(self) -> tuple[int, ...]:
+        if isinstance(self.cycle_steps, tuple):
+            return self.cycle_steps
+        return (self.cycle_steps,) * self.n_cycles
+
+    def cycle_start(self, cycle: int) -> int:
+        return self._starts[cycle]
 
     @property
     def total_steps(self) -> int:
-        return self.lead_in_steps + self.n_cycles * self.cycle_steps
+        return self.lead_in_steps + sum(self.cycle_lengths)
 
     def _check_step(self, step: int) -> None:
         if not 0 <= step < self.total_steps:
@@ -93,22 +124,26 @@ class CyclicSchedule:
         self._check_step(step)
         if step < self.lead_in_steps:
             return None
-        return (step - self.lead_in_steps) // self.cycle_steps
+        if not isinstance(self.cycle_steps, tuple):
+            return (step - self.lead_in_steps) // self.cycle_steps
+        return bisect.bisect_right(self._starts, step) - 1
 
     def is_cycle_end(self, step: int) -> bool:
         """True on the last step of a cycle: take the snapshot after this step."""
-        self._check_step(step)
-        return step >= self.lead_in_steps and (step - self.lead_in_steps) % self.cycle_steps == self.cycle_steps - 1
+        cycle = self.cycle_index(step)
+        return cycle is not None and step == self._starts[cycle] + self.cycle_lengths[cycle] - 1
 
     def cycle_end_steps(self) -> tuple[int, ...]:
-        return tuple(self.lead_in_steps + (c + 1) * self.cycle_steps - 1 for c in range(self.n_cycles))
+        return tuple(start + length - 1 for start, length in zip(self._starts, self.cycle_lengths))
 
     def at(self, step: int) -> Multipliers:
         self._check_step(step)
         if step < self.lead_in_steps:
             lr = 1.0
         else:
-            position = ((step - self.lead_in_steps) % self.cycle_steps) / (self.cycle_steps - 1)
+            cycle = self.cycle_index(step)
+            length = self.cycle_lengths[cycle]
+            position = (step - self._starts[cycle]) / ((length - 1) if self.endpoint else length)
             lr = cyclic_lr_multiplier(position, self.lr_floor)
         wd = anti_phase_wd_multiplier(lr, self.lr_floor, self.wd_floor)
         if step < self.warmup_steps:
@@ -163,6 +198,21 @@ class WarmupDecaySchedule:
         else:
             fall = progress
         return Multipliers(lr=1.0 - (1.0 - self.final_lr_mult) * fall, weight_decay=1.0)
+
+
+def block_triangular_batches(n_cycles: int, peak: int, floor: int) -> tuple[int, ...]:
+    """PR #90's batch size per cycle: with amp = 1 - |2c / (n - 1) - 1| (0 for the first and last cycle,
+    1 in the middle), ``peak`` where amp >= 0.5, which is the middle half of the cycles, ``floor`` for the
+    early and late ones. Small batches early and late give more, noisier steps where the weights move
+    most (the start) and where the snapshots matter most (the end). One cycle gets ``peak``."""
+    _check_count("n_cycles", n_cycles, 1)
+    _check_count("peak batch", peak, 1)
+    _check_count("floor batch", floor, 1)
+    if floor > peak:
+        raise Q0ConfigError(f"the floor batch ({floor}) must not exceed the peak batch ({peak})")
+    if n_cycles == 1:
+        return (peak,)
+    return tuple(peak if 1.0 - abs(2.0 * c / (n_cycles - 1) - 1.0) >= 0.5 else floor for c in range(n_cycles))
 
 
 def steps_for_epochs(epochs: float, tokens_per_epoch: int, tokens_per_step: int) -> int:

@@ -1,16 +1,27 @@
 """One training step, with or without a teacher, independent of where the batches come from.
 
-The step refuses to apply a non-finite loss: it raises before ``backward``/``step``, so the weights and
-optimizer state stay as they were and the caller can save them or report the failure.
+A step is one optimizer update over one or more microbatches (gradient accumulation, see
+:mod:`q0_reference.batching`): each microbatch's loss is scaled by 1/n before ``backward`` so the
+accumulated gradient is the gradient of the mean loss over the whole batch, exactly as one forward over
+all of it would give. Under DDP the gradient all-reduce is skipped (``no_sync``) on all but the last
+microbatch, so a step communicates once, however many microbatches it takes.
+
+The step refuses to apply a non-finite loss: with one microbatch it raises before ``backward``, with
+several before the optimizer step, so the weights and optimizer state stay as they were and the caller
+can save them or report the failure. On the meta device a step is a dry run: every tensor has a shape
+and a device but no value, so the loss it returns is NaN and is not checked.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
 
+from q0_reference.batching import check_batches
 from q0_reference.distill import cross_entropy, distillation_loss
 from q0_reference.errors import NonFiniteLossError, Q0ConfigError
 
@@ -23,29 +34,77 @@ def check_finite_loss(loss: float, step: int | None = None) -> float:
     return loss
 
 
-def train_step(model: nn.Module, optimizer, inputs: torch.Tensor, targets: torch.Tensor,
-               teacher: nn.Module | None = None, *, alpha: float = 0.45, temperature: float = 1.2,
-               max_grad_norm: float | None = 1.0, step: int | None = None) -> float:
-    """Forward, loss, backward, clip, update. Returns the loss that was optimised (the distillation mix
-    when a teacher is given, else the plain cross-entropy)."""
-    if inputs.shape != targets.shape:
-        raise Q0ConfigError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} must have the same shape")
+def _checked_value(loss: torch.Tensor, step: int | None) -> float:
+    if loss.device.type == "meta":
+        return math.nan
+    return check_finite_loss(loss.item(), step)
+
+
+def _ddp_of(model: nn.Module):
+    """The DistributedDataParallel wrapper inside ``model`` (which may also be compiled), or None."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    inner = getattr(model, "_orig_mod", model)
+    return inner if isinstance(inner, DistributedDataParallel) else None
+
+
+def teacher_logits(teacher, inputs: torch.Tensor) -> torch.Tensor:
+    """Logits of a frozen teacher: a callable (q0_reference.distill.Teacher) or a plain module, which is
+    put in eval mode (a teacher never uses dropout, whoever built it) and run without autograd."""
+    if isinstance(teacher, nn.Module):
+        teacher.eval()
+        with torch.inference_mode():
+            return teacher(inputs)
+    return teacher(inputs)
+
+
+def accumulated_step(model: nn.Module, optimizer, batches: Sequence[tuple[torch.Tensor, torch.Tensor]],
+                     teacher=None, *, alpha: float = 0.45, temperature: float = 1.2,
+                     max_grad_norm: float | None = 1.0, step: int | None = None,
+                     autocast: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext) -> float:
+    """Forward and backward over every microbatch, then clip and update once. Returns the loss that was
+    optimised (the distillation mix when a teacher is given, else the plain cross-entropy), averaged over
+    the microbatches. ``model`` may be wrapped in DDP and/or compiled; ``autocast`` gives the forward's
+    mixed-precision context."""
+    check_batches(batches)
     model.train()
     optimizer.zero_grad(set_to_none=True)
-    logits = model(inputs)
-    if teacher is None:
-        loss = cross_entropy(logits, targets)
-    else:
-        teacher.eval()  # a teacher never uses dropout, whoever built it
-        with torch.no_grad():
-            teacher_logits = teacher(inputs)
-        loss = distillation_loss(logits, teacher_logits, targets, alpha=alpha, temperature=temperature)
-    value = check_finite_loss(loss.item(), step)
-    loss.backward()
+    n = len(batches)
+    ddp = _ddp_of(model)
+    losses = []
+    value = math.nan
+    for i, (inputs, targets) in enumerate(batches):
+        sync = ddp.no_sync() if ddp is not None and i < n - 1 else contextlib.nullcontext()
+        with sync:
+            with autocast():
+                logits = model(inputs)
+                guide = None if teacher is None else teacher_logits(teacher, inputs)
+            if guide is None:
+                loss = cross_entropy(logits, targets)
+            else:
+                loss = distillation_loss(logits, guide, targets, alpha=alpha, temperature=temperature)
+            if n == 1:
+                value = _checked_value(loss, step)
+                loss.backward()
+            else:
+                losses.append(loss.detach())
+                (loss / n).backward()
+    if n > 1:
+        value = _checked_value(torch.stack(losses).mean(), step)
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return value
+
+
+def train_step(model: nn.Module, optimizer, inputs: torch.Tensor, targets: torch.Tensor,
+               teacher=None, *, alpha: float = 0.45, temperature: float = 1.2,
+               max_grad_norm: float | None = 1.0, step: int | None = None) -> float:
+    """Forward, loss, backward, clip, update on one batch (one microbatch of :func:`accumulated_step`)."""
+    if inputs.shape != targets.shape:
+        raise Q0ConfigError(f"inputs {tuple(inputs.shape)} and targets {tuple(targets.shape)} must have the same shape")
+    return accumulated_step(model, optimizer, [(inputs, targets)], teacher, alpha=alpha, temperature=temperature,
+                            max_grad_norm=max_grad_norm, step=step)
 
 
 @torch.no_grad()

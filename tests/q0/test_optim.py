@@ -116,3 +116,43 @@ def test_bad_settings_are_clear_errors():
     plain = torch.optim.SGD(make_model().parameters(), lr=0.1)
     with pytest.raises(Q0ConfigError, match="base_lr"):
         set_multipliers(plain, 1.0)
+
+
+def test_batched_muon_is_torch_muon_bit_for_bit_on_cpu():
+    """Stacking same-shape matrices changes how the work is laid out, not the numbers."""
+    from q0_reference.muon import BatchedMuon
+
+    def run(cls):
+        g = torch.Generator().manual_seed(0)
+        shapes = [(32, 32), (32, 32), (96, 32), (32, 96), (96, 32)]  # square, tall and wide, interleaved
+        params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in shapes]
+        opt = cls(params, lr=0.02, weight_decay=0.1, momentum=0.95, nesterov=True)
+        for _ in range(4):
+            for p in params:
+                p.grad = torch.randn(p.shape, generator=g)
+            opt.step()
+        return params, opt
+
+    ours, ours_opt = run(BatchedMuon)
+    theirs, theirs_opt = run(torch.optim.Muon)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(a, b)
+    for a, b in zip(ours, theirs):
+        assert torch.equal(ours_opt.state[a]["momentum_buffer"], theirs_opt.state[b]["momentum_buffer"])
+
+
+def test_adamw_runs_foreach_on_cpu_and_is_bitwise_the_per_tensor_loop():
+    model = make_model()
+    opt = build_optimizer(model, OptimizerSpec())
+    assert opt.optimizers[0].defaults["foreach"] is True
+    reference_model = make_model()
+    reference = torch.optim.AdamW([{"params": [p for _, p in sorted(reference_model.named_parameters())]}], lr=3e-3,
+                                  betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1, foreach=False)
+    x = torch.randint(0, 64, (4, 16), generator=torch.Generator().manual_seed(0))
+    for m, o in ((model, opt), (reference_model, reference)):
+        for _ in range(3):
+            o.zero_grad()
+            F.cross_entropy(m(x).flatten(0, 1), x.flatten()).backward()
+            o.step()
+    for (_, a), (_, b) in zip(sorted(model.named_parameters()), sorted(reference_model.named_parameters())):
+        assert torch.equal(a, b)

@@ -2,6 +2,7 @@ import pytest
 
 from q0_reference.errors import Q0ConfigError
 from q0_reference.schedule import (
+    block_triangular_batches,
     CyclicSchedule,
     WarmupDecaySchedule,
     anti_phase_wd_multiplier,
@@ -103,3 +104,32 @@ def test_steps_for_epochs_rounds_down_and_survives_float_noise():
 def test_bad_schedules_are_clear_errors(make):
     with pytest.raises(Q0ConfigError):
         make()
+
+
+def test_cycles_of_different_lengths_keep_their_own_sawtooth():
+    s = CyclicSchedule(cycle_steps=(5, 3, 5), n_cycles=3, lr_floor=0.08)
+    assert s.total_steps == 13 and s.cycle_end_steps() == (4, 7, 12)
+    assert [s.cycle_index(i) for i in range(13)] == [0] * 5 + [1] * 3 + [2] * 5
+    assert [s.at(i).lr for i in range(5, 8)] == pytest.approx([1.0, 0.54, 0.08])  # 3 steps: 0.92 / 2 per step
+    assert [s.at(i).lr for i in range(8, 13)] == pytest.approx([1.0, 0.77, 0.54, 0.31, 0.08])
+    with pytest.raises(Q0ConfigError, match="2 cycle lengths given for 3"):
+        CyclicSchedule(cycle_steps=(5, 3), n_cycles=3)
+
+
+def test_without_endpoint_the_floor_is_where_the_next_step_would_be():
+    s = CyclicSchedule(cycle_steps=4, n_cycles=2, lr_floor=0.2, endpoint=False)
+    # 1 - 0.8 * i / 4 for i = 0..3
+    assert [s.at(i).lr for i in range(4)] == pytest.approx([1.0, 0.8, 0.6, 0.4])
+    assert s.at(3).weight_decay == pytest.approx(0.7 + 0.3 * 0.6 / 0.8)
+
+
+@pytest.mark.parametrize("n, expected", [
+    (1, (8,)),
+    (2, (4, 4)),  # amp = 0 at both ends
+    (5, (4, 8, 8, 8, 4)),  # amp = 0, 0.5, 1, 0.5, 0
+    (8, (4, 4, 8, 8, 8, 8, 4, 4)),  # amp = 1 - |2c/7 - 1|: 0, .29, .57, .86, .86, .57, .29, 0
+])
+def test_block_triangular_batches(n, expected):
+    assert block_triangular_batches(n, 8, 4) == expected
+    with pytest.raises(Q0ConfigError, match="must not exceed"):
+        block_triangular_batches(4, 4, 8)

@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The training stack on one GPU, offline, in under 8 minutes:
+#   1. prepare a GPT-2 track from the shared WebText (benchmarks/gpt2_webtext.toml; the text is repeated);
+#   2. train a GPT-2-small-shaped model (d 768, 12 layers, 12 heads; 162M parameters with untied
+#      embeddings, GPT-2's "124M" with tied ones) with single_model and with q0, compiled, bf16, with
+#      gradient accumulation (batch 32 x 1024 tokens in microbatches of 16), each run evaluated;
+#   3. a bare PyTorch loop of the same model and batch; the table: tokens/s, MFU, peak memory, val loss
+#      and each run's speed as a fraction of the bare loop's;
+#   4. a one-step memory and throughput probe of the 1.8B `fineweb` preset at microbatches 1 to 4,
+#      measured beside the estimate `slowrun plan` uses.
+# Any failure stops the check with a non-zero status; nothing is skipped.
+#
+#   benchmarks/gpu_check.sh                  # from the repository root, with the venv active
+#
+# Settings (environment): SLOWRUN_DATA_ROOT (default ../shared/data), SLOWRUN_GPT2_RANKS (default
+# $SLOWRUN_DATA_ROOT/gpt2/r50k_base.tiktoken), GPU_CHECK_OUT (default gpu-check, replaced),
+# GPU_CHECK_DEVICE (default cuda), GPU_CHECK_TINY=1 (a tiny model on a tiny track, in float32: a CPU
+# dry run of this script, about 3 minutes on two cores; CPUs without bf16 instructions emulate bf16
+# slowly), SLOWRUN_PEAK_TFLOPS (the GPU's dense bf16 peak, when its name is not in benchmarks/hardware.py).
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+DATA_ROOT=${SLOWRUN_DATA_ROOT:-../shared/data}
+RANKS=${SLOWRUN_GPT2_RANKS:-$DATA_ROOT/gpt2/r50k_base.tiktoken}
+OUT=${GPU_CHECK_OUT:-gpu-check}
+DEVICE=${GPU_CHECK_DEVICE:-cuda}
+TINY=${GPU_CHECK_TINY:-0}
+TRACKS=benchmarks/gpt2_webtext.toml
+started=$(date +%s)
+
+fail() { echo "GPU CHECK FAILED: $*" >&2; exit 1; }
+step() { echo; echo "== $* ($(( $(date +%s) - started )) s)"; }
+
+for file in "$RANKS" "$DATA_ROOT/webtext/webtext.valid.jsonl" "$DATA_ROOT/webtext/webtext.test.jsonl"; do
+  [[ -f "$file" ]] || fail "$file not found (set SLOWRUN_DATA_ROOT or SLOWRUN_GPT2_RANKS)"
+done
+command -v slowrun >/dev/null || fail "slowrun is not on PATH (activate the venv: . .venv/bin/activate)"
+python - "$DEVICE" <<'EOF' || fail "device $DEVICE is not usable"
+import sys, torch
+device = sys.argv[1]
+if device.startswith("cuda"):
+    assert torch.cuda.is_available(), "CUDA is not available to this PyTorch"
+    print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(device)}, "
+          f"{torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GiB")
+else:
+    print(f"torch {torch.__version__} on {device}")
+EOF
+
+if [[ "$TINY" == 1 ]]; then
+  TRACK=webtext_gpt2_tiny; COPIES=1; EPOCHS=1; AUTOCAST=fp32
+  MODEL=(--set d_model=64 --set n_layer=2 --set n_head=2)
+  BATCH=(--set batch_size=8 --set micro_batch_size=4)
+  BARE=(--seq-len 128 --d-model 64 --n-layer 2 --n-head 2 --batch-size 8 --micro-batch-size 4 --steps 5)
+  PROBE=(--tiny --micro 1 2)
+else
+  TRACK=webtext_gpt2; COPIES=3; EPOCHS=8; AUTOCAST=bf16
+  MODEL=(--set d_model=768 --set n_layer=12 --set n_head=12)
+  BATCH=(--set batch_size=32 --set micro_batch_size=16)
+  BARE=(--seq-len 1024 --d-model 768 --n-layer 12 --n-head 12 --batch-size 32 --micro-batch-size 16 --steps 30)
+  PROBE=(--micro 1 2 3 4)
+fi
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+step "1. prepare $TRACK from the shared WebText under GPT-2 BPE"
+SOURCES=()
+for _ in $(seq "$COPIES"); do
+  SOURCES+=("$DATA_ROOT/webtext/webtext.valid.jsonl" "$DATA_ROOT/webtext/webtext.test.jsonl")
+done
+slowrun prepare --track "$TRACK" --tracks "$TRACKS" --source "${SOURCES[@]}" --gpt2-ranks "$RANKS" \
+  --out "$OUT/data" --quiet
+
+COMMON=(--track "$TRACK" --tracks "$TRACKS" --data "$OUT/data" --epochs "$EPOCHS" --device "$DEVICE" --quiet
+        "${MODEL[@]}" "${BATCH[@]}" --set compile=on --set "autocast=$AUTOCAST" --set log_every=5 --set lr=0.001)
+for method in single_model q0; do
+  step "2. $method: train $EPOCHS epoch(s) compiled, autocast $AUTOCAST, then evaluate"
+  slowrun run "submissions/$method" "${COMMON[@]}" --out "$OUT/$method"
+done
+
+step "3. bare PyTorch loop of the same model and batch"
+python -m benchmarks.bare_loop "${BARE[@]}" --vocab-size 50257 --device "$DEVICE" --autocast "$AUTOCAST" --compile on \
+  --out "$OUT/bare.json" > /dev/null
+python -m benchmarks.summary --bare "$OUT/bare.json" "$OUT/single_model" "$OUT/q0"
+
+step "4. one q0 step of the 1.8B fineweb preset (probe ${PROBE[*]}), then what slowrun plan makes of 8 x 80 GB"
+python -m benchmarks.probe_memory --preset fineweb "${PROBE[@]}" --device "$DEVICE" --json "$OUT/probe.json"
+slowrun plan --epochs 16 --world-size 8 --gpu-memory 80
+
+elapsed=$(( $(date +%s) - started ))
+echo
+echo "GPU check passed in ${elapsed} s (results in $OUT/)"
+if [[ "$TINY" != 1 && $elapsed -gt 480 ]]; then
+  echo "note: over the 8-minute target" >&2
+fi
