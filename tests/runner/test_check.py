@@ -58,7 +58,11 @@ def test_hparam_overrides_are_typed_by_their_defaults(tmp_path):
     spec, _ = check_method("submissions/single_model")
     values = spec.resolved_hparams("synthetic", {"lr": "0.01", "batch_size": "4", "mlp": "swiglu"})
     assert values["lr"] == 0.01 and values["batch_size"] == 4 and values["mlp"] == "swiglu"
-    assert spec.resolved_hparams("fineweb")["d_model"] == 768  # the track's own default
+    import tomllib
+
+    table = tomllib.loads(open("submissions/single_model/method.toml").read())
+    assert table["track_hparams"]["fineweb"]["d_model"] != table["hparams"]["d_model"]
+    assert spec.resolved_hparams("fineweb")["d_model"] == table["track_hparams"]["fineweb"]["d_model"]  # the track's
     with pytest.raises(MethodError, match="batch_size=four: expected an integer"):
         spec.resolved_hparams("synthetic", {"batch_size": "four"})
     with pytest.raises(MethodError, match="unknown hyperparameter"):
