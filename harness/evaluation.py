@@ -332,7 +332,8 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
         "curve": curve,
         "prior": None if prior is None else {
             "weights": {t: float(w) for t, w in zip(tags, prior.weights)}, "fitness_loss": prior.nll,
-            "iterations": prior.iterations, "converged": prior.converged, "method": "EM"},
+            "iterations": prior.iterations, "converged": prior.converged, "method": prior.method,
+            "passes": prior.passes, "gap": float(prior.gap), "fallback": prior.fallback},
         "invalid_snapshots": invalid,
     }
 

@@ -227,6 +227,7 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     from harness.sandbox.supervise import Supervisor
     from harness.server import DataServer
 
+    run_dir = Path(run_dir).resolve()
     spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
     launch = _launch_of(spec)
     server = DataServer(server_spec(run_dir, spec, resume, progress))

@@ -181,7 +181,7 @@ class DataServer:
 
     def __init__(self, spec: ServerSpec):
         self.spec = spec
-        self.layout = RunLayout(Path(spec.run_dir))
+        self.layout = RunLayout(Path(spec.run_dir).resolve())  # absolute: the sandbox's rules need it
         for folder in (self.layout.snapshots, self.layout.checkpoints, self.layout.scratch, self.layout.outbox):
             folder.mkdir(parents=True, exist_ok=True)
         store = TokenStore.open(spec.data_dir, "train")
