@@ -250,6 +250,10 @@ class DataServer:
         if self._ended is None:
             self._ended = time.monotonic()
         if self._listener is not None:
+            try:  # shutdown wakes the accept() blocked in the server thread; close alone does not on Linux
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
             try:
                 self._listener.close()
             except OSError:
