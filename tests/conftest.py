@@ -33,3 +33,14 @@ def shared_path(*parts: str) -> Path:
 @pytest.fixture
 def shared_data():
     return shared_path
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """The offline default track, prepared once per test session."""
+    from harness.data.prepare import prepare_track
+    from harness.tracks import get_track
+
+    out = tmp_path_factory.mktemp("prepared") / "synthetic"
+    prepare_track(get_track("synthetic"), out, progress=False)
+    return out

@@ -11,10 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.data.prepare import prepare_track
 from harness.data.store import TokenStore
 from harness.snapshots import SPEC, list_snapshots, load_snapshot_model, write_snapshot
-from harness.tracks import get_track
 
 SEQ_LEN = 128  # the synthetic track's
 VOCAB = 512
@@ -109,13 +107,6 @@ def build_crash(config):
 def build_sleeper(config):
     time.sleep(600)
 '''
-
-
-@pytest.fixture(scope="session")
-def synthetic_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prepared") / "synthetic"
-    prepare_track(get_track("synthetic"), out, progress=False)
-    return out
 
 
 @pytest.fixture

@@ -10,8 +10,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.data.prepare import prepare_track
-from harness.tracks import get_track
 
 METHOD_TOML = """
 [method]
@@ -39,13 +37,6 @@ def step(model, opt, inputs, targets):
     opt.step()
     return loss.item()
 """
-
-
-@pytest.fixture(scope="session")
-def synthetic_data(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("prepared") / "synthetic"
-    prepare_track(get_track("synthetic"), out, progress=False)
-    return out
 
 
 @pytest.fixture

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 
-from tests.runner.conftest import synthetic_data  # noqa: F401  (the session-wide prepared track)
-
 
 @pytest.fixture(autouse=True)
 def needs_landlock():
