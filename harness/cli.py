@@ -92,7 +92,8 @@ def _cmd_run(args) -> int:
             downstream=args.downstream, downstream_data=Path(args.downstream_data) if args.downstream_data else None,
             downstream_limit=args.downstream_limit, launch=launch,
             timeout_s=args.timeout if args.timeout and args.timeout > 0 else None,
-            allow_read=tuple(Path(p) for p in args.allow_read)))
+            allow_read=tuple(Path(p) for p in args.allow_read),
+            gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None))
     print(run_dir)
     return 0
 
@@ -102,7 +103,8 @@ def _cmd_eval(args) -> int:
 
     print(evaluate_existing(Path(args.run_dir), progress=not args.quiet, downstream=True if args.downstream else None,
                             downstream_data=Path(args.downstream_data) if args.downstream_data else None,
-                            downstream_limit=args.downstream_limit))
+                            downstream_limit=args.downstream_limit,
+                            gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None))
     return 0
 
 
@@ -138,6 +140,8 @@ def _downstream_options(p) -> None:
     p.add_argument("--downstream", action="store_true", help="also score ARC-Easy, PIQA and SciQ (text tracks)")
     p.add_argument("--downstream-data", metavar="DIR", help="local task data (arc_easy/, piqa/, sciq/); else the Hub")
     p.add_argument("--downstream-limit", type=int, metavar="N", help="score only the first N documents per task")
+    p.add_argument("--gpt2-ranks", metavar="FILE",
+                   help="GPT-2 r50k_base.tiktoken ranks file for downstream scoring (default: the track's own)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -66,6 +66,7 @@ class RunRequest:
     launch: LaunchSpec = field(default_factory=LaunchSpec)  # torchrun placement (one process by default)
     timeout_s: float | None = None  # wall-clock limit of the method's processes (None: no limit)
     allow_read: tuple[Path, ...] = ()  # more read-only folders for the method (shared code, not data)
+    gpt2_ranks: Path | None = None  # GPT-2 ranks file for downstream scoring (else the track's ranks_path)
 
 
 def default_data_dir(track: str) -> Path:
@@ -130,6 +131,7 @@ def prepare_run(req: RunRequest) -> Path:
         "launch": req.launch.to_dict(),
         "timeout_s": req.timeout_s,
         "allow_read": allow_read,
+        "gpt2_ranks": str(Path(req.gpt2_ranks).resolve()) if req.gpt2_ranks else None,
         "downstream": {"enabled": req.downstream,
                        "data_dir": str(Path(req.downstream_data).resolve()) if req.downstream_data else None,
                        "limit": req.downstream_limit},
@@ -360,7 +362,8 @@ def resume_run(run_dir: Path, progress: bool = True) -> Path:
 
 
 def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | None = None,
-                      downstream_data: Path | None = None, downstream_limit: int | None = None) -> Path:
+                      downstream_data: Path | None = None, downstream_limit: int | None = None,
+                      gpt2_ranks: Path | None = None) -> Path:
     """Recompute the evaluation and rewrite the record from the snapshots, without re-training.
 
     `downstream=True` (with optional local data and a document limit) adds or refreshes the downstream
@@ -368,15 +371,24 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
     run_dir = Path(run_dir)
     if not (run_dir / TRAIN_RESULT).exists():
         raise SlowrunError(f"{run_dir}: no {TRAIN_RESULT}; the run never finished training (use --resume)")
-    if downstream is not None:
+    if downstream is not None or gpt2_ranks is not None:
         spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
-        spec["downstream"] = {"enabled": downstream,
-                              "data_dir": str(Path(downstream_data).resolve()) if downstream_data else None,
-                              "limit": downstream_limit}
+        if downstream is not None:
+            spec["downstream"] = {"enabled": downstream,
+                                  "data_dir": str(Path(downstream_data).resolve()) if downstream_data else None,
+                                  "limit": downstream_limit}
+        if gpt2_ranks is not None:
+            spec["gpt2_ranks"] = str(Path(gpt2_ranks).resolve())
         _write_json(run_dir / RUN_SPEC, spec)
     train_result = json.loads((run_dir / TRAIN_RESULT).read_text(encoding="utf-8"))
     finish_run(run_dir, train_result, wall_s=None, progress=progress)
     return run_dir
+
+
+def downstream_gpt2_ranks(spec: dict) -> str | None:
+    """The GPT-2 ranks file scoring uses: --gpt2-ranks of `slowrun run`/`eval`, else the track's own
+    `ranks_path` (what preparing it used), else None ($SLOWRUN_GPT2_RANKS, then tiktoken's cache)."""
+    return spec.get("gpt2_ranks") or (spec["track"].get("tokenizer") or {}).get("ranks_path")
 
 
 def score_final_predictor(run_dir: Path, spec: dict, evaluation: dict, progress: bool) -> tuple[dict | None, str | None]:
@@ -388,7 +400,7 @@ def score_final_predictor(run_dir: Path, spec: dict, evaluation: dict, progress:
     if not options.get("enabled") or not evaluation["ensemble"]["members"]:
         return None, None
     try:
-        tokenizer, seq_len = track_tokenizer(Path(spec["data_dir"]))
+        tokenizer, seq_len = track_tokenizer(Path(spec["data_dir"]), downstream_gpt2_ranks(spec))
     except DownstreamNotApplicable as exc:
         return None, str(exc)
     by_tag = {s.tag: s for s in list_snapshots(run_dir / "snapshots")}

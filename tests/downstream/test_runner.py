@@ -114,6 +114,23 @@ def test_gpt2_track_tokenizer_from_explicit_ranks(tmp_path, shared_data):
     assert loaded.encode_batch(["Hello world"]) == [[15496, 995]]  # published GPT-2 ids
 
 
+def test_scoring_uses_the_tracks_own_gpt2_ranks_or_the_flag(tmp_path, shared_data, monkeypatch):
+    """Offline, with no $SLOWRUN_GPT2_RANKS: the ranks file that prepared the track (its ranks_path) is the one
+    downstream scoring loads; `--gpt2-ranks` of slowrun run/eval overrides it."""
+    from harness.cli import build_parser
+    from harness.runner import downstream_gpt2_ranks
+
+    monkeypatch.delenv("SLOWRUN_GPT2_RANKS", raising=False)
+    ranks = shared_data("gpt2", "r50k_base.tiktoken")
+    write_manifest(tmp_path, Gpt2Tokenizer(ranks).identity(), seq_len=2048)
+    spec = {"track": {"tokenizer": {"kind": "gpt2", "ranks_path": str(ranks)}}}
+    loaded, _ = track_tokenizer(tmp_path, downstream_gpt2_ranks(spec))
+    assert loaded.encode_batch(["Hello world"]) == [[15496, 995]]
+    assert downstream_gpt2_ranks({**spec, "gpt2_ranks": "/elsewhere/ranks"}) == "/elsewhere/ranks"
+    for command in (["eval", "RUN"], ["run", "DIR"]):
+        assert build_parser().parse_args([*command, "--gpt2-ranks", str(ranks)]).gpt2_ranks == str(ranks)
+
+
 def test_run_with_downstream_puts_scores_into_the_record(shared_data, tmp_path, monkeypatch):
     """slowrun run --downstream on a small text track: the final predictor's scores reach the record,
     equal to scoring the same snapshot directly."""
