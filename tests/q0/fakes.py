@@ -123,3 +123,16 @@ class FakeContext:
     def fitness_windows(self):
         generator = torch.Generator().manual_seed(1234)
         return torch.randint(0, self.vocab_size, (8, self.seq_len + 1), generator=generator)
+
+
+class GradientRecorder:
+    """An 'optimizer' that keeps the gradients it is asked to apply and changes nothing."""
+
+    def __init__(self, model):
+        self.model, self.grads = model, None
+
+    def zero_grad(self, set_to_none=True):
+        self.model.zero_grad(set_to_none=set_to_none)
+
+    def step(self):
+        self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters()}

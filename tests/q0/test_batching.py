@@ -11,21 +11,11 @@ from q0_reference.model import build_gpt
 from q0_reference.recipes import Q0Settings, Recipe, q0_layout
 from q0_reference.trainer import accumulated_step
 from tests.q0.fakes import FakeContext
+from tests.q0.fakes import GradientRecorder as Recorder
 
 CONFIG = dict(vocab_size=64, seq_len=16, n_layer=2, n_head=2, d_model=32, mlp="swiglu", logit_softcap=10.0)
 
 
-class Recorder:
-    """An 'optimizer' that keeps the gradients it is asked to apply and changes nothing."""
-
-    def __init__(self, model):
-        self.model, self.grads = model, None
-
-    def zero_grad(self, set_to_none=True):
-        self.model.zero_grad(set_to_none=set_to_none)
-
-    def step(self):
-        self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters()}
 
 
 def float64_model(seed=0):

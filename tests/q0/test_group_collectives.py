@@ -21,6 +21,7 @@ from q0_reference.placement import Placement
 from q0_reference.trainer import accumulated_step
 from q0_reference.recipes import Recipe, train_single
 from tests.q0.fakes import FakeContext, FakeGroup
+from tests.q0.fakes import GradientRecorder as Recorder
 
 SINGLE = dict(d_model=32, n_layer=1, n_head=2, batch_size=8, micro_batch_size=2, warmup_steps=2, log_every=1,
               compile="off", autocast="fp32")
@@ -38,15 +39,6 @@ def model64(seed=0):
     return build_gpt(CONFIG).double()
 
 
-class Recorder:
-    def __init__(self, model):
-        self.model, self.grads = model, None
-
-    def zero_grad(self, set_to_none=True):
-        self.model.zero_grad(set_to_none=set_to_none)
-
-    def step(self):
-        self.grads = {n: p.grad.detach().clone() for n, p in self.model.named_parameters()}
 
 
 def muon_params(seed=1):
