@@ -267,7 +267,7 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     return outcome, interrupted
 
 
-def join_run(req: RunRequest, wait_s: float = 600.0) -> Path:
+def join_run(req: RunRequest) -> Path:
     """A node other than node 0 of a multi-node job.
 
     Every rank meters through node 0's data server, which listens on a Unix socket of node 0's machine;

@@ -14,24 +14,7 @@ import zlib
 
 import torch
 
-
-@dataclass
-class FakeGroup:
-    """What ctx.rank_groups returns: this rank's group (no process group: tests that need real
-    collectives start real processes)."""
-
-    index: int
-    ranks: tuple[int, ...]
-    rank_in_group: int
-    process_group: object = None
-
-    @property
-    def size(self) -> int:
-        return len(self.ranks)
-
-    @property
-    def is_leader(self) -> bool:
-        return self.rank_in_group == 0
+from harness.distributed import RankGroup
 
 
 @dataclass
@@ -89,7 +72,7 @@ class FakeContext:
         for index, size in enumerate(group_sizes(self.world_size, n_groups)):
             ranks = tuple(range(start, start + size))
             if self.rank in ranks:
-                return FakeGroup(index, ranks, ranks.index(self.rank))
+                return RankGroup(index, ranks, ranks.index(self.rank), None)
             start += size
         raise AssertionError("rank outside the world")
 

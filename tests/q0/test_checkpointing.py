@@ -9,7 +9,8 @@ from q0_reference.checkpointing import CheckpointClock, CheckpointPolicy
 from q0_reference.errors import Q0ConfigError
 from q0_reference.placement import Placement
 from q0_reference.recipes import Q0Settings, Recipe, train_q0, train_single
-from tests.q0.fakes import FakeContext, FakeGroup
+from harness.distributed import RankGroup
+from tests.q0.fakes import FakeContext
 
 TINY = dict(d_model=32, n_layer=1, n_head=2, batch_size=4, warmup_steps=2, log_every=1, compile="off",
             autocast="fp32")
@@ -97,7 +98,7 @@ def test_only_the_leader_writes_weights_and_optimizer_state():
 
     shared = {"model": {"w": torch.ones(2)}, "optimizer": {"state": {}}}
     for rank in (0, 1):
-        placement = Placement(0, 1, FakeGroup(0, (0, 1), rank))
+        placement = Placement(0, 1, RankGroup(0, (0, 1), rank, None))
         checkpointing.write(Sink(), placement, {"step": 5}, shared)
     leader, follower = written
     assert leader["step"] == follower["step"] == 5

@@ -20,7 +20,8 @@ from q0_reference.muon import BatchedMuon
 from q0_reference.placement import Placement
 from q0_reference.trainer import accumulated_step
 from q0_reference.recipes import Recipe, train_single
-from tests.q0.fakes import FakeContext, FakeGroup
+from harness.distributed import RankGroup
+from tests.q0.fakes import FakeContext
 from tests.q0.fakes import GradientRecorder as Recorder
 
 SINGLE = dict(d_model=32, n_layer=1, n_head=2, batch_size=8, micro_batch_size=2, warmup_steps=2, log_every=1,
@@ -61,7 +62,7 @@ def run_muon(params, grads, process_group=None):
 def _worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
     torch.set_num_threads(1)
-    group = FakeGroup(0, (0, 1), rank, dist.group.WORLD)
+    group = RankGroup(0, (0, 1), rank, dist.group.WORLD)
     placement = Placement(0, 1, group)
     out = {}
 
