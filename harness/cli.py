@@ -20,9 +20,26 @@ def _cmd_prepare(args) -> int:
 
     track = get_track(args.track, args.tracks)
     out = Path(args.out) if args.out else default_prepared_dir(track.name)
-    prepare_track(track, out, source_override=args.source, text_field=args.text_field,
-                  gpt2_ranks=args.gpt2_ranks, force=args.force, progress=not args.quiet)
+    if args.from_slowrun:
+        from harness.data.slowrun_files import import_slowrun_files
+
+        if args.source or args.text_field:
+            raise SlowrunError("--from-slowrun reads slowrun's own files; drop --source and --text-field")
+        import_slowrun_files(track, args.from_slowrun, out, gpt2_ranks=args.gpt2_ranks, force=args.force)
+    else:
+        prepare_track(track, out, source_override=args.source, text_field=args.text_field,
+                      gpt2_ranks=args.gpt2_ranks, force=args.force, progress=not args.quiet)
     print(out)
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from harness.data.slowrun_files import export_slowrun_files
+
+    if not args.slowrun_format:
+        raise SlowrunError("say which format to export: --slowrun-format (slowrun's fineweb_*.pt files)")
+    for path in export_slowrun_files(args.data, args.out, force=args.force):
+        print(path)
     return 0
 
 
@@ -156,10 +173,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--source", nargs="+", metavar="FILE", help="read documents from these files instead")
     p.add_argument("--text-field", help="JSON/parquet field holding the text (default: text)")
     p.add_argument("--gpt2-ranks", metavar="FILE", help="GPT-2 r50k_base.tiktoken ranks file")
+    p.add_argument("--from-slowrun", metavar="DIR",
+                   help="import slowrun's fineweb_val.pt and fineweb_train.pt from DIR (either layout) instead")
     p.add_argument("--out", help="output folder (default: prepared/TRACK)")
     p.add_argument("--force", action="store_true", help="replace an output folder that holds other data")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
+
+    p = sub.add_parser("export", help="write a prepared track in another program's format")
+    p.add_argument("--slowrun-format", action="store_true",
+                   help="slowrun's fineweb_val.pt and fineweb_train.pt, readable by its train.py")
+    p.add_argument("--data", required=True, metavar="DIR", help="the prepared folder (e.g. prepared/fineweb)")
+    p.add_argument("--out", default="fineweb_data", help="output folder (default: fineweb_data, slowrun's)")
+    p.add_argument("--force", action="store_true", help="replace files already there")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("data", help="inspect prepared data")
     data_sub = p.add_subparsers(dest="data_command", required=True)

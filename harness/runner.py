@@ -23,6 +23,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from harness.data.manifest import MANIFEST, read_manifest
 from harness.distributed import LaunchSpec
@@ -32,6 +33,10 @@ from harness.provenance import environment
 from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic
 from harness.tracks import Track, get_track
 from harness.server.dataserver import RunLayout, TrainOutcome
+
+if TYPE_CHECKING:  # the downstream package is imported only when scoring starts
+    from harness.downstream.limits import DocumentLimits
+    from harness.downstream.splits import SplitFile
 
 RUN_SPEC = "run.json"
 RECORD = "record.json"
@@ -62,7 +67,8 @@ class RunRequest:
     track_spec: Track | None = None  # a track object instead of a name (calibration's larger variants)
     downstream: bool = False  # also score ARC-Easy, PIQA and SciQ with the final predictor
     downstream_data: Path | None = None  # local copies of the three tasks' data (else the Hub)
-    downstream_limit: int | None = None  # documents per task (for quick looks; the record says n)
+    downstream_limit: DocumentLimits | int | None = None  # documents per task, None for all (the record says n)
+    downstream_files: tuple[SplitFile, ...] = ()  # a local file of any split per task (before downstream_data)
     launch: LaunchSpec = field(default_factory=LaunchSpec)  # torchrun placement (one process by default)
     timeout_s: float | None = None  # wall-clock limit of the method's processes (None: no limit)
     allow_read: tuple[Path, ...] = ()  # more read-only folders for the method (shared code, not data)
@@ -132,9 +138,7 @@ def prepare_run(req: RunRequest) -> Path:
         "timeout_s": req.timeout_s,
         "allow_read": allow_read,
         "gpt2_ranks": str(Path(req.gpt2_ranks).resolve()) if req.gpt2_ranks else None,
-        "downstream": {"enabled": req.downstream,
-                       "data_dir": str(Path(req.downstream_data).resolve()) if req.downstream_data else None,
-                       "limit": req.downstream_limit},
+        "downstream": downstream_spec(req.downstream, req.downstream_data, req.downstream_files, req.downstream_limit),
     })
     return run_dir
 
@@ -362,8 +366,8 @@ def resume_run(run_dir: Path, progress: bool = True) -> Path:
 
 
 def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | None = None,
-                      downstream_data: Path | None = None, downstream_limit: int | None = None,
-                      gpt2_ranks: Path | None = None) -> Path:
+                      downstream_data: Path | None = None, downstream_limit: DocumentLimits | int | None = None,
+                      gpt2_ranks: Path | None = None, downstream_files: tuple[SplitFile, ...] = ()) -> Path:
     """Recompute the evaluation and rewrite the record from the snapshots, without re-training.
 
     `downstream=True` (with optional local data and a document limit) adds or refreshes the downstream
@@ -374,15 +378,23 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
     if downstream is not None or gpt2_ranks is not None:
         spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
         if downstream is not None:
-            spec["downstream"] = {"enabled": downstream,
-                                  "data_dir": str(Path(downstream_data).resolve()) if downstream_data else None,
-                                  "limit": downstream_limit}
+            spec["downstream"] = downstream_spec(downstream, downstream_data, downstream_files, downstream_limit)
         if gpt2_ranks is not None:
             spec["gpt2_ranks"] = str(Path(gpt2_ranks).resolve())
         _write_json(run_dir / RUN_SPEC, spec)
     train_result = json.loads((run_dir / TRAIN_RESULT).read_text(encoding="utf-8"))
     finish_run(run_dir, train_result, wall_s=None, progress=progress)
     return run_dir
+
+
+def downstream_spec(enabled: bool, data_dir: Path | None, files, limit) -> dict:
+    """The run spec's downstream options: paths made absolute, limits in their JSON form."""
+    from harness.downstream.limits import DocumentLimits
+    from harness.downstream.splits import SplitFile
+
+    return {"enabled": enabled, "data_dir": str(Path(data_dir).resolve()) if data_dir else None,
+            "files": [SplitFile(f.task, f.split, Path(f.path).resolve()).to_json() for f in files],
+            "limit": DocumentLimits.of(limit).to_json()}
 
 
 def downstream_gpt2_ranks(spec: dict) -> str | None:
@@ -394,6 +406,7 @@ def downstream_gpt2_ranks(spec: dict) -> str | None:
 def score_final_predictor(run_dir: Path, spec: dict, evaluation: dict, progress: bool) -> tuple[dict | None, str | None]:
     """Downstream scores of the run's final ensemble, or (None, why not)."""
     from harness.downstream import DownstreamNotApplicable, score_snapshots, track_tokenizer
+    from harness.downstream.splits import DownstreamData, SplitFile
     from harness.snapshots import list_snapshots
 
     options = spec.get("downstream") or {}
@@ -408,7 +421,9 @@ def score_final_predictor(run_dir: Path, spec: dict, evaluation: dict, progress:
     scores = score_snapshots([by_tag[m["tag"]] for m in members], [m["weight"] for m in members],
                              tokenizer=tokenizer, seq_len=seq_len, device=spec["device"],
                              method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
-                             data_dir=options.get("data_dir"), limit=options.get("limit"), progress=progress)
+                             data_dir=DownstreamData(Path(options["data_dir"]) if options.get("data_dir") else None,
+                                                     tuple(SplitFile.from_json(f) for f in options.get("files", ()))),
+                             limit=options.get("limit"), progress=progress)
     return scores, None
 
 

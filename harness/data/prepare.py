@@ -336,6 +336,13 @@ def _check_existing(out: Path, request: dict, force: bool) -> None:
         )
 
 
+def prepare_request(track: Track, source: DocumentSource) -> dict:
+    """What was asked, as the manifest records it (and compares it with a folder's earlier preparation)."""
+    request = {"track": track.to_dict(), "source": source.describe()}
+    request["track"]["source"]["base_dir"] = None  # where files were found is not part of what was asked
+    return json.loads(json.dumps(request))  # the form it takes in the manifest, to compare with it
+
+
 def prepare_track(track: Track, out: str | os.PathLike, *, source_override: Sequence[str] | None = None,
                   text_field: str | None = None, gpt2_ranks: str | None = None, force: bool = False,
                   progress: bool = True, log=None, tokenizer_from: str | os.PathLike | None = None) -> PrepareResult:
@@ -343,9 +350,7 @@ def prepare_track(track: Track, out: str | os.PathLike, *, source_override: Sequ
     log = log or (lambda message: print(message, file=sys.stderr))
     out = Path(out)
     source = build_source(track, source_override, text_field)
-    request = {"track": track.to_dict(), "source": source.describe()}
-    request["track"]["source"]["base_dir"] = None  # where files were found is not part of what was asked
-    request = json.loads(json.dumps(request))  # the form it takes in the manifest, to compare with it
+    request = prepare_request(track, source)
     _check_existing(out, request, force)
 
     tokenizer, materialised = _build_tokenizer(track, source, gpt2_ranks, log,

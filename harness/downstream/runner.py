@@ -2,8 +2,8 @@
 
 Each task reports accuracy (``acc``: the choice with the highest total log-likelihood is the gold one) and
 normalised accuracy (``acc_norm``: the same with each log-likelihood divided by the choice's length in
-characters, lm-eval's definition), both labelled, with their standard errors and the number of documents
-scored.
+characters, lm-eval's definition), both labelled, with their standard errors, the number of documents
+scored, and the split they were drawn from (its name, rows and source; see :mod:`harness.downstream.splits`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,9 @@ from typing import Sequence
 
 from harness.data.manifest import read_manifest
 from harness.data.tokenizers import ByteBpeTokenizer, Gpt2Tokenizer
-from harness.downstream.tasks import DEFAULT_TASKS, load_tasks, quiet_lm_eval
+from harness.downstream.limits import DocumentLimits
+from harness.downstream.splits import DownstreamData, split_facts
+from harness.downstream.tasks import DEFAULT_TASKS, load_tasks, quiet_lm_eval, task_config
 from harness.errors import DataError, SlowrunError
 
 METRICS = ("acc", "acc_norm")
@@ -58,34 +60,50 @@ def _task_scores(results: dict, task: str) -> dict:
     return scores
 
 
-def run_tasks(lm, tasks: Sequence[str] = DEFAULT_TASKS, data_dir: str | Path | None = None,
-              limit: int | None = None) -> dict[str, dict]:
-    """Score any lm-eval ``LM`` on the project's task configs; returns the per-task score table."""
+def run_tasks(lm, tasks: Sequence[str] = DEFAULT_TASKS, data: DownstreamData | str | Path | None = None,
+              limit: DocumentLimits | int | None = None) -> dict[str, dict]:
+    """Score any lm-eval ``LM`` on the project's task configs; returns the per-task score table.
+
+    ``data`` says where each task's documents come from (a :class:`DownstreamData`, a local folder, or None
+    for the Hub); ``limit`` how many of each task's first documents to score (one number for every task or
+    a :class:`DocumentLimits`). Each task's scores name the split scored and its row count.
+    """
     from lm_eval.evaluator import evaluate
 
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise SlowrunError(f"limit must be a positive number of documents, got {limit!r}")
+    limits = DocumentLimits.of(limit)
     tasks = list(tasks)
     if len(set(tasks)) != len(tasks):
         raise SlowrunError(f"downstream tasks are listed more than once: {tasks}")
-    loaded = load_tasks(tasks, data_dir)
+    unknown = limits.unknown_tasks(tasks)
+    if unknown:
+        raise SlowrunError(f"a downstream limit is given for {', '.join(unknown)}, which is not scored "
+                           f"(scored: {', '.join(tasks)})")
+    data = DownstreamData.of(data)
+    loaded = load_tasks(tasks, data)
+    rows = {name: len(loaded["tasks"][name].eval_docs) for name in tasks}
+    # lm-eval takes one limit for all tasks, or the exact documents per task; per-task limits need the latter.
+    samples = {name: list(range(min(limits.for_task(name), rows[name]))) for name in tasks
+               if limits.for_task(name) is not None}
     with quiet_lm_eval():
         # lm-eval's `evaluate`, not `simple_evaluate`: the latter adds nothing for zero-shot tasks with a
         # ready-made model but probes the whole environment (torch's collect_env) on every call, ~6 s.
         for task in loaded["tasks"].values():
             task.set_fewshot_seed(seed=FEWSHOT_SEED)
-        results = evaluate(lm=lm, task_dict=loaded, limit=limit, log_samples=False)
-    return {task: _task_scores(results, task) for task in tasks}
+        results = evaluate(lm=lm, task_dict=loaded, samples=samples or None, log_samples=False)
+    return {name: {**_task_scores(results, name),
+                   **split_facts(task_config(name), data.split_file(name, task_config(name)), rows[name])}
+            for name in tasks}
 
 
 def score_downstream(models: Sequence, weights: Sequence[float] | None = None, *, tokenizer, seq_len: int,
-                     tasks: Sequence[str] = DEFAULT_TASKS, data_dir: str | Path | None = None,
-                     limit: int | None = None, batch_size: int = 32, device: str = "cpu",
+                     tasks: Sequence[str] = DEFAULT_TASKS, data_dir: DownstreamData | str | Path | None = None,
+                     limit: DocumentLimits | int | None = None, batch_size: int = 32, device: str = "cpu",
                      progress: bool = False) -> dict[str, dict]:
     """Zero-shot scores of the mixture of ``models`` (uniform when ``weights`` is None).
 
-    Returns ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}}``. Data comes from the Hub
-    unless ``data_dir`` names a local downstream folder; ``limit`` scores only each task's first documents.
+    Returns ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "split", "split_rows",
+    "published_rows", "source"}}``. Data comes from the Hub unless ``data_dir`` names local data (a folder or
+    a :class:`DownstreamData`); ``limit`` scores only each task's first documents (see :func:`run_tasks`).
     """
     from harness.downstream.lm import MixtureLM
 

@@ -5,14 +5,14 @@ project rather than by whichever lm-eval version is installed. They are indexed 
 that sees only this folder: indexing lm-eval's built-in tasks as well costs about 15 s and could let a
 built-in config shadow ours.
 
-Data comes from the Hub (each config's ``dataset_path``, the same datasets lm-eval uses) or from a local
-folder laid out like ``../shared/data/downstream`` (each config's ``metadata.local_file``). Local files are
-read straight into memory: no network, no ``datasets`` cache written behind the user's back.
+Data comes from the Hub (each config's ``dataset_path``, the same datasets lm-eval uses) or from local
+files (see :mod:`harness.downstream.splits`: any split, checked against the config's
+``metadata.row_schema``). Local files are read straight into memory: no network, no ``datasets`` cache
+written behind the user's back.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from contextlib import contextmanager
 from functools import partial
@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from harness.downstream.splits import DownstreamData, SplitFile, check_rows, read_local_rows, warn_if_unofficial
 from harness.errors import DataError, SlowrunError
 
 TASKS_DIR = Path(__file__).resolve().parent / "tasks"
@@ -40,78 +41,49 @@ def task_config(name: str) -> dict[str, Any]:
         return yaml.safe_load(handle)
 
 
-def scored_split(config: dict[str, Any]) -> str:
-    """The split lm-eval scores: test when the config has one, else validation (lm-eval's own rule)."""
-    split = config.get("test_split") or config.get("validation_split")
-    if not split:
-        raise SlowrunError(f"task {config['task']!r} declares neither a test_split nor a validation_split")
-    return split
+def local_split(path: Path, split: str, task: str, row_schema: dict, split_rows: dict | None = None,
+                **_task_metadata):
+    """lm-eval's ``custom_dataset`` hook: one split read from a local file, its rows checked against the
+    task's schema.
 
-
-def read_local_rows(path: Path) -> list[dict]:
-    """Rows of a ``.jsonl`` file (one object a line) or a ``.json`` file holding one array of objects."""
-    if not path.is_file():
-        raise DataError(f"{path}: downstream data file not found (the folder given for downstream data "
-                        "must hold arc_easy/, piqa/ and sciq/ laid out like the shared downstream folder)")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as exc:
-            raise DataError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-        if not isinstance(rows, list):
-            raise DataError(f"{path}: expected one JSON array of objects, found {type(rows).__name__}")
-    else:
-        rows = []
-        for lineno, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
-    bad = next((i for i, row in enumerate(rows) if not isinstance(row, dict)), None)
-    if bad is not None:
-        raise DataError(f"{path}: row {bad + 1} is not a JSON object")
-    return rows
-
-
-def local_split(path: Path, split: str, documents: int | None = None, **_task_metadata):
-    """lm-eval's ``custom_dataset`` hook: the scored split read from a local file.
-
-    lm-eval calls the hook with the task's metadata as keyword arguments, hence the catch-all. The row
-    count is checked against the split's published size, because a score on a different file would sit
-    on the leaderboard beside scores it cannot be compared with.
+    lm-eval calls the hook with the task's metadata as keyword arguments, hence the catch-all.
     """
     import datasets
 
     rows = read_local_rows(Path(path))
-    if documents is not None and len(rows) != documents:
-        raise DataError(f"{path}: has {len(rows)} rows, but the {split} split this task scores has {documents}; "
-                        "use the unmodified split")
-    if not rows:
-        raise DataError(f"{path}: no rows")
+    check_rows(Path(path), rows, row_schema)
+    warn_if_unofficial(task, split, len(rows), Path(path), split_rows or {})
     return datasets.DatasetDict({split: datasets.Dataset.from_list(rows)})
 
 
-def task_specs(names, data_dir: str | Path | None = None) -> list:
+def scoring_config(config: dict[str, Any], split_file: SplitFile) -> dict[str, Any]:
+    """The task's config reading ``split_file``: lm-eval scores the config's test split when it names one, so
+    the file's split becomes that, whatever the published default was."""
+    metadata = config.get("metadata") or {}
+    if "row_schema" not in metadata:
+        raise SlowrunError(f"task {config['task']!r} has no metadata.row_schema, so its local rows cannot be checked")
+    scored = {key: value for key, value in config.items() if key not in ("validation_split", "test_split")}
+    loader = partial(local_split, split_file.path, split_file.split, config["task"])
+    return {**scored, "test_split": split_file.split, "custom_dataset": loader}
+
+
+def task_specs(names, data: DownstreamData | str | Path | None = None) -> list:
     """What to hand ``TaskManager.load``: registered names for Hub data, full configs for local data."""
     names = list(names)
     if not names:
         raise SlowrunError(f"no downstream tasks selected; choose from {', '.join(known_tasks())}")
     configs = [task_config(name) for name in names]
-    if data_dir is None:
-        return names
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(f"{root}: downstream data folder not found")
+    data = DownstreamData.of(data)
+    unused = sorted({f.task for f in data.files} - set(names))
+    if unused:
+        raise SlowrunError(f"a downstream file is given for {', '.join(unused)}, which is not scored "
+                           f"(scored: {', '.join(names)})")
+    if data.folder is not None and not data.folder.is_dir():
+        raise DataError(f"{data.folder}: downstream data folder not found")
     specs = []
-    for config in configs:
-        metadata = config.get("metadata") or {}
-        if "local_file" not in metadata:
-            raise SlowrunError(f"task {config['task']!r} has no metadata.local_file, so it cannot read local data")
-        loader = partial(local_split, root / metadata["local_file"], scored_split(config))
-        specs.append({**config, "custom_dataset": loader})
+    for name, config in zip(names, configs):
+        split_file = data.split_file(name, config)
+        specs.append(name if split_file is None else scoring_config(config, split_file))
     return specs
 
 
@@ -136,8 +108,8 @@ def quiet_lm_eval():
             logger.setLevel(level)
 
 
-def load_tasks(names=DEFAULT_TASKS, data_dir: str | Path | None = None) -> dict:
+def load_tasks(names=DEFAULT_TASKS, data: DownstreamData | str | Path | None = None) -> dict:
     """Build the lm-eval task objects (``{"tasks": {name: Task}, ...}``), loading their documents."""
-    specs = task_specs(names, data_dir)
+    specs = task_specs(names, data)
     with quiet_lm_eval():
         return task_manager().load(specs)

@@ -12,6 +12,8 @@ from harness.data.manifest import FORMAT, MANIFEST
 from harness.data.tokenizers import ByteBpeTokenizer, Gpt2Tokenizer
 from harness.downstream import (DownstreamNotApplicable, downstream_average, score_downstream, score_snapshots,
                                 track_tokenizer)
+from harness.downstream.limits import DocumentLimits
+from harness.downstream.splits import DownstreamData, SplitFile
 from harness.errors import DataError, SlowrunError
 from harness.snapshots import list_snapshots, write_snapshot
 from tests.downstream.conftest import SEQ_LEN, brute_force_score, token_pair
@@ -42,7 +44,8 @@ def expected_scores(name, rows, models, weights, tokenizer) -> dict:
 
 
 def assert_scores(got: dict, expected: dict):
-    assert set(got) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n"}
+    assert set(got) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "split", "split_rows",
+                        "published_rows", "source"}
     assert got["n"] == expected["n"]
     for key in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
         assert got[key] == pytest.approx(expected[key], abs=1e-12), key
@@ -157,14 +160,21 @@ def test_run_with_downstream_puts_scores_into_the_record(shared_data, tmp_path, 
         "        if ctx.remaining_epochs * ctx.epoch_tokens < 8 * ctx.seq_len:\n            break\n"
         "    ctx.save_snapshot(model, 'final')\n")
     data = shared_data("downstream")
+    # SciQ's validation split from a file of its own, a document limit per task beside the global one.
+    sciq_validation = tmp_path / "sciq_validation.json"
+    sciq_validation.write_text(json.dumps(json.loads(data.joinpath("sciq", "sciq_test.json").read_text())[::-1]))
+    files = (SplitFile("sciq", "validation", sciq_validation),)
+    limits = DocumentLimits(6, (("piqa", 4),))
     run_dir = run_method(RunRequest(method_dir=method, track="tinytext", track_spec=track, epochs=1.0,
                                     data_dir=prepared, out=tmp_path / "run", progress=False, downstream=True,
-                                    downstream_data=data, downstream_limit=6))
+                                    downstream_data=data, downstream_limit=limits, downstream_files=files))
     record = json.loads((run_dir / "record.json").read_text())
     assert record["status"] == "ok" and validate_record(record) == []
     assert set(record["downstream"]) == {"arc_easy", "piqa", "sciq"}
+    assert {task: (s["n"], s["split"]) for task, s in record["downstream"].items()} == \
+        {"arc_easy": (6, "test"), "piqa": (4, "validation"), "sciq": (6, "validation")}
     tokenizer, seq_len = track_tokenizer(prepared)
     direct = score_snapshots(list_snapshots(run_dir / "snapshots"), [1.0], tokenizer=tokenizer, seq_len=seq_len,
-                             data_dir=data, limit=6)
+                             data_dir=DownstreamData(data, files), limit=limits)
     assert record["downstream"] == direct
     assert record["downstream_average"] == downstream_average(direct)

@@ -168,12 +168,9 @@ def test_gold_answers_are_scored_as_gold(data_dir):
     assert wrong["arc_easy"]["n"] == 40 and wrong["arc_easy"]["acc_stderr"] == 0.0
 
 
-def test_local_files_must_be_the_published_split(tmp_path, data_dir):
+def test_broken_or_missing_local_files_are_refused(tmp_path, data_dir):
     (tmp_path / "piqa").mkdir()
     lines = data_dir.joinpath("piqa", "piqa_validation.jsonl").read_text(encoding="utf-8").splitlines()
-    (tmp_path / "piqa" / "piqa_validation.jsonl").write_text("\n".join(lines[:3]) + "\n", encoding="utf-8")
-    with pytest.raises(DataError, match="has 3 rows, but the validation split this task scores has 1838"):
-        load_tasks(["piqa"], tmp_path)
     (tmp_path / "piqa" / "piqa_validation.jsonl").write_text(lines[0] + "\n{broken\n", encoding="utf-8")
     with pytest.raises(DataError, match=r"piqa_validation.jsonl:2: not valid JSON"):
         load_tasks(["piqa"], tmp_path)
@@ -196,7 +193,8 @@ def test_bad_task_selection_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", DEFAULT_TASKS)
 def test_hub_source_and_scored_split_are_lm_evals(name):
-    from harness.downstream.tasks import scored_split, task_config
+    from harness.downstream.splits import scored_split
+    from harness.downstream.tasks import task_config
 
     mine, theirs = task_config(name), load_yaml(BUILTIN_YAML[name])
     assert (mine["dataset_path"], mine.get("dataset_name")) == (theirs["dataset_path"], theirs.get("dataset_name"))
