@@ -58,6 +58,7 @@ from harness.data.prepare import (
     prepare_request,
 )
 from harness.errors import DataError
+from harness.official_hashes import official_hashes
 from harness.snapshots import sha256_file
 from harness.tracks import Track
 
@@ -335,10 +336,26 @@ def import_slowrun_files(track: Track, folder: str | Path, out: str | Path, *,
             },
         }
         write_manifest(tmp, manifest)
-        return _move_into_place(tmp, out, manifest, force, log)
+        result = _move_into_place(tmp, out, manifest, force, log)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+    log(official_status(track.name, manifest))
+    return result
+
+
+def official_status(track_name: str, manifest: dict) -> str:
+    """What the official-data table (harness/official_hashes.py) says about an imported folder."""
+    data_hash = manifest["data_hash"]
+    official = official_hashes(track_name)
+    if official is not None:
+        verdict = "is" if data_hash in official else "is NOT"
+        return f"data hash {data_hash} {verdict} the official data of track {track_name!r}"
+    files = manifest["imported_from"]["files"].values()
+    if manifest["imported_from"]["layout"] == CURRENT and all(f["published"] for f in files):
+        return (f"data hash {data_hash}: the published slowrun files; track {track_name!r} lists no official "
+                "data yet, and this is the hash to list for it in harness/official_hashes.py")
+    return f"data hash {data_hash}; track {track_name!r} lists no official data yet"
 
 
 def export_slowrun_files(prepared: str | Path, out: str | Path, *, force: bool = False, log=None) -> list[Path]:

@@ -255,3 +255,30 @@ def test_an_unexpected_layout_says_what_is_wrong(data, message, tmp_path):
     layout = "chunked" if "chunks" in data else "current"
     with pytest.raises(DataError, match=message):
         read_slowrun_file(path, "val", layout, "0" * 64, bos_id=7, budget=4)
+
+
+def test_the_import_says_what_the_official_table_makes_of_it(monkeypatch):
+    import harness.official_hashes as table
+    from harness.data.slowrun_files import official_status
+
+    def manifest(layout, published):
+        files = {split: {"published": published} for split in ("val", "train")}
+        return {"data_hash": "ab" * 32, "imported_from": {"layout": layout, "files": files}}
+
+    assert table.OFFICIAL_DATA_HASHES["fineweb"] == frozenset()
+    assert "the hash to list for it in harness/official_hashes.py" in official_status("fineweb", manifest("current", True))
+    for layout, published in (("current", False), ("chunked", True)):
+        message = official_status("fineweb", manifest(layout, published))
+        assert message.endswith("lists no official data yet")
+    monkeypatch.setitem(table.OFFICIAL_DATA_HASHES, "fineweb", frozenset({"ab" * 32}))
+    assert " is the official data" in official_status("fineweb", manifest("chunked", False))
+    monkeypatch.setitem(table.OFFICIAL_DATA_HASHES, "fineweb", frozenset({"cd" * 32}))
+    assert "is NOT the official data" in official_status("fineweb", manifest("current", True))
+
+
+def test_export_command(streamed, tmp_path, capsys):
+    _, streamed_out, _ = streamed
+    assert main(["export", "--data", str(streamed_out), "--out", str(tmp_path / "x")]) == 2
+    assert "--slowrun-format" in capsys.readouterr().err
+    assert main(["export", "--slowrun-format", "--data", str(streamed_out), "--out", str(tmp_path / "x")]) == 0
+    assert sorted(p.name for p in (tmp_path / "x").iterdir()) == ["fineweb_train.pt", "fineweb_val.pt"]
