@@ -21,6 +21,7 @@ _CSV_COLUMNS = [
     "track", "data_hash", "rank", "status", "method", "run_id", "val_loss", "val_bpb",
     "data_efficiency", "data_efficiency_multiplier", "data_efficiency_note", "metered_epochs",
     "ensemble_size", "downstream_avg_acc", "compute_class", "created", "file",
+    "entry", "entry_n", "entry_mean_val_loss", "provenance", "train_s", "wall_s", "hardware", "unranked_reasons",
 ]
 
 
@@ -37,9 +38,11 @@ def csv_safe(value):
 def records_json(tables: list[TrackTable], records: dict[str, LoadedRecord], last_update: str | None) -> str:
     entries = []
     for table in tables:
-        for row in table.rows:
-            entries.append({"file": row.relpath, "rank": row.rank, "page": f"r/{row.page}.html",
-                            "record": records[row.relpath].record})
+        for entry in table.entries:
+            for row in entry.runs:
+                entries.append({"file": row.relpath, "rank": entry.rank, "page": f"r/{row.page}.html",
+                                "entry": f"e/{entry.page}.html", "provenance": row.provenance.kind,
+                                "record": records[row.relpath].record})
     document = {"schema_version": SCHEMA_VERSION, "last_update": last_update, "records": entries}
     # Compact on purpose: an indent switches json to its pure-Python encoder, ten times slower.
     return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False) + "\n"
@@ -50,22 +53,25 @@ def records_csv(tables: list[TrackTable]) -> str:
     task_columns = [f"{task}_{metric}" for task in tasks for metric in ("acc", "acc_norm")]
     rows = []
     for table in tables:
-        for row in table.rows:
+        for entry, row in ((entry, row) for entry in table.entries for row in entry.runs):
             item = {
-                "track": table.track, "data_hash": table.data_hash, "rank": row.rank, "status": row.status,
+                "track": table.track, "data_hash": table.data_hash, "rank": entry.rank, "status": row.status,
                 "method": row.method, "run_id": row.run_id, "val_loss": row.val_loss, "val_bpb": row.val_bpb,
                 "data_efficiency": None if row.efficiency.text == "—" else row.efficiency.text,
                 "data_efficiency_multiplier": row.efficiency.multiplier,
                 "data_efficiency_note": row.efficiency.note, "metered_epochs": row.epochs,
                 "ensemble_size": row.ensemble_size, "downstream_avg_acc": row.downstream_avg,
                 "compute_class": row.compute_class, "created": row.created, "file": row.relpath,
+                "entry": entry.page, "entry_n": entry.n, "entry_mean_val_loss": entry.mean,
+                "provenance": row.provenance.text, "train_s": row.train_s, "wall_s": row.wall_s,
+                "hardware": row.hardware, "unranked_reasons": "; ".join(entry.reasons) or None,
             }
             for task, score in row.downstream.items():
                 item[f"{task}_acc"] = score.acc
                 item[f"{task}_acc_norm"] = score.acc_norm
             rows.append({csv_safe(key): csv_safe(value) for key, value in item.items()})
     frame = pd.DataFrame(rows, columns=[csv_safe(column) for column in _CSV_COLUMNS + task_columns])
-    for column in ("rank", "ensemble_size"):
+    for column in ("rank", "ensemble_size", "entry_n"):
         frame[column] = frame[column].astype("Int64")  # integers stay integers beside missing values
     # CRLF rows (RFC 4180): the writer quotes a cell holding any line-terminator character, and only CRLF
     # makes that include a lone carriage return, which would otherwise end the row for many readers.

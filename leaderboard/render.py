@@ -34,6 +34,20 @@ def format_count(value) -> str:
     return "—" if value is None else f"{value:,}"
 
 
+def format_duration(seconds) -> str:
+    """Minutes below two hours (the capped classes think in minutes), hours above; an em dash when unknown."""
+    if seconds is None or isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return "—"
+    minutes = seconds / 60.0
+    return f"{minutes:.1f} min" if minutes < 120 else f"{minutes / 60.0:.1f} h"
+
+
+def format_p_value(value) -> str:
+    if value is None:
+        return "—"
+    return f"{value:.2g}" if value >= 1e-4 else "<1e-4"
+
+
 def sort_key(value) -> str:
     """The value a table cell sorts by (data-sort): plain digits for numbers, empty for missing."""
     if value is None or isinstance(value, bool):
@@ -62,6 +76,7 @@ def make_environment() -> Environment:
         keep_trailing_newline=True,
     )
     env.filters.update(num=format_number, pct=format_percent, count=format_count, sortkey=sort_key,
+                       duration=format_duration, pvalue=format_p_value,
                        pretty_json=pretty_json, compact_json=compact_json)
     return env
 

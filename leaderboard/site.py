@@ -7,7 +7,9 @@ folder beside the output and swaps it in at the end, so a failed build leaves th
 and it only ever replaces a folder that an earlier build made.
 
 Layout of the output:
-    index.html           one sortable table per (track, data hash)
+    index.html           one sortable table per (track, data hash, compute class) of entries (runs over seeds)
+    t/<anchor>.html      one page per table: record history, progression plot, loss-against-epochs frontier
+    e/<page>.html        one page per entry: its mean and interval, every seed listed
     r/<page>.html        one page per record; r/<page>.json is the record as published
     records.json/.csv    downloads
     build-report.txt     what was used and which files were skipped, and why
@@ -23,25 +25,30 @@ from pathlib import Path
 
 from harness.records import RECORD_FIELDS, SCHEMA_VERSION, parse_created
 from harness.errors import LeaderboardError
+from leaderboard.board_plots import frontier_plot_spec, frontier_points, progression_plot_spec
 from leaderboard.collect import LoadedRecord, SkippedFile, collect_records
 from leaderboard.downloads import records_csv, records_json
 from leaderboard.naming import DEFAULT_RECORDS_DIR, DEFAULT_SITE_DIR, SITE_MARKER, page_names
 from leaderboard.plots import PlotCache, k_sweep_plot_spec, loss_plot_spec, render_all
 from leaderboard.render import STATIC_DIR, make_environment, trusted_svg
-from leaderboard.tables import Row, TrackTable, build_tables
+from leaderboard.published import published_records
+from leaderboard.settings import DEFAULT_SETTINGS, BoardSettings
+from leaderboard.tables import TrackTable, build_tables
 
 
 @dataclass(frozen=True)
 class BuildReport:
     out_dir: Path
     record_count: int
-    tables: tuple[tuple[str, str, int, int], ...]  # track, data hash, ranked, unranked
+    tables: tuple[tuple[str, str, str, int, int], ...]  # track, data label, class, ranked, unranked entries
     skipped: tuple[SkippedFile, ...]
     plot_count: int
     last_update: str | None
+    published_count: int = 0
 
     def summary(self) -> str:
-        lines = [f"built {self.out_dir}: {self.record_count} records in {len(self.tables)} tables, "
+        published = f" and {self.published_count} published results" if self.published_count else ""
+        lines = [f"built {self.out_dir}: {self.record_count} records{published} in {len(self.tables)} tables, "
                  f"{self.plot_count} plots"]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} record files (see {self.out_dir / 'build-report.txt'}):")
@@ -63,9 +70,11 @@ def build_report_text(report: BuildReport) -> str:
         f"last update: {report.last_update or 'no records'}",
         f"record schema version: {SCHEMA_VERSION}",
         f"records used: {report.record_count} in {len(report.tables)} tables",
+        f"published results: {report.published_count}",
     ]
-    for track, data_hash, ranked, unranked in report.tables:
-        lines.append(f"  {track} (data {data_hash}): {ranked} ranked, {unranked} unranked")
+    for track, data_label, compute_class, ranked, unranked in report.tables:
+        lines.append(f"  {track} ({data_label}, class {compute_class}): {ranked} ranked entries, "
+                     f"{unranked} unranked")
     lines.append(f"files skipped: {len(report.skipped)}")
     for item in report.skipped:
         lines.append(f"- {item.relpath}")
@@ -74,11 +83,14 @@ def build_report_text(report: BuildReport) -> str:
 
 
 def build_site(records_dir: str | Path = DEFAULT_RECORDS_DIR, out_dir: str | Path = DEFAULT_SITE_DIR, *,
-               plot_cache: str | Path | None = None, workers: int | None = None) -> BuildReport:
+               plot_cache: str | Path | None = None, workers: int | None = None,
+               published: str | Path | None = None, settings: BoardSettings = DEFAULT_SETTINGS) -> BuildReport:
     """Build the whole site into `out_dir`; unreadable or invalid records are reported, never fatal.
 
     `plot_cache` names a folder where rendered plots are kept between builds (same output either way);
-    `workers` caps the processes that render plots (default: up to 4, one per core).
+    `workers` caps the processes that render plots (default: up to 4, one per core); `published` is a
+    published-results file (leaderboard/published/slowrun.json) whose rows join as records of kind
+    `reported`, in tables of their own.
     """
     records_dir, out_dir = Path(records_dir), Path(out_dir)
     records_real, out_real = records_dir.resolve(), out_dir.resolve()
@@ -86,27 +98,34 @@ def build_site(records_dir: str | Path = DEFAULT_RECORDS_DIR, out_dir: str | Pat
         raise LeaderboardError(f"--out {out_dir} and --records {records_dir} overlap; build the site in a folder "
                                "outside the records (a rebuild replaces the whole output folder)")
     _check_replaceable(out_dir)
-    records, skipped = collect_records(records_dir)
+    measured, skipped = collect_records(records_dir)
+    reported = published_records(published) if published is not None else []
+    records = measured + reported
     pages = page_names([item.relpath for item in records])
-    tables = build_tables(records, pages)
+    tables = build_tables(records, pages, settings)
     by_path = {item.relpath: item for item in records}
 
     loss_specs = {item.relpath: loss_plot_spec(item.record) for item in records}
     k_specs = {item.relpath: k_sweep_plot_spec(item.record) for item in records}
-    specs = [spec for spec in list(loss_specs.values()) + list(k_specs.values()) if spec is not None]
+    progression_specs = {t.anchor: progression_plot_spec(t) for t in tables}
+    frontier_specs = {t.anchor: frontier_plot_spec(t) for t in tables}
+    specs = [spec for spec in [*loss_specs.values(), *k_specs.values(), *progression_specs.values(),
+                               *frontier_specs.values()] if spec is not None]
     svgs = render_all(specs, cache=PlotCache(plot_cache) if plot_cache else None, workers=workers)
 
-    last_update = last_update_of(records)
+    last_update = last_update_of(measured)
     report = BuildReport(
         out_dir=out_dir,
-        record_count=len(records),
-        tables=tuple((t.track, t.data_hash, len(t.ranked), len(t.unranked)) for t in tables),
+        record_count=len(measured),
+        tables=tuple((t.track, t.data_label, t.compute_class, len(t.ranked), len(t.unranked)) for t in tables),
         skipped=tuple(skipped),
         plot_count=len(specs),
         last_update=last_update,
+        published_count=len(reported),
     )
+    published_source = reported[0].record["provenance"] if reported else None
     banner = {"last_update": last_update, "schema_version": SCHEMA_VERSION,
-              "record_count": len(records), "skipped_count": len(skipped)}
+              "record_count": len(measured), "skipped_count": len(skipped), "published_count": len(reported)}
 
     env = make_environment()
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -114,18 +133,29 @@ def build_site(records_dir: str | Path = DEFAULT_RECORDS_DIR, out_dir: str | Pat
     staging.chmod(0o755)  # mkdtemp makes it private; a published site must be readable by a web server
     try:
         _write(staging / "index.html", env.get_template("index.html.j2").render(
-            root="", banner=banner, tables=tables, skipped=skipped))
+            root="", banner=banner, tables=tables, skipped=skipped, settings=settings,
+            published_source=published_source))
         record_page = env.get_template("record.html.j2")
-        (staging / "r").mkdir()
+        entry_page = env.get_template("entry.html.j2")
+        table_page = env.get_template("table.html.j2")
+        for folder in ("r", "e", "t"):
+            (staging / folder).mkdir()
         for table in tables:
-            for row in table.rows:
-                record = by_path[row.relpath].record
-                _write(staging / "r" / f"{row.page}.json", by_path[row.relpath].text)
-                _write(staging / "r" / f"{row.page}.html", record_page.render(
-                    root="../", banner=banner, table=table, row=row, record=record,
-                    extras={k: v for k, v in sorted(record.items()) if k not in RECORD_FIELDS},
-                    loss_svg=_svg_for(loss_specs[row.relpath], svgs),
-                    k_svg=_svg_for(k_specs[row.relpath], svgs)))
+            _write(staging / "t" / f"{table.anchor}.html", table_page.render(
+                root="../", banner=banner, table=table, settings=settings, frontier=frontier_points(table),
+                progression_svg=_svg_for(progression_specs[table.anchor], svgs),
+                frontier_svg=_svg_for(frontier_specs[table.anchor], svgs)))
+            for entry in table.entries:
+                _write(staging / "e" / f"{entry.page}.html", entry_page.render(
+                    root="../", banner=banner, table=table, entry=entry, settings=settings))
+                for row in entry.runs:
+                    record = by_path[row.relpath].record
+                    _write(staging / "r" / f"{row.page}.json", by_path[row.relpath].text)
+                    _write(staging / "r" / f"{row.page}.html", record_page.render(
+                        root="../", banner=banner, table=table, row=row, entry=entry, record=record,
+                        extras={k: v for k, v in sorted(record.items()) if k not in RECORD_FIELDS},
+                        loss_svg=_svg_for(loss_specs[row.relpath], svgs),
+                        k_svg=_svg_for(k_specs[row.relpath], svgs)))
         _write(staging / "records.json", records_json(tables, by_path, last_update))
         _write(staging / "records.csv", records_csv(tables))
         _write(staging / "build-report.txt", build_report_text(report))

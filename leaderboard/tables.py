@@ -1,160 +1,110 @@
-"""Per-track rankings: which records are compared with which, and in what order.
+"""Board tables: which entries are compared with which, in what order, and each table's record history.
 
-Two records are only ranked together when they ran on the same track name *and* the same data hash:
-a different hash means different tokens, so their losses are not comparable. Within a table, records
-with status `ok` are ranked by validation loss (ties share a rank); every other status is listed below,
-unranked, so failures stay visible without competing.
+A table holds one track on one prepared data set (its data hash) in one compute class: a different hash
+means different tokens, and a different class different rules, so neither is ever ranked together.
+Published results (kind `reported`) have tables of their own. Within a table, entries that may rank are
+ordered by their mean validation loss (equal means share a rank); every other entry is listed below,
+unranked, with its reason, so failures and over-cap runs stay visible without competing.
 """
 
 from __future__ import annotations
 
 import hashlib
-import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from harness.records import parse_created
 from leaderboard.collect import LoadedRecord
+from leaderboard.entries import Entry, group_entries
+from leaderboard.history import HistoryStep, record_history
 from leaderboard.naming import hash_prefix, slug
+from leaderboard.rows import (REPORTED, Efficiency, Provenance, Row, TaskScore, downstream_of,  # noqa: F401
+                              efficiency_of, make_row, sandbox_kind)
+from leaderboard.settings import DEFAULT_SETTINGS, BoardSettings
 
-_NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
-
-
-@dataclass(frozen=True)
-class TaskScore:
-    acc: float | None
-    acc_norm: float | None
-
-
-@dataclass(frozen=True)
-class Efficiency:
-    """Data efficiency as shown: a multiplier, or a bound string when the curve cannot tell, plus a flag."""
-
-    text: str
-    sort_value: float | None
-    note: str | None
-    multiplier: float | None = None
-
-
-@dataclass(frozen=True)
-class Row:
-    rank: int | None
-    relpath: str
-    page: str  # stem of the record's page and JSON copy under r/
-    run_id: str
-    method: str
-    status: str
-    val_loss: float | None
-    val_bpb: float | None
-    efficiency: Efficiency
-    epochs: float
-    ensemble_size: int | None
-    downstream_avg: float | None
-    downstream: dict[str, TaskScore] = field(default_factory=dict)
-    compute_class: str = ""
-    created: str = ""  # normalised UTC stamp, sorts as text
-    date: str = ""
-    sandbox: str = "none"  # the sandbox the method ran in; records from before the sandbox carry none
+CLASS_ORDER = ("tiny", "limited", "two-hour", "unlimited", "cpu")
+CLASS_CAPS = {"tiny": "15 min", "limited": "60 min", "two-hour": "120 min", "unlimited": "no time cap"}
 
 
 @dataclass(frozen=True)
 class TrackTable:
     track: str
     data_hash: str
-    ranked: tuple[Row, ...]
-    unranked: tuple[Row, ...]
+    compute_class: str
+    ranked: tuple[Entry, ...]
+    unranked: tuple[Entry, ...]
     tasks: tuple[str, ...]  # downstream tasks any row reports, sorted
+    history: tuple[HistoryStep, ...] = ()
+    reported: bool = False
 
     @property
     def hash_prefix(self) -> str:
         return hash_prefix(self.data_hash)
 
     @property
+    def data_label(self) -> str:
+        return "published results" if self.reported else f"data {self.hash_prefix}"
+
+    @property
+    def cap(self) -> str | None:
+        return CLASS_CAPS.get(self.compute_class)
+
+    @property
     def anchor(self) -> str:
         """Page anchor of the table: readable, and distinct even for names that slug alike."""
-        digest = hashlib.sha256(f"{self.track}\0{self.data_hash}".encode()).hexdigest()[:8]
-        return f"track-{slug(self.track)}-{digest}"
+        digest = hashlib.sha256(f"{self.track}\0{self.data_hash}\0{self.compute_class}".encode()).hexdigest()[:8]
+        return f"track-{slug(self.track)}-{slug(self.compute_class)}-{digest}"
+
+    @property
+    def entries(self) -> tuple[Entry, ...]:
+        return self.ranked + self.unranked
 
     @property
     def rows(self) -> tuple[Row, ...]:
-        return self.ranked + self.unranked
+        """Every run of the table, ranked entries first, each entry's runs together."""
+        return tuple(row for entry in self.entries for row in entry.runs)
+
+    def rank_of(self, row: Row) -> int | None:
+        for entry in self.ranked:
+            if any(r.relpath == row.relpath for r in entry.runs):
+                return entry.rank
+        return None
 
 
-def efficiency_of(result: dict | None) -> Efficiency:
-    if not result:
-        return Efficiency("—", None, None)
-    efficiency = result["data_efficiency"]
-    multiplier, bound, flag = efficiency["multiplier"], efficiency["bound"], efficiency["flag"]
-    if multiplier is not None:
-        return Efficiency(f"{multiplier:.2f}×", float(multiplier), flag, float(multiplier))
-    if bound:
-        match = _NUMBER.search(bound)
-        return Efficiency(bound, float(match.group()) if match else None, flag or "bound")
-    return Efficiency("—", None, flag)
+def _class_position(name: str) -> tuple[int, str]:
+    return (CLASS_ORDER.index(name) if name in CLASS_ORDER else len(CLASS_ORDER), name)
 
 
-def downstream_of(record: dict) -> tuple[dict[str, TaskScore], float | None]:
-    scores = {task: TaskScore(s["acc"], s["acc_norm"]) for task, s in sorted((record["downstream"] or {}).items())}
-    accs = [s.acc for s in scores.values() if s.acc is not None]
-    return scores, (math.fsum(accs) / len(accs) if accs else None)
+def _ranked_in_order(entries: list[Entry]) -> tuple[Entry, ...]:
+    ordered = sorted(entries, key=lambda e: (e.mean, e.order))
+    ranked: list[Entry] = []
+    for position, entry in enumerate(ordered):
+        tied = ranked and ordered[position - 1].mean == entry.mean
+        ranked.append(_with_rank(entry, ranked[-1].rank if tied else position + 1))
+    return tuple(ranked)
 
 
-def make_row(loaded: LoadedRecord, page: str, rank: int | None) -> Row:
-    record = loaded.record
-    result = record["result"]
-    created = parse_created(record["created"])
-    scores, average = downstream_of(record)
-    return Row(
-        rank=rank,
-        relpath=loaded.relpath,
-        page=page,
-        run_id=record["run_id"],
-        method=record["method"]["name"],
-        status=record["status"],
-        val_loss=result["val_loss"] if result else None,
-        val_bpb=result["val_bpb"] if result else None,
-        efficiency=efficiency_of(result),
-        epochs=record["metered"]["epochs"],
-        ensemble_size=result["ensemble_size"] if result else (len(record["ensemble"]["members"]) or None),
-        downstream_avg=average,
-        downstream=scores,
-        compute_class=record["compute"]["class"],
-        created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
-        date=created.strftime("%Y-%m-%d"),
-        sandbox=sandbox_kind(record),
-    )
+def _with_rank(entry: Entry, rank: int) -> Entry:
+    from dataclasses import replace
+
+    return replace(entry, rank=rank)
 
 
-def sandbox_kind(record: dict) -> str:
-    """`landlock` when the method's process was confined, else `none` (older records have no field)."""
-    sandbox = record.get("sandbox")
-    return str(sandbox.get("kind", "none")) if isinstance(sandbox, dict) else "none"
-
-
-def _is_ranked(record: dict) -> bool:
-    return record["status"] == "ok" and record["result"] is not None
-
-
-def build_tables(records: list[LoadedRecord], pages: dict[str, str]) -> list[TrackTable]:
-    """One table per (track name, data hash), ordered by track name then hash."""
-    groups: dict[tuple[str, str], list[LoadedRecord]] = {}
+def build_tables(records: list[LoadedRecord], pages: dict[str, str],
+                 settings: BoardSettings = DEFAULT_SETTINGS) -> list[TrackTable]:
+    """One table per (track, data hash, compute class), measured before published, classes in cap order."""
+    groups: dict[tuple, list[tuple[LoadedRecord, Row]]] = {}
     for loaded in records:
-        track = loaded.record["track"]
-        groups.setdefault((track["name"], track["data_hash"]), []).append(loaded)
+        row = make_row(loaded, pages[loaded.relpath])
+        record = loaded.record
+        key = (record["track"]["name"], row.provenance.kind == REPORTED, record["track"]["data_hash"],
+               _class_position(record["compute"]["class"]))
+        groups.setdefault(key, []).append((loaded, row))
 
     tables = []
-    for (track, data_hash), members in sorted(groups.items()):
-        ok = sorted((m for m in members if _is_ranked(m.record)),
-                    key=lambda m: (m.record["result"]["val_loss"], parse_created(m.record["created"]), m.relpath))
-        ranked: list[Row] = []
-        for position, loaded in enumerate(ok):
-            loss = loaded.record["result"]["val_loss"]
-            tied = ranked and ok[position - 1].record["result"]["val_loss"] == loss
-            rank = ranked[-1].rank if tied else position + 1
-            ranked.append(make_row(loaded, pages[loaded.relpath], rank))
-        others = sorted((m for m in members if not _is_ranked(m.record)),
-                        key=lambda m: (m.record["status"], parse_created(m.record["created"]), m.relpath))
-        unranked = [make_row(m, pages[m.relpath], None) for m in others]
-        tasks = sorted({task for row in ranked + unranked for task in row.downstream})
-        tables.append(TrackTable(track, data_hash, tuple(ranked), tuple(unranked), tuple(tasks)))
+    for (track, reported, data_hash, (_, compute_class)), members in sorted(groups.items()):
+        entries = group_entries(members, settings)
+        ranked = _ranked_in_order([e for e in entries if not e.reasons])
+        unranked = tuple(sorted((e for e in entries if e.reasons), key=lambda e: (e.status, e.order)))
+        tasks = sorted({task for _, row in members for task in row.downstream})
+        tables.append(TrackTable(track, data_hash, compute_class, ranked, unranked, tuple(tasks),
+                                 record_history(list(ranked), settings), reported))
     return tables

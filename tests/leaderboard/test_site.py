@@ -68,7 +68,7 @@ def test_different_data_hashes_are_separate_tables_with_hash_in_title(tmp_path):
     boards = parse_boards((tmp_path / "site" / "index.html").read_text(encoding="utf-8"))
     assert len(boards) == 2
     titles = sorted(b.title for b in boards)
-    assert titles == [f"synthetic data {DATA_HASH[:12]}", f"synthetic data {OTHER_DATA_HASH[:12]}"]
+    assert titles == [f"synthetic · tiny data {DATA_HASH[:12]}", f"synthetic · tiny data {OTHER_DATA_HASH[:12]}"]
     other = next(b for b in boards if OTHER_DATA_HASH[:12] in b.title)
     assert other.column("Method") == ["elsewhere"] and other.column("Rank") == ["1"]
 
@@ -84,7 +84,7 @@ def test_equal_losses_share_a_rank(tmp_path):
 def test_columns_show_efficiency_bounds_downstream_and_compute(tmp_path):
     records = [
         make_record(0, result__data_efficiency={"multiplier": None, "bound": ">20×", "flag": "beyond-reference"}),
-        make_record(1, downstream=None, compute__class="unlimited"),
+        make_record(1, downstream=None),
     ]
     write_board(tmp_path / "records", records)
     build_site(tmp_path / "records", tmp_path / "site", workers=1)
@@ -93,7 +93,8 @@ def test_columns_show_efficiency_bounds_downstream_and_compute(tmp_path):
     average = (records[0]["downstream"]["piqa"]["acc"] + records[0]["downstream"]["sciq"]["acc"]) / 2
     assert board.column("Downstream avg acc (%)") == [f"{average * 100:.1f}", "—"]
     assert board.column("piqa acc_norm (%)") == [f"{records[0]['downstream']['piqa']['acc_norm'] * 100:.1f}", "—"]
-    assert board.column("Compute class") == ["tiny", "unlimited"]
+    assert board.column("Hardware") == ["1× CPU", "1× CPU"]  # old records: device and world size
+    assert board.column("Training time") == ["2.0 min", "2.0 min"] and board.column("Wall time") == ["—", "—"]
     assert board.column("Ensemble K") == ["2", "2"]
     assert board.column("Date") == ["2025-01-01", "2025-01-01"]
 
@@ -155,11 +156,14 @@ def test_record_strings_are_escaped_everywhere(tmp_path):
     record["snapshots"][0]["tag"] = XSS
     record["snapshots"][0]["meta"] = {"note": XSS}
     record["ensemble"]["members"] = [{"tag": XSS, "weight": 1.0}]
+    record["compute"].update({"class": XSS, "hardware": {"gpu_model": XSS, "gpus_per_node": 8, "nodes": 1,
+                                                         "gpu_hours": None}})
+    record["unranked_reasons"] = [XSS]
     write_board(tmp_path / "records", [record, make_record(1)], track_folder="t")
     report = build_site(tmp_path / "records", tmp_path / "site", workers=1)
     assert report.skipped == ()
     html_files = list((tmp_path / "site").rglob("*.html"))
-    assert len(html_files) == 3
+    assert len(html_files) == 7  # index, 2 table pages, 2 entry pages, 2 record pages
     escaped = "&lt;script&gt;alert(1)&lt;/script&gt;"
     for path in html_files:
         text = path.read_text(encoding="utf-8")
