@@ -9,38 +9,74 @@ Choices the scores depend on, and why:
   ``seq_len`` (some PIQA solutions run to 1,000 characters) is scored in consecutive pieces of at most
   ``seq_len`` tokens, each predicted from as much preceding text as fits, as rolling log-likelihoods are;
   nothing is dropped and no input exceeds the window.
-- Members share tokenization and batching: each padded batch goes through every member, and their
-  next-token distributions are mixed per position (see :mod:`harness.downstream.mixing`), exactly the
-  mixture the validation loss scores. Requests are sorted by length, longest first, so padding is small
-  and an out-of-memory error shows up in the first batch.
+- Members are scored one at a time over every request, so memory holds one model: a member is opened
+  (loaded) when scoring reaches it and closed before the next is opened. Each leaves its exact
+  log-probability of every scored token and its top-k ids behind; the mixture p(y) = sum_i w_i p_i(y)
+  is then formed per token (see :mod:`harness.downstream.mixing`), exactly the mixture the validation
+  loss scores. The few tokens whose greedy flag the top-k cannot settle are decided by a second pass
+  over the members that mixes their whole distributions at those tokens only. Requests are sorted by
+  length, longest first, so padding is small and an out-of-memory error shows up in the first batch.
 - Padding is on the right. Under causal attention the padded tail cannot change the scored positions.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 import torch
 from lm_eval.api.model import TemplateLM
 from tqdm import tqdm
 
-from harness.downstream.mixing import mixture_scores, score_continuations
+from harness.downstream.mixing import (DEFAULT_TOP_K, add_member_probs, concat_positions, member_positions,
+                                       mix_target_logprobs, score_continuations, settle_greedy)
 from harness.ensemble import normalise_weights
 from harness.errors import SlowrunError
 
 
+class Member(Protocol):
+    """An ensemble member that holds its model only between ``open`` and ``close``.
+
+    ``open`` returns the model (``idx -> logits``); ``close`` releases it and drops every reference to it.
+    A member may be opened again after ``close`` (the second pass). An optional ``prepare()`` is called
+    while the member before it is being scored, for work that holds no weights (starting a process).
+    """
+
+    def open(self): ...
+
+    def close(self) -> None: ...
+
+
+class LoadedModel:
+    """A model already in memory, as a :class:`Member` (nothing to load or release)."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def open(self):
+        return self.model
+
+    def close(self) -> None:
+        pass
+
+
+def as_member(model) -> Member:
+    return model if hasattr(model, "open") and hasattr(model, "close") else LoadedModel(model)
+
+
 class MixtureLM(TemplateLM):
-    """Log-likelihoods under p(y) = sum_i w_i p_i(y) for ``models`` (torch modules, ``idx -> logits``).
+    """Log-likelihoods under p(y) = sum_i w_i p_i(y) for ``models``: torch modules (``idx -> logits``) or
+    :class:`Member` objects that load their model when opened, one at a time.
 
     ``weights`` default to uniform and are normalised; members with weight zero are dropped. One model
     with any positive weight is that model alone. ``tokenizer`` is a track tokenizer (``encode_batch``,
-    ``bos_id``); ``seq_len`` is the longest input the models accept.
+    ``bos_id``); ``seq_len`` is the longest input the models accept; ``top_k`` how many ids per scored token
+    each member keeps for settling greedy flags.
     """
 
-    def __init__(self, models: Sequence[torch.nn.Module], weights: Sequence[float] | None = None, *,
+    def __init__(self, models: Sequence, weights: Sequence[float] | None = None, *,
                  tokenizer, seq_len: int, batch_size: int = 32, device: str | torch.device = "cpu",
-                 progress: bool = False):
+                 progress: bool = False, top_k: int = DEFAULT_TOP_K):
         super().__init__()
         models = list(models)
         if not models:
@@ -53,7 +89,10 @@ class MixtureLM(TemplateLM):
             raise SlowrunError(f"batch_size must be a positive integer, got {batch_size!r}")
         if getattr(tokenizer, "bos_id", None) is None or not hasattr(tokenizer, "encode_batch"):
             raise SlowrunError("the tokenizer must have encode_batch(texts) and a bos_id")
-        self.members = [models[i] for i in kept]
+        if isinstance(top_k, bool) or not isinstance(top_k, int) or top_k < 1:
+            raise SlowrunError(f"top_k must be a positive integer, got {top_k!r}")
+        self.members = [as_member(models[i]) for i in kept]
+        self.top_k = top_k
         self.weights = tuple(float(w[i]) for i in kept)
         self._log_weights = torch.tensor(np.log(w[kept]), dtype=torch.float64)
         self.text_tokenizer = tokenizer
@@ -63,6 +102,7 @@ class MixtureLM(TemplateLM):
         self.progress = progress
         self._encoded: dict[str, list[int]] = {}
         self.input_tokens = 0  # tokens fed to each member so far, padding excluded: the work done, for reports
+        self._vocab: int | None = None  # the first member's vocabulary size; every member must agree
 
     # ------------------------------------------------------------------ tokenization
     @property
@@ -120,24 +160,82 @@ class MixtureLM(TemplateLM):
                 inputs.append(window[:-1])
                 targets.append(full[piece_start:piece_end])
                 owners.append(index)
-        totals = [0.0] * len(requests)
-        greedy = [True] * len(requests)  # an empty continuation has probability one and is trivially greedy
+        if not inputs:  # only empty continuations: probability one, trivially greedy
+            return [(0.0, True)] * len(requests)
         order = sorted(range(len(inputs)), key=lambda i: (-len(inputs[i]), i))
-        bar = tqdm(total=len(inputs), desc="downstream", unit="seq", disable=not self.progress)
-        for first in range(0, len(order), self.batch_size):
-            batch = order[first : first + self.batch_size]
-            batch_totals, batch_greedy = self._score_batch([inputs[i] for i in batch], [targets[i] for i in batch])
-            for j, i in enumerate(batch):
-                totals[owners[i]] += float(batch_totals[j])
-                greedy[owners[i]] = greedy[owners[i]] and bool(batch_greedy[j])
-            self.input_tokens += sum(len(inputs[i]) for i in batch)
-            bar.update(len(batch))
-            bar.set_postfix(tokens=self.input_tokens, refresh=False)
+        batches = [order[first : first + self.batch_size] for first in range(0, len(order), self.batch_size)]
+        # Scored positions, flat, in batch order: the pieces of `order`, each its targets in turn.
+        target_ids = torch.tensor([t for i in order for t in targets[i]], dtype=torch.long)
+        owner = torch.tensor([owners[i] for i in order for _ in targets[i]], dtype=torch.long)
+        bar = tqdm(total=len(inputs) * len(self.members), desc="downstream", unit="seq", disable=not self.progress)
+        per_member = []
+        for index in range(len(self.members)):
+            model = self._open(index)
+            try:
+                parts = []
+                for batch in batches:
+                    logits = self._scored_logits(model, [inputs[i] for i in batch], [targets[i] for i in batch])
+                    batch_targets = torch.tensor([t for i in batch for t in targets[i]], dtype=torch.long)
+                    parts.append(member_positions(logits, batch_targets, self.top_k))
+                    if index == 0:
+                        self.input_tokens += sum(len(inputs[i]) for i in batch)
+                    bar.update(len(batch))
+                    bar.set_postfix(tokens=self.input_tokens, refresh=False)
+            finally:
+                del model  # the member's close() must be able to free it
+                self.members[index].close()
+            per_member.append(concat_positions(parts))
         bar.close()
-        return list(zip(totals, greedy))
+        target_lp = mix_target_logprobs(torch.stack([m.target_lp for m in per_member]), self._log_weights)
+        greedy, unsettled = settle_greedy(per_member, self._log_weights, target_ids)
+        if bool(unsettled.any()):
+            where = unsettled.nonzero().squeeze(1)
+            greedy[where] = self._exact_greedy(where, order, inputs, targets, target_ids)
+        totals, all_greedy = score_continuations(target_lp, greedy, owner, len(requests))
+        return [(float(total), bool(flag)) for total, flag in zip(totals, all_greedy)]
+
+    def _open(self, index: int):
+        member = self.members[index]
+        model = member.open()
+        following = self.members[index + 1] if index + 1 < len(self.members) else None
+        if following is not None and hasattr(following, "prepare"):
+            following.prepare()  # e.g. start its worker process; it loads no weights until opened
+        return model
+
+    def _exact_greedy(self, positions: torch.Tensor, order: list[int], inputs, targets,
+                      target_ids: torch.Tensor) -> torch.Tensor:
+        """Greedy flags at ``positions`` (flat indices) from the whole mixed distribution there: a second pass
+        over the members that scores only the pieces holding those positions."""
+        starts, offset = {}, 0
+        for piece in order:
+            starts[piece] = offset
+            offset += len(targets[piece])
+        row_of = {int(p): row for row, p in enumerate(positions)}
+        pieces = [piece for piece in order
+                  if any(starts[piece] + j in row_of for j in range(len(targets[piece])))]
+        mixed = None
+        for index, log_w in enumerate(self._log_weights.tolist()):
+            model = self._open(index)
+            try:
+                member_mixed = torch.zeros(0)
+                for first in range(0, len(pieces), self.batch_size):
+                    batch = pieces[first : first + self.batch_size]
+                    logits = self._scored_logits(model, [inputs[i] for i in batch], [targets[i] for i in batch])
+                    flat = [starts[i] + j for i in batch for j in range(len(targets[i]))]
+                    keep = [k for k, p in enumerate(flat) if p in row_of]
+                    rows = torch.tensor([row_of[flat[k]] for k in keep], dtype=torch.long)
+                    if member_mixed.numel() == 0:
+                        member_mixed = torch.zeros(len(row_of), logits.shape[-1], dtype=torch.float64)
+                    member_mixed[rows] = add_member_probs(None, logits[keep], log_w)
+            finally:
+                del model
+                self.members[index].close()
+            mixed = member_mixed if mixed is None else mixed.add_(member_mixed)
+        return mixed.argmax(dim=-1) == target_ids[positions]
 
     @torch.inference_mode()
-    def _score_batch(self, inputs: list[list[int]], targets: list[list[int]]):
+    def _scored_logits(self, model, inputs: list[list[int]], targets: list[list[int]]) -> torch.Tensor:
+        """The model's logits [N, V] at the positions that predict the targets, in order, on the CPU."""
         lengths = [len(x) for x in inputs]
         width = max(lengths)
         batch = torch.full((len(inputs), width), self.prefix_token_id, dtype=torch.long)
@@ -148,22 +246,19 @@ class MixtureLM(TemplateLM):
         owner = torch.repeat_interleave(torch.arange(len(inputs)), counts)
         # The last len(target) input positions of each row predict its continuation tokens.
         positions = torch.cat([torch.arange(n - len(t), n) for n, t in zip(lengths, targets)])
-        target_ids = torch.tensor([t for ts in targets for t in ts], dtype=torch.long)
-        member_logits = []
-        for model in self.members:
-            logits = model(batch)
-            if logits.dim() != 3 or logits.shape[:2] != batch.shape:
-                raise SlowrunError(f"a model returned logits of shape {tuple(logits.shape)} for input "
-                                   f"{tuple(batch.shape)}; expected [batch, time, vocab]")
-            member_logits.append(logits[owner.to(logits.device), positions.to(logits.device)].cpu())
-        vocab = {m.shape[-1] for m in member_logits}
-        if len(vocab) != 1:
-            raise SlowrunError(f"ensemble members disagree on the vocabulary size ({sorted(vocab)})")
-        if int(target_ids.max()) >= vocab.pop():
+        logits = model(batch)
+        if logits.dim() != 3 or logits.shape[:2] != batch.shape:
+            raise SlowrunError(f"a model returned logits of shape {tuple(logits.shape)} for input "
+                               f"{tuple(batch.shape)}; expected [batch, time, vocab]")
+        vocab = logits.shape[-1]
+        if self._vocab is None:
+            self._vocab = vocab
+        elif vocab != self._vocab:
+            raise SlowrunError(f"ensemble members disagree on the vocabulary size ({sorted({vocab, self._vocab})})")
+        if max(t for ts in targets for t in ts) >= vocab:
             raise SlowrunError("the tokenizer produced an id outside the models' vocabulary; "
                                "use the tokenizer of the track the models were trained on")
-        target_lp, argmax = mixture_scores(member_logits, self._log_weights, target_ids)
-        return score_continuations(target_lp, argmax, target_ids, owner, len(inputs))
+        return logits[owner.to(logits.device), positions.to(logits.device)].cpu()
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Whole-text log-likelihood after BOS: the text is a continuation of BOS alone, which the piecewise

@@ -112,6 +112,31 @@ def score_downstream(models: Sequence, weights: Sequence[float] | None = None, *
     return run_tasks(lm, tasks, data_dir, limit)
 
 
+class SnapshotMember:
+    """A stored snapshot as an ensemble member: its model runs in an evaluation worker of its own, started by
+    ``prepare`` (a process importing torch, no weights), loaded by ``open`` and stopped by ``close``."""
+
+    def __init__(self, snapshot, **worker_options):
+        self.snapshot = snapshot
+        self.worker_options = worker_options
+        self._remote = None
+
+    def prepare(self) -> None:
+        from harness.eval_client import RemoteModel
+
+        if self._remote is None:
+            self._remote = RemoteModel(self.snapshot, **self.worker_options).start()
+
+    def open(self):
+        self.prepare()
+        return self._remote.load()
+
+    def close(self) -> None:
+        if self._remote is not None:
+            self._remote.close()
+            self._remote = None
+
+
 def score_snapshots(snapshots: Sequence, weights: Sequence[float] | None = None, *, tokenizer, seq_len: int,
                     device: str = "cpu", method_dir: str | Path | None = None,
                     builder_roots: Sequence[str | Path] | None = None, timeout_s: float | None = None,
@@ -119,26 +144,23 @@ def score_snapshots(snapshots: Sequence, weights: Sequence[float] | None = None,
     """:func:`score_downstream` for stored snapshots (``harness.snapshots.Snapshot``), run on ``device``.
 
     Each snapshot's model runs in an evaluation worker of its own (see :mod:`harness.eval_client`), never in
-    this process: ``method_dir`` and ``builder_roots`` say where its builder may come from (see
-    :class:`harness.eval_client.RemoteModel`), ``timeout_s``
-    bounds each worker (default: the evaluation's per-snapshot limit). A snapshot that cannot be run raises
-    :class:`harness.eval_client.InvalidSnapshot`.
+    this process, and one at a time: a member's worker is stopped before the next one loads its weights
+    (the next worker's process is started ahead, so its torch import overlaps). ``method_dir`` and
+    ``builder_roots`` say where its builder may come from (see :class:`harness.eval_client.RemoteModel`),
+    ``timeout_s`` bounds each worker (default: the evaluation's per-snapshot limit). A snapshot that cannot
+    be run raises :class:`harness.eval_client.InvalidSnapshot`.
     """
-    from contextlib import ExitStack
+    from harness.eval_client import DEFAULT_TIMEOUT_S
 
-    from harness.eval_client import DEFAULT_TIMEOUT_S, RemoteModel
-
-    with ExitStack() as stack:
-        models = []
-        for snapshot in snapshots:  # all workers start first, so their torch imports overlap
-            remote = RemoteModel(snapshot, method_dir=method_dir, builder_roots=builder_roots, device=device,
-                                 vocab_size=getattr(tokenizer, "vocab_size", None),
-                                 timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
-            stack.callback(remote.close)
-            models.append(remote.start())
-        for remote in models:
-            remote.load()
-        return score_downstream(models, weights, tokenizer=tokenizer, seq_len=seq_len, device=device, **options)
+    members = [SnapshotMember(snapshot, method_dir=method_dir, builder_roots=builder_roots, device=device,
+                              vocab_size=getattr(tokenizer, "vocab_size", None),
+                              timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+               for snapshot in snapshots]
+    try:
+        return score_downstream(members, weights, tokenizer=tokenizer, seq_len=seq_len, device=device, **options)
+    finally:
+        for member in members:  # a worker prepared ahead of a failure must not outlive it
+            member.close()
 
 
 def downstream_average(scores: dict[str, dict]) -> dict[str, float]:

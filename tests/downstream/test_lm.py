@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import numpy as np
 import pytest
 import torch
 from lm_eval.api.instance import Instance
 
 from harness.downstream.lm import MixtureLM
-from harness.downstream.mixing import mixture_scores
+from harness.downstream.mixing import member_positions, mix_target_logprobs, settle_greedy
 from harness.errors import SlowrunError
 from tests.downstream.conftest import (SEQ_LEN, brute_force_score, greedy_continuation, make_model, token_pair,
                                        window_score)
@@ -171,25 +174,121 @@ def test_bad_setup_is_refused(tokenizer, model):
         lm._loglikelihood_tokens([(("", ""), [tokenizer.bos_id], [tokenizer.vocab_size - 1])])
 
 
-def test_mixture_scores_match_numpy_and_survive_impossible_tokens():
+def mixture_of(logits_list, w, targets):
+    """log p(target) and argmax of sum_i w_i softmax(logits_i), all members at once, in numpy float64."""
+    mixed = 0.0
+    for logits, wi in zip(logits_list, w):
+        x = logits.astype(np.float32).astype(np.float64)
+        p = np.exp(x - x.max(1, keepdims=True))
+        mixed = mixed + wi * p / p.sum(1, keepdims=True)
+    return np.log(mixed[np.arange(len(targets)), targets]), mixed.argmax(axis=1)
+
+
+def test_member_by_member_mixing_matches_numpy_and_survives_impossible_tokens():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(6, 7)) * 4, rng.normal(size=(6, 7)) * 4
     a[0, 3] = -np.inf  # impossible for one member only: the mixture keeps the other's mass
     a[1, :] += 900.0  # far outside exp's range without the shift
     w = np.array([0.25, 0.75])
     targets = np.array([3, 0, 1, 2, 6, 5])
-    target_lp, argmax = mixture_scores([torch.tensor(a, dtype=torch.float32), torch.tensor(b, dtype=torch.float32)],
-                                       torch.tensor(np.log(w)), torch.tensor(targets))
-    a32, b32 = a.astype(np.float32).astype(np.float64), b.astype(np.float32).astype(np.float64)
-    pa = np.exp(a32 - a32.max(1, keepdims=True)); pa /= pa.sum(1, keepdims=True)
-    pb = np.exp(b32 - b32.max(1, keepdims=True)); pb /= pb.sum(1, keepdims=True)
-    mixed = w[0] * pa + w[1] * pb
+    members = [member_positions(torch.tensor(x, dtype=torch.float32), torch.tensor(targets), top_k=2) for x in (a, b)]
+    log_w = torch.tensor(np.log(w))
+    target_lp = mix_target_logprobs(torch.stack([m.target_lp for m in members]), log_w)
+    expected_lp, expected_argmax = mixture_of([a, b], w, targets)
     assert target_lp.dtype == torch.float64
-    np.testing.assert_allclose(target_lp.numpy(), np.log(mixed[np.arange(6), targets]), rtol=1e-12)
-    assert argmax.tolist() == mixed.argmax(axis=1).tolist()
+    np.testing.assert_allclose(target_lp.numpy(), expected_lp, rtol=1e-12)
     assert np.isfinite(target_lp.numpy()).all()
-    # One member: its own log-softmax and argmax.
-    single_lp, single_argmax = mixture_scores([torch.tensor(b32)], torch.zeros(1, dtype=torch.float64),
-                                              torch.tensor(targets))
-    np.testing.assert_allclose(single_lp.numpy(), np.log(pb[np.arange(6), targets]), rtol=1e-12)
-    assert single_argmax.tolist() == b32.argmax(axis=1).tolist()
+    greedy, unsettled = settle_greedy(members, log_w, torch.tensor(targets))
+    settled = ~unsettled.numpy()
+    assert (greedy.numpy()[settled] == (expected_argmax == targets)[settled]).all()
+    # One member: its own log-softmax exactly, and every flag settled by its own top-k.
+    single = member_positions(torch.tensor(b, dtype=torch.float32), torch.tensor(targets))
+    single_lp = mix_target_logprobs(single.target_lp[None], torch.zeros(1, dtype=torch.float64))
+    np.testing.assert_allclose(single_lp.numpy(), mixture_of([b], [1.0], targets)[0], rtol=1e-12)
+    single_greedy, single_unsettled = settle_greedy([single], torch.zeros(1, dtype=torch.float64), torch.tensor(targets))
+    assert not single_unsettled.any()
+    assert single_greedy.tolist() == (b.astype(np.float32).argmax(axis=1) == targets).tolist()
+
+
+def test_greedy_flags_settled_by_top_k_on_a_hand_worked_mixture():
+    """A = [.5, .3, .1, .1], B = [.1, .6, .2, .1], equal weights: the mixture is [.3, .45, .15, .1].
+    With the top two ids of each member, id 0's mass is at most .5*.5 + .5*min(.2, 1 - .8) = .35 < .45 and
+    id 2's at most .5*min(.3, .2) + .5*.2 = .2, every other id's at most .5*.2 + .5*.2 = .2: target 1 is
+    certainly the argmax. Target 0 (.3) is certainly beaten: id 1's known mass is .5*.3 + .5*.6 = .45.
+    With the top id alone, id 0's bound is .5*.5 + .5*min(.6, .4) = .45, equal to target 1's mass, and id
+    1's known mass is .5*.6 = .3, equal to target 0's: neither can be settled."""
+    a, b = np.log([[0.5, 0.3, 0.1, 0.1]] * 2), np.log([[0.1, 0.6, 0.2, 0.1]] * 2)
+    targets = torch.tensor([1, 0])
+    log_w = torch.tensor(np.log([0.5, 0.5]))
+    members = [member_positions(torch.tensor(x), targets, top_k=2) for x in (a, b)]
+    greedy, unsettled = settle_greedy(members, log_w, targets)
+    assert unsettled.tolist() == [False, False] and greedy.tolist() == [True, False]
+    members = [member_positions(torch.tensor(x), targets, top_k=1) for x in (a, b)]
+    assert settle_greedy(members, log_w, targets)[1].tolist() == [True, True]
+
+
+class CountingMember:
+    """Builds its model when opened and forgets it when closed; counts how many models are alive at once."""
+
+    alive: set = set()
+    most_alive = 0
+
+    def __init__(self, vocab_size: int, seed: int):
+        self.vocab_size, self.seed, self.opened, self.ref = vocab_size, seed, 0, None
+        self.model = None
+
+    def open(self):
+        self.model = make_model(self.vocab_size, self.seed)
+        self.opened += 1
+        self.ref = weakref.ref(self.model)
+        CountingMember.alive.add(id(self))
+        CountingMember.most_alive = max(CountingMember.most_alive, len(CountingMember.alive))
+        return self.model
+
+    def close(self):
+        self.model = None
+        gc.collect()
+        assert self.ref is None or self.ref() is None, "the scorer kept a reference to a closed member's model"
+        CountingMember.alive.discard(id(self))
+
+
+def test_members_are_scored_one_at_a_time_and_equal_the_all_at_once_mixture(tokenizer, model, other_model):
+    """Three members built only when scoring reaches them: never two alive at once, and the scores equal the
+    all-at-once mixture (every member's model in memory, mixed per token in float64 from scratch)."""
+    CountingMember.alive.clear()
+    CountingMember.most_alive = 0
+    members = [CountingMember(tokenizer.vocab_size, seed) for seed in (1, 2, 7)]
+    weights = [0.2, 0.3, 0.5]
+    lm = MixtureLM(members, weights, tokenizer=tokenizer, seq_len=SEQ_LEN, batch_size=3)
+    got = lm.loglikelihood(instances(TEXT_REQUESTS))
+    assert CountingMember.most_alive == 1 and not CountingMember.alive
+    in_memory = [model, other_model, make_model(tokenizer.vocab_size, 7)]  # the same seeds, all at once
+    for (context, continuation), (logp, greedy) in zip(TEXT_REQUESTS, got):
+        ctx_ids, cont_ids = token_pair(tokenizer, context, continuation)
+        expected, expected_greedy = brute_force_score(in_memory, weights, ctx_ids, cont_ids, SEQ_LEN)
+        assert logp == pytest.approx(expected, abs=TOL)
+        assert greedy == expected_greedy
+    assert got == MixtureLM(in_memory, weights, tokenizer=tokenizer, seq_len=SEQ_LEN,
+                            batch_size=3).loglikelihood(instances(TEXT_REQUESTS))
+
+
+def test_flags_the_top_k_cannot_settle_are_decided_by_a_second_pass(tokenizer):
+    """With one id kept per member many flags stay unsettled; a second pass over the members (each opened
+    again, still one at a time) mixes the whole distributions there, and every flag equals the brute force."""
+    CountingMember.alive.clear()
+    CountingMember.most_alive = 0
+    members = [CountingMember(tokenizer.vocab_size, seed) for seed in (1, 2)]
+    weights = [0.5, 0.5]
+    lm = MixtureLM(members, weights, tokenizer=tokenizer, seq_len=SEQ_LEN, batch_size=3, top_k=1)
+    context = [tokenizer.bos_id] + tokenizer.encode_batch(["Metals conduct heat"])[0]
+    in_memory = [make_model(tokenizer.vocab_size, seed) for seed in (1, 2)]
+    greedy = greedy_continuation(in_memory, weights, context, 5)
+    requests = [(("", ""), context, greedy), (("", ""), context, greedy[:2] + [(greedy[2] + 1) % 300])]
+    for (context_text, continuation) in TEXT_REQUESTS:
+        requests.append((("", ""), *token_pair(tokenizer, context_text, continuation)))
+    got = lm._loglikelihood_tokens(requests)
+    assert [m.opened for m in members] == [2, 2] and CountingMember.most_alive == 1
+    for (_, ctx_ids, cont_ids), (logp, flag) in zip(requests, got):
+        expected, expected_greedy = brute_force_score(in_memory, weights, ctx_ids, cont_ids, SEQ_LEN)
+        assert logp == pytest.approx(expected, abs=TOL) and flag == expected_greedy
+    assert got[0][1] is True and got[1][1] is False
