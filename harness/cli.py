@@ -270,8 +270,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plan)
 
     from leaderboard.cli import add_subcommands as add_leaderboard_commands
+    from leaderboard.cli import add_submit_command
 
     add_leaderboard_commands(sub)
+    add_submit_command(sub)
 
     p = sub.add_parser("tracks", help="list the known tracks")
     p.add_argument("--tracks", action="append", default=[], metavar="FILE.toml", help=tracks_help)

@@ -10,9 +10,12 @@ What is checked before a record joins, all before anything is written:
   the board), because a record on other data would otherwise sit in the board under the same name. A
   track the board has never seen needs an explicit `new_track`;
 - its run is not on the board already in another file: each run is listed once;
-- the optional `verify` hook (re-checking the run folder itself) finds nothing wrong.
+- the optional `verify` hook (re-checking the run folder itself) finds nothing wrong; the filed record
+  then carries `verified` (`{"ok": true, ...}`), which the board shows as provenance "verified".
 The file is filed under a name derived from the track, method and run, written atomically, and an
-existing different file is never replaced; adding the identical record again is a no-op.
+existing different file is never replaced; adding the identical record again is a no-op. `dry_run`
+checks everything and writes nothing. A submission bundle (leaderboard/bundle.py) is filed run by run,
+after its files are checked against its manifest, with its own method folder as the method to hash.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Callable, Iterable, Mapping
 from harness.errors import LeaderboardError
 from harness.official_hashes import KNOWN_FLOORS, official_hashes
 from harness.records import RECORD_FILENAME, STATUSES, load_record, record_to_json, write_text_atomic
+from leaderboard.bundle import is_bundle, read_bundle
 from leaderboard.collect import LoadedRecord, collect_records
 from leaderboard.naming import DEFAULT_RECORDS_DIR, hash_prefix, slug
 from leaderboard.verify import bidi_problems, method_hash_problems, verify_record_bounds
@@ -85,7 +89,7 @@ def _track_hashes(board: list[LoadedRecord]) -> dict[str, set[str]]:
 def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DIR, *,
                known_tracks: Mapping[str, Iterable[str]] | None = None, new_track: bool = False,
                floors: Mapping[str, float] | None = None, method_dir: str | Path | None = None,
-               verify: Verifier | None = None) -> Path:
+               verify: Verifier | None = None, dry_run: bool = False) -> Path:
     """File RUN_DIR/record.json (or a record file given directly) into the board; return where it went.
 
     A track with official data (harness/official_hashes.py) must be on one of its official hashes.
@@ -105,7 +109,7 @@ def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DI
 
     destination = record_destination(record, records_dir)
     text = record_to_json(record)
-    if _same_text(destination, text):
+    if _same_text(destination, text) or _same_text(destination, record_to_json(_verified(record))):
         return destination  # already filed: nothing to write, nothing to check again
 
     problems = bidi_problems(record) + verify_record_bounds(record, {**KNOWN_FLOORS, **(floors or {})})
@@ -125,8 +129,39 @@ def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DI
         if found:
             raise LeaderboardError(f"{source}: verification of the run folder {source.parent} failed:\n  "
                                    + "\n  ".join(found))
-    write_text_atomic(destination, text)
+        text = record_to_json(_verified(record))
+    if not dry_run:
+        write_text_atomic(destination, text)
     return destination
+
+
+def _verified(record: dict) -> dict:
+    """The record as filed after a maintainer's re-evaluation agreed with it."""
+    return {**record, "verified": {"ok": True, "by": "slowrun leaderboard add --verify",
+                                   "what": "every snapshot re-evaluated in the sandbox and compared with the record"}}
+
+
+def add_submission(path: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DIR, *,
+                   method_dir: str | Path | None = None, dry_run: bool = False, **options) -> list[Path]:
+    """File a run folder, a record file, or every run of a submission bundle; return where each goes.
+
+    For a bundle, all its runs are checked before any is written, so a bundle is filed whole or not at all.
+    """
+    if not is_bundle(path):
+        return [add_record(path, records_dir, method_dir=method_dir, dry_run=dry_run, **options)]
+    bundle = read_bundle(path)
+    method = method_dir if method_dir is not None else bundle.method_dir
+    for run in bundle.runs:  # every check, the verification included, before anything is written
+        add_record(run.folder, records_dir, method_dir=method, dry_run=True, **options)
+    if dry_run:
+        return [record_destination(run.record, Path(records_dir)) for run in bundle.runs]
+    if options.get("verify") is not None:
+        options = {**options, "verify": _already_verified}
+    return [add_record(run.folder, records_dir, method_dir=method, **options) for run in bundle.runs]
+
+
+def _already_verified(run_dir: Path, record: dict) -> list[str]:
+    return []  # the bundle's runs were re-evaluated in the checking pass
 
 
 def _same_text(path: Path, text: str) -> bool:

@@ -12,6 +12,7 @@ from pathlib import Path
 from harness.errors import SlowrunError
 from leaderboard.naming import DEFAULT_RECORDS_DIR, DEFAULT_SITE_DIR
 from leaderboard.publish import HF_SPACE
+from leaderboard.published import DEFAULT_PUBLISHED
 
 
 def _default_plot_cache() -> str:
@@ -23,12 +24,13 @@ def _cmd_build(args) -> int:
     from leaderboard.site import build_site
 
     cache = None if args.no_plot_cache else args.plot_cache
-    print(build_site(args.records, args.out, plot_cache=cache, workers=args.workers).summary())
+    published = None if args.no_published else args.published
+    print(build_site(args.records, args.out, plot_cache=cache, workers=args.workers, published=published).summary())
     return 0
 
 
 def _cmd_add(args) -> int:
-    from leaderboard.add import add_record, parse_floors, parse_known_tracks
+    from leaderboard.add import add_submission, parse_floors, parse_known_tracks
 
     verify = None
     if args.verify:
@@ -40,11 +42,34 @@ def _cmd_add(args) -> int:
         verify = functools.partial(importlib.import_module("harness.verify").reverify_run,
                                    method_dir=args.method_dir, data_dir=args.data,
                                    allow_read=tuple(Path(p) for p in args.allow_read))
-    path = add_record(args.run_dir, args.records, known_tracks=parse_known_tracks(args.known_tracks),
-                      new_track=args.new_track, floors=parse_floors(args.floor), method_dir=args.method_dir,
-                      verify=verify)
-    print(path)
+    paths = add_submission(args.run_dir, args.records, known_tracks=parse_known_tracks(args.known_tracks),
+                           new_track=args.new_track, floors=parse_floors(args.floor), method_dir=args.method_dir,
+                           verify=verify, dry_run=args.dry_run)
+    for path in paths:
+        print(("would file " if args.dry_run else "") + str(path))
     return 0
+
+
+def _cmd_submit(args) -> int:
+    from leaderboard.bundle import create_bundle, parse_size
+
+    bundle = create_bundle(args.run_dirs, args.out, method_dir=args.method, weights_up_to=parse_size(args.weights_up_to))
+    print(f"{bundle.root}: {len(bundle.runs)} run(s) of {bundle.runs[0].record['method']['name']}; "
+          f"edit {bundle.root / 'README.md'}, then open a pull request with the folder")
+    return 0
+
+
+def add_submit_command(subparsers) -> argparse.ArgumentParser:
+    """Register `submit` (pack runs into a submission bundle) on an argparse subparsers object."""
+    p = subparsers.add_parser("submit", help="pack a method's runs (its seeds) into a submission bundle folder")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished run folders of one method")
+    p.add_argument("--out", required=True, metavar="BUNDLE", help="the bundle folder to create (new or empty)")
+    p.add_argument("--method", default=None, metavar="DIR",
+                   help="the method folder (default: the one the runs' run.json names); must hash as the runs' did")
+    p.add_argument("--weights-up-to", default="0", metavar="SIZE",
+                   help="include a snapshot's weights when no larger than this, e.g. 200MB (default 0: hashes only)")
+    p.set_defaults(func=_cmd_submit)
+    return p
 
 
 def _cmd_publish(args) -> int:
@@ -67,10 +92,14 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
                    help="keep rendered plots here between builds (default: %(default)s)")
     p.add_argument("--no-plot-cache", action="store_true", help="render every plot afresh")
     p.add_argument("--workers", type=int, default=None, help="plot-rendering processes (default: one per core, up to 4)")
+    p.add_argument("--published", default=str(DEFAULT_PUBLISHED), metavar="FILE",
+                   help="published results shown as kind `reported`, in tables of their own (default: %(default)s)")
+    p.add_argument("--no-published", action="store_true", help="leave the published results off the board")
     p.set_defaults(func=_cmd_build)
 
     p = commands.add_parser("add", help="accept a finished run's record into the records folder")
-    p.add_argument("run_dir", metavar="RUN_DIR", help="run folder holding record.json (or the record file)")
+    p.add_argument("run_dir", metavar="RUN_DIR|BUNDLE",
+                   help="run folder holding record.json, the record file, or a submission bundle (slowrun submit)")
     p.add_argument("--records", default=str(DEFAULT_RECORDS_DIR), help="folder of accepted records (default: %(default)s)")
     p.add_argument("--known-tracks", nargs="*", default=[], metavar="NAME=HASH",
                    help="data hashes the track must have (default: those of records already on the board)")
@@ -86,6 +115,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
                    help="with --verify: your prepared copy of the record's track (default prepared/TRACK)")
     p.add_argument("--allow-read", action="append", default=[], metavar="DIR",
                    help="with --verify: another folder the snapshots' model code may be read from")
+    p.add_argument("--dry-run", action="store_true", help="run every check and write nothing")
     p.set_defaults(func=_cmd_add)
 
     p = commands.add_parser("publish", help="publish the built site to a folder or a Hugging Face Space")
@@ -100,7 +130,9 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Run the leaderboard commands on their own (`python -m leaderboard.cli leaderboard build`)."""
     parser = argparse.ArgumentParser(prog="slowrun")
-    add_subcommands(parser.add_subparsers(dest="command", required=True))
+    commands = parser.add_subparsers(dest="command", required=True)
+    add_subcommands(commands)
+    add_submit_command(commands)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

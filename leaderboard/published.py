@@ -95,6 +95,10 @@ def load_published(path: str | Path = DEFAULT_PUBLISHED) -> dict:
             if missing:
                 raise LeaderboardError(f"{path}: table {table.get('class')!r} row {index + 1} lacks "
                                        f"{', '.join(missing)}")
+            urls = [row["script"]] + [c.get("url", "") for c in row["contributors"]]
+            if not all(isinstance(u, str) and u.startswith("https://") for u in urls):
+                raise LeaderboardError(f"{path}: table {table.get('class')!r} row {row['number']}: script and "
+                                       "contributor links must be https:// addresses")
             if float(row["val_loss_text"]) != row["val_loss"]:
                 raise LeaderboardError(f"{path}: table {table['class']!r} row {row['number']}: val_loss "
                                        f"{row['val_loss']} differs from the published text {row['val_loss_text']!r}")

@@ -1,0 +1,227 @@
+"""Submission bundles: everything a maintainer needs to review and file a method's runs, in one folder.
+
+`slowrun submit RUN_DIR [RUN_DIR ...] --out BUNDLE` packs the runs of one method (typically its seeds):
+
+    BUNDLE/
+      bundle.json              format, method name and hash, the runs, and the sha256 of every file
+      README.md                a stub for the submitter to describe the method
+      environment.json         each run's environment as its record states it, and the packing machine's
+      method/                  the method directory, exactly the files its content hash covers
+      runs/<run>/record.json   each run's record, unchanged
+      runs/<run>/metrics.jsonl the metrics log the harness kept, when the run has one
+      runs/<run>/snapshots.json  every snapshot: tag, epochs, weights sha256 and size, whether included
+      runs/<run>/snapshots/<tag>/spec.json (+ model.safetensors when no larger than --weights-up-to)
+
+A folder rather than an archive, so a pull request shows it file by file. The method folder must still
+hash to the records' `method.hash`: a method edited after its runs would not be the method that ran.
+`slowrun leaderboard add BUNDLE` reads it back (`read_bundle`) and files every run.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import re
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from harness.errors import LeaderboardError
+from harness.method_spec import method_hash
+from harness.records import RECORD_FILENAME, load_record
+from harness.snapshots import SPEC, WEIGHTS, sha256_file
+from leaderboard.naming import slug
+
+BUNDLE_FILE = "bundle.json"
+BUNDLE_FORMAT = "slowrun-bundle"
+BUNDLE_VERSION = 1
+RUN_SPEC = "run.json"
+METRICS = "metrics.jsonl"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?B?)\s*$", re.IGNORECASE)
+_UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12}
+
+
+@dataclass(frozen=True)
+class BundledRun:
+    run_id: str
+    folder: Path  # inside the bundle
+    record: dict
+
+
+@dataclass(frozen=True)
+class Bundle:
+    root: Path
+    method_dir: Path
+    runs: tuple[BundledRun, ...]
+
+
+def parse_size(text: str) -> int:
+    """`0`, `500MB`, `2G` as bytes (decimal units)."""
+    match = _SIZE.match(str(text))
+    if not match:
+        raise LeaderboardError(f"--weights-up-to takes a size such as 0, 200MB or 2GB, got {text!r}")
+    return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
+
+
+def _method_files(folder: Path) -> list[Path]:
+    """The files harness.method_spec.method_hash covers (no hidden files, caches or bytecode)."""
+    kept = []
+    for path in sorted(folder.rglob("*")):
+        rel = path.relative_to(folder)
+        if path.is_dir() or any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
+            continue
+        if path.suffix in (".pyc", ".pyo"):
+            continue
+        kept.append(path)
+    return kept
+
+
+def _method_dir_of(run_dir: Path) -> Path | None:
+    try:
+        spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    folder = spec.get("method_dir") if isinstance(spec, dict) else None
+    return Path(folder) if isinstance(folder, str) else None
+
+
+def _write_json(path: Path, value) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def create_bundle(run_dirs: list[str | Path], out: str | Path, *, method_dir: str | Path | None = None,
+                  weights_up_to: int = 0) -> Bundle:
+    """Pack the runs into the folder `out` (new or empty); return what was packed."""
+    out = Path(out)
+    if not run_dirs:
+        raise LeaderboardError("name at least one run folder to submit")
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise LeaderboardError(f"{out} exists and is not an empty folder; choose a new --out")
+    runs = []
+    for given in run_dirs:
+        run_dir = Path(given)
+        record_path = run_dir / RECORD_FILENAME
+        if not record_path.is_file():
+            raise LeaderboardError(f"{run_dir}: no {RECORD_FILENAME}; pass finished run folders (slowrun run --out)")
+        runs.append((run_dir, load_record(record_path)))
+    hashes = sorted({record["method"]["hash"] for _, record in runs})
+    if len(hashes) != 1:
+        raise LeaderboardError(f"the runs used {len(hashes)} different method folders ({', '.join(h[7:19] for h in hashes)}); "
+                               "a bundle holds the runs of one method: submit each method on its own")
+    run_ids = [record["run_id"] for _, record in runs]
+    if len(set(run_ids)) != len(run_ids):
+        raise LeaderboardError("the same run is named twice; list each run folder once")
+
+    source = Path(method_dir) if method_dir is not None else _method_dir_of(runs[0][0])
+    if source is None or not source.is_dir():
+        raise LeaderboardError(f"cannot find the method folder of {runs[0][0]} (its {RUN_SPEC} names none that "
+                               "exists here); pass it with --method DIR")
+    if method_hash(source) != hashes[0]:
+        raise LeaderboardError(f"{source} hashes to {method_hash(source)[7:19]}, the runs used {hashes[0][7:19]}: "
+                               "the method folder changed after the runs; submit the folder as it was when they ran")
+
+    out.mkdir(parents=True, exist_ok=True)
+    for path in _method_files(source):
+        target = out / "method" / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+
+    bundled, environments = [], {}
+    for run_dir, record in sorted(runs, key=lambda item: (item[1]["seed"], item[1]["run_id"])):
+        folder = out / "runs" / slug(record["run_id"])
+        folder.mkdir(parents=True)
+        shutil.copyfile(run_dir / RECORD_FILENAME, folder / RECORD_FILENAME)
+        if (run_dir / METRICS).is_file():
+            shutil.copyfile(run_dir / METRICS, folder / METRICS)
+        _write_json(folder / "snapshots.json", _pack_snapshots(run_dir, folder, record, weights_up_to))
+        environments[record["run_id"]] = record["environment"]
+        bundled.append(BundledRun(record["run_id"], folder, record))
+
+    _write_json(out / "environment.json", {"runs": environments, "packed_on": {
+        "python": platform.python_version(), "platform": platform.platform(), "executable": sys.executable}})
+    (out / "README.md").write_text(_readme(bundled), encoding="utf-8")
+    _write_json(out / BUNDLE_FILE, {
+        "format": BUNDLE_FORMAT, "version": BUNDLE_VERSION,
+        "method": {"name": bundled[0].record["method"]["name"], "hash": hashes[0]},
+        "runs": [{"run_id": r.run_id, "seed": r.record["seed"], "folder": r.folder.relative_to(out).as_posix()}
+                 for r in bundled],
+        "files": {p.relative_to(out).as_posix(): "sha256:" + sha256_file(p)
+                  for p in sorted(out.rglob("*")) if p.is_file() and p.name != BUNDLE_FILE},
+    })
+    return Bundle(out, out / "method", tuple(bundled))
+
+
+def _pack_snapshots(run_dir: Path, folder: Path, record: dict, weights_up_to: int) -> list[dict]:
+    manifest = []
+    for snapshot in record["snapshots"]:
+        tag = snapshot["tag"]
+        source = run_dir / "snapshots" / tag
+        weights = source / WEIGHTS
+        item = {"tag": tag, "epochs": snapshot["epochs"], "weights_sha256": None, "bytes": None, "included": False}
+        if weights.is_file():
+            size = weights.stat().st_size
+            item.update(weights_sha256="sha256:" + sha256_file(weights), bytes=size)
+            target = folder / "snapshots" / slug(tag)
+            if (source / SPEC).is_file():
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(source / SPEC, target / SPEC)
+            if size <= weights_up_to:
+                target.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(weights, target / WEIGHTS)
+                item["included"] = True
+        manifest.append(item)
+    return manifest
+
+
+def _readme(runs: list[BundledRun]) -> str:
+    record = runs[0].record
+    losses = ", ".join(f"{r.record['result']['val_loss']:.5f}" if r.record["result"] else r.record["status"]
+                       for r in runs)
+    return (f"# {record['method']['name']}\n\n"
+            f"Track `{record['track']['name']}`, class `{record['compute']['class']}`, "
+            f"budget {record['budget_epochs']:g} epochs, {len(runs)} run(s): val loss {losses}.\n\n"
+            "## What the method does\n\nDescribe the idea, what changed against the record it beats, and why it "
+            "should work.\n\n## How to reproduce\n\nThe exact `slowrun run` command lines, hardware and time.\n")
+
+
+def read_bundle(root: str | Path) -> Bundle:
+    """A bundle folder checked against its own manifest: every file present and unchanged, nothing missing."""
+    root = Path(root)
+    try:
+        manifest = json.loads((root / BUNDLE_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise LeaderboardError(f"{root}: not a submission bundle ({BUNDLE_FILE} unreadable: {exc}); make one "
+                               "with `slowrun submit`") from exc
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        raise LeaderboardError(f"{root / BUNDLE_FILE}: not a {BUNDLE_FORMAT} manifest")
+    if manifest.get("version") != BUNDLE_VERSION:
+        raise LeaderboardError(f"{root / BUNDLE_FILE}: bundle version {manifest.get('version')!r}, this harness "
+                               f"reads {BUNDLE_VERSION}")
+    problems = []
+    for relpath, digest in sorted(manifest.get("files", {}).items()):
+        path = root / relpath
+        if ".." in Path(relpath).parts or not path.resolve().is_relative_to(root.resolve()):
+            problems.append(f"{relpath}: outside the bundle")
+        elif not path.is_file():
+            problems.append(f"{relpath}: listed in {BUNDLE_FILE} but missing")
+        elif "sha256:" + sha256_file(path) != digest:
+            problems.append(f"{relpath}: changed since the bundle was made")
+    listed = set(manifest.get("files", {})) | {BUNDLE_FILE}
+    extra = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
+                   if p.is_file() and p.relative_to(root).as_posix() not in listed)
+    problems += [f"{relpath}: not listed in {BUNDLE_FILE}" for relpath in extra]
+    if problems:
+        raise LeaderboardError(f"{root}: the bundle does not match its manifest:\n  " + "\n  ".join(problems))
+    runs = []
+    for item in manifest.get("runs", []):
+        folder = root / item["folder"]
+        runs.append(BundledRun(item["run_id"], folder, load_record(folder / RECORD_FILENAME)))
+    if not runs:
+        raise LeaderboardError(f"{root}: the bundle holds no runs")
+    return Bundle(root, root / "method", tuple(runs))
+
+
+def is_bundle(path: str | Path) -> bool:
+    return (Path(path) / BUNDLE_FILE).is_file()
