@@ -175,6 +175,48 @@ def plan(epochs: float, thresholds: PlannerThresholds = PlannerThresholds()) -> 
                 cycle_epochs=cycle_epochs, warmup_cycles=warmup)
 
 
+@dataclass(frozen=True)
+class MemberPlan:
+    """How the naive ensemble splits a budget: ``members`` independent models of ``epochs_per_member`` each."""
+
+    budget_epochs: float
+    saturation_epochs: float  # where a single model stops improving on the track
+    max_members: int
+    members: int
+
+    @property
+    def epochs_per_member(self) -> float:
+        return self.budget_epochs / self.members
+
+    def rule(self) -> str:
+        """The rule and its numbers, in words, for the record."""
+        return (f"members = min({self.max_members}, max(1, floor({_fmt(self.budget_epochs)} budget epochs / "
+                f"{_fmt(self.saturation_epochs)} epochs where a single model stops improving))) = {self.members}, "
+                f"{_fmt(self.epochs_per_member)} epochs each")
+
+    def to_meta(self) -> dict:
+        return {"members": self.members, "epochs_per_member": self.epochs_per_member,
+                "saturation_epochs": self.saturation_epochs, "max_members": self.max_members, "rule": self.rule()}
+
+
+def naive_ensemble_members(epochs: float, saturation_epochs: float, max_members: int) -> MemberPlan:
+    """As many members as the budget gives each at least ``saturation_epochs``, at most ``max_members``.
+
+    A member trained for fewer epochs than a single model needs to stop improving is a worse model, and
+    averaging worse models does not make up for it (docs/study: four 1-epoch members at a 4-epoch budget
+    score below one 4-epoch model); so the budget is split only once every member can reach that point.
+    Below it, the ensemble is one model trained for the whole budget.
+    """
+    epochs = _check_budget(epochs)
+    if isinstance(saturation_epochs, bool) or not isinstance(saturation_epochs, (int, float)) \
+            or not (math.isfinite(saturation_epochs) and saturation_epochs > 0):
+        raise Q0ConfigError(f"member_min_epochs must be a positive number of epochs, got {saturation_epochs!r}")
+    if isinstance(max_members, bool) or not isinstance(max_members, int) or max_members < 1:
+        raise Q0ConfigError(f"members (the most members) must be a positive integer, got {max_members!r}")
+    members = max(1, min(max_members, int(math.floor(epochs / saturation_epochs + 1e-9))))
+    return MemberPlan(epochs, float(saturation_epochs), max_members, members)
+
+
 def _fmt(x: float) -> str:
     return f"{x:.4g}"
 

@@ -32,7 +32,7 @@ from q0_reference.model import GPT, GPTConfig, build_on_device
 from q0_reference.optim import OptimizerSpec, build_optimizer, set_multipliers
 from q0_reference.perturb import PerturbationSchedule, cycle_progress, perturb_weights, seeded_generator
 from q0_reference.placement import Placement, place
-from q0_reference.planner import Plan, PlannerThresholds, plan
+from q0_reference.planner import Plan, PlannerThresholds, naive_ensemble_members, plan
 from q0_reference.runtime import Runtime
 from q0_reference.schedule import WarmupDecaySchedule, block_triangular_batches, steps_for_epochs
 from q0_reference.throughput import Throughput
@@ -221,12 +221,13 @@ def _log_point(ctx, throughput: Throughput, **entry) -> None:
 
 def train_single(ctx, recipe: Recipe, *, epochs: float, stream_id: str = "main", seed: int = 0, tag_prefix: str = "",
                  snapshot_every_epochs: float = 1.0, ema_decay: float | None = None, resume: dict | None = None,
-                 on_checkpoint=None, placement: Placement | None = None) -> str:
+                 on_checkpoint=None, placement: Placement | None = None, snapshot_meta: dict | None = None) -> str:
     """One model, warm-up then cosine decay over `epochs`; returns the tag of its final snapshot.
 
     With `ema_decay` the snapshots hold the EMA weights. `on_checkpoint(state)` lets a caller wrap the
     state it checkpoints (the naive ensemble adds which member it is on). In a distributed run the model
-    trains data-parallel on its rank group (all ranks, unless a caller places it)."""
+    trains data-parallel on its rank group (all ranks, unless a caller places it). `snapshot_meta` is
+    added to every snapshot's meta (the naive ensemble says there how its members were chosen)."""
     runtime = recipe.runtime(ctx)
     runtime.configure_backends()
     if placement is None:
@@ -271,7 +272,8 @@ def train_single(ctx, recipe: Recipe, *, epochs: float, stream_id: str = "main",
         if step in snapshots:
             tag = f"{tag_prefix}ep{ctx.epochs:07.3f}"
             ctx.save_snapshot(_snapshot(ema.model if ema is not None else model, snapshot_dtype), tag,
-                              meta={"stream": stream_id, "step": step}, **placement.snapshot_args)
+                              meta={"stream": stream_id, "step": step, **(snapshot_meta or {})},
+                              **placement.snapshot_args)
             if clock.due() or step == total_steps:
                 shared = student.shared_state()
                 if ema is not None:
@@ -292,11 +294,14 @@ def _gather_to_all(value) -> list:
     return out
 
 
-def train_naive_ensemble(ctx, recipe: Recipe, members: int, ema_decay: float) -> None:
-    """N independent models (own seeds and data orders), E/N epochs each, averaged uniformly. In a
+def train_naive_ensemble(ctx, recipe: Recipe, members: int, ema_decay: float, member_min_epochs: float = 1.0) -> None:
+    """N independent models (own seeds and data orders), E/N epochs each, averaged uniformly. N is as many
+    as give every member at least `member_min_epochs` (where a single model stops improving), at most
+    `members` (see :func:`q0_reference.planner.naive_ensemble_members`); every snapshot's meta says so. In a
     distributed run the members are spread over rank groups like q0's trajectories."""
-    n = max(1, min(members, int(ctx.budget)))  # no member gets less than one epoch
-    per_member = ctx.budget / n
+    member_plan = naive_ensemble_members(ctx.budget, member_min_epochs, members)
+    n, per_member = member_plan.members, member_plan.epochs_per_member
+    ctx.log(event="members", **member_plan.to_meta())
     placement = place(ctx, n, [recipe.batch_size], recipe.micro_batch_size, recipe.rank_groups)
     mine = placement.jobs(n)
     state = ctx.resume_state() or {}
@@ -310,7 +315,7 @@ def train_naive_ensemble(ctx, recipe: Recipe, members: int, ema_decay: float) ->
         finals.append(train_single(ctx, recipe, epochs=per_member,
                                    stream_id=f"member{member}", seed=ctx.seed * 1000 + member, tag_prefix=f"m{member}-",
                                    snapshot_every_epochs=0, ema_decay=ema_decay, resume=resume, on_checkpoint=wrap,
-                                   placement=placement))
+                                   placement=placement, snapshot_meta={"member_choice": member_plan.rule()}))
         ctx.checkpoint({"finals": finals, "member": member + 1, "member_state": None})
     tags = [tag for finals_of_rank in _gather_to_all(finals if placement.is_leader else []) for tag in finals_of_rank]
     if getattr(ctx, "rank", 0) == 0:
