@@ -14,6 +14,22 @@ Design choices, and why:
   matrix kernels prefer round sizes; the logits are sliced back to ``vocab_size`` so no probability mass
   ever lands on a padded id.
 
+Optional parts, each off by default (so existing configs build the same model and weights), restate the
+extras of slowrun PR #90's GPT (``unlimited/train.py`` at qlabs-eng/slowrun a200723):
+- ``value_embeddings``: on every other layer (those with the last layer's parity) a d x d projection of
+  the embedding stream x0 is added to the attention values, through a per-head gate 2*sigmoid(W x[:32])
+  (32 input channels; W starts at zero, so the gate starts at 1).
+- ``attention_gates``: each head's attention output is scaled by sigmoid(W x[:12]) (12 input channels,
+  W starts at zero).
+- ``head_mixing``: q, k and v of each head are learned mixtures of all heads' projections (H x H
+  matrices, identity at the start), folded into the projection weights.
+- ``unet_skips``: before each layer the stream is rescaled and re-mixed with x0 (per-layer scalars,
+  1 and 0.1 at the start), and the output of encoder layer j is added to the input of layer n-1-j
+  (per-layer scalars, 1 at the start).
+- ``mtp_head``: the multi-token-prediction head (a 2d -> d projection of [hidden, embedding of the next
+  token] and one more block) that PR #90 trains with an auxiliary loss. It is built, so parameter
+  counts and snapshots match, but the logits never use it and no recipe trains it yet.
+
 A model is rebuilt from a plain dict (its build spec) with :func:`build_gpt`, so the harness can store
 weights beside ``{"builder": "q0_reference.model:build_gpt", "config": {...}}`` and reload them later.
 """
@@ -33,6 +49,8 @@ from q0_reference.errors import Q0ConfigError
 
 BUILDER = "q0_reference.model:build_gpt"
 MLP_KINDS = ("relu2", "swiglu")
+VALUE_GATE_CHANNELS = 32  # input channels of the value-embedding gate (PR #90)
+ATTENTION_GATE_CHANNELS = 12  # input channels of the attention-output gate (PR #90)
 
 
 @dataclass(frozen=True)
@@ -50,6 +68,11 @@ class GPTConfig:
     dropout: float = 0.0
     rope_base: float = 10000.0
     logit_softcap: float | None = None
+    value_embeddings: bool = False
+    attention_gates: bool = False
+    head_mixing: bool = False
+    unet_skips: bool = False
+    mtp_head: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model", "mlp_multiple", "padded_vocab_multiple"):
@@ -68,6 +91,13 @@ class GPTConfig:
             raise Q0ConfigError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
         if self.logit_softcap is not None and not self.logit_softcap > 0:
             raise Q0ConfigError(f"GPTConfig.logit_softcap must be positive or None, got {self.logit_softcap!r}")
+        for flag, channels in (("value_embeddings", VALUE_GATE_CHANNELS), ("attention_gates", ATTENTION_GATE_CHANNELS)):
+            if getattr(self, flag) and self.d_model < channels:
+                raise Q0ConfigError(f"GPTConfig.{flag} gates read {channels} channels; d_model is {self.d_model}")
+
+    def has_value_embedding(self, layer: int) -> bool:
+        """Layers with the last layer's parity (so the last layer has one), as PR #90 places them."""
+        return self.value_embeddings and layer < self.n_layer and layer % 2 == (self.n_layer - 1) % 2
 
     @property
     def head_dim(self) -> int:
@@ -129,25 +159,48 @@ def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch
 
 
 class CausalSelfAttention(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int = 0):
         super().__init__()
-        d = config.d_model
-        self.n_head, self.head_dim, self.qk_norm = config.n_head, config.head_dim, config.qk_norm
+        d, heads = config.d_model, config.n_head
+        self.n_head, self.head_dim, self.qk_norm = heads, config.head_dim, config.qk_norm
         # Separate q/k/v matrices: Muon orthogonalises each update matrix as a whole, so a fused qkv weight
         # would couple the three projections' updates.
         self.c_q = nn.Linear(d, d, bias=False)
         self.c_k = nn.Linear(d, d, bias=False)
         self.c_v = nn.Linear(d, d, bias=False)
         self.c_proj = nn.Linear(d, d, bias=False)
+        self.value_gate = (nn.Linear(VALUE_GATE_CHANNELS, heads, bias=False)
+                           if config.has_value_embedding(layer) else None)
+        self.attention_gate = nn.Linear(ATTENTION_GATE_CHANNELS, heads, bias=False) if config.attention_gates else None
+        if config.head_mixing:
+            self.q_mix, self.k_mix, self.v_mix = (nn.Parameter(torch.eye(heads)) for _ in range(3))
+        else:
+            self.q_mix = self.k_mix = self.v_mix = None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    def _project(self, linear: nn.Linear, mix: nn.Parameter | None, x: torch.Tensor) -> torch.Tensor:
+        """x's projection, [B, H, T, D]; with a head mixture, head h is sum_g mix[h, g] * head g, folded into
+        the weight (an H x H product on the weight instead of one per token)."""
+        B, T, _ = x.shape
+        weight = linear.weight
+        if mix is not None:
+            weight = (mix.to(weight.dtype) @ weight.view(self.n_head, -1)).view_as(weight)
+        return F.linear(x, weight).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                value_embedding: torch.Tensor | None = None) -> torch.Tensor:
         B, T, C = x.shape
-        q, k, v = (lin(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)
-                   for lin in (self.c_q, self.c_k, self.c_v))
+        q = self._project(self.c_q, self.q_mix, x)
+        k = self._project(self.c_k, self.k_mix, x)
+        v = self._project(self.c_v, self.v_mix, x)
+        if self.value_gate is not None:
+            gate = 2 * torch.sigmoid(self.value_gate(x[..., :VALUE_GATE_CHANNELS]))  # [B, T, H]
+            v = v + gate.transpose(1, 2).unsqueeze(-1) * value_embedding.view(B, T, self.n_head, self.head_dim).transpose(1, 2)
         if self.qk_norm:
             q, k = rms_norm(q), rms_norm(k)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if self.attention_gate is not None:
+            y = y * torch.sigmoid(self.attention_gate(x[..., :ATTENTION_GATE_CHANNELS])).transpose(1, 2).unsqueeze(-1)
         return self.c_proj(y.transpose(1, 2).reshape(B, T, C))
 
 
@@ -173,14 +226,15 @@ class SwiGLUMLP(nn.Module):
 
 
 class Block(nn.Module):
-    def __init__(self, config: GPTConfig):
+    def __init__(self, config: GPTConfig, layer: int = 0):
         super().__init__()
-        self.attn = CausalSelfAttention(config)
+        self.attn = CausalSelfAttention(config, layer)
         self.mlp = ReluSquaredMLP(config) if config.mlp == "relu2" else SwiGLUMLP(config)
         self.dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-        x = x + self.dropout(self.attn(rms_norm(x), cos, sin))
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                value_embedding: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.dropout(self.attn(rms_norm(x), cos, sin, value_embedding))
         return x + self.dropout(self.mlp(rms_norm(x)))
 
 
@@ -192,8 +246,18 @@ class GPT(nn.Module):
         super().__init__()
         self.config = config
         self.wte = nn.Embedding(config.padded_vocab_size, config.d_model)
-        self.blocks = nn.ModuleList(Block(config) for _ in range(config.n_layer))
+        self.blocks = nn.ModuleList(Block(config, layer) for layer in range(config.n_layer))
         self.lm_head = nn.Linear(config.d_model, config.padded_vocab_size, bias=False)
+        d = config.d_model
+        self.value_projs = nn.ModuleDict({str(layer): nn.Linear(d, d, bias=False) for layer in range(config.n_layer)
+                                          if config.has_value_embedding(layer)})
+        if config.unet_skips:
+            self.resid_scales = nn.Parameter(torch.ones(config.n_layer))
+            self.x0_scales = nn.Parameter(torch.full((config.n_layer,), 0.1))
+            self.skip_scales = nn.Parameter(torch.ones(config.n_layer // 2))
+        if config.mtp_head:
+            self.mtp_proj = nn.Linear(2 * d, d, bias=False)
+            self.mtp_block = Block(config, config.n_layer)
         cos, sin = rotary_tables(config.seq_len, config.head_dim, config.rope_base)
         # Not persistent: they are a function of the config, so snapshots hold only the weights.
         self.register_buffer("rope_cos", cos, persistent=False)
@@ -231,7 +295,7 @@ class GPT(nn.Module):
         cfg = self.config
         nn.init.normal_(self.wte.weight, mean=0.0, std=1.0)
         residual_scale = 1.0 / math.sqrt(2 * cfg.n_layer)
-        for block in self.blocks:
+        for block in [*self.blocks, *([self.mtp_block] if cfg.mtp_head else [])]:
             for name, linear in block.named_modules():
                 if not isinstance(linear, nn.Linear):
                     continue
@@ -240,6 +304,30 @@ class GPT(nn.Module):
                     std *= residual_scale
                 nn.init.normal_(linear.weight, mean=0.0, std=std)
         nn.init.normal_(self.lm_head.weight, mean=0.0, std=0.1 * cfg.d_model ** -0.5)
+        self._reset_optional_parts()
+
+    @torch.no_grad()
+    def _reset_optional_parts(self) -> None:
+        """The optional parts start as no-ops or near them: gates at zero weight (value gate 1, attention
+        gate 1/2 on every head), head mixtures at the identity, stream scalars 1 and 0.1, skip scalars 1."""
+        cfg = self.config
+        blocks = list(self.blocks) + ([self.mtp_block] if cfg.mtp_head else [])
+        for block in blocks:
+            attn = block.attn
+            for gate in (attn.value_gate, attn.attention_gate):
+                if gate is not None:
+                    nn.init.zeros_(gate.weight)
+            for mix in (attn.q_mix, attn.k_mix, attn.v_mix):
+                if mix is not None:
+                    nn.init.eye_(mix)
+        for proj in self.value_projs.values():
+            nn.init.normal_(proj.weight, mean=0.0, std=cfg.d_model ** -0.5)
+        if cfg.unet_skips:
+            self.resid_scales.fill_(1.0)
+            self.x0_scales.fill_(0.1)
+            self.skip_scales.fill_(1.0)
+        if cfg.mtp_head:
+            nn.init.normal_(self.mtp_proj.weight, mean=0.0, std=self.mtp_proj.in_features ** -0.5)
 
     def forward(self, idx: torch.Tensor) -> torch.Tensor:
         if idx.dim() != 2:
@@ -249,8 +337,7 @@ class GPT(nn.Module):
             raise Q0ConfigError(f"sequence of {T} tokens is longer than the model's seq_len {self.config.seq_len}")
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = rms_norm(self.wte(idx))
-        for block in self.blocks:
-            x = block(x, cos, sin)
+        x = self._plain(x, cos, sin) if self._plain_trunk else self._trunk(x, cos, sin)
         logits = self.lm_head(rms_norm(x))[..., : self.config.vocab_size]
         if logits.dtype not in (torch.float32, torch.float64):  # bf16 under autocast: the loss wants float32
             logits = logits.float()
@@ -258,6 +345,33 @@ class GPT(nn.Module):
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
         return logits
+
+    @property
+    def _plain_trunk(self) -> bool:
+        return not (self.config.unet_skips or self.config.value_embeddings)
+
+    def _plain(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return x
+
+    def _trunk(self, x0: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        """The blocks with value embeddings from x0 and, with ``unet_skips``, the per-layer re-mixing with x0
+        and the encoder-to-decoder skips (encoder: the first n_layer // 2 layers)."""
+        cfg = self.config
+        encoder = cfg.n_layer // 2
+        x, outputs = x0, []
+        for layer, block in enumerate(self.blocks):
+            if cfg.unet_skips:
+                mirror = cfg.n_layer - 1 - layer
+                if layer >= encoder and 0 <= mirror < encoder:
+                    x = x + self.skip_scales[layer - encoder] * outputs[mirror]
+                x = self.resid_scales[layer] * x + self.x0_scales[layer] * x0
+            proj = self.value_projs[str(layer)] if cfg.has_value_embedding(layer) else None
+            x = block(x, cos, sin, proj(x0) if proj is not None else None)
+            if layer < encoder:
+                outputs.append(x)
+        return x
 
     def build_spec(self) -> dict[str, Any]:
         """What the harness stores beside the weights to rebuild this architecture."""

@@ -79,16 +79,24 @@ def test_pr90_preset_builds_on_meta_with_its_widths_and_the_published_count_is_i
     hidden = 256 * ((8 * d // 3 + 255) // 256)  # PR #90's MLP: 256 * ceil(5461 / 256) = 5632
     assert hidden == 5632 == preset.model.mlp_hidden
     trunk = layers * (4 * d * d + 3 * d * hidden)
-    assert count_parameters(model) == trunk + 2 * vocab * d == 1_747_451_904
-    # PR #90 also has, per its GPT class (counted by building it on the meta device with its defaults):
+    # PR #90's extras, per its GPT class (counted by building it on the meta device with its defaults):
     value_embeddings = 15 * d * d  # ve_projs on the 15 layers i with i % 2 == 29 % 2
     gates = 30 * 12 * 16 + 15 * 32 * 16  # attn_gate (12 -> heads) on every layer, ve_gate (32 -> heads) on 15
     head_mixing = 30 * 3 * 16 * 16  # IHA q/k/v mixing matrices
     scalars = 30 + 30 + 15  # resid_lambdas, x0_lambdas, skip_weights
     mtp = 2 * d * d + (4 * d * d + 3 * d * hidden + 12 * 16 + 3 * 16 * 16)  # mtp_proj and one more block
-    published = count_parameters(model) + value_embeddings + gates + head_mixing + scalars + mtp
-    assert published == 1_870_172_811  # "1.8B" in its title; 1,810,403,019 without the training-only MTP head
-    assert published - mtp == 1_810_403_019
+    published = trunk + 2 * vocab * d + value_embeddings + gates + head_mixing + scalars + mtp
+    assert published == 1_870_172_811  # "1.8B" in its title; what its train.py prints as "Parameters"
+    assert mtp == 59_769_792
+    assert count_parameters(model) == published - mtp == 1_810_403_019  # the preset: every part but the MTP head
+    with torch.device("meta"):
+        with_mtp = build_gpt({**preset.model.to_dict(), "mtp_head": True})
+    assert count_parameters(with_mtp) == published
+    assert next(with_mtp.parameters()).device.type == "meta"
+    plain = {**preset.model.to_dict(), "value_embeddings": False, "attention_gates": False, "head_mixing": False,
+             "unet_skips": False}
+    with torch.device("meta"):
+        assert count_parameters(build_gpt(plain)) == trunk + 2 * vocab * d == 1_747_451_904
 
 
 def test_pr90_preset_training_settings():
