@@ -24,12 +24,12 @@ import numpy as np
 
 from harness.distributed import RankGroup, RankInfo, make_rank_groups
 from harness.errors import SlowrunError
-from harness.meter import BudgetExhausted
+from harness.meter import BudgetExhausted, TimeExhausted
 from harness.server.wire import Channel
 from harness.snapshots import build_spec_of
 from harness.tracks import Track
 
-__all__ = ["RunContext", "BudgetExhausted", "Diverged", "ContractError"]
+__all__ = ["RunContext", "BudgetExhausted", "TimeExhausted", "Diverged", "ContractError"]
 
 LOSS_KEYS = ("loss", "train_loss")
 
@@ -42,7 +42,8 @@ class ContractError(SlowrunError):
     """The method used the context in a way the contract does not allow."""
 
 
-_ERRORS = {"BudgetExhausted": BudgetExhausted, "Diverged": Diverged, "ContractError": ContractError}
+_ERRORS = {"BudgetExhausted": BudgetExhausted, "TimeExhausted": TimeExhausted, "Diverged": Diverged,
+           "ContractError": ContractError}
 
 
 class RemoteStream:
@@ -90,6 +91,8 @@ class RunContext:
         self._channel = channel
         self.track = Track.from_dict(run["track"])
         self.budget = float(run["budget"])
+        limit = run.get("time_limit_s")
+        self.time_limit_s = float(limit) if limit is not None else None  # the compute class's training cap
         self.hparams = MappingProxyType(dict(run["hparams"]))
         self.seed = int(run["seed"])
         self.device = device or run["device"]
@@ -132,6 +135,18 @@ class RunContext:
         total, allowed = self._totals()
         return (allowed - total) / self.epoch_tokens
 
+    @property
+    def train_seconds(self) -> float:
+        """Training time so far as the server's clock measures it (from the first real batch)."""
+        return float(self._call({"op": "status"})[0]["train_s"])
+
+    @property
+    def remaining_seconds(self) -> float | None:
+        """Training seconds left before the cap (None: the run's compute class has no cap)."""
+        if self.time_limit_s is None:
+            return None
+        return max(0.0, self.time_limit_s - self.train_seconds)
+
     def windows_per_epoch(self) -> float:
         """Windows of seq_len targets in one epoch (fractional: epochs need not be whole windows)."""
         return self.epoch_tokens / self.seq_len
@@ -169,6 +184,21 @@ class RunContext:
             stream = RemoteStream(self, stream_id, batch_size, shard)
             self._streams[key] = stream
         return stream
+
+    def warmup_batches(self, n: int, batch_size: int = 8):
+        """`n` batches of random tokens, shaped like `train_stream` batches, for compiling and warming up
+        kernels before training: never metered and, before the first real batch, never timed.
+
+        The training clock starts with the first real batch, so anything done before it (building the
+        model, `torch.compile` on these batches) is outside the compute class's cap."""
+        import torch
+
+        if not isinstance(n, int) or n < 0 or not isinstance(batch_size, int) or batch_size < 1:
+            raise ContractError("warmup_batches takes n >= 0 and batch_size >= 1")
+        generator = torch.Generator().manual_seed(self.seed ^ 0x5EED)
+        for _ in range(n):
+            tokens = torch.randint(0, self.vocab_size, (batch_size, self.seq_len + 1), generator=generator)
+            yield tokens[:, :-1], tokens[:, 1:]
 
     def fitness_windows(self):
         """The held-out training documents as a LongTensor [n, seq_len + 1] of disjoint windows.

@@ -51,11 +51,15 @@ class EvalData:
     vocab_size: int | None = None  # the track's vocabulary: a model must give at least this many logits
 
 
-def open_eval_data(data_dir: Path, seq_len: int) -> EvalData:
+def open_eval_data(data_dir: Path, seq_len: int, fitness_docs: int | None = None) -> EvalData:
+    """The windows evaluation scores. `fitness_docs` is the run's own carve (the documents its method
+    declared, from the front of the training split); None means the prepared data's default carve (runs
+    from before methods declared theirs)."""
     manifest = read_manifest(data_dir)
     val = TokenStore.open(data_dir, "val")
     train = TokenStore.open(data_dir, "train")
-    fitness_docs = manifest["fitness"]["documents"]
+    if fitness_docs is None:
+        fitness_docs = manifest["fitness"]["documents"]
     fit = train.documents(0, fitness_docs).windows(seq_len) if fitness_docs else np.empty((0, seq_len + 1), np.uint16)
     windows = val.windows(seq_len)
     target_bytes = None
@@ -249,7 +253,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
                  builder_roots: Sequence[Path] | None = None,
                  timeout_s: float | None = DEFAULT_TIMEOUT_S, probes: ProbeSettings | None = None,
                  prefetch: bool = PREFETCH, require_sandbox: bool = False,
-                 first_worker: RemoteModel | None = None) -> dict:
+                 first_worker: RemoteModel | None = None, fitness_docs: int | None = None) -> dict:
     """The evaluation parts of a record: snapshots, ensemble, result, k_sweep, curve, invalid_snapshots.
 
     Each snapshot's model is run from its builder in an evaluation worker: ``method_dir`` is the method's
@@ -259,7 +263,8 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     per snapshot. Invalid snapshots are listed with their reason and left out of everything else; a
     method ensemble naming one is renormalised over the rest (no valid member left: result None).
     ``first_worker`` (from :func:`start_worker`, e.g. started while the method trained) is used for the
-    first snapshot to score, and closed in any case.
+    first snapshot to score, and closed in any case. ``fitness_docs`` is the run's fitness carve in
+    documents (None: the prepared data's default, for runs from before methods declared their carve).
     """
     snapshots = list_snapshots(Path(run_dir) / "snapshots")
     empty = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None, "k_sweep": [],
@@ -269,7 +274,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
             first_worker.close()
         return empty
     apply_thread_setting()
-    data = open_eval_data(data_dir, seq_len)
+    data = open_eval_data(data_dir, seq_len, fitness_docs)
     options = WorkerOptions(Path(method_dir) if method_dir is not None else None,
                             None if builder_roots is None else tuple(Path(r) for r in builder_roots), timeout_s,
                             probes or ProbeSettings(), require_sandbox)

@@ -28,6 +28,13 @@ class BudgetExhausted(SlowrunError):
     """The method asked for training data past its epoch budget."""
 
 
+class TimeExhausted(BudgetExhausted):
+    """The method asked for training data after its compute class's training-time cap.
+
+    A kind of BudgetExhausted: a method that stops on its epoch budget (and then saves its final snapshot)
+    stops on the clock the same way."""
+
+
 def stream_seed(run_seed: int, stream_id: str) -> int:
     """A stable per-stream seed: independent orders for different streams, identical across runs."""
     digest = hashlib.sha256(f"{run_seed}:{stream_id}".encode()).digest()

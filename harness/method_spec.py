@@ -12,6 +12,13 @@
 
     [track_hparams.webtext]       # per-track defaults, same keys and types as [hparams]
     lr = 0.002
+
+    [fitness]                     # held-out training documents the method wants (default: none)
+    tokens = 4096                 # carved from the front of the training split, for this method's runs only
+    tracks = { fineweb = 132000 } # per-track amounts
+
+The fitness carve is the method's choice because it is paid for in training data: every token carved
+is one the method cannot train on, and a method that needs none (a single model) trains on the whole split.
 """
 
 from __future__ import annotations
@@ -56,6 +63,12 @@ class MethodSpec:
     tracks: tuple[str, ...]
     hparams: tuple[tuple[str, Any], ...]
     track_hparams: tuple[tuple[str, tuple[tuple[str, Any], ...]], ...]
+    fitness_default: int = 0
+    fitness_tracks: tuple[tuple[str, int], ...] = ()
+
+    def fitness_tokens(self, track: str) -> int:
+        """Tokens of held-out training documents this method asks for on `track` (0: none)."""
+        return dict(self.fitness_tracks).get(track, self.fitness_default)
 
     def supports(self, track: str) -> bool:
         return "*" in self.tracks or track in self.tracks
@@ -178,9 +191,10 @@ def check_method(folder: str | Path, track_files: tuple[str, ...] | list[str] = 
         return None, [f"{path}: not valid TOML ({exc})"]
 
     problems: list[str] = []
-    unknown_tables = sorted(set(data) - {"method", "hparams", "track_hparams"})
+    unknown_tables = sorted(set(data) - {"method", "hparams", "track_hparams", "fitness"})
     if unknown_tables:
-        problems.append(f"unknown table(s) {', '.join(unknown_tables)}; allowed: method, hparams, track_hparams")
+        problems.append(f"unknown table(s) {', '.join(unknown_tables)}; allowed: method, hparams, track_hparams, "
+                        "fitness")
     method = data.get("method")
     if not isinstance(method, dict):
         problems.append("[method]: missing table")
@@ -239,14 +253,40 @@ def check_method(folder: str | Path, track_files: tuple[str, ...] | list[str] = 
                 problems.append(f"{where}.{key}: is {_type_name(value)}, but the default in [hparams] is "
                                 f"{_type_name(hparams[key])}")
 
+    fitness_default, fitness_tracks = _check_fitness(data.get("fitness", {}), problems)
+
     if problems:
         return None, problems
     spec = MethodSpec(
         folder=folder.resolve(), name=name.strip(), description=description, authors=tuple(authors), entry=entry,
         tracks=tuple(tracks), hparams=tuple(sorted(hparams.items())),
         track_hparams=tuple(sorted((t, tuple(sorted(v.items()))) for t, v in track_hparams.items())),
+        fitness_default=fitness_default, fitness_tracks=fitness_tracks,
     )
     return spec, []
+
+
+def _check_fitness(table: Any, problems: list[str]) -> tuple[int, tuple[tuple[str, int], ...]]:
+    """The [fitness] table: `tokens` (default for every track) and `tracks` (per-track amounts)."""
+    if not isinstance(table, dict):
+        problems.append("[fitness]: must be a table, e.g. [fitness] tokens = 4096")
+        return 0, ()
+    for key in sorted(set(table) - {"tokens", "tracks"}):
+        problems.append(f"[fitness].{key}: unknown key; allowed: tokens, tracks")
+
+    def amount(value: Any, where: str) -> int:
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            problems.append(f"{where}: must be a non-negative whole number of tokens (got {value!r})")
+            return 0
+        return value
+
+    default = amount(table.get("tokens", 0), "[fitness].tokens")
+    tracks = table.get("tracks", {})
+    if not isinstance(tracks, dict):
+        problems.append("[fitness].tracks: must be a table of track = tokens, e.g. { fineweb = 132000 }")
+        tracks = {}
+    per_track = tuple(sorted((str(t), amount(v, f"[fitness].tracks.{t}")) for t, v in tracks.items()))
+    return default, per_track
 
 
 def _check_entry(folder: Path, entry: str) -> list[str]:

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 from harness.errors import RecordError
 
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "budget-exceeded", "diverged", "invalid", "timeout")
+STATUSES = ("ok", "failed", "budget-exceeded", "over-time", "diverged", "invalid", "timeout")
 ENSEMBLE_SOURCES = ("method", "prior", "last")
 RECORD_FILENAME = "record.json"
 

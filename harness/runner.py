@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.data.fitness import carve_fitness
 from harness.data.manifest import MANIFEST, read_manifest
 from harness.distributed import LaunchSpec
 from harness.errors import SlowrunError
@@ -71,6 +72,7 @@ class RunRequest:
     downstream_files: tuple[SplitFile, ...] = ()  # a local file of any split per task (before downstream_data)
     launch: LaunchSpec = field(default_factory=LaunchSpec)  # torchrun placement (one process by default)
     timeout_s: float | None = None  # wall-clock limit of the method's processes (None: no limit)
+    time_limit_s: float | None = None  # cap on training time instead of the class's own (runs unranked)
     allow_read: tuple[Path, ...] = ()  # more read-only folders for the method (shared code, not data)
     gpt2_ranks: Path | None = None  # GPT-2 ranks file for downstream scoring (else the track's ranks_path)
 
@@ -114,8 +116,10 @@ def prepare_run(req: RunRequest) -> Path:
     if not (req.epochs > 0):
         raise SlowrunError(f"--epochs must be positive, got {req.epochs}")
     hparams = spec.resolved_hparams(track.name, dict(req.overrides))
+    rules = compute_rules(track, req)
     data_dir = ensure_prepared(track, req.data_dir, req.progress).resolve()
     manifest = read_manifest(data_dir)
+    carve = carve_fitness(data_dir, spec.fitness_tokens(track.name))
     run_id = _run_id(spec, track.name, req.epochs, req.seed)
     run_dir = Path(req.out) if req.out else Path(req.runs_root) / run_id
     if run_dir.exists() and any(run_dir.iterdir()):
@@ -125,14 +129,14 @@ def prepare_run(req: RunRequest) -> Path:
     _write_json(run_dir / RUN_SPEC, {
         "track": track.to_dict(), "budget": float(req.epochs), "seed": int(req.seed), "hparams": hparams,
         "device": req.device, "method_dir": str(spec.folder.resolve()), "entry": spec.entry,
-        "fitness_docs": manifest["fitness"]["documents"],
+        "fitness_docs": carve.documents, "fitness_carve": carve.to_dict(),
         "run_id": run_dir.name if req.out else run_id, "created": utc_timestamp(),
         "data_dir": str(data_dir), "data_hash": manifest["data_hash"],
         "method": {"name": spec.name, "description": spec.description, "authors": list(spec.authors),
                    "entry": spec.entry, "hash": method_hash(spec.folder)},
         "tokenizer": manifest["tokenizer"]["kind"], "vocab_size": manifest["tokenizer"]["vocab_size"],
         "val_tokens": manifest["splits"]["val"]["tokens"], "train_tokens": manifest["splits"]["train"]["tokens"],
-        "compute_class": req.compute_class or ("cpu" if req.device == "cpu" else "unlimited"),
+        "compute_class": rules["class"], "hardware": rules["hardware"], "time_limit_s": rules["time_limit_s"],
         "eval_batch_size": req.eval_batch_size,
         "launch": req.launch.to_dict(),
         "timeout_s": req.timeout_s,
@@ -141,6 +145,32 @@ def prepare_run(req: RunRequest) -> Path:
         "downstream": downstream_spec(req.downstream, req.downstream_data, req.downstream_files, req.downstream_limit),
     })
     return run_dir
+
+
+def compute_rules(track: Track, req: RunRequest) -> dict:
+    """The run's compute class, the hardware it will train on, and its cap on training seconds."""
+    from harness.compute import (ComputeClassError, check_time_limit, default_compute_class, get_compute_class,
+                                 hardware_of)
+
+    name = req.compute_class or default_compute_class(req.device, track.compute_classes)
+    klass = get_compute_class(name)
+    if not track.allows_class(klass.name):
+        raise ComputeClassError(f"track {track.name!r} is run in the compute classes "
+                                f"{', '.join(track.compute_classes)}, not {klass.name!r}; pass --compute-class")
+    gpu = _gpu_name(req.device)
+    hardware = hardware_of(req.device, req.launch.nproc_per_node, req.launch.nnodes, gpu)
+    limit = check_time_limit(req.time_limit_s)
+    return {"class": klass.name, "hardware": {"gpu_model": hardware.gpu_model,
+                                              "gpus_per_node": hardware.gpus_per_node, "nodes": hardware.nodes},
+            "time_limit_s": limit if limit is not None else klass.effective_time_limit(hardware)}
+
+
+def _gpu_name(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -173,14 +203,17 @@ def _builder_roots(spec: dict) -> tuple[Path, ...]:
 
 
 def server_spec(run_dir: Path, spec: dict, resume: bool, progress: bool):
+    from harness.compute import snapshot_grace_s
     from harness.server import ServerSpec
 
     read_only, list_only = _sandbox_paths(spec)
+    limit = spec.get("time_limit_s")
     return ServerSpec(run_dir=run_dir, data_dir=Path(spec["data_dir"]), track=Track.from_dict(spec["track"]),
                       budget=spec["budget"], seed=spec["seed"], hparams=spec["hparams"], device=spec["device"],
                       method_dir=Path(spec["method_dir"]), entry=spec["entry"], fitness_docs=spec["fitness_docs"],
                       world_size=_launch_of(spec).world_size, resume=resume, progress=progress,
-                      sandbox_read_only=read_only, sandbox_list_only=list_only)
+                      sandbox_read_only=read_only, sandbox_list_only=list_only, time_limit_s=limit,
+                      snapshot_grace_s=snapshot_grace_s(limit) if limit else 0.0)
 
 
 def _worker_env(address: str, token: str, scratch: Path, launch: LaunchSpec) -> dict:
@@ -244,7 +277,7 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     supervisor = Supervisor(command, env=_worker_env(address, server.token, layout.scratch, launch),
                             timeout_s=spec.get("timeout_s"), status_file=run_dir / SUPERVISOR_STATUS,
                             cwd=layout.scratch)
-    interrupted = False
+    interrupted = stopped_at_cap = False
     try:
         supervisor.start()
         try:
@@ -253,6 +286,8 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
             import harness.evaluation  # noqa: F401
             if on_started is not None:
                 on_started()
+            if spec.get("time_limit_s"):
+                stopped_at_cap = _wait_watching_cap(supervisor, server)
             result = supervisor.wait()
         except _Signals.Received:
             interrupted = True
@@ -266,9 +301,21 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
         raise
     server.stop()
     server.record_session()
-    outcome = server.outcome(asdict(result))
+    outcome = server.outcome(asdict(result), stopped_at_cap=stopped_at_cap)
     _write_json(run_dir / TRAIN_RESULT, outcome.to_dict())
     return outcome, interrupted
+
+
+def _wait_watching_cap(supervisor, server, poll_s: float = 0.2) -> bool:
+    """Wait for the method's processes, stopping them once they train past the cap and its grace (a
+    method that ignores TimeExhausted and trains on data it kept). True when they were stopped."""
+    while supervisor.running():
+        if server.past_deadline():
+            server.clock.note_over_cap()
+            supervisor.terminate()
+            return True
+        time.sleep(poll_s)
+    return False
 
 
 def join_run(req: RunRequest) -> Path:
@@ -444,7 +491,7 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
                                       track.reference_curve, batch_size=spec.get("eval_batch_size", 16),
                                       device=spec["device"], progress=progress,
                                       method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
-                                      first_worker=first_worker)
+                                      first_worker=first_worker, fitness_docs=spec.get("fitness_docs"))
             downstream, downstream_note = score_final_predictor(run_dir, spec, evaluation, progress)
         except Exception as exc:  # the record says what failed instead of there being no record
             import traceback
@@ -497,7 +544,10 @@ def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_
         status, train["error"] = "invalid", {"type": "NoSnapshots", "message": "the method saved no snapshot, so "
                                              "there is nothing to evaluate", "traceback": ""}
     train_s = float(train.get("train_s", 0.0))
-    other_s = max(0.0, (wall_s or 0.0) - train_s) if wall_s else 0.0
+    warmup_s = float(train.get("warmup_s", 0.0))
+    # `wall_s` is the time up to evaluation; the run's wall time includes evaluation
+    other_s = max(0.0, wall_s - train_s) if wall_s else 0.0
+    wall_total = wall_s + eval_s if wall_s is not None else None
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": spec["run_id"],
@@ -522,14 +572,42 @@ def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_
         "curve": evaluation["curve"],
         "prior": evaluation["prior"],
         "downstream": None,
-        "timings": {"train_s": train_s, "eval_s": eval_s, "other_s": other_s},
+        "timings": {"train_s": train_s, "eval_s": eval_s, "other_s": other_s, "warmup_s": warmup_s,
+                    "wall_s": wall_total},
         "resumed": bool(train.get("resumed", False)),  # continued from a checkpoint after an interruption
         "sandbox": train.get("sandbox") or {"kind": "none", "reason": "not recorded"},
         "invalid_snapshots": invalid,
-        "compute": {"class": spec["compute_class"], "device": spec["device"],
-                    "world_size": int(train.get("world_size", _launch_of(spec).world_size))},
+        "compute": _compute_section(spec, train, train_s),
+        "unranked_reasons": _unranked(spec, train, train_s),
+        "fitness_carve": spec.get("fitness_carve"),
         "environment": environment(spec["device"]),
     }
+
+
+def _hardware(spec: dict):
+    from harness.compute import Hardware
+
+    raw = spec.get("hardware")
+    if raw is None:  # a run folder from before compute classes: the device is all it says
+        launch = _launch_of(spec)
+        return Hardware(None, 0, launch.nnodes)
+    return Hardware(raw["gpu_model"], int(raw["gpus_per_node"]), int(raw["nodes"]))
+
+
+def _compute_section(spec: dict, train: dict, train_s: float) -> dict:
+    return {"class": spec["compute_class"], "device": spec["device"],
+            "world_size": int(train.get("world_size", _launch_of(spec).world_size)),
+            "hardware": _hardware(spec).to_dict(train_s), "time_limit_s": spec.get("time_limit_s"),
+            "over_cap_s": train.get("over_cap_s")}
+
+
+def _unranked(spec: dict, train: dict, train_s: float) -> list[str]:
+    from harness.compute import COMPUTE_CLASSES, unranked_reasons
+
+    klass = COMPUTE_CLASSES.get(spec["compute_class"])
+    if klass is None:  # an old free-form label
+        return [f"compute class {spec['compute_class']!r} is not one of {', '.join(COMPUTE_CLASSES)}"]
+    return unranked_reasons(klass, _hardware(spec), spec.get("time_limit_s"), train_s, train.get("over_cap_s"))
 
 
 def _print_summary(run_dir: Path, record: dict) -> None:

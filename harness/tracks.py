@@ -87,9 +87,14 @@ class Track:
     val_tokens: int
     train_tokens: int
     seq_len: int
+    # The default fitness carve recorded in prepared data (part of its data hash). Runs carve what their
+    # method declares in method.toml (harness/data/fitness.py); this is the carve of runs from before that.
     fitness_tokens: int
     reference_curve: str | None = None  # a file in harness/reference_curves/ (by stem) or a path
     defaults: tuple[tuple[str, object], ...] = field(default=())  # suggested method settings (informational)
+    # The compute classes (harness/compute.py) a run of this track may enter; () means every class.
+    # Rules of competition, not of the data: left out of to_dict, so prepared data does not depend on them.
+    compute_classes: tuple[str, ...] = ()
 
     def __post_init__(self):
         problems = []
@@ -103,8 +108,17 @@ class Track:
             problems.append("fitness_tokens must be well below train_tokens (it is carved out of training)")
         if isinstance(self.val_tokens, int) and isinstance(self.seq_len, int) and self.val_tokens < self.seq_len + 1:
             problems.append("val_tokens must hold at least one window of seq_len + 1 tokens")
+        from harness.compute import COMPUTE_CLASSES
+
+        unknown = [c for c in self.compute_classes if c not in COMPUTE_CLASSES]
+        if unknown:
+            problems.append(f"compute_classes: unknown {', '.join(map(repr, unknown))}; known: "
+                            f"{', '.join(COMPUTE_CLASSES)}")
         if problems:
             raise TrackError(f"track {self.name!r}: " + "; ".join(problems))
+
+    def allows_class(self, name: str) -> bool:
+        return not self.compute_classes or name in self.compute_classes
 
     @property
     def val_windows(self) -> int:
@@ -115,6 +129,7 @@ class Track:
         """The whole spec as plain data. `redacted` appears only on a redacted spec, so the dict of an
         ordinary track (stored in every prepared manifest's request) is the same as before it existed."""
         raw = dataclasses.asdict(self)
+        del raw["compute_classes"]
         if not self.source.redacted:
             del raw["source"]["redacted"]
         return raw
@@ -162,6 +177,7 @@ BUILTIN_TRACKS: dict[str, Track] = {
         seq_len=2048,
         fitness_tokens=1_000_000,
         reference_curve="fineweb",
+        compute_classes=("tiny", "limited", "two-hour", "unlimited"),
     ),
     "synthetic": Track(
         name="synthetic",
@@ -232,6 +248,7 @@ def track_from_dict(name: str, raw: dict, base_dir: Path | None, where: str) -> 
             fitness_tokens=raw.get("fitness_tokens", 0),
             reference_curve=curve,
             defaults=tuple(sorted(dict(raw.get("defaults", {})).items())),
+            compute_classes=tuple(raw.get("compute_classes", ())),
         )
     except TypeError as exc:
         raise TrackError(f"{where} [tracks.{name}]: {exc}") from None

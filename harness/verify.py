@@ -59,8 +59,9 @@ def reverify_run(run_dir: str | Path, record: dict, *, method_dir: str | Path | 
         copy = Path(tmp)
         for tag in recorded:  # only what the record claims; nothing of the submitter's caches
             shutil.copytree(snapshots / tag, copy / "snapshots" / tag)
+        carve = record.get("fitness_carve") or {}
         evaluation = evaluate_run(copy, data_dir, int(track["seq_len"]), choice, None, batch_size=batch_size,
-                                  device=device, progress=progress,
+                                  device=device, progress=progress, fitness_docs=carve.get("documents"),
                                   method_dir=Path(method_dir) if method_dir else None,
                                   builder_roots=tuple(Path(p) for p in (*allow_read, *_env_allow_read())))
     return compare(record, evaluation, tolerance)

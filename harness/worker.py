@@ -70,7 +70,7 @@ def run_worker() -> int:
 
     from harness.contract import ContractError, Diverged, RunContext
     from harness.distributed import init_process_group, shutdown
-    from harness.meter import BudgetExhausted
+    from harness.meter import BudgetExhausted, TimeExhausted
     from harness.method_spec import import_entry
     from harness.threads import apply_thread_setting
 
@@ -91,6 +91,8 @@ def run_worker() -> int:
             raise ContractError(f"[method].entry {run['entry']!r} cannot be imported from {run['method_dir']}: "
                                 f"{type(exc).__name__}: {exc} (slowrun check DIR lists every problem)") from exc
         entry(ctx)
+    except TimeExhausted:  # the clock ends a timed run; the server knows whether it went past the cap
+        status, error = "ok", None
     except BudgetExhausted as exc:
         status, error = "budget-exceeded", _error(exc)
     except (Diverged, FloatingPointError) as exc:

@@ -358,6 +358,12 @@ class Supervisor:
             os.close(self._ready_fd)
             self._ready_fd = None
 
+    def running(self) -> bool:
+        """Whether the supervised tree is still running (the supervisor has not exited)."""
+        if self._proc is None:
+            raise RuntimeError("the supervisor has not been started")
+        return self._result is None and self._proc.poll() is None
+
     def wait(self) -> SupervisedResult:
         """Block until the supervisor has cleaned up; its result. Raises SandboxError when the supervisor
         itself died without a status (then processes it started may still be running)."""

@@ -34,8 +34,9 @@ import numpy as np
 
 from harness.data.store import TokenStore
 from harness.errors import SlowrunError
-from harness.meter import BudgetExhausted, Meter, MeterState, TrainStream
+from harness.meter import BudgetExhausted, Meter, MeterState, TimeExhausted, TrainStream
 from harness.server.budget import LocalBudget
+from harness.server.clock import TrainClock
 from harness.server.wire import Channel, ChannelClosed
 from harness.snapshots import SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
 from harness.tracks import Track
@@ -45,7 +46,7 @@ BUILDER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)
 OUTBOX_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 MAX_SAFETENSORS_HEADER = 100 << 20
 SESSIONS = "sessions.json"  # training seconds of every session of this run, in order
-SEVERITY = ("ok", "budget-exceeded", "invalid", "diverged", "failed", "timeout")
+SEVERITY = ("ok", "budget-exceeded", "over-time", "invalid", "diverged", "failed", "timeout")
 
 
 @dataclass(frozen=True)
@@ -101,6 +102,8 @@ class ServerSpec:
     sandbox_read_only: tuple[str, ...] = ()  # beyond the Python installation: the method dir, --allow-read
     sandbox_list_only: tuple[str, ...] = ()
     max_snapshot_bytes: int = 256 << 30
+    time_limit_s: float | None = None  # the compute class's cap on training seconds (None: no cap)
+    snapshot_grace_s: float = 0.0  # after the cap: time to write the final snapshot of the model at the cap
 
 
 @dataclass
@@ -127,8 +130,11 @@ class TrainOutcome:
     snapshots: list
     train_s: float
     resumed: bool
-    world_size: int
-    sandbox: dict
+    warmup_s: float = 0.0
+    time_limit_s: float | None = None
+    over_cap_s: float | None = None
+    world_size: int = 1
+    sandbox: dict | None = None
     supervisor: dict | None = None
 
     def to_dict(self) -> dict:
@@ -200,13 +206,12 @@ class DataServer:
             self._restore()
         else:
             self._clear_outbox()
+        self.clock = TrainClock(spec.time_limit_s, spec.snapshot_grace_s, self._previous_train_s)
         initial = sum(sum(r["meter"]["targets"].values()) for r in self._restored.values())
         self.budget = LocalBudget(initial)
         self._allowed = int(np.floor(spec.budget * self.epoch_tokens + 1e-6))
         self._progress = _Progress(self._allowed, initial, self.epoch_tokens, f"train {spec.track.name}",
                                    spec.progress)
-        self._started: float | None = None
-        self._ended: float | None = None
         self._listener: socket.socket | None = None
         self._threads: list[threading.Thread] = []
         self._channels: list[Channel] = []
@@ -231,7 +236,6 @@ class DataServer:
         thread.start()
         self._threads.append(thread)
         self.address = address
-        self._started = time.monotonic()
         return address
 
     def _accept_loop(self) -> None:
@@ -246,8 +250,7 @@ class DataServer:
 
     def stop(self) -> None:
         self._closing = True
-        if self._ended is None:
-            self._ended = time.monotonic()
+        self.clock.stop()
         if self._listener is not None:
             try:  # shutdown wakes the accept() blocked in the server thread; close alone does not on Linux
                 self._listener.shutdown(socket.SHUT_RDWR)
@@ -287,8 +290,8 @@ class DataServer:
                     continue
                 try:
                     reply = handler(self, rank, header, payload)
-                except BudgetExhausted as exc:
-                    channel.send({"ok": False, "error": _error("BudgetExhausted", str(exc))})
+                except BudgetExhausted as exc:  # TimeExhausted too
+                    channel.send({"ok": False, "error": _error(type(exc).__name__, str(exc))})
                     continue
                 except (RequestError, SlowrunError) as exc:
                     channel.send({"ok": False, "error": _error(_kind(exc), str(exc))})
@@ -327,6 +330,7 @@ class DataServer:
                 return None
             state = self._ranks.setdefault(rank, RankState())
             state.connected = True
+            self.clock.connected()
             restored = self._restored.get(rank)
             self._meters[rank] = Meter(self.epoch_tokens, self.spec.track.seq_len, self.spec.budget,
                                        MeterState.from_dict(restored["meter"]) if restored else MeterState(),
@@ -343,7 +347,7 @@ class DataServer:
         spec = self.spec
         channel.send({"ok": True, "run": {
             "track": spec.track.public_dict(),
-            "budget": spec.budget, "seed": spec.seed, "hparams": spec.hparams, "device": spec.device,
+            "budget": spec.budget, "time_limit_s": spec.time_limit_s, "seed": spec.seed, "hparams": spec.hparams, "device": spec.device,
             "method_dir": str(spec.method_dir), "entry": spec.entry, "epoch_tokens": self.epoch_tokens,
             "seq_len": spec.track.seq_len, "vocab_size": self._train.vocab_size, "bos_id": self._train.bos_id,
             "has_fitness": self._fitness is not None and self._fitness.num_windows(spec.track.seq_len) > 0,
@@ -378,6 +382,11 @@ class DataServer:
         if stream is None or stream.batch_size != batch_size:
             stream = TrainStream(self._train, self._meters[rank], stream_id, self.spec.seed, batch_size, shard)
             self._streams[key] = stream
+        step = (stream_id, stream.windows_served // stream.batch_size) if stream.shard[1] > 1 else None
+        if not self.clock.admit(step):
+            raise TimeExhausted(f"the training-time cap of {self.spec.time_limit_s:g} s is reached "
+                                f"({self.clock.seconds():.1f} s trained, {self.budget.total() / self.epoch_tokens:.4f} "
+                                "epochs served); save the final snapshot now")
         array = stream.next_array()
         return ({"ok": True, "dtype": array.dtype.str, "shape": list(array.shape),
                  "windows_served": stream.windows_served, "epoch": stream.epoch,
@@ -392,7 +401,8 @@ class DataServer:
         return {"ok": True, "dtype": windows.dtype.str, "shape": list(windows.shape)}, windows
 
     def _op_status(self, rank: int, header: dict, payload) -> dict:
-        return {"ok": True, "total_targets": self.budget.total(), "allowed_targets": self._allowed}
+        return {"ok": True, "total_targets": self.budget.total(), "allowed_targets": self._allowed,
+                "train_s": self.clock.seconds(), "time_limit_s": self.spec.time_limit_s}
 
     def _op_tags(self, rank: int, header: dict, payload) -> dict:
         return {"ok": True, "tags": [s.tag for s in list_snapshots(self.layout.snapshots)]}
@@ -420,6 +430,12 @@ class DataServer:
         if not isinstance(meta, dict) or not _finite_json(meta) or not _finite_json(spec["config"]):
             raise RequestError(f"snapshot {tag!r}: meta and config must be JSON with finite numbers")
         path, info = self._outbox_file(header.get("file"))
+        if self.clock.past_grace():
+            self.clock.note_over_cap()
+            path.unlink(missing_ok=True)
+            raise TimeExhausted(f"snapshot {tag!r} arrived {self.clock.seconds():.1f} s into training, past the "
+                                f"{self.spec.time_limit_s:g} s cap and its {self.spec.snapshot_grace_s:g} s grace "
+                                "for writing the final snapshot; it does not count")
         if info.st_size > self.spec.max_snapshot_bytes:
             raise RequestError(f"snapshot {tag!r} is {info.st_size:,} bytes, over the limit")
         with self._lock:
@@ -449,6 +465,9 @@ class DataServer:
     def _op_ensemble(self, rank: int, header: dict, payload) -> dict:
         weights = header.get("weights")
         if weights == "prior":
+            if self._fitness is None:
+                raise RequestError('set_ensemble("prior") fits the prior on fitness documents, and this run carves '
+                                   "none: declare them in method.toml ([fitness] tokens = N)")
             with self._lock:
                 self.ensemble = "prior"
             return {"ok": True}
@@ -521,6 +540,8 @@ class DataServer:
             if not state.ended:
                 state.ended, state.status = True, status
                 state.error = error if isinstance(error, dict) else None
+            if len(self._ranks) == self.spec.world_size and all(r.ended for r in self._ranks.values()):
+                self.clock.stop()  # training ends with the last rank; tearing down is not training
         return {"ok": True}
 
     _HANDLERS = {"sandboxed": _op_sandboxed, "batch": _op_batch, "fitness": _op_fitness, "status": _op_status,
@@ -573,22 +594,24 @@ class DataServer:
         that: the checkpoints carry the time up to them)."""
         path = self.layout.root / SESSIONS
         earlier = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"train_s": []}
-        if self._started is not None:
-            end = self._ended if self._ended is not None else time.monotonic()
-            earlier["train_s"].append(end - self._started)
+        earlier["train_s"].append(self.clock.session_seconds())
         _write_json_atomic(path, earlier)
 
     def train_seconds(self) -> float:
-        if self._started is None:
-            return self._previous_train_s
-        end = self._ended if self._ended is not None else time.monotonic()
-        return self._previous_train_s + (end - self._started)
+        return self.clock.seconds()
 
-    def outcome(self, supervised: dict | None = None) -> TrainOutcome:
+    def past_deadline(self) -> bool:
+        """The method is still training past the cap and its grace: the runner stops its processes."""
+        with self._lock:
+            done = len(self._ranks) == self.spec.world_size and all(r.ended for r in self._ranks.values())
+        return not done and self.clock.past_grace()
+
+    def outcome(self, supervised: dict | None = None, stopped_at_cap: bool = False) -> TrainOutcome:
         """The training part of the record, from the server's state alone.
 
         `supervised` is how the method's process tree ended (the supervisor's status): a timeout or an
-        interruption is the run's status for every rank that had not ended by then."""
+        interruption is the run's status for every rank that had not ended by then. `stopped_at_cap`: the
+        runner stopped the processes because they trained past the compute class's cap."""
         with self._lock:
             reason = (supervised or {}).get("reason")
             ranks = []
@@ -596,6 +619,10 @@ class DataServer:
                 state = self._ranks.get(rank, RankState())
                 if state.ended:
                     status, error = state.status, state.error
+                elif stopped_at_cap:
+                    status, error = "over-time", _error("OverTime", f"still training {self.clock.seconds():.1f} s "
+                                                        f"into the {self.spec.time_limit_s:g} s cap (grace "
+                                                        f"{self.spec.snapshot_grace_s:g} s); stopped by the harness")
                 elif reason == "timeout":
                     status, error = "timeout", _error("Timeout", f"stopped by --timeout after "
                                                       f"{supervised.get('elapsed_s', 0):.1f} s of wall time")
@@ -614,6 +641,10 @@ class DataServer:
                 ranks.append((rank, status, error))
             if self._diverged is not None:
                 ranks.append((-1, "diverged", self._diverged))
+            if self.clock.over_cap_s is not None and not stopped_at_cap:
+                ranks.append((-1, "over-time", _error("OverTime", f"a snapshot came {self.clock.over_cap_s:.1f} s "
+                                                      f"after the {self.spec.time_limit_s:g} s cap, past the grace "
+                                                      "for the final snapshot; snapshots from before the cap count")))
             worst = max(ranks, key=lambda r: (SEVERITY.index(r[1]), -r[0]))
             status, error = worst[1], worst[2]
             if error is not None and self.spec.world_size > 1 and worst[0] >= 0:
@@ -636,7 +667,8 @@ class DataServer:
                 epoch_tokens=self.epoch_tokens, train_tokens=train_tokens, ensemble=self.ensemble,
                 snapshots=[s.to_summary() for s in list_snapshots(self.layout.snapshots)],
                 train_s=self.train_seconds(), resumed=self.spec.resume, world_size=self.spec.world_size,
-                sandbox=sandbox, supervisor=supervised)
+                sandbox=sandbox, supervisor=supervised, warmup_s=self.clock.warmup_seconds(),
+                time_limit_s=self.spec.time_limit_s, over_cap_s=self.clock.over_cap_s)
 
 
 def normalise_weights(weights: dict) -> dict:
