@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Sequence
 
 _EPS = 1e-15
@@ -79,6 +80,7 @@ def student_t_cdf(t: float, df: float) -> float:
     return 1.0 - tail if t >= 0 else tail
 
 
+@lru_cache(maxsize=256)  # a board asks for the same few (level, n - 1) pairs hundreds of times
 def student_t_quantile(p: float, df: float) -> float:
     """The t with P(T <= t) = p, by bisection on the CDF (monotone, so this cannot miss)."""
     if not 0.0 < p < 1.0:

@@ -1,5 +1,8 @@
 """Leaderboard build time for 1,000 records (target: under 10 s), against reading the same records.
 
+The board groups runs into entries (three seeds of each method here), computes their intervals and the
+record history with its Welch tests and plots, and adds Slowrun's 52 published results.
+
 Baseline, measured in the same run: json-load and validate the 1,000 record files (what any build must
 do at least). Reported: a cold build (no plot cache, default plot workers), a cold build in one
 process, and a warm build whose plots come from the cache (a rebuild after adding a few records).
@@ -16,8 +19,9 @@ import pytest
 
 from leaderboard.collect import collect_records
 from leaderboard.plots import default_workers
+from leaderboard.published import DEFAULT_PUBLISHED
 from leaderboard.site import build_site
-from tests.leaderboard.factory import OTHER_DATA_HASH, failed_record, make_record, write_board
+from tests.leaderboard.factory import OTHER_DATA_HASH, failed_record, make_record, method_hash, write_board
 
 RECORDS = 1000
 TARGET_S = 10.0
@@ -32,8 +36,9 @@ def records_dir(tmp_path_factory):
             records.append(failed_record(index))
         elif index % 4 == 3:
             records.append(make_record(index, track__data_hash=OTHER_DATA_HASH))
-        else:
-            records.append(make_record(index))
+        else:  # three seeds per method: entries of n = 3
+            name = f"method-{index // 3}"
+            records.append(make_record(index, method__name=name, method__hash=method_hash(name), seed=index % 3))
     write_board(root / "records", records)
     return root / "records"
 
@@ -53,17 +58,18 @@ def test_build_1000_records(benchmark, records_dir, tmp_path):
     assert len(loaded) == RECORDS and not skipped
 
     out = tmp_path / "site"
-    report = benchmark.pedantic(lambda: build_site(records_dir, out), rounds=1, iterations=1)
+    report = benchmark.pedantic(lambda: build_site(records_dir, out, published=DEFAULT_PUBLISHED), rounds=1,
+                                iterations=1)
     cold = benchmark.stats.stats.max
     assert report.record_count == RECORDS
 
     shutil.rmtree(out)
     cpu_start = time.process_time()
-    single = best_of(1, lambda: build_site(records_dir, out, workers=1))
+    single = best_of(1, lambda: build_site(records_dir, out, workers=1, published=DEFAULT_PUBLISHED))
     single_cpu = time.process_time() - cpu_start  # what the build costs without other load on the machine
     cache = tmp_path / "plot-cache"
-    build_site(records_dir, out, plot_cache=cache)
-    warm = best_of(2, lambda: build_site(records_dir, out, plot_cache=cache))
+    build_site(records_dir, out, plot_cache=cache, published=DEFAULT_PUBLISHED)
+    warm = best_of(2, lambda: build_site(records_dir, out, plot_cache=cache, published=DEFAULT_PUBLISHED))
 
     rows = [
         ("baseline: json-load + validate records", baseline),
@@ -72,7 +78,10 @@ def test_build_1000_records(benchmark, records_dir, tmp_path):
         ("  its CPU time (this process)", single_cpu),
         ("warm build, plots from the cache", warm),
     ]
-    lines = [f"leaderboard build, {RECORDS} records, {report.plot_count} plots, {len(report.tables)} tables"]
+    entries = sum(ranked + unranked for *_, ranked, unranked in report.tables)
+    assert report.published_count == 52 and entries < RECORDS  # seeds were grouped
+    lines = [f"leaderboard build, {RECORDS} records + {report.published_count} published, {entries} entries, "
+             f"{report.plot_count} plots, {len(report.tables)} tables"]
     lines += [f"  {label:<42} {seconds:7.2f} s  ({seconds / baseline:5.1f}x baseline)" for label, seconds in rows]
     lines.append(f"  target {TARGET_S:.0f} s: cold {'met' if cold < TARGET_S else 'missed'}, "
                  f"warm {'met' if warm < TARGET_S else 'missed'}")

@@ -27,6 +27,9 @@ def test_add_build_publish_round_trip(tmp_path, capsys):
     assert capsys.readouterr().out.strip().endswith("method-0-run-00000.json")
     assert main(["leaderboard", "build", "--records", str(records), "--out", str(site), "--no-plot-cache",
                  "--workers", "1"]) == 0
+    assert "1 records and 52 published results in 5 tables" in capsys.readouterr().out  # published by default
+    assert main(["leaderboard", "build", "--records", str(records), "--out", str(site), "--no-plot-cache",
+                 "--workers", "1", "--no-published"]) == 0
     assert "1 records in 1 tables" in capsys.readouterr().out
     assert main(["leaderboard", "publish", "--site", str(site), "--to", str(pages), "--dry-run"]) == 0
     out = capsys.readouterr().out
