@@ -31,11 +31,14 @@ def mean_nll(logp: np.ndarray) -> float:
 
 
 def bits_per_byte(logp: np.ndarray, target_bytes: np.ndarray) -> float:
-    """Total loss in bits divided by the number of text bytes the targets spell.
+    """Loss in bits over the targets that spell text, divided by the number of bytes they spell.
 
-    ``target_bytes[j]`` is the UTF-8 length of target j's token. A BOS target has zero bytes: predicting
-    a document boundary costs loss but spells no text, so it adds to the numerator only. This keeps
-    bits/byte comparable across tokenizers, which nats/token is not.
+    ``target_bytes[j]`` is the UTF-8 length of target j's token; a BOS target has zero bytes. This is
+    Slowrun's definition (qlabs-eng/slowrun `train.py`, `evaluate_bpb`: the numerator is the sum of
+    loss x [bytes > 0]), so the numbers compare with its tables: the loss on document boundaries, which
+    spell no text, is left out of both sides. Bits per byte compares across tokenizers, which nats per
+    token does not. (Nats per token, `mean_nll`, still counts every target, BOS included, as Slowrun's
+    loss does.)
     """
     array = np.asarray(logp)
     nbytes = np.asarray(target_bytes)
@@ -51,7 +54,7 @@ def bits_per_byte(logp: np.ndarray, target_bytes: np.ndarray) -> float:
     total_bytes = int(np.sum(nbytes, dtype=np.int64))
     if total_bytes <= 0:
         raise SlowrunError("the targets spell zero bytes in total, so bits per byte is undefined")
-    total = float(np.sum(array, dtype=np.float64))
+    total = float(np.sum(array[nbytes > 0], dtype=np.float64))
     if not math.isfinite(total):
         raise SlowrunError("the log-probabilities contain NaN or -inf; the loss is undefined")
     return -total / math.log(2.0) / total_bytes

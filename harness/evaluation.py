@@ -38,6 +38,7 @@ from harness.prior import default_ks, fit_prior, k_sweep, loss_curve
 from harness.probes import CausalityProbe, ProbedModel, ProbeSettings, statelessness_probe
 from harness.snapshots import WEIGHTS, Snapshot, list_snapshots, sha256_file
 from harness.threads import apply_thread_setting
+from harness.timed_subset import subset_summary
 
 MIN_PRIOR_WEIGHT = 1e-4  # prior members below this weight are dropped from the final ensemble
 PREFETCH = True  # start the next snapshot's worker while the current one is scored (see _score_all)
@@ -312,6 +313,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
             "val_bpb": _bpb(final_val, data),
             "ensemble_size": int(np.count_nonzero(weights)),
             "data_efficiency": efficiency_of(mean_nll(final_val), reference_curve),
+            "timed_subset": subset_summary(final_val, data.val_target_bytes, len(data.val_windows), seq_len),
         }
     else:
         weights = np.zeros(len(tags))

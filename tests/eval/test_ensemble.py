@@ -57,14 +57,14 @@ def test_zero_weight_members_are_skipped_and_impossible_tokens_stay_impossible()
     assert both_zero[0] == -np.inf
 
 
-def test_bits_per_byte_counts_bos_loss_but_not_bytes():
+def test_bits_per_byte_is_slowruns_the_loss_on_bos_targets_is_left_out():
     # Targets: BOS, "Hi" (2 bytes), " there" (6), BOS, "é" (2 UTF-8 bytes).
-    # Losses of 3, 1, 2, 4, 2 bits: 12 bits over 0 + 2 + 6 + 0 + 2 = 10 bytes = 1.2 bits/byte.
-    # (Dropping BOS targets would give 5/10 = 0.5; giving BOS one byte would give 12/12 = 1.0.)
+    # Losses of 3, 1, 2, 4, 2 bits. Slowrun: sum(loss x [bytes > 0]) / sum(bytes) = (1 + 2 + 2) / 10 = 0.5.
+    # (Counting the BOS losses too would give 12/10 = 1.2; giving BOS one byte would give 12/12 = 1.0.)
     logp = -np.array([3, 1, 2, 4, 2], dtype=np.float64) * math.log(2)
     nbytes = np.array([0, 2, 6, 0, 2])
-    assert bits_per_byte(logp.astype(np.float32), nbytes) == pytest.approx(1.2, rel=1e-6)
-    assert ensemble_bits_per_byte([logp, logp], [0.5, 0.5], nbytes) == pytest.approx(1.2, rel=1e-12)
+    assert bits_per_byte(logp.astype(np.float32), nbytes) == pytest.approx(0.5, rel=1e-6)
+    assert ensemble_bits_per_byte([logp, logp], [0.5, 0.5], nbytes) == pytest.approx(0.5, rel=1e-12)
 
 
 def test_bad_inputs_are_refused():

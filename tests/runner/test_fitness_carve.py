@@ -126,6 +126,10 @@ def test_the_carve_comes_out_of_that_methods_tokens_only(synthetic_data, tmp_pat
     expected = tokens[: n * (seq_len + 1)].reshape(n, seq_len + 1)
     assert log["fitness_shape"] == [n, seq_len + 1] and log["fitness_sum"] == int(expected.astype(np.int64).sum())
     assert log["prior"] == "accepted"
+    # beside the full-window loss, the loss over Slowrun's timed-track window subset, labelled as such
+    subset = record["result"]["timed_subset"]
+    windows = record["track"]["val_tokens"] // (seq_len + 1)
+    assert (subset["of"], subset["windows"], subset["batch_x_world"]) == (windows, windows // 32 * 32, 32)
     # the prepared data is the same for every method: its own default carve is untouched
     manifest = json.loads((synthetic_data / "manifest.json").read_text())
     assert manifest["fitness"]["tokens"] != carved
