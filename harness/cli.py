@@ -106,9 +106,10 @@ def _cmd_run(args) -> int:
             overrides=_parse_sets(args.set), out=Path(args.out) if args.out else None,
             data_dir=Path(args.data) if args.data else None, device=args.device, progress=not args.quiet,
             track_files=tuple(args.tracks), compute_class=args.compute_class, eval_batch_size=args.eval_batch_size,
+            eval_dtype=args.eval_dtype, eval_workers=args.eval_workers,
             downstream=args.downstream, downstream_data=Path(args.downstream_data) if args.downstream_data else None,
-            downstream_limit=args.downstream_limit, launch=launch,
-            timeout_s=args.timeout if args.timeout and args.timeout > 0 else None,
+            downstream_limit=_downstream_limits(args), downstream_files=_downstream_files(args), launch=launch,
+            timeout_s=args.timeout if args.timeout and args.timeout > 0 else None, time_limit_s=args.time_limit,
             allow_read=tuple(Path(p) for p in args.allow_read),
             gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None))
     print(run_dir)
@@ -120,8 +121,9 @@ def _cmd_eval(args) -> int:
 
     print(evaluate_existing(Path(args.run_dir), progress=not args.quiet, downstream=True if args.downstream else None,
                             downstream_data=Path(args.downstream_data) if args.downstream_data else None,
-                            downstream_limit=args.downstream_limit,
-                            gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None))
+                            downstream_limit=_downstream_limits(args), downstream_files=_downstream_files(args),
+                            gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None,
+                            eval_dtype=args.eval_dtype, eval_workers=args.eval_workers))
     return 0
 
 
@@ -153,10 +155,25 @@ def _cmd_plan(args) -> int:
     return 0
 
 
+def _downstream_limits(args):
+    from harness.downstream.limits import DocumentLimits
+
+    return DocumentLimits.parse(args.downstream_limit)
+
+
+def _downstream_files(args) -> tuple:
+    from harness.downstream.splits import SplitFile
+
+    return tuple(SplitFile.parse(item) for item in args.downstream_file)
+
+
 def _downstream_options(p) -> None:
     p.add_argument("--downstream", action="store_true", help="also score ARC-Easy, PIQA and SciQ (text tracks)")
     p.add_argument("--downstream-data", metavar="DIR", help="local task data (arc_easy/, piqa/, sciq/); else the Hub")
-    p.add_argument("--downstream-limit", type=int, metavar="N", help="score only the first N documents per task")
+    p.add_argument("--downstream-file", action="append", default=[], metavar="TASK:SPLIT=FILE",
+                   help="score TASK on this local file of SPLIT (any split; repeatable; before --downstream-data)")
+    p.add_argument("--downstream-limit", action="append", default=[], metavar="N|TASK=N",
+                   help="score only the first N documents of every task, or of TASK (repeatable)")
     p.add_argument("--gpt2-ranks", metavar="FILE",
                    help="GPT-2 r50k_base.tiktoken ranks file for downstream scoring (default: the track's own)")
 
@@ -209,8 +226,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run folder (default runs/METHOD-TRACK-eE-sS-TIME)")
     p.add_argument("--data", help="prepared data folder (default prepared/TRACK, prepared if missing)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--compute-class", help="label for the record (tiny, limited, two-hour, unlimited, cpu)")
+    p.add_argument("--compute-class", help="the class whose rules the run keeps: tiny (15 min), limited (1 h), "
+                   "two-hour (2 h), unlimited, cpu (default: cpu on a CPU, unlimited otherwise)")
+    p.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="cap training time at SECONDS instead of the class's cap (the run is listed unranked)")
     p.add_argument("--eval-batch-size", type=int, default=16)
+    p.add_argument("--eval-dtype", default="auto", choices=("auto", "float32", "bfloat16"),
+                   help="evaluation precision: bf16 autocast or float32 (default auto: bf16 on CUDA, float32 on CPU)")
+    p.add_argument("--eval-workers", type=int, metavar="N",
+                   help="snapshots evaluated side by side (default: the job's GPUs on CUDA, 1 on a CPU)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run that was interrupted")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="wall-clock limit of the method's processes; they are all stopped there (default: none)")
@@ -230,6 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("eval", help="recompute a run's evaluation and record from its snapshots")
     p.add_argument("run_dir")
     _downstream_options(p)
+    p.add_argument("--eval-dtype", choices=("auto", "float32", "bfloat16"),
+                   help="evaluation precision (default: what the run was started with)")
+    p.add_argument("--eval-workers", type=int, metavar="N", help="snapshots evaluated side by side")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)
 

@@ -113,7 +113,8 @@ class RemoteModel:
     def __init__(self, snapshot: Snapshot | None, *, method_dir: Path | None = None,
                  builder_roots: Sequence[Path] | None = None,
                  device: str = "cpu", dtype: str | None = None, vocab_size: int | None = None,
-                 timeout_s: float | None = DEFAULT_TIMEOUT_S, require_sandbox: bool = False):
+                 timeout_s: float | None = DEFAULT_TIMEOUT_S, require_sandbox: bool = False,
+                 autocast: str | None = None):
         if dtype is not None and dtype not in LOGIT_DTYPES:
             raise SlowrunError(f"dtype must be one of {', '.join(LOGIT_DTYPES)} or None (as stored), got {dtype!r}")
         self.snapshot = snapshot
@@ -123,6 +124,9 @@ class RemoteModel:
         self.builder_roots = tuple(dict.fromkeys(roots))
         self.device = str(device)
         self.dtype = dtype
+        if autocast not in (None, "bfloat16", "float16"):
+            raise SlowrunError(f"autocast must be bfloat16, float16 or None (the weights' own dtype), got {autocast!r}")
+        self.autocast = autocast  # forwards under torch.autocast to this dtype (bf16 evaluation)
         self.vocab_size = vocab_size
         self.timeout_s = timeout_s
         self.require_sandbox = require_sandbox
@@ -192,7 +196,7 @@ class RemoteModel:
         self.start()
         self._deadline = None if not self.timeout_s else time.monotonic() + float(self.timeout_s)
         header = {"op": "load", "builder": self.snapshot.builder, "config": self.snapshot.config,
-                  "device": self.device, "dtype": self.dtype}
+                  "device": self.device, "dtype": self.dtype, "autocast": self.autocast}
         reply, _ = self._exchange(header, data, max_payload=0)
         self.sandbox = reply.get("sandbox") if isinstance(reply.get("sandbox"), dict) else None
         self._loaded = True

@@ -148,6 +148,7 @@ class _Server:
         self.sandbox = sandbox
         self.model = None
         self.device = None
+        self.autocast = None  # torch dtype to autocast forwards to (bf16 evaluation), or None
 
     def load(self, header: dict, payload: memoryview) -> dict:
         torch = self.torch
@@ -167,6 +168,10 @@ class _Server:
         model.to(self.device)
         if header.get("dtype"):
             model.to(getattr(torch, str(header["dtype"])))
+        autocast = header.get("autocast")
+        if autocast not in (None, "bfloat16", "float16"):
+            raise ValueError(f"autocast must be bfloat16, float16 or absent, got {autocast!r}")
+        self.autocast = getattr(torch, autocast) if autocast else None
         model.eval()
         for parameter in model.parameters():
             parameter.requires_grad_(False)
@@ -181,7 +186,8 @@ class _Server:
         if len(shape) != 2 or dtype not in TOKEN_DTYPES:
             raise ValueError(f"forward needs [batch, time] tokens of {TOKEN_DTYPES}, got {shape} {dtype}")
         tokens = torch.frombuffer(payload, dtype=getattr(torch, dtype)).reshape(shape).to(torch.long)
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.autocast or torch.bfloat16,
+                                                    enabled=self.autocast is not None):
             logits = self.model(tokens.to(self.device))
         if not isinstance(logits, torch.Tensor):
             raise TypeError(f"the model returned {type(logits).__name__}, not a tensor of logits")

@@ -81,36 +81,69 @@ class WorkerOptions:
     timeout_s: float | None = DEFAULT_TIMEOUT_S  # per snapshot
     probes: ProbeSettings = ProbeSettings()
     require_sandbox: bool = False
+    autocast: str | None = None  # "bfloat16": forwards under bf16 autocast (EVAL_DTYPES)
+
+    @property
+    def eval_dtype(self) -> str:
+        return self.autocast or "float32"
 
     def remote(self, snapshot: Snapshot | None, device: str, vocab_size: int | None) -> RemoteModel:
         return RemoteModel(snapshot, method_dir=self.method_dir, builder_roots=self.builder_roots, device=device,
-                           vocab_size=vocab_size, timeout_s=self.timeout_s, require_sandbox=self.require_sandbox)
+                           vocab_size=vocab_size, timeout_s=self.timeout_s, require_sandbox=self.require_sandbox,
+                           autocast=self.autocast)
+
+
+EVAL_DTYPES = ("float32", "bfloat16")
+
+
+def resolve_eval_dtype(eval_dtype: str, device: str) -> str:
+    """`auto` is bf16 autocast on CUDA (where it is how models are run, and twice as fast) and float32
+    elsewhere (exact, and CPUs gain little from bf16)."""
+    if eval_dtype == "auto":
+        return "bfloat16" if str(device).startswith("cuda") else "float32"
+    if eval_dtype not in EVAL_DTYPES:
+        raise SlowrunError(f"the evaluation dtype must be auto, {' or '.join(EVAL_DTYPES)}, got {eval_dtype!r}")
+    return eval_dtype
+
+
+def eval_devices(device: str, workers: int) -> tuple[str, ...]:
+    """The devices evaluation runs its workers on, one worker each at a time: `workers` CUDA devices
+    (cuda:0 ... cuda:N-1; a job's ranks have the node's GPUs), or `workers` CPU workers side by side."""
+    if workers < 1:
+        raise SlowrunError(f"evaluation needs at least one worker, got {workers}")
+    base = str(device).split(":")[0]
+    if base == "cuda":
+        return tuple(f"cuda:{i}" for i in range(workers))
+    return (str(device),) * workers
 
 
 def _cache_paths(cache: Path, tag: str) -> tuple[Path, Path, Path]:
     return cache / f"{tag}.fit.npy", cache / f"{tag}.val.npy", cache / f"{tag}.sha256"
 
 
-def cache_is_trusted(cache: Path, tag: str, weights_sha256: str) -> bool:
-    """Whether eval/<tag>.{fit,val}.npy were written by the harness for these very weights: the sidecar
-    eval/<tag>.sha256 must name the weights' hash and the hash of each cache file as it is now."""
+def cache_is_trusted(cache: Path, tag: str, weights_sha256: str, eval_dtype: str = "float32") -> bool:
+    """Whether eval/<tag>.{fit,val}.npy were written by the harness for these very weights at this
+    precision: the sidecar eval/<tag>.sha256 must name the weights' hash, the evaluation dtype (caches
+    from before it was recorded are float32's) and the hash of each cache file as it is now."""
     fit_path, val_path, sidecar = _cache_paths(cache, tag)
     try:
         stamp = json.loads(sidecar.read_text(encoding="utf-8"))
         return (isinstance(stamp, dict) and stamp.get("weights_sha256") == weights_sha256
+                and stamp.get("eval_dtype", "float32") == eval_dtype
                 and stamp.get("fit_sha256") == sha256_file(fit_path)
                 and stamp.get("val_sha256") == sha256_file(val_path))
     except (OSError, ValueError):
         return False
 
 
-def _write_cache(cache: Path, tag: str, fit: np.ndarray, val: np.ndarray, weights_sha256: str) -> None:
+def _write_cache(cache: Path, tag: str, fit: np.ndarray, val: np.ndarray, weights_sha256: str,
+                 eval_dtype: str = "float32") -> None:
     fit_path, val_path, sidecar = _cache_paths(cache, tag)
     sidecar.unlink(missing_ok=True)  # never a sidecar that vouches for half-replaced caches
     save_logprobs(val_path, val)
     save_logprobs(fit_path, fit)
     stamp = {"weights_sha256": weights_sha256, "fit_sha256": sha256_file(fit_path),
-             "val_sha256": sha256_file(val_path)}
+             "val_sha256": sha256_file(val_path), "eval_dtype": eval_dtype}
     fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=cache)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -165,7 +198,7 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
     model = worker
     try:
         weights = read_weights(snapshot)
-        if cache_is_trusted(cache, snapshot.tag, weights[1]):
+        if cache_is_trusted(cache, snapshot.tag, weights[1], options.eval_dtype):
             return _load_cache(cache, snapshot.tag)
         model = model or options.remote(snapshot, device, data.vocab_size)
         if model.vocab_size is None:
@@ -175,7 +208,7 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
     finally:
         if model is not None:
             model.close()
-    _write_cache(cache, snapshot.tag, fit, val, weights[1])
+    _write_cache(cache, snapshot.tag, fit, val, weights[1], options.eval_dtype)
     return fit.reshape(-1), val.reshape(-1)
 
 
@@ -195,7 +228,7 @@ def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_siz
     with ``prefetch``, the next is started while the current one is scored, so its sandbox set-up and
     torch import overlap the scoring) or else a new one. Snapshots with a trusted cache need none."""
     valid, fits, vals, invalid = [], [], [], []
-    cached = [_cached(s, cache) for s in snapshots]
+    cached = [_cached(s, cache, options.eval_dtype) for s in snapshots]
     ahead = first_worker
     try:
         for i, snap in enumerate(snapshots):
@@ -224,6 +257,69 @@ def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_siz
     return valid, fits, vals, invalid
 
 
+def _score_lanes(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_size: int, devices: Sequence[str],
+                 options: WorkerOptions, prefetch: bool, progress: bool, first_worker: RemoteModel | None = None):
+    """`_score_all` with one lane per device: each lane takes the next snapshot nobody has taken, so a slow
+    snapshot does not hold the others up. A snapshot's numbers do not depend on its lane (it is scored
+    whole, its probes seeded by its index), and the results come back in the snapshots' order.
+
+    Each lane starts its workers from its own thread and outlives them (a worker's supervisor is tied to
+    the thread that started it); ``first_worker`` goes to the first lane."""
+    import threading
+
+    results: list[tuple | None] = [None] * len(snapshots)
+    lock = threading.Lock()
+    queue = iter(range(len(snapshots)))
+    failures: list[BaseException] = []
+
+    def take() -> int | None:
+        with lock:
+            return next(queue, None)
+
+    def lane(device: str, worker: RemoteModel | None) -> None:
+        ahead = None
+        try:
+            while (i := take()) is not None:
+                snap = snapshots[i]
+                if progress:
+                    print(f"evaluating snapshot {snap.tag} ({i + 1}/{len(snapshots)}) on {device}", flush=True)
+                if prefetch:  # this lane's next worker imports torch while this snapshot is scored
+                    ahead = options.remote(None, device, data.vocab_size).start()
+                try:
+                    fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, options=options,
+                                                 worker=worker, stream=i)
+                    results[i] = ("ok", fit, val)
+                except InvalidSnapshot as exc:
+                    results[i] = ("invalid", str(exc))
+                worker, ahead = ahead, None
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
+            failures.append(exc)
+        finally:
+            for left in (worker, ahead):
+                if left is not None:
+                    left.close()
+
+    threads = [threading.Thread(target=lane, args=(d, first_worker if k == 0 else None), name=f"eval-{d}")
+               for k, d in enumerate(devices)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        raise failures[0]
+    valid, fits, vals, invalid = [], [], [], []
+    for snap, outcome in zip(snapshots, results):
+        if outcome[0] == "ok":
+            valid.append(snap)
+            fits.append(outcome[1])
+            vals.append(outcome[2])
+        else:
+            invalid.append({"tag": snap.tag, "epochs": snap.epochs, "reason": outcome[1]})
+            if progress:
+                print(f"snapshot {snap.tag} is invalid and will not be scored: {outcome[1]}", flush=True)
+    return valid, fits, vals, invalid
+
+
 def start_worker(device: str = "cpu", vocab_size: int | None = None, *, method_dir: Path | None = None,
                  builder_roots: Sequence[Path] | None = None, timeout_s: float | None = DEFAULT_TIMEOUT_S,
                  require_sandbox: bool = False) -> RemoteModel:
@@ -240,10 +336,10 @@ def start_worker(device: str = "cpu", vocab_size: int | None = None, *, method_d
     return options.remote(None, device, vocab_size).start()
 
 
-def _cached(snapshot: Snapshot, cache: Path) -> bool:
+def _cached(snapshot: Snapshot, cache: Path, eval_dtype: str = "float32") -> bool:
     """Whether the snapshot's cache will be used (so no worker is needed for it)."""
     try:
-        return cache_is_trusted(cache, snapshot.tag, sha256_file(Path(snapshot.folder) / WEIGHTS))
+        return cache_is_trusted(cache, snapshot.tag, sha256_file(Path(snapshot.folder) / WEIGHTS), eval_dtype)
     except OSError:
         return False
 
@@ -254,7 +350,8 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
                  builder_roots: Sequence[Path] | None = None,
                  timeout_s: float | None = DEFAULT_TIMEOUT_S, probes: ProbeSettings | None = None,
                  prefetch: bool = PREFETCH, require_sandbox: bool = False,
-                 first_worker: RemoteModel | None = None, fitness_docs: int | None = None) -> dict:
+                 first_worker: RemoteModel | None = None, fitness_docs: int | None = None,
+                 eval_dtype: str = "float32", devices: Sequence[str] | None = None) -> dict:
     """The evaluation parts of a record: snapshots, ensemble, result, k_sweep, curve, invalid_snapshots.
 
     Each snapshot's model is run from its builder in an evaluation worker: ``method_dir`` is the method's
@@ -266,6 +363,10 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     ``first_worker`` (from :func:`start_worker`, e.g. started while the method trained) is used for the
     first snapshot to score, and closed in any case. ``fitness_docs`` is the run's fitness carve in
     documents (None: the prepared data's default, for runs from before methods declared their carve).
+    ``eval_dtype`` is float32 (exact) or bfloat16 (forwards under bf16 autocast; the probes then allow
+    bf16's tolerance). ``devices`` shares the snapshots out over several workers at once, one per device
+    (every GPU of the job; or several CPU workers): each snapshot is scored whole by one worker, so the
+    numbers are the same as with one device; None: ``device`` alone.
     """
     snapshots = list_snapshots(Path(run_dir) / "snapshots")
     empty = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None, "k_sweep": [],
@@ -276,11 +377,20 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
         return empty
     apply_thread_setting()
     data = open_eval_data(data_dir, seq_len, fitness_docs)
+    eval_dtype = resolve_eval_dtype(eval_dtype, device)
     options = WorkerOptions(Path(method_dir) if method_dir is not None else None,
                             None if builder_roots is None else tuple(Path(r) for r in builder_roots), timeout_s,
-                            probes or ProbeSettings(), require_sandbox)
-    snapshots, fits, vals, invalid = _score_all(snapshots, data, Path(run_dir) / "eval", batch_size, device,
-                                                options, prefetch, progress, first_worker)
+                            probes or ProbeSettings(), require_sandbox,
+                            autocast=None if eval_dtype == "float32" else eval_dtype)
+    devices = tuple(devices) if devices else (device,)
+    setup = {"dtype": eval_dtype, "devices": list(devices)}
+    empty["evaluation"] = setup
+    if len(devices) > 1:
+        snapshots, fits, vals, invalid = _score_lanes(snapshots, data, Path(run_dir) / "eval", batch_size, devices,
+                                                      options, prefetch, progress, first_worker)
+    else:
+        snapshots, fits, vals, invalid = _score_all(snapshots, data, Path(run_dir) / "eval", batch_size, device,
+                                                    options, prefetch, progress, first_worker)
     if not snapshots:
         return {**empty, "invalid_snapshots": invalid}
     tags = [s.tag for s in snapshots]
@@ -342,6 +452,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
             "iterations": prior.iterations, "converged": prior.converged, "method": prior.method,
             "passes": prior.passes, "gap": float(prior.gap), "fallback": prior.fallback},
         "invalid_snapshots": invalid,
+        "evaluation": setup,
     }
 
 

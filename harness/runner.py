@@ -64,6 +64,8 @@ class RunRequest:
     track_files: tuple[str, ...] = ()
     compute_class: str | None = None
     eval_batch_size: int = 16
+    eval_dtype: str = "auto"  # float32, bfloat16 (autocast), or auto: bf16 on CUDA, float32 elsewhere
+    eval_workers: int | None = None  # snapshots scored side by side: None = the job's GPUs, or 1 on a CPU
     runs_root: Path = field(default=Path("runs"))
     track_spec: Track | None = None  # a track object instead of a name (calibration's larger variants)
     downstream: bool = False  # also score ARC-Easy, PIQA and SciQ with the final predictor
@@ -138,6 +140,8 @@ def prepare_run(req: RunRequest) -> Path:
         "val_tokens": manifest["splits"]["val"]["tokens"], "train_tokens": manifest["splits"]["train"]["tokens"],
         "compute_class": rules["class"], "hardware": rules["hardware"], "time_limit_s": rules["time_limit_s"],
         "eval_batch_size": req.eval_batch_size,
+        "eval_dtype": req.eval_dtype,
+        "eval_workers": req.eval_workers or (req.launch.nproc_per_node if req.device.startswith("cuda") else 1),
         "launch": req.launch.to_dict(),
         "timeout_s": req.timeout_s,
         "allow_read": allow_read,
@@ -414,7 +418,8 @@ def resume_run(run_dir: Path, progress: bool = True) -> Path:
 
 def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | None = None,
                       downstream_data: Path | None = None, downstream_limit: DocumentLimits | int | None = None,
-                      gpt2_ranks: Path | None = None, downstream_files: tuple[SplitFile, ...] = ()) -> Path:
+                      gpt2_ranks: Path | None = None, downstream_files: tuple[SplitFile, ...] = (),
+                      eval_dtype: str | None = None, eval_workers: int | None = None) -> Path:
     """Recompute the evaluation and rewrite the record from the snapshots, without re-training.
 
     `downstream=True` (with optional local data and a document limit) adds or refreshes the downstream
@@ -422,8 +427,12 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
     run_dir = Path(run_dir)
     if not (run_dir / TRAIN_RESULT).exists():
         raise SlowrunError(f"{run_dir}: no {TRAIN_RESULT}; the run never finished training (use --resume)")
-    if downstream is not None or gpt2_ranks is not None:
+    if downstream is not None or gpt2_ranks is not None or eval_dtype or eval_workers:
         spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
+        if eval_dtype:
+            spec["eval_dtype"] = eval_dtype
+        if eval_workers:
+            spec["eval_workers"] = eval_workers
         if downstream is not None:
             spec["downstream"] = downstream_spec(downstream, downstream_data, downstream_files, downstream_limit)
         if gpt2_ranks is not None:
@@ -491,7 +500,9 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
                                       track.reference_curve, batch_size=spec.get("eval_batch_size", 16),
                                       device=spec["device"], progress=progress,
                                       method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
-                                      first_worker=first_worker, fitness_docs=spec.get("fitness_docs"))
+                                      first_worker=first_worker, fitness_docs=spec.get("fitness_docs"),
+                                      eval_dtype=spec.get("eval_dtype", "float32"),
+                                      devices=_eval_devices(spec))
             downstream, downstream_note = score_final_predictor(run_dir, spec, evaluation, progress)
         except Exception as exc:  # the record says what failed instead of there being no record
             import traceback
@@ -577,11 +588,18 @@ def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_
         "resumed": bool(train.get("resumed", False)),  # continued from a checkpoint after an interruption
         "sandbox": train.get("sandbox") or {"kind": "none", "reason": "not recorded"},
         "invalid_snapshots": invalid,
+        "evaluation": evaluation.get("evaluation"),
         "compute": _compute_section(spec, train, train_s),
         "unranked_reasons": _unranked(spec, train, train_s),
         "fitness_carve": spec.get("fitness_carve"),
         "environment": environment(spec["device"]),
     }
+
+
+def _eval_devices(spec: dict) -> tuple[str, ...]:
+    from harness.evaluation import eval_devices
+
+    return eval_devices(spec["device"], int(spec.get("eval_workers") or 1))
 
 
 def _hardware(spec: dict):
