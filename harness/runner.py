@@ -43,6 +43,8 @@ RUN_SPEC = "run.json"
 RECORD = "record.json"
 TRAIN_RESULT = "train_result.json"
 SUPERVISOR_STATUS = "supervisor.json"
+SERVER_FILE = "server.json"  # node 0's data server address and token, for the other nodes' runners
+JOIN_WAIT_S = 600.0  # how long another node waits for node 0's server, and node 0 for the other nodes' ranks
 ALLOW_READ_ENV = "SLOWRUN_ALLOW_READ"  # extra read-only folders for the method (os.pathsep-separated)
 
 
@@ -274,7 +276,13 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
     launch = _launch_of(spec)
     server = DataServer(server_spec(run_dir, spec, resume, progress))
-    address = server.start()
+    if launch.nnodes > 1:  # the other nodes' ranks reach the server over TCP, at master_port + 1 of node 0
+        address = server.start(tcp_port=launch.master_port + 1)
+        _write_json(run_dir / SERVER_FILE, {"address": f"tcp:{launch.master_addr}:{launch.master_port + 1}",
+                                            "token": server.token})
+        os.chmod(run_dir / SERVER_FILE, 0o600)
+    else:
+        address = server.start()
     command = (launch.torchrun_command("harness.worker", []) if launch.is_distributed
                else [sys.executable, "-m", "harness.worker"])
     layout = RunLayout(run_dir)
@@ -293,6 +301,8 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
             if spec.get("time_limit_s"):
                 stopped_at_cap = _wait_watching_cap(supervisor, server)
             result = supervisor.wait()
+            if launch.nnodes > 1:
+                _wait_for_other_nodes(server)
         except _Signals.Received:
             interrupted = True
             result = supervisor.terminate()
@@ -302,8 +312,10 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
         except Exception:  # it never started: nothing to stop
             pass
         server.stop()
+        (run_dir / SERVER_FILE).unlink(missing_ok=True)
         raise
     server.stop()
+    (run_dir / SERVER_FILE).unlink(missing_ok=True)
     server.record_session()
     outcome = server.outcome(asdict(result), stopped_at_cap=stopped_at_cap)
     _write_json(run_dir / TRAIN_RESULT, outcome.to_dict())
@@ -322,18 +334,60 @@ def _wait_watching_cap(supervisor, server, poll_s: float = 0.2) -> bool:
     return False
 
 
-def join_run(req: RunRequest) -> Path:
-    """A node other than node 0 of a multi-node job.
+def _wait_for_other_nodes(server, poll_s: float = 0.2) -> None:
+    """Node 0's processes have ended; the other nodes' ranks end at about the same time (they step
+    together), and their outcome is the server's to record, so wait for them (at most JOIN_WAIT_S)."""
+    deadline = time.monotonic() + JOIN_WAIT_S
+    while not server.ranks_done() and time.monotonic() < deadline:
+        time.sleep(poll_s)
 
-    Every rank meters through node 0's data server, which listens on a Unix socket of node 0's machine;
-    ranks on other machines cannot reach it, so multi-node runs are refused until the server also serves
-    TCP (see docs/threat-model.md)."""
-    raise SlowrunError("multi-node runs (--nnodes > 1) are not supported behind the data server yet: run one "
-                       "node with --nproc-per-node N")
+
+def join_run(req: RunRequest) -> Path:
+    """Node `node_rank` > 0 of a multi-node job: start this node's ranks against node 0's data server.
+
+    Node 0 (`slowrun run ... --node-rank 0 --out RUN_DIR`) prepares the run, holds the data, the meter and
+    the records, and writes the server's TCP address and the run's token into RUN_DIR/server.json; the
+    other nodes are given the same RUN_DIR on a shared file system, wait for that file, and run their
+    ranks under their own supervisor. They never read the data: every batch comes from node 0's server."""
+    from harness.sandbox.supervise import Supervisor
+
+    if req.out is None:
+        raise SlowrunError("a node other than node 0 needs --out RUN_DIR: the run folder node 0 was given, on a "
+                           "file system every node shares")
+    run_dir = Path(req.out).resolve()
+    server_file = run_dir / SERVER_FILE
+    deadline = time.monotonic() + JOIN_WAIT_S
+    print(f"node {req.launch.node_rank}: waiting for node 0's data server ({server_file})", file=sys.stderr)
+    while not server_file.exists():
+        if time.monotonic() > deadline:
+            raise SlowrunError(f"{server_file} did not appear within {JOIN_WAIT_S:.0f} s: start node 0 with the "
+                               "same --out, --nnodes and --master-addr first")
+        time.sleep(0.5)
+    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
+    planned = _launch_of(spec)
+    if (planned.nnodes, planned.nproc_per_node) != (req.launch.nnodes, req.launch.nproc_per_node):
+        raise SlowrunError(f"node 0 started {planned.nnodes} node(s) x {planned.nproc_per_node} process(es); this "
+                           f"node was given {req.launch.nnodes} x {req.launch.nproc_per_node}")
+    server = json.loads(server_file.read_text(encoding="utf-8"))
+    layout = RunLayout(run_dir)
+    command = req.launch.torchrun_command("harness.worker", [])
+    supervisor = Supervisor(command, env=_worker_env(server["address"], server["token"], layout.scratch, req.launch),
+                            timeout_s=spec.get("timeout_s"),
+                            status_file=run_dir / f"supervisor-node{req.launch.node_rank}.json", cwd=layout.scratch)
+    with _Signals():
+        supervisor.start()
+        try:
+            result = supervisor.wait()
+        except _Signals.Received:
+            result = supervisor.terminate()
+            raise RunInterrupted(f"node {req.launch.node_rank}: interrupted; its processes were stopped") from None
+    print(f"node {req.launch.node_rank}: its ranks ended ({result.reason}, exit code {result.exit_code}); node 0 "
+          f"writes the record in {run_dir}", file=sys.stderr)
+    return run_dir
 
 
 def run_method(req: RunRequest) -> Path:
-    if req.launch.nnodes > 1:
+    if req.launch.nnodes > 1 and req.launch.node_rank > 0:
         return join_run(req)
     run_dir = prepare_run(req)
     print(f"run folder: {run_dir}", file=sys.stderr)

@@ -31,7 +31,14 @@ def _error(exc: BaseException) -> dict:
 
 
 def connect(address: str) -> socket.socket:
+    """`unix-abstract:NAME`, `unix:PATH` (this node's server) or `tcp:HOST:PORT` (node 0's, from another node)."""
     kind, _, name = address.partition(":")
+    if kind == "tcp":
+        host, _, port = name.rpartition(":")
+        sock = socket.create_connection((host, int(port)), timeout=60)
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     sock.connect("\0" + name if kind == "unix-abstract" else name)
     return sock

@@ -218,8 +218,12 @@ class DataServer:
         self._closing = False
 
     # ---- lifecycle --------------------------------------------------------------------------------
-    def start(self) -> str:
-        """Listen, and return the address the workers connect to (an abstract Unix socket on Linux)."""
+    def start(self, tcp_port: int | None = None, tcp_host: str = "0.0.0.0") -> str:
+        """Listen, and return the address this node's workers connect to (an abstract Unix socket on Linux).
+
+        `tcp_port` also listens on TCP, for the ranks of the other nodes of a multi-node job: they cannot
+        reach a Unix socket of this machine. A connection is served only after its hello names the run's
+        token (48 hex digits, compared in constant time), whichever way it came in."""
         if sys.platform.startswith("linux"):
             name = f"\0slowrun-{os.getpid()}-{secrets.token_hex(8)}"
             address = "unix-abstract:" + name[1:]
@@ -232,18 +236,26 @@ class DataServer:
         listener.bind(name)
         listener.listen(max(8, self.spec.world_size * 2))
         self._listener = listener
-        thread = threading.Thread(target=self._accept_loop, name="slowrun-server", daemon=True)
-        thread.start()
-        self._threads.append(thread)
+        self._listeners = [listener]
+        if tcp_port is not None:
+            tcp = socket.create_server((tcp_host, tcp_port), backlog=max(8, self.spec.world_size * 2),
+                                       reuse_port=False)
+            self._listeners.append(tcp)
+        for sock in self._listeners:
+            thread = threading.Thread(target=self._accept_loop, args=(sock,), name="slowrun-server", daemon=True)
+            thread.start()
+            self._threads.append(thread)
         self.address = address
         return address
 
-    def _accept_loop(self) -> None:
+    def _accept_loop(self, listener: socket.socket) -> None:
         while not self._closing:
             try:
-                conn, _ = self._listener.accept()
+                conn, _ = listener.accept()
             except OSError:
                 return
+            if conn.family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # one request, one reply: no delay
             thread = threading.Thread(target=self._serve, args=(conn,), name="slowrun-rank", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -251,13 +263,13 @@ class DataServer:
     def stop(self) -> None:
         self._closing = True
         self.clock.stop()
-        if self._listener is not None:
+        for listener in getattr(self, "_listeners", []):
             try:  # shutdown wakes the accept() blocked in the server thread; close alone does not on Linux
-                self._listener.shutdown(socket.SHUT_RDWR)
+                listener.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
             try:
-                self._listener.close()
+                listener.close()
             except OSError:
                 pass
         for channel in list(self._channels):
@@ -599,6 +611,12 @@ class DataServer:
 
     def train_seconds(self) -> float:
         return self.clock.seconds()
+
+    def ranks_done(self) -> bool:
+        """Every rank of the job has ended or gone (a multi-node job's node 0 waits for the others)."""
+        with self._lock:
+            return all(state.ended or not state.connected for state in self._ranks.values()) and \
+                len(self._ranks) == self.spec.world_size
 
     def past_deadline(self) -> bool:
         """The method is still training past the cap and its grace: the runner stops its processes."""

@@ -179,3 +179,43 @@ def test_shards_stepping_together_are_refused_together(make_method, synthetic_da
     metered = record["metered"]
     assert metered["per_stream"]["shared[0/2]"] == metered["per_stream"]["shared[1/2]"]
     assert metered["epoch_tokens"] - 2 * 4 * 128 < metered["train_tokens"] <= metered["epoch_tokens"]
+
+
+def test_two_nodes_meter_through_node_0s_server_and_match_one_process(synthetic_data, tmp_path, monkeypatch):
+    """Two "nodes" on this machine (one process each, torchrun's static rendezvous): node 1 reaches node 0's
+    data server over TCP, reads no data itself, and the run is the one-process run."""
+    import subprocess
+    import sys
+
+    monkeypatch.setenv("SLOWRUN_NUM_THREADS", "1")
+    port = free_port()
+    common = dict(method_dir=PROJECT / "submissions" / "q0", track="synthetic", epochs=8.0, seed=3,
+                  overrides=TINY_Q0, data_dir=synthetic_data, progress=False)
+    single = run_method(RunRequest(out=tmp_path / "single", **common))
+    run_dir = tmp_path / "nodes"
+    node1 = subprocess.Popen(
+        [sys.executable, "-m", "harness.cli", "run", str(common["method_dir"]), "--track", "synthetic",
+         "--out", str(run_dir), "--nnodes", "2", "--node-rank", "1", "--master-port", str(port), "--quiet"],
+        cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        run_method(RunRequest(out=run_dir, launch=LaunchSpec(nnodes=2, node_rank=0, master_port=port), **common))
+        output, _ = node1.communicate(timeout=120)
+    finally:
+        if node1.poll() is None:
+            node1.kill()
+    assert node1.returncode == 0, output
+    a, b = read(single), read(run_dir)
+    assert b["status"] == "ok", b["error"]
+    assert (b["compute"]["world_size"], b["compute"]["hardware"]["nodes"]) == (2, 2)
+    assert b["metered"] == a["metered"]
+    ranks = {s["tag"]: s["meta"]["rank"] for s in b["snapshots"]}
+    assert {tag for tag, rank in ranks.items() if rank == 1} == {t for t in ranks if t.startswith("t1-")}
+    for sa, sb in zip(sorted(a["snapshots"], key=lambda s: s["tag"]), sorted(b["snapshots"], key=lambda s: s["tag"])):
+        assert sa["val_loss"] == pytest.approx(sb["val_loss"], rel=1e-5)
+    assert not (run_dir / "server.json").exists()  # the token is gone with the server
+
+
+def test_a_node_joining_without_its_run_folder_is_told_what_to_give(tmp_path):
+    with pytest.raises(Exception, match="--out RUN_DIR"):
+        run_method(RunRequest(method_dir=PROJECT / "submissions" / "q0",
+                              launch=LaunchSpec(nnodes=2, node_rank=1, master_port=free_port())))
