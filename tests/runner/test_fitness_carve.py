@@ -133,3 +133,18 @@ def test_the_carve_comes_out_of_that_methods_tokens_only(synthetic_data, tmp_pat
     # the prepared data is the same for every method: its own default carve is untouched
     manifest = json.loads((synthetic_data / "manifest.json").read_text())
     assert manifest["fitness"]["tokens"] != carved
+
+
+def test_single_model_trains_on_every_training_token(synthetic_data, tmp_path):
+    """The reference single model declares no carve: on a track whose prepared data records a default carve
+    (as fineweb's 1M tokens), one epoch is the whole training split."""
+    run_dir = run_method(RunRequest(
+        method_dir=PROJECT / "submissions" / "single_model", epochs=1.0, data_dir=synthetic_data,
+        out=tmp_path / "single", progress=False,
+        overrides=(("d_model", "32"), ("n_layer", "1"), ("n_head", "2"), ("warmup_steps", "2"))))
+    record = json.loads((run_dir / "record.json").read_text())
+    manifest = json.loads((synthetic_data / "manifest.json").read_text())
+    assert manifest["fitness"]["tokens"] > 0  # the prepared data's own default carve ...
+    assert record["status"] == "ok"
+    assert record["metered"]["epoch_tokens"] == manifest["splits"]["train"]["tokens"]  # ... is not taken
+    assert record["fitness_carve"]["tokens"] == 0
