@@ -26,9 +26,12 @@ extras of slowrun PR #90's GPT (``unlimited/train.py`` at qlabs-eng/slowrun a200
 - ``unet_skips``: before each layer the stream is rescaled and re-mixed with x0 (per-layer scalars,
   1 and 0.1 at the start), and the output of encoder layer j is added to the input of layer n-1-j
   (per-layer scalars, 1 at the start).
-- ``mtp_head``: the multi-token-prediction head (a 2d -> d projection of [hidden, embedding of the next
-  token] and one more block) that PR #90 trains with an auxiliary loss. It is built, so parameter
-  counts and snapshots match, but the logits never use it and no recipe trains it yet.
+- ``mtp_head``: the multi-token-prediction head (a 2d -> d projection of [final hidden state at t,
+  embedding of token t+1] and one more block, read out through the same lm_head and soft-cap) that
+  predicts token t+2. ``model(idx, targets)`` returns (logits, its mean cross-entropy), which training
+  adds with weight ``mtp_weight`` (PR #90: 0.3; inside the distillation mix it sits on the label side,
+  (1 - alpha) * (CE + w * MTP) + alpha * T^2 * KL). ``model(idx)``, what evaluation calls, returns the
+  logits alone: the head only shapes the trunk during training.
 
 A model is rebuilt from a plain dict (its build spec) with :func:`build_gpt`, so the harness can store
 weights beside ``{"builder": "q0_reference.model:build_gpt", "config": {...}}`` and reload them later.
@@ -73,6 +76,7 @@ class GPTConfig:
     head_mixing: bool = False
     unet_skips: bool = False
     mtp_head: bool = False
+    mtp_weight: float = 0.3  # the MTP head's auxiliary loss weight in training (PR #90's default)
 
     def __post_init__(self):
         for name in ("vocab_size", "seq_len", "n_layer", "n_head", "d_model", "mlp_multiple", "padded_vocab_multiple"):
@@ -89,6 +93,8 @@ class GPTConfig:
             raise Q0ConfigError(f"GPTConfig.mlp_ratio must be positive, got {self.mlp_ratio!r}")
         if not 0.0 <= self.dropout < 1.0:
             raise Q0ConfigError(f"GPTConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if not (isinstance(self.mtp_weight, (int, float)) and self.mtp_weight >= 0):
+            raise Q0ConfigError(f"GPTConfig.mtp_weight must be >= 0, got {self.mtp_weight!r}")
         if self.logit_softcap is not None and not self.logit_softcap > 0:
             raise Q0ConfigError(f"GPTConfig.logit_softcap must be positive or None, got {self.logit_softcap!r}")
         for flag, channels in (("value_embeddings", VALUE_GATE_CHANNELS), ("attention_gates", ATTENTION_GATE_CHANNELS)):
@@ -329,7 +335,8 @@ class GPT(nn.Module):
         if cfg.mtp_head:
             nn.init.normal_(self.mtp_proj.weight, mean=0.0, std=self.mtp_proj.in_features ** -0.5)
 
-    def forward(self, idx: torch.Tensor) -> torch.Tensor:
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+        """Logits [B, T, V]; with ``targets`` and the MTP head on, (logits, MTP loss) for training."""
         if idx.dim() != 2:
             raise Q0ConfigError(f"GPT input must be a [batch, time] tensor of token ids, got shape {tuple(idx.shape)}")
         T = idx.size(1)
@@ -338,13 +345,28 @@ class GPT(nn.Module):
         cos, sin = self.rope_cos[:T], self.rope_sin[:T]
         x = rms_norm(self.wte(idx))
         x = self._plain(x, cos, sin) if self._plain_trunk else self._trunk(x, cos, sin)
-        logits = self.lm_head(rms_norm(x))[..., : self.config.vocab_size]
+        hidden = rms_norm(x)
+        logits = self._read_out(hidden)
+        if targets is None or not self.config.mtp_head:
+            return logits
+        return logits, self._mtp_loss(hidden, targets, cos, sin)
+
+    def _read_out(self, hidden: torch.Tensor) -> torch.Tensor:
+        logits = self.lm_head(hidden)[..., : self.config.vocab_size]
         if logits.dtype not in (torch.float32, torch.float64):  # bf16 under autocast: the loss wants float32
             logits = logits.float()
         if self.config.logit_softcap is not None:
             cap = self.config.logit_softcap
             logits = cap * torch.tanh(logits / cap)
         return logits
+
+    def _mtp_loss(self, hidden: torch.Tensor, targets: torch.Tensor, cos: torch.Tensor,
+                  sin: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of predicting token t+2 from the hidden state at t and token t+1's embedding."""
+        combined = self.mtp_proj(torch.cat([hidden[:, :-1], rms_norm(self.wte(targets[:, :-1]))], dim=-1))
+        T = combined.size(1)
+        logits = self._read_out(rms_norm(self.mtp_block(combined, cos[:T], sin[:T])))
+        return F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets[:, 1:].reshape(-1))
 
     @property
     def _plain_trunk(self) -> bool:

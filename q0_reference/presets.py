@@ -26,7 +26,7 @@ Differences, preset by preset (PR #90 column: its code defaults, with which it p
 | setting | ``fineweb`` (paper) | ``fineweb_pr90`` here | PR #90 itself |
 |---|---|---|---|
 | model | 30 x 2048, 16 heads, SwiGLU 5504 | 30 x 2048, 16 heads, SwiGLU 5632, value embeddings on alternate layers, attention and value gates, U-Net skips with residual/x0 scalars, cross-head mixing (IHA) | the same, plus a multi-token-prediction head (weight 0.3), sliding windows (SSSL), layers 15-24 run 5 times |
-| parameters | 1,723,858,944 | 1,810,403,019 (1,870,172,811 with ``mtp_head=True``) | 1,870,172,811, as its ``train.py`` prints it ("Parameters: ..."); 1,810,403,019 without the MTP head, which is used in training only |
+| parameters | 1,723,858,944 | 1,870,172,811 (1,810,403,019 of them used at evaluation: the MTP head trains only) | 1,870,172,811, as its ``train.py`` prints it ("Parameters: ...") |
 | dropout / logit cap | 0 / 15 | 0.1 / 15 | 0.1 / 15 |
 | Muon | torch's Muon, lr 0.02 | torch's Muon, lr 0.01 | NorMuon (row-normalised, Polar Express coefficients, second-moment scaling, cautious weight decay), lr 0.01 |
 | AdamW lr embedding / head | 0.075 / 0.001 | 0.0375 / 0.0005 | 0.0375 / 0.0005, plus scalars 0.025 and IHA 0.02 |
@@ -43,10 +43,9 @@ Differences, preset by preset (PR #90 column: its code defaults, with which it p
 
 Parameter counts are checked on the meta device in tests/q0/test_presets.py; the PR #90 count was
 obtained by building its ``GPT`` class with its defaults on the meta device and is restated there as a
-sum of its parts. The preset leaves ``mtp_head`` off: the head's 59,769,792 parameters (the 2d -> d
-projection, 8,388,608, and one more block, 51,381,184) serve only PR #90's auxiliary next-next-token loss,
-which the recipes do not train, and parameters without a loss would sit at their initial values in every
-snapshot and leave DDP waiting for their gradients. Also not built: the sliding-window pattern and the
+sum of its parts. The MTP head's 59,769,792 parameters (the 2d -> d projection, 8,388,608, and one more
+block, 51,381,184) serve PR #90's auxiliary next-next-token loss (weight 0.3), which training adds
+(q0_reference.trainer); evaluation reads the primary logits only. Also not built: the sliding-window pattern and the
 layer repetition, which add no parameters. The model flags are not method hyperparameters yet, so
 ``--set`` flags (``preset_hparams``) run PR #90's widths without these parts, and ``slowrun plan``'s memory
 estimate counts the preset without them (3.6% fewer parameters).
@@ -128,7 +127,7 @@ FINEWEB_PR90 = Preset(
     model=GPTConfig(vocab_size=50257, seq_len=2048, n_layer=30, n_head=16, d_model=2048, mlp="swiglu",
                     mlp_ratio=4.0, mlp_multiple=256, padded_vocab_multiple=64, qk_norm=True, dropout=0.1,
                     logit_softcap=15.0, value_embeddings=True, attention_gates=True, head_mixing=True,
-                    unet_skips=True),  # mtp_head off: its auxiliary loss is not trained here (see above)
+                    unet_skips=True, mtp_head=True, mtp_weight=0.3),
     # PR #90's base rates 0.04 (matrices), 0.15 (embedding), 0.002 (head) times its lr_multiplier 0.25
     optimizer=OptimizerSpec(kind="muon", matrix_lr=0.01, embedding_lr=0.0375, head_lr=0.0005, lr=0.0375,
                             weight_decay=1.3, betas=(0.8, 0.95), eps=1e-10, momentum=0.95),

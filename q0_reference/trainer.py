@@ -73,16 +73,22 @@ def accumulated_step(model: nn.Module, optimizer, batches: Sequence[tuple[torch.
     ddp = _ddp_of(model)
     losses = []
     value = math.nan
+    mtp_weight = _mtp_weight(model)
     for i, (inputs, targets) in enumerate(batches):
         sync = ddp.no_sync() if ddp is not None and i < n - 1 else contextlib.nullcontext()
         with sync:
             with autocast():
-                logits = model(inputs)
+                if mtp_weight:
+                    logits, mtp_loss = model(inputs, targets)
+                else:
+                    logits = model(inputs)
                 guide = None if teacher is None else teacher_logits(teacher, inputs)
             if guide is None:
                 loss = cross_entropy(logits, targets)
             else:
                 loss = distillation_loss(logits, guide, targets, alpha=alpha, temperature=temperature)
+            if mtp_weight:  # on the label side of the distillation mix, as PR #90 folds it in
+                loss = loss + (1.0 if guide is None else 1.0 - alpha) * mtp_weight * mtp_loss
             if n == 1:
                 value = _checked_value(loss, step)
                 loss.backward()
@@ -95,6 +101,16 @@ def accumulated_step(model: nn.Module, optimizer, batches: Sequence[tuple[torch.
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()
     return value
+
+
+def _mtp_weight(model: nn.Module) -> float:
+    """The weight of the model's multi-token-prediction loss (0: it has no MTP head), through DDP and
+    torch.compile wrappers."""
+    base = model
+    for attribute in ("module", "_orig_mod", "module", "_orig_mod"):
+        base = getattr(base, attribute, base)
+    config = getattr(base, "config", None)
+    return float(config.mtp_weight) if getattr(config, "mtp_head", False) else 0.0
 
 
 def train_step(model: nn.Module, optimizer, inputs: torch.Tensor, targets: torch.Tensor,

@@ -88,13 +88,13 @@ def test_pr90_preset_builds_on_meta_with_its_widths_and_the_published_count_is_i
     published = trunk + 2 * vocab * d + value_embeddings + gates + head_mixing + scalars + mtp
     assert published == 1_870_172_811  # "1.8B" in its title; what its train.py prints as "Parameters"
     assert mtp == 59_769_792
-    assert count_parameters(model) == published - mtp == 1_810_403_019  # the preset: every part but the MTP head
+    assert count_parameters(model) == published == 1_870_172_811  # the preset, as PR #90's train.py prints it
+    assert next(model.parameters()).device.type == "meta"
     with torch.device("meta"):
-        with_mtp = build_gpt({**preset.model.to_dict(), "mtp_head": True})
-    assert count_parameters(with_mtp) == published
-    assert next(with_mtp.parameters()).device.type == "meta"
+        without_mtp = build_gpt({**preset.model.to_dict(), "mtp_head": False})
+    assert count_parameters(without_mtp) == published - mtp == 1_810_403_019  # what evaluation runs
     plain = {**preset.model.to_dict(), "value_embeddings": False, "attention_gates": False, "head_mixing": False,
-             "unet_skips": False}
+             "unet_skips": False, "mtp_head": False}
     with torch.device("meta"):
         assert count_parameters(build_gpt(plain)) == trunk + 2 * vocab * d == 1_747_451_904
 
