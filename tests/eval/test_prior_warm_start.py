@@ -30,16 +30,16 @@ def test_warm_started_fit_equals_the_cold_fit_with_fewer_passes():
 
 
 def record_fits(monkeypatch) -> list:
-    """Every PriorFit the module produces, in order (wraps the internal fit entry point)."""
+    """Every PriorFit the loss curve fits, one per stamp in order (wraps the internal per-prefix fits)."""
     fits = []
-    original = prior_module._fit
+    original = prior_module._prefix_fits
 
     def recording(*args, **kwargs):
-        fit, q = original(*args, **kwargs)
-        fits.append(fit)
-        return fit, q
+        for fit in original(*args, **kwargs):
+            fits.append(fit)
+            yield fit
 
-    monkeypatch.setattr(prior_module, "_fit", recording)
+    monkeypatch.setattr(prior_module, "_prefix_fits", recording)
     return fits
 
 
