@@ -21,6 +21,7 @@ ancillary data).
 from __future__ import annotations
 
 import json
+import os
 import socket
 import struct
 from typing import Callable
@@ -46,8 +47,11 @@ def _as_bytes_view(payload) -> memoryview:
     return view.cast("B") if (view.format != "B" or view.ndim != 1) else view
 
 
-def send(sock: socket.socket, header: dict, payload=b"") -> None:
-    """Send one message: ``header`` (a JSON-able dict) and ``payload`` (any C-contiguous buffer)."""
+def send(sock: socket.socket, header: dict, payload=b"", *, fds: tuple[int, ...] = ()) -> None:
+    """Send one message: ``header`` (a JSON-able dict) and ``payload`` (any C-contiguous buffer).
+
+    ``fds`` are file descriptors passed along (SCM_RIGHTS, attached to the message's first bytes): only
+    the harness passes any, to the fork server, and only :func:`recv_with_fds` accepts them."""
     if not isinstance(header, dict):
         raise ChannelError(f"a channel header must be a dict, got {type(header).__name__}")
     head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
@@ -55,6 +59,12 @@ def send(sock: socket.socket, header: dict, payload=b"") -> None:
         raise ChannelError(f"channel header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
     body = _as_bytes_view(payload)
     first = PREFIX.pack(MAGIC, len(head), body.nbytes) + head
+    if fds:
+        sent = socket.send_fds(sock, [first], list(fds))
+        sock.sendall(memoryview(first)[sent:])
+        if body.nbytes:
+            sock.sendall(body)
+        return
     if body.nbytes <= SMALL_PAYLOAD:
         sock.sendall(first + bytes(body))
         return
@@ -84,6 +94,12 @@ def recv(sock: socket.socket, *, allocate: Allocate | None = None,
     """
     prefix = bytearray(PREFIX.size)
     _recv_exact(sock, memoryview(prefix), started=False)
+    return _finish(sock, prefix, allocate, max_payload)
+
+
+def _finish(sock: socket.socket, prefix: bytearray, allocate: Allocate | None,
+            max_payload: int | None) -> tuple[dict, memoryview]:
+    """The rest of a message whose prefix has been read: its header, then its payload."""
     magic, head_len, body_len = PREFIX.unpack(prefix)
     if magic != MAGIC:
         raise ChannelError(f"bad channel magic {bytes(magic)!r}: the peer does not speak this protocol")
@@ -107,6 +123,30 @@ def recv(sock: socket.socket, *, allocate: Allocate | None = None,
             raise ChannelError(f"the receive buffer must be {body_len} writable bytes, got {buffer.nbytes}")
     _recv_exact(sock, buffer)
     return header, buffer
+
+
+def recv_with_fds(sock: socket.socket, max_fds: int) -> tuple[dict, memoryview, list[int]]:
+    """Receive one message that may carry up to ``max_fds`` file descriptors: ``(header, payload, fds)``.
+
+    The descriptors arrive with the message's first bytes, so they are read with the prefix; a message
+    that carried more than ``max_fds`` (the kernel closes the excess) is refused, with those received
+    closed. Used by the fork server, whose only peer is the harness."""
+    prefix = bytearray(PREFIX.size)
+    got, fds, flags, _ = socket.recv_fds(sock, PREFIX.size, max_fds)
+    if not got:
+        raise ChannelError("the peer closed the channel")
+    prefix[: len(got)] = got
+    try:
+        if flags & socket.MSG_CTRUNC:
+            raise ChannelError(f"a message carried more than the {max_fds} file descriptors expected")
+        if len(got) < PREFIX.size:
+            _recv_exact(sock, memoryview(prefix)[len(got):])
+        header, payload = _finish(sock, prefix, None, None)
+    except BaseException:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return header, payload, list(fds)
 
 
 def widen_buffers(sock: socket.socket, nbytes: int = 4 << 20) -> None:

@@ -74,6 +74,13 @@ def env_builder_roots() -> tuple[Path, ...]:
     return tuple(Path(p) for p in os.environ.get(ALLOW_READ_ENV, "").split(os.pathsep) if p)
 
 
+def all_builder_roots(builder_roots: Sequence[Path] | None) -> tuple[Path, ...]:
+    """Every folder a builder may come from besides the method directory: :func:`trusted_builder_roots`
+    and ``builder_roots`` (None: :func:`env_builder_roots`), resolved, without repeats."""
+    extra = env_builder_roots() if builder_roots is None else builder_roots
+    return tuple(dict.fromkeys((*trusted_builder_roots(), *(Path(r).resolve() for r in extra))))
+
+
 def read_weights(snapshot: Snapshot) -> tuple[bytes, str]:
     """The weights file's bytes and their sha256; refused when the snapshot's stamped hash differs."""
     path = Path(snapshot.folder) / WEIGHTS
@@ -114,14 +121,12 @@ class RemoteModel:
                  builder_roots: Sequence[Path] | None = None,
                  device: str = "cpu", dtype: str | None = None, vocab_size: int | None = None,
                  timeout_s: float | None = DEFAULT_TIMEOUT_S, require_sandbox: bool = False,
-                 autocast: str | None = None):
+                 autocast: str | None = None, fork_server=None, owns_fork_server: bool = False):
         if dtype is not None and dtype not in LOGIT_DTYPES:
             raise SlowrunError(f"dtype must be one of {', '.join(LOGIT_DTYPES)} or None (as stored), got {dtype!r}")
         self.snapshot = snapshot
         self.method_dir = Path(method_dir).resolve() if method_dir is not None else None
-        extra = env_builder_roots() if builder_roots is None else builder_roots
-        roots = (*trusted_builder_roots(), *(Path(r).resolve() for r in extra))
-        self.builder_roots = tuple(dict.fromkeys(roots))
+        self.builder_roots = all_builder_roots(builder_roots)
         self.device = str(device)
         self.dtype = dtype
         if autocast not in (None, "bfloat16", "float16"):
@@ -135,17 +140,35 @@ class RemoteModel:
         self.sandbox: dict | None = None
         self.logits_dtype: torch.dtype | None = None
         self.calls = 0
+        # A fork server (harness.fork_server.ForkServer) forks this worker from a zygote that has imported
+        # torch already; used only when its sandbox settings are this model's, else a fresh process.
+        self.fork_server = fork_server if fork_server is not None and fork_server.matches(
+            self.method_dir, builder_roots, require_sandbox) else None
+        self._owns_fork_server = owns_fork_server and self.fork_server is not None
+        self.forked = False  # whether the worker came from the fork server
         self._sock: socket.socket | None = None
-        self._supervisor = None
+        self._supervisor = None  # what stops the worker's process tree: a Supervisor, or a ForkedChild
         self._private: Path | None = None
         self._deadline: float | None = None
         self._loaded = False
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> "RemoteModel":
-        """Spawn the worker (sandboxed, supervised); returns at once, the worker imports torch meanwhile."""
+        """Spawn the worker (sandboxed, supervised); returns at once, the worker imports torch meanwhile.
+        With a fork server, the worker is forked from its zygote (milliseconds, once the zygote is ready)."""
         if self._supervisor is not None:
             return self
+        if self.fork_server is not None and self.fork_server.usable:
+            from harness.fork_server import ForkServerUnavailable
+
+            try:
+                self._supervisor, self._sock = self.fork_server.spawn()
+            except ForkServerUnavailable:
+                pass  # a fresh process instead
+            else:
+                self._private = self._supervisor.scratch
+                self.forked = True
+                return self
         from harness.sandbox import Supervisor
 
         self._private = Path(tempfile.mkdtemp(prefix=f"slowrun-eval-{self.snapshot.tag if self.snapshot else 'next'}-"))
@@ -215,12 +238,23 @@ class RemoteModel:
             sock.close()
         if self._supervisor is not None:
             try:
-                self._supervisor.terminate()
+                # A forked worker told to quit exits by itself, and its keeper with it (a few ms).
+                self._supervisor.terminate(QUIT_WAIT_S) if self.forked else self._supervisor.terminate()
             except SlowrunError:
                 pass
         if self._private is not None:
             shutil.rmtree(self._private, ignore_errors=True)
             self._private = None
+        if self._owns_fork_server:
+            self.take_fork_server().close()
+
+    def take_fork_server(self):
+        """The fork server this model owns (from :func:`harness.evaluation.start_worker`), now the caller's
+        to close; None when it owns none."""
+        if not self._owns_fork_server:
+            return None
+        self._owns_fork_server = False
+        return self.fork_server
 
     def __enter__(self) -> "RemoteModel":
         try:
@@ -233,7 +267,8 @@ class RemoteModel:
         self.close()
 
     def __del__(self):  # a forgotten worker must not outlive its RemoteModel
-        if getattr(self, "_sock", None) is not None or getattr(self, "_private", None) is not None:
+        if (getattr(self, "_sock", None) is not None or getattr(self, "_private", None) is not None
+                or getattr(self, "_owns_fork_server", False)):
             try:
                 self.close()
             except Exception:  # noqa: BLE001 - interpreter shutdown

@@ -53,16 +53,22 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def _sandbox(args: argparse.Namespace) -> dict:
-    from harness.sandbox import SandboxPolicy, base_read_only_paths, default_devices, enter_sandbox
+def worker_policy(scratch: str, roots: list[str]):
+    """What a worker may touch: read-only Python, packages and ``roots``; read-write ``scratch`` alone."""
+    from harness.sandbox import SandboxPolicy, base_read_only_paths, default_devices
 
     shm = os.path.realpath("/dev/shm")
     # No /dev/shm: it is the one folder every worker could write, so a snapshot's worker could leave the
     # validation windows it was shown there for the next snapshot's model to look up.
     devices = tuple(d for d in default_devices() if d != "/dev/shm" and os.path.realpath(d) != shm)
-    policy = SandboxPolicy(read_only=tuple(base_read_only_paths()) + tuple(_roots(args)),
-                           read_write=(os.path.realpath(args.scratch),), devices=devices)
-    return enter_sandbox(policy, required=args.require_sandbox)
+    return SandboxPolicy(read_only=tuple(base_read_only_paths()) + tuple(roots),
+                         read_write=(os.path.realpath(scratch),), devices=devices)
+
+
+def _sandbox(args: argparse.Namespace) -> dict:
+    from harness.sandbox import enter_sandbox
+
+    return enter_sandbox(worker_policy(args.scratch, _roots(args)), required=args.require_sandbox)
 
 
 # ---------------------------------------------------------------------------------------------- builders
@@ -234,6 +240,7 @@ def _report(sock: socket.socket, exc: BaseException) -> None:
 
 
 def _roots(args: argparse.Namespace) -> list[str]:
+    """The folders a builder may come from: the method directory and the builder roots, resolved."""
     return [os.path.realpath(p) for p in ([args.method_dir] if args.method_dir else []) + args.builder_root]
 
 
@@ -259,9 +266,15 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001
         _report(sock, exc)
         return 1
-    if args.method_dir:
-        sys.path.insert(0, os.path.realpath(args.method_dir))
-    packages = [os.path.realpath(p) for p in args.builder_root]
+    return serve_method(server, args.method_dir, args.builder_root)
+
+
+def serve_method(server: _Server, method_dir: str | None, builder_roots: list[str]) -> int:
+    """Put the method's code within reach (its directory first on sys.path, the builder roots' packages
+    through their own finder) and answer the harness until it says quit; the exit code."""
+    if method_dir:
+        sys.path.insert(0, os.path.realpath(method_dir))
+    packages = [os.path.realpath(p) for p in builder_roots]
     sys.meta_path.insert(0, _RootFinder(packages))
     # A root that is not itself a package is a folder of modules and packages, as on PYTHONPATH.
     sys.path.extend(p for p in packages if not os.path.isfile(os.path.join(p, "__init__.py")))

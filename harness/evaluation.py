@@ -33,6 +33,7 @@ from harness.efficiency import ReferenceCurveError, curve_path, data_efficiency,
 from harness.ensemble import bits_per_byte, mean_nll, mixture_logp
 from harness.errors import SlowrunError
 from harness.eval_client import DEFAULT_TIMEOUT_S, InvalidSnapshot, RemoteModel, read_weights
+from harness.fork_server import FORK_AVAILABLE, ForkServer
 from harness.logprobs import load_logprobs, save_logprobs, token_logprobs
 from harness.prior import default_ks, fit_prior, k_sweep, loss_curve
 from harness.probes import CausalityProbe, ProbedModel, ProbeSettings, statelessness_probe
@@ -42,6 +43,7 @@ from harness.timed_subset import subset_summary
 
 MIN_PRIOR_WEIGHT = 1e-4  # prior members below this weight are dropped from the final ensemble
 PREFETCH = True  # start the next snapshot's worker while the current one is scored (see _score_all)
+FORK_SERVER = True  # fork each snapshot's worker from one zygote per evaluation (see harness.fork_server)
 
 
 @dataclass(frozen=True)
@@ -82,15 +84,25 @@ class WorkerOptions:
     probes: ProbeSettings = ProbeSettings()
     require_sandbox: bool = False
     autocast: str | None = None  # "bfloat16": forwards under bf16 autocast (EVAL_DTYPES)
+    fork_server: bool = FORK_SERVER  # workers forked from a zygote (False: a fresh process each)
 
     @property
     def eval_dtype(self) -> str:
         return self.autocast or "float32"
 
-    def remote(self, snapshot: Snapshot | None, device: str, vocab_size: int | None) -> RemoteModel:
+    def remote(self, snapshot: Snapshot | None, device: str, vocab_size: int | None,
+               server: ForkServer | None = None) -> RemoteModel:
         return RemoteModel(snapshot, method_dir=self.method_dir, builder_roots=self.builder_roots, device=device,
                            vocab_size=vocab_size, timeout_s=self.timeout_s, require_sandbox=self.require_sandbox,
-                           autocast=self.autocast)
+                           autocast=self.autocast, fork_server=server)
+
+    def new_fork_server(self) -> ForkServer | None:
+        """A started fork server for these options, or None when they ask for fresh processes or the
+        system cannot fork workers (then every worker is a fresh process, as before)."""
+        if not self.fork_server or not FORK_AVAILABLE:
+            return None
+        return ForkServer(method_dir=self.method_dir, builder_roots=self.builder_roots,
+                          require_sandbox=self.require_sandbox).start()
 
 
 EVAL_DTYPES = ("float32", "bfloat16")
@@ -221,12 +233,14 @@ def _members(tags: list[str], weights) -> list[dict]:
 
 
 def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_size: int, device: str,
-               options: WorkerOptions, prefetch: bool, progress: bool, first_worker: RemoteModel | None = None):
+               options: WorkerOptions, prefetch: bool, progress: bool, first_worker: RemoteModel | None = None,
+               server: ForkServer | None = None):
     """Score every snapshot; returns (valid snapshots, their fits, their vals, invalid rows).
 
     Each snapshot that needs scoring gets the worker started ahead for it (``first_worker`` for the first;
     with ``prefetch``, the next is started while the current one is scored, so its sandbox set-up and
-    torch import overlap the scoring) or else a new one. Snapshots with a trusted cache need none."""
+    torch import, or its fork from ``server``, overlap the scoring) or else a new one. Snapshots with a
+    trusted cache need none."""
     valid, fits, vals, invalid = [], [], [], []
     cached = [_cached(s, cache, options.eval_dtype) for s in snapshots]
     ahead = first_worker
@@ -237,8 +251,9 @@ def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_siz
             worker = None
             if not cached[i]:
                 worker, ahead = ahead, None
+                worker = worker or options.remote(snap, device, data.vocab_size, server)
                 if prefetch and not all(cached[i + 1 :]):
-                    ahead = options.remote(None, device, data.vocab_size).start()
+                    ahead = options.remote(None, device, data.vocab_size, server).start()
             try:
                 fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, progress=progress,
                                              options=options, worker=worker, stream=i)
@@ -258,13 +273,15 @@ def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_siz
 
 
 def _score_lanes(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_size: int, devices: Sequence[str],
-                 options: WorkerOptions, prefetch: bool, progress: bool, first_worker: RemoteModel | None = None):
+                 options: WorkerOptions, prefetch: bool, progress: bool, first_worker: RemoteModel | None = None,
+                 server: ForkServer | None = None):
     """`_score_all` with one lane per device: each lane takes the next snapshot nobody has taken, so a slow
     snapshot does not hold the others up. A snapshot's numbers do not depend on its lane (it is scored
     whole, its probes seeded by its index), and the results come back in the snapshots' order.
 
     Each lane starts its workers from its own thread and outlives them (a worker's supervisor is tied to
-    the thread that started it); ``first_worker`` goes to the first lane."""
+    the thread that started it); ``first_worker`` goes to the first lane. With ``server``, every lane's
+    workers are forked from that one zygote (started by the calling thread, which outlives the lanes)."""
     import threading
 
     results: list[tuple | None] = [None] * len(snapshots)
@@ -283,8 +300,9 @@ def _score_lanes(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_s
                 snap = snapshots[i]
                 if progress:
                     print(f"evaluating snapshot {snap.tag} ({i + 1}/{len(snapshots)}) on {device}", flush=True)
-                if prefetch:  # this lane's next worker imports torch while this snapshot is scored
-                    ahead = options.remote(None, device, data.vocab_size).start()
+                if prefetch:  # this lane's next worker starts while this snapshot is scored
+                    ahead = options.remote(None, device, data.vocab_size, server).start()
+                worker = worker or options.remote(snap, device, data.vocab_size, server)
                 try:
                     fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, options=options,
                                                  worker=worker, stream=i)
@@ -322,18 +340,39 @@ def _score_lanes(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_s
 
 def start_worker(device: str = "cpu", vocab_size: int | None = None, *, method_dir: Path | None = None,
                  builder_roots: Sequence[Path] | None = None, timeout_s: float | None = DEFAULT_TIMEOUT_S,
-                 require_sandbox: bool = False) -> RemoteModel:
+                 require_sandbox: bool = False, fork_server: bool = FORK_SERVER) -> RemoteModel:
     """An evaluation worker started now for the first snapshot evaluate_run will score (``first_worker``);
     give it the ``device``, ``method_dir`` and ``builder_roots`` that evaluate_run will be given.
 
     A fresh worker spends ~1.5 s (CPU) starting Python and importing torch; started while the method
-    trains, that is off the evaluation's clock. Until it is given a snapshot it runs harness code only,
-    sandboxed, and holds no data. Call from the thread that will call evaluate_run (the supervisor is tied
-    to it), and close() it if evaluate_run is not called."""
+    trains, that is off the evaluation's clock. With ``fork_server`` (where the system allows it) what
+    starts is the evaluation's fork server, whose zygote imports torch meanwhile: the returned worker owns
+    it, forks from it when it is loaded, and hands it to evaluate_run, whose every worker then forks from
+    it. Until given a snapshot it runs harness code only, sandboxed, and holds no data. Call from the
+    thread that will call evaluate_run (the supervisor is tied to it), and close() it if evaluate_run is
+    not called."""
     options = WorkerOptions(Path(method_dir) if method_dir is not None else None,
                             None if builder_roots is None else tuple(Path(r) for r in builder_roots), timeout_s,
-                            ProbeSettings(), require_sandbox)
-    return options.remote(None, device, vocab_size).start()
+                            ProbeSettings(), require_sandbox, fork_server=fork_server)
+    server = options.new_fork_server()
+    if server is None or not server.usable:
+        if server is not None:
+            server.close()
+        return options.remote(None, device, vocab_size).start()
+    return RemoteModel(None, method_dir=options.method_dir, builder_roots=options.builder_roots, device=device,
+                       vocab_size=vocab_size, timeout_s=timeout_s, require_sandbox=require_sandbox,
+                       fork_server=server, owns_fork_server=True)
+
+
+def _fork_server_for(options: WorkerOptions, first_worker: RemoteModel | None) -> ForkServer | None:
+    """The fork server of ``first_worker`` when it brought one made for these options (the evaluation's
+    to close now), else a new one (None: fresh processes)."""
+    if first_worker is not None and first_worker.fork_server is not None and first_worker.fork_server.matches(
+            options.method_dir, options.builder_roots, options.require_sandbox) and options.fork_server:
+        server = first_worker.take_fork_server()
+        if server is not None:
+            return server
+    return options.new_fork_server()
 
 
 def _cached(snapshot: Snapshot, cache: Path, eval_dtype: str = "float32") -> bool:
@@ -351,7 +390,8 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
                  timeout_s: float | None = DEFAULT_TIMEOUT_S, probes: ProbeSettings | None = None,
                  prefetch: bool = PREFETCH, require_sandbox: bool = False,
                  first_worker: RemoteModel | None = None, fitness_docs: int | None = None,
-                 eval_dtype: str = "float32", devices: Sequence[str] | None = None) -> dict:
+                 eval_dtype: str = "float32", devices: Sequence[str] | None = None,
+                 fork_server: bool = FORK_SERVER) -> dict:
     """The evaluation parts of a record: snapshots, ensemble, result, k_sweep, curve, invalid_snapshots.
 
     Each snapshot's model is run from its builder in an evaluation worker: ``method_dir`` is the method's
@@ -366,7 +406,9 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     ``eval_dtype`` is float32 (exact) or bfloat16 (forwards under bf16 autocast; the probes then allow
     bf16's tolerance). ``devices`` shares the snapshots out over several workers at once, one per device
     (every GPU of the job; or several CPU workers): each snapshot is scored whole by one worker, so the
-    numbers are the same as with one device; None: ``device`` alone.
+    numbers are the same as with one device; None: ``device`` alone. ``fork_server``: each snapshot's
+    worker is forked from one zygote started for this evaluation (or the one ``first_worker`` brought),
+    which imported torch once, instead of being a fresh process (the same numbers, bit for bit).
     """
     snapshots = list_snapshots(Path(run_dir) / "snapshots")
     empty = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None, "k_sweep": [],
@@ -381,16 +423,26 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     options = WorkerOptions(Path(method_dir) if method_dir is not None else None,
                             None if builder_roots is None else tuple(Path(r) for r in builder_roots), timeout_s,
                             probes or ProbeSettings(), require_sandbox,
-                            autocast=None if eval_dtype == "float32" else eval_dtype)
+                            autocast=None if eval_dtype == "float32" else eval_dtype, fork_server=fork_server)
     devices = tuple(devices) if devices else (device,)
     setup = {"dtype": eval_dtype, "devices": list(devices)}
     empty["evaluation"] = setup
-    if len(devices) > 1:
-        snapshots, fits, vals, invalid = _score_lanes(snapshots, data, Path(run_dir) / "eval", batch_size, devices,
-                                                      options, prefetch, progress, first_worker)
-    else:
-        snapshots, fits, vals, invalid = _score_all(snapshots, data, Path(run_dir) / "eval", batch_size, device,
-                                                    options, prefetch, progress, first_worker)
+    cache = Path(run_dir) / "eval"
+    server = None
+    try:
+        if not all(_cached(s, cache, options.eval_dtype) for s in snapshots):
+            server = _fork_server_for(options, first_worker)
+        if len(devices) > 1:
+            snapshots, fits, vals, invalid = _score_lanes(snapshots, data, cache, batch_size, devices, options,
+                                                          prefetch, progress, first_worker, server)
+        else:
+            snapshots, fits, vals, invalid = _score_all(snapshots, data, cache, batch_size, device, options,
+                                                        prefetch, progress, first_worker, server)
+    finally:
+        if server is not None:  # the zygote and every worker still below it end with the scoring
+            server.close()
+        if first_worker is not None:
+            first_worker.close()
     if not snapshots:
         return {**empty, "invalid_snapshots": invalid}
     tags = [s.tag for s in snapshots]
