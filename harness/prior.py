@@ -588,10 +588,12 @@ class _PrefixPath:
             out[:, start:stop] = coef @ self.P[rows, start:stop]
         return out[0], out[1], out[2]
 
-    def _read(self, model_rows: np.ndarray, checked_rows: np.ndarray) -> None:
+    def _read(self, model_rows: np.ndarray, checked_rows: np.ndarray,
+              mix: np.ndarray | None = None) -> np.ndarray | None:
         """At the current q, in one read: gradient, second moment and Hessian of ``model_rows`` (the
         members a step may move), gradient and second moment of ``checked_rows`` (members read only for
-        the certificate, whose Hessian entries no step needs); cached."""
+        the certificate, whose Hessian entries no step needs); cached. With ``mix`` (one coefficient per
+        checked row), also returns P^T mix over the checked rows from the same read."""
         rows = np.concatenate([model_rows, checked_rows])
         k = len(model_rows)
         self.passes += 1
@@ -600,10 +602,14 @@ class _PrefixPath:
         s = np.zeros(len(rows))
         v = np.zeros(len(rows))
         H = np.zeros((k, k))
+        mixed = None if mix is None else np.empty(n_tokens)
         chunk = self._chunk(len(rows))
         for start in range(0, n_tokens, chunk):
             stop = min(n_tokens, start + chunk)
-            Z = self.P[rows, start:stop] / self.q[start:stop]
+            Z = self.P[rows, start:stop]
+            if mix is not None:
+                mixed[start:stop] = mix @ Z[k:]
+            Z = Z / self.q[start:stop]
             s += Z.sum(axis=1)
             H += Z[:k] @ Z[:k].T
             if len(rows) > k:
@@ -620,6 +626,7 @@ class _PrefixPath:
         for version in [v for v in self.references if v not in live]:
             del self.references[version]
             self.ratio_stats.pop(version, None)
+        return mixed
 
     def _bounds(self, m: int) -> np.ndarray:
         """Upper bounds on the gradients of the first m members at the current q (exact where read at q).
@@ -670,8 +677,16 @@ class _PrefixPath:
             # q is poor along that direction (the share can be most of the weight), so this saves steps.
             blend = np.zeros_like(w)
             blend[new] = 1.0 / new.size
-            mixed = self._mix(new, blend)[1]
-            t = _line_search(self.q, mixed - self.q)
+            mixed = None
+            if not np.all(self.ref[new] == self.version):
+                mixed = self._read(np.zeros(0, dtype=int), new, blend[new])
+            # The slope of f along the blend at 0 is 1 - blend . s: when it is not negative the line search
+            # would stay at 0, and the gradients just read (or read ahead) settle it without the product.
+            t = 0.0
+            if float(blend[new] @ self.s[new]) > 1.0:
+                if mixed is None:
+                    mixed = self._mix(new, blend)[1]
+                t = _line_search(self.q, mixed - self.q)
             if t > 0.0:
                 new_q = (1.0 - t) * self.q + t * mixed
                 if np.all(new_q > 0):

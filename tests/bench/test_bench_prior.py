@@ -15,11 +15,13 @@ the baseline, measured in the same run at the full size, is EM run to its old 2,
 (the cap every committed run with 8+ snapshots hit): it must still be uncertified there (gap > 1e-8),
 which proves EM needs more than its 4,000 passes, and the Newton passes are compared with those.
 
-Curve: the loss curve over 100 epoch stamps (one snapshot each, the worst case: 100 fits), each fit
-warm-started from the previous stamp. Reported against one fit from uniform weights and against the
-capped EM fit, in time and in passes (weighted by the share of members each fit sees, so a pass over
-m of the M rows counts m/M); asserted: the whole curve costs fewer full-matrix passes than the one
-capped EM fit did.
+Curve: the loss curve over 100 epoch stamps (one snapshot each, the worst case: 100 certified fits),
+against one fit from uniform weights, in time and in weighted passes (member rows read / M: a pass over
+m of the M rows counts m/M). One fit's cost is counted both ways: its passes (every product a whole pass,
+as its pass count reports) and its own rows read / M (its products with a sparse w read only the support).
+Target: the whole curve within 1.5x one fit's passes, and within 1.5x its time. Before this target the
+curve refit every stamp warm from the previous optimum, with each step's gradient over the whole prefix:
+~21x one fit in weighted passes at this size.
 
 Run: .venv/bin/pytest tests/bench/test_bench_prior.py -m bench -s
 """
@@ -95,38 +97,38 @@ def test_newton_fit_against_plain_em(benchmark, caches, capped_em):
     assert ratio <= 0.1
 
 
-def test_warm_started_loss_curve_against_one_fit(benchmark, caches, capped_em, monkeypatch):
+def test_loss_curve_against_one_fit(benchmark, caches, monkeypatch):
     logp, val = caches
     cold = fit_prior(logp, tol=TOL)
     cold_s = best_time(lambda: fit_prior(logp, tol=TOL), rounds=2)
-    em, em_s = capped_em
 
     fits = []
-    original = prior_module._fit
+    original = prior_module._prefix_fits
 
-    def recording(prob, *args, **kwargs):
-        fit, q = original(prob, *args, **kwargs)
-        fits.append((prob.shape[0], fit))
-        return fit, q
+    def recording(*args, **kwargs):
+        for fit in original(*args, **kwargs):
+            fits.append(fit)
+            yield fit
 
-    monkeypatch.setattr(prior_module, "_fit", recording)
+    monkeypatch.setattr(prior_module, "_prefix_fits", recording)
     epochs = [float(i + 1) for i in range(MEMBERS)]
     curve = benchmark.pedantic(lambda: loss_curve(epochs, logp, val, tol=TOL), rounds=1, iterations=1)
     curve_s = benchmark.stats.stats.max
     assert len(curve) == MEMBERS == len(fits)
-    assert all(fit.converged for _, fit in fits)
-    assert abs(fits[-1][1].nll - cold.nll) <= TOL  # the last stamp is the full set: same optimum
+    assert all(fit.converged and fit.gap <= TOL for fit in fits)
+    assert abs(fits[-1].nll - cold.nll) <= TOL  # the last stamp is the full set: same optimum
 
-    passes = sum(fit.passes for _, fit in fits)
-    full_matrix = sum(m * fit.passes for m, fit in fits) / MEMBERS  # a pass over m of M rows reads m/M of P
-    print(f"\nloss curve over {MEMBERS} stamps (one snapshot each), warm-started")
-    print(f"  curve: {curve_s:.1f} s, {passes} passes = {full_matrix:.0f} full-matrix passes, "
-          f"iterations per stamp {np.mean([f.iterations for _, f in fits]):.1f}")
-    print(f"  one Newton fit from uniform: {cold_s:.1f} s, {cold.passes} passes")
-    print(f"  one EM fit capped at {EM_CAP} iterations: {em_s:.1f} s, {em.passes} passes, not certified")
+    weighted = sum(fit.rows_read for fit in fits) / MEMBERS
+    cold_weighted = cold.rows_read / MEMBERS
+    print(f"\nloss curve over {MEMBERS} stamps (one snapshot each)")
+    print(f"  curve: {curve_s:.1f} s, {sum(f.passes for f in fits)} reads = {weighted:.1f} weighted passes, "
+          f"iterations per stamp {np.mean([f.iterations for f in fits]):.1f}, "
+          f"stamps without a read {sum(f.rows_read <= 1 for f in fits)}")
+    print(f"  one Newton fit from uniform: {cold_s:.1f} s, {cold.passes} passes = {cold_weighted:.1f} weighted")
     report(benchmark, "curve_s", curve_s, unit=" s")
-    report(benchmark, "curve / one Newton fit (time)", curve_s / cold_s)
-    report(benchmark, "curve / one Newton fit (full-matrix passes)", full_matrix / cold.passes)
-    report(benchmark, "curve / one capped EM fit (time)", curve_s / em_s)
-    report(benchmark, "curve / one capped EM fit (full-matrix passes)", full_matrix / em.passes, target=1.0)
-    assert full_matrix <= em.passes
+    report(benchmark, "one_fit_s", cold_s, unit=" s")
+    report(benchmark, "curve / one fit (time)", curve_s / cold_s, target=1.5)
+    report(benchmark, "curve weighted passes / one fit's passes", weighted / cold.passes, target=1.5)
+    report(benchmark, "curve weighted passes / one fit's weighted passes", weighted / cold_weighted)
+    assert weighted <= 1.5 * cold.passes
+    assert curve_s <= 1.5 * cold_s
