@@ -106,6 +106,72 @@ def build_crash(config):
 
 def build_sleeper(config):
     time.sleep(600)
+
+
+COUNT = 0  # module-level state: a fresh process starts it at 0
+
+
+class Counted(Causal):
+    """Adds COUNT to every logit: the logits show how many models this process built before."""
+
+    def forward(self, idx):
+        return super().forward(idx) + float(COUNT)
+
+
+def build_counted(config):
+    global COUNT
+    COUNT += 1
+    return Counted(int(config["vocab_size"]))
+
+
+def build_writer(config):
+    outcomes = []
+    for target in config["targets"]:
+        try:
+            with open(target, "w") as handle:
+                handle.write("left for the next snapshot")
+            outcomes.append("written")
+        except OSError as exc:
+            outcomes.append(type(exc).__name__)
+    raise RuntimeError("writes: " + ",".join(outcomes))
+
+
+def build_signaller(config):
+    outcomes = []
+    for pid in [os.getppid(), *config["pids"]]:
+        try:
+            os.kill(pid, 0)
+            outcomes.append("reached")
+        except OSError as exc:
+            outcomes.append(type(exc).__name__)
+    for pid in config["pids"]:
+        try:
+            with open(f"/proc/{pid}/mem", "rb"):  # ptrace-attach access: the process's memory
+                outcomes.append("opened")
+        except OSError as exc:
+            outcomes.append(type(exc).__name__)
+    raise RuntimeError("outcomes: " + ",".join(outcomes))
+
+
+def build_daemon(config):
+    """Leaves a detached process behind (double fork, new session) before building the model."""
+    if os.fork() == 0:
+        os.setsid()
+        if os.fork() == 0:
+            os.closerange(3, 1 << 16)
+            with open("daemon.pid.tmp", "w") as handle:  # in the worker's scratch, its working directory
+                handle.write(str(os.getpid()))
+            os.rename("daemon.pid.tmp", "daemon.pid")
+            time.sleep(600)
+        os._exit(0)
+    os.wait()
+    return Causal(int(config["vocab_size"]))
+
+
+def build_threads(config):
+    x = torch.randn(64, 64)
+    (x @ x).sum()
+    raise RuntimeError(f"threads: {torch.get_num_threads()}")
 '''
 
 
