@@ -27,10 +27,13 @@ of the optimum's support, and a Hessian over them costs about one pass. If a ste
 Close to the optimum every other step reuses the previous Hessian (_REUSE_GAP), which barely changes
 there and is the costliest part of a step.
 
-Warm starts: ``fit_prior(init=...)`` starts from given weights, and ``loss_curve`` starts each epoch
-stamp from the previous stamp's optimum (plus the new snapshots' best share, by line search), which is
-a few Newton steps from the new optimum, so the curve costs a few steps per stamp rather than a full
-fit each. Every fit is certified to the same tolerance, so the results equal from-scratch fits within it.
+Warm starts: ``fit_prior(init=...)`` starts from given weights. ``loss_curve`` fits every epoch stamp
+along one path over the growing prefixes of the members (``_PrefixPath``): each stamp starts from the
+previous optimum plus the new snapshots' best share (line search), steps only on the members that can
+move, and certifies the members far from the support from bounds on their gradients (cached moments at
+an earlier mixture) instead of reading them again. A stamp whose new snapshots cannot help costs at most
+their own rows. Every stamp is certified to the same tolerance over all its members, so the results
+equal from-scratch fits within it.
 
 Never worse than a simpler predictor: a fit's returned point is compared with every single member
 (free: their NLLs are known) and, when the fit is not certified, with the top-K truncations of its own
@@ -975,12 +978,13 @@ def loss_curve(
     fitness NLL. The one with the lower fitness NLL is scored on validation (a tie goes to the single
     member, the simpler predictor). Choosing on validation would leak the test set into the curve.
 
-    The stamps are visited in order and each fit starts warm: from the previous stamp's optimum mixed
-    with an even blend of the new snapshots, in the proportion an exact line search picks (zero when
-    they do not help), and with the previous mixture q = P w carried over rather than recomputed. The
-    optimum moves little when a stamp adds a few members, so a stamp costs a few Newton steps instead
-    of a fit from uniform weights, and two passes when the new snapshots do not help at all. Every fit
-    is still certified to ``tol``, so the curve equals the from-scratch one within it.
+    The stamps are visited in order along one ``_PrefixPath`` (see it for why each step reads only a
+    few members): each fit starts from the previous stamp's optimum mixed with an even blend of the new
+    snapshots, in the proportion an exact line search picks (zero when they do not help, decided from
+    their gradients without a product), so a stamp costs a few Newton steps over the support instead of a
+    fit, and at most the new snapshots' rows when they do not help. Every stamp is certified to ``tol``
+    over all its snapshots, so the curve equals the from-scratch one within it; every stamp is reported,
+    since epochs-to-match interpolates between neighbouring points.
     """
     epochs = [float(e) for e in snapshot_epochs]
     fit_members = _member_list(logp_fit)
