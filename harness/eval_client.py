@@ -11,6 +11,9 @@ it; the worker never sees targets and never reports a score.
 Anything that makes a snapshot unusable (weights that do not match their stamped hash, a refused builder,
 an error, non-finite logits, a malformed reply, a crash or a timeout of the worker) raises
 :class:`InvalidSnapshot` with a reason for the record, so the caller can skip that snapshot and go on.
+
+The worker is either a fresh process or, given a fork server (:mod:`harness.fork_server`), a fork of the
+evaluation's zygote; both answer the same messages and give the same logits bit for bit.
 """
 
 from __future__ import annotations
@@ -115,6 +118,10 @@ class RemoteModel:
     :func:`env_builder_roots`). ``model(inputs)`` sends int token ids [B, T] and returns the checked
     logits [B, T, V] on the inputs' device. ``vocab_size``, when given, is the smallest V accepted.
     ``close()`` stops the worker, makes sure its process tree is gone and removes its scratch folder.
+    With ``fork_server`` (a started :class:`harness.fork_server.ForkServer` made for the same method
+    directory, builder roots and sandbox requirement) the worker is forked from that server's zygote
+    instead of started afresh, and falls back to a fresh process if the server cannot fork;
+    ``owns_fork_server``: ``close()`` closes the server too, unless :meth:`take_fork_server` took it.
     """
 
     def __init__(self, snapshot: Snapshot | None, *, method_dir: Path | None = None,

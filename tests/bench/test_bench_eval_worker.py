@@ -6,13 +6,17 @@ synthetic track's validation split (256 windows) and fitness windows (32), batch
 
 - Baseline (what evaluation did before the worker): `load_snapshot_model` in this process, then
   `token_logprobs` over the validation and the fitness windows.
-- Worker: `snapshot_logprobs` with an empty cache: spawn the worker under the supervisor (sandbox,
-  torch import), send the weights, score both splits through it with the causality probe's batches
-  slipped in, run the statelessness probe, write the caches and their sidecar.
+- Worker: `snapshot_logprobs` with an empty cache: start the worker (sandbox, torch import), send the
+  weights, score both splits through it with the causality probe's batches slipped in, run the
+  statelessness probe, write the caches and their sidecar. Each case is measured twice in the same run:
+  "fresh" (every worker a fresh process, as before the fork server) and "forked" (workers forked from
+  the evaluation's zygote, `harness.fork_server`).
 
-1. One snapshot, cold: the worker's start (a fresh Python importing torch, ~1.5 s here) is paid in full.
-2. One snapshot with its worker started ahead (`start_worker`, as the runner can do while the method
-   trains): what is left is the probes, the transfer of the logits and the cache's sidecar.
+1. One snapshot, cold: the worker's start (a fresh Python importing torch, ~1.5 s here; forked: the
+   zygote's start, then one fork) is paid in full.
+2. One snapshot with its worker started ahead (`start_worker`, as the runner does while the method
+   trains; forked: it starts the zygote, and the worker is forked at load): what is left is the
+   probes, the transfer of the logits and the cache's sidecar.
 3. Per snapshot in a run of K snapshots with prefetch: `evaluate_run` (which starts the next snapshot's
    worker while the current one is scored) against K baselines, and the same without prefetch.
 
@@ -67,20 +71,27 @@ def in_process(snapshot, data) -> tuple[np.ndarray, np.ndarray]:
     return token_logprobs(model, data.fit_windows, BATCH), token_logprobs(model, data.val_windows, BATCH)
 
 
-def through_worker(snapshot, data, cache, worker=None) -> tuple[np.ndarray, np.ndarray]:
+def through_worker(snapshot, data, cache, worker=None, forked: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """One snapshot through a worker; ``forked``: cold, through a fork server started for it."""
     shutil.rmtree(cache, ignore_errors=True)
-    options = WorkerOptions(builder_roots=(), probes=ProbeSettings(seed=0))
-    return snapshot_logprobs(snapshot, data, cache, BATCH, "cpu", options=options, worker=worker)
+    options = WorkerOptions(builder_roots=(), probes=ProbeSettings(seed=0), fork_server=forked)
+    server = options.new_fork_server() if forked and worker is None else None
+    try:
+        worker = worker or (options.remote(snapshot, "cpu", data.vocab_size, server) if server else None)
+        return snapshot_logprobs(snapshot, data, cache, BATCH, "cpu", options=options, worker=worker)
+    finally:
+        if server is not None:
+            server.close()
 
 
-def interleaved(first, second, rounds: int = ROUNDS) -> tuple[float, float]:
-    best = [float("inf"), float("inf")]
+def interleaved(*fns, rounds: int = ROUNDS) -> list[float]:
+    best = [float("inf")] * len(fns)
     for _ in range(rounds):
-        for i, fn in enumerate((first, second)):
+        for i, fn in enumerate(fns):
             start = time.perf_counter()
             fn()
             best[i] = min(best[i], time.perf_counter() - start)
-    return best[0], best[1]
+    return best
 
 
 def test_one_snapshot_cold_through_the_worker(benchmark, setup):
@@ -90,29 +101,39 @@ def test_one_snapshot_cold_through_the_worker(benchmark, setup):
     ref_fit, ref_val = in_process(snap, data)
     np.testing.assert_allclose(val, ref_val.reshape(-1), atol=1e-5)
     np.testing.assert_allclose(fit, ref_fit.reshape(-1), atol=1e-5)
-    base, worker = interleaved(lambda: in_process(snap, data), lambda: through_worker(snap, data, run / "eval-one"))
+    forked_fit, forked_val = through_worker(snap, data, run / "eval-one", forked=True)
+    assert np.array_equal(forked_val, val) and np.array_equal(forked_fit, fit)  # bit for bit
+    base, fresh, forked = interleaved(lambda: in_process(snap, data), lambda: through_worker(snap, data, run / "eval-one"),
+                                      lambda: through_worker(snap, data, run / "eval-one", forked=True))
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    print(f"\nin-process {base:.2f} s, through the worker {worker:.2f} s (one snapshot, {len(data.val_windows)} "
-          f"validation + {len(data.fit_windows)} fitness windows)")
-    report(benchmark, "one snapshot through the worker / in-process", worker / base, TARGET)
+    print(f"\nin-process {base:.2f} s, through a fresh worker {fresh:.2f} s, through a cold fork server {forked:.2f} s "
+          f"(one snapshot, {len(data.val_windows)} validation + {len(data.fit_windows)} fitness windows)")
+    report(benchmark, "one snapshot through a fresh worker / in-process", fresh / base, TARGET)
+    report(benchmark, "one snapshot through a cold fork server / in-process", forked / base, TARGET)
 
 
 def test_one_snapshot_with_its_worker_started_ahead(benchmark, setup):
     run, _, data, snapshots = setup
     snap = snapshots[0]
-    best = [float("inf"), float("inf")]
+    best = [float("inf")] * 3
     for _ in range(ROUNDS):
-        ahead = start_worker("cpu", builder_roots=())
-        time.sleep(4.0)  # the worker imports torch meanwhile, as it would while the method trains
         start = time.perf_counter()
         in_process(snap, data)
         best[0] = min(best[0], time.perf_counter() - start)
-        start = time.perf_counter()
-        through_worker(snap, data, run / "eval-ahead", worker=ahead)
-        best[1] = min(best[1], time.perf_counter() - start)
+        for i, forked in ((1, False), (2, True)):
+            ahead = start_worker("cpu", builder_roots=(), fork_server=forked)
+            time.sleep(4.0)  # the worker (or zygote) imports torch meanwhile, as while the method trains
+            start = time.perf_counter()
+            try:
+                through_worker(snap, data, run / "eval-ahead", worker=ahead)
+            finally:
+                ahead.close()  # with the fork server it owns
+            best[i] = min(best[i], time.perf_counter() - start)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    print(f"\nin-process {best[0]:.2f} s, through a worker started ahead {best[1]:.2f} s")
-    report(benchmark, "one snapshot through a worker started ahead / in-process", best[1] / best[0], TARGET)
+    print(f"\nin-process {best[0]:.2f} s, through a fresh worker started ahead {best[1]:.2f} s, forked from a "
+          f"zygote started ahead {best[2]:.2f} s")
+    report(benchmark, "one snapshot through a fresh worker started ahead / in-process", best[1] / best[0], TARGET)
+    report(benchmark, "one snapshot forked from a zygote started ahead / in-process", best[2] / best[0], TARGET)
 
 
 def test_per_snapshot_cost_in_a_run_with_prefetch(benchmark, setup):
@@ -122,21 +143,19 @@ def test_per_snapshot_cost_in_a_run_with_prefetch(benchmark, setup):
         for snap in snapshots:
             in_process(snap, data)
 
-    def evaluation():
+    def evaluation(forked: bool, prefetch: bool = True):
         shutil.rmtree(run / "eval", ignore_errors=True)
         result = evaluate_run(run, data_dir, 128, None, None, batch_size=BATCH, progress=False, builder_roots=(),
-                              probes=ProbeSettings(seed=0), prefetch=True)
+                              probes=ProbeSettings(seed=0), prefetch=prefetch, fork_server=forked)
         assert not result["invalid_snapshots"]
 
-    def evaluation_without_prefetch():
-        shutil.rmtree(run / "eval", ignore_errors=True)
-        evaluate_run(run, data_dir, 128, None, None, batch_size=BATCH, progress=False, builder_roots=(),
-                     probes=ProbeSettings(seed=0), prefetch=False)
-
-    base, worker = interleaved(baseline, evaluation)
-    _, sequential = interleaved(lambda: None, evaluation_without_prefetch, rounds=2)
+    base, fresh, forked = interleaved(baseline, lambda: evaluation(False), lambda: evaluation(True))
+    sequential, forked_sequential = interleaved(lambda: evaluation(False, False), lambda: evaluation(True, False),
+                                                rounds=2)
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    print(f"\n{K} snapshots: in-process {base:.2f} s, evaluate_run with prefetch {worker:.2f} s, "
-          f"without {sequential:.2f} s")
-    report(benchmark, f"evaluate_run of {K} snapshots (prefetch) / in-process", worker / base, TARGET)
-    report(benchmark, "prefetch speed-up", sequential / worker)
+    print(f"\n{K} snapshots: in-process {base:.2f} s; evaluate_run with prefetch: fresh workers {fresh:.2f} s, "
+          f"forked {forked:.2f} s; without prefetch: fresh {sequential:.2f} s, forked {forked_sequential:.2f} s")
+    report(benchmark, f"evaluate_run of {K} snapshots (prefetch, fresh workers) / in-process", fresh / base, TARGET)
+    report(benchmark, f"evaluate_run of {K} snapshots (prefetch, forked workers) / in-process", forked / base, TARGET)
+    report(benchmark, "prefetch speed-up (fresh workers)", sequential / fresh)
+    report(benchmark, "prefetch speed-up (forked workers)", forked_sequential / forked)

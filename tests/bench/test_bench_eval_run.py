@@ -1,0 +1,79 @@
+"""Evaluating a whole small-track run against the floor of one forward pass of every snapshot.
+
+Run: 16 snapshots of the q0 reference GPT in the `cpu_small` preset's shape (d=128, 4 layers) sized to the
+synthetic track (vocabulary 512, windows of 129); random weights, which change no cost. Data: the
+synthetic track's validation split (256 windows) and its fitness windows (32), batch 16.
+
+- Floor: in this process, for every snapshot `load_snapshot_model` and `token_logprobs` over the
+  validation and the fitness windows: the least any evaluation of these snapshots must do.
+- Evaluation: `evaluate_run` with an empty cache, ensemble "prior" (so the prior is fitted on the
+  fitness windows, and the K sweep and the loss curve are computed), prefetch on: the probes, the
+  caches, everything of the record. Measured twice in the same run: "fresh" (every snapshot's worker a
+  fresh process, as before the fork server) and "forked" (workers forked from one zygote).
+
+Both sides run torch on one thread (SLOWRUN_NUM_THREADS=1, as the test suite sets it), timed interleaved,
+best of ROUNDS. The target is <= 1.3x the floor.
+
+Run: pytest tests/bench/test_bench_eval_run.py -m bench -s
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import torch
+
+from harness.data.prepare import prepare_track
+from harness.evaluation import evaluate_run, open_eval_data
+from harness.logprobs import token_logprobs
+from harness.probes import ProbeSettings
+from harness.snapshots import list_snapshots, load_snapshot_model, write_snapshot
+from harness.tracks import get_track
+from q0_reference.model import BUILDER, build_gpt
+from q0_reference.presets import get_preset
+from tests.bench.test_bench_eval_worker import interleaved
+from tests.bench.timing import report
+
+SNAPSHOTS = 16
+BATCH = 16
+ROUNDS = 2
+TARGET = 1.3
+
+
+def test_evaluating_a_16_snapshot_run_against_the_forward_floor(benchmark, tmp_path):
+    data_dir = tmp_path / "synthetic"
+    track = get_track("synthetic")
+    prepare_track(track, data_dir, progress=False)
+    config = get_preset("cpu_small").model_config(vocab_size=512, seq_len=track.seq_len).to_dict()
+    run = tmp_path / "run"
+    for i in range(SNAPSHOTS):
+        torch.manual_seed(i)
+        write_snapshot(run / "snapshots", f"s{i:02d}", build_gpt(config), {"builder": BUILDER, "config": config},
+                       float(i + 1), 100 * (i + 1), {})
+    data = open_eval_data(data_dir, track.seq_len)
+    snapshots = list_snapshots(run / "snapshots")
+    assert len(data.fit_windows) > 0
+
+    def floor():
+        for snap in snapshots:
+            model = load_snapshot_model(snap)
+            token_logprobs(model, data.val_windows, BATCH)
+            token_logprobs(model, data.fit_windows, BATCH)
+
+    results = {}
+
+    def evaluation(forked: bool):
+        shutil.rmtree(run / "eval", ignore_errors=True)
+        results[forked] = evaluate_run(run, data_dir, track.seq_len, "prior", None, batch_size=BATCH, progress=False,
+                                       builder_roots=(), probes=ProbeSettings(seed=0), fork_server=forked)
+        assert not results[forked]["invalid_snapshots"] and results[forked]["prior"] is not None
+
+    base, fresh, forked = interleaved(floor, lambda: evaluation(False), lambda: evaluation(True), rounds=ROUNDS)
+    assert results[True]["result"] == results[False]["result"]  # the same record, bit for bit
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    print(f"\n{SNAPSHOTS} snapshots, {len(data.val_windows)} validation + {len(data.fit_windows)} fitness windows: "
+          f"floor {base:.2f} s, evaluate_run with fresh workers {fresh:.2f} s, with forked workers {forked:.2f} s")
+    report(benchmark, f"evaluate_run of {SNAPSHOTS} snapshots, prior and curve (fresh workers) / floor", fresh / base,
+           TARGET)
+    report(benchmark, f"evaluate_run of {SNAPSHOTS} snapshots, prior and curve (forked workers) / floor", forked / base,
+           TARGET)
