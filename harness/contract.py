@@ -72,6 +72,8 @@ class RemoteStream:
 
         header, payload = self._ctx._call(self._request)
         array = np.frombuffer(payload, dtype=np.dtype(header["dtype"])).reshape(header["shape"])
+        # One copy, the widening itself: the payload's bytes live in the channel's buffer, which the next
+        # message overwrites, so the int64 array is the method's own.
         tensor = torch.from_numpy(array.astype(np.int64))
         self.windows_served, self.epoch = header["windows_served"], header["epoch"]
         return tensor[:, :-1], tensor[:, 1:]
@@ -282,7 +284,9 @@ class RunContext:
                 self._call({"op": "log", "entry": {key: str(value)}})  # the server records the divergence
                 raise Diverged(f"training {key} is {value} after {self.epochs:.4f} epochs; lower the learning rate "
                                "or add warm-up / gradient clipping")
-        self._call({"op": "log", "entry": _finite(entry, lenient=True)})
+        # A finite line needs no answer: the server handles it in order before this process's next request,
+        # so the method does not wait a round trip per line (a non-finite loss above still waits, and raises).
+        self._channel.send({"op": "log", "entry": _finite(entry, lenient=True), "reply": False})
 
     # ---- checkpoint / resume --------------------------------------------------------------------
     def checkpoint(self, state: Mapping[str, Any]) -> None:

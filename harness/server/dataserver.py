@@ -306,8 +306,11 @@ class DataServer:
                     channel.send({"ok": False, "error": _error(type(exc).__name__, str(exc))})
                     continue
                 except (RequestError, SlowrunError) as exc:
-                    channel.send({"ok": False, "error": _error(_kind(exc), str(exc))})
+                    if not (op in self._NO_REPLY and header.get("reply") is False):
+                        channel.send({"ok": False, "error": _error(_kind(exc), str(exc))})
                     continue
+                if op in self._NO_REPLY and header.get("reply") is False:
+                    continue  # handled in order like any request; the sender is not waiting for an answer
                 if isinstance(reply, tuple):
                     channel.send(*reply)
                 else:
@@ -556,6 +559,9 @@ class DataServer:
                 self.clock.stop()  # training ends with the last rank; tearing down is not training
         return {"ok": True}
 
+    # Requests the client may send without waiting for the answer (`"reply": false`): a log line changes
+    # nothing the method reads back, and it is still handled in order, before the next request.
+    _NO_REPLY = frozenset({"log"})
     _HANDLERS = {"sandboxed": _op_sandboxed, "batch": _op_batch, "fitness": _op_fitness, "status": _op_status,
                  "tags": _op_tags, "snapshot": _op_snapshot, "ensemble": _op_ensemble, "log": _op_log,
                  "checkpoint": _op_checkpoint, "end": _op_end}

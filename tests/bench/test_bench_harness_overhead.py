@@ -10,6 +10,25 @@ Both sides are whole commands timed by the wall clock, each starting its own Pyt
 once for training: the bare loop runs as `python -m tests.bench.test_bench_harness_overhead DATA STEPS
 HPARAMS_JSON`.
 
+How the ratio is kept honest on a 2-core machine shared with other work:
+
+- Both sides run torch on one intra-op thread. With two threads on two shared cores an OpenMP barrier
+  waits for whichever thread the scheduler parked, and the same 384 steps took anywhere from 90 s to
+  820 s: the ratio measured other people's jobs. One thread also leaves the harness's own processes
+  (the data server's thread, the supervisor, the evaluation worker started ahead) a core, as a GPU
+  machine's spare cores do.
+- Rounds are interleaved, and each round runs its pair back to back in alternating order (harness
+  first, then bare first), so slow drift in the machine's load falls on both sides alike.
+- The figure held to the target is the median over rounds of the paired overhead (harness training
+  phase / bare loop - 1, both from the same round). A pair shares the load of its minutes, so its ratio
+  cancels most of it; the median then drops a round that one burst of other work landed in on one side
+  only. Best-of-N (the fastest harness run over the fastest bare run) is printed beside it: it compares
+  runs from different minutes and swings with whichever side happened to get a quiet one.
+
+`test_request_costs` measures the per-step part alone, in seconds instead of minutes: one small-track
+batch (8 x 129) through the data server to a client in another process, a `ctx.log` line and a status
+call, against the same batch cut in-process by the meter's own stream.
+
 Run: pytest tests/bench/test_bench_harness_overhead.py -m bench -s
 """
 
@@ -17,9 +36,11 @@ from __future__ import annotations
 
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -34,7 +55,9 @@ from q0_reference.trainer import train_step
 from tests.bench.timing import report
 
 EPOCHS = 6.0
-ROUNDS = 3
+ROUNDS = int(os.environ.get("SLOWRUN_BENCH_ROUNDS", "3"))
+THREADS = 1
+REQUESTS = 3000  # per kind, in test_request_costs
 
 
 def bare_loop(data_dir, steps: int, hparams: dict) -> float:
@@ -62,15 +85,26 @@ def bare_loop(data_dir, steps: int, hparams: dict) -> float:
     return time.perf_counter() - start
 
 
+def paired_overheads(harness: list[float], bare: list[float]) -> list[float]:
+    """Per round: harness / bare - 1, each pair timed back to back."""
+    return [h / b - 1 for h, b in zip(harness, bare)]
+
+
+def test_paired_overheads_by_hand():
+    import pytest
+
+    paired = paired_overheads([103.0, 99.0, 120.0], [100.0, 100.0, 100.0])
+    assert paired == pytest.approx([0.03, -0.01, 0.20])
+    assert statistics.median(paired) == pytest.approx(0.03)  # the 20% round is one disturbed pair, dropped
+
+
 def test_harness_overhead_vs_bare_loop(benchmark, tmp_path):
     data_dir = tmp_path / "synthetic"
     prepare_track(get_track("synthetic"), data_dir, progress=False)
     run_dir = tmp_path / "run"
     command = [sys.executable, "-m", "harness.cli", "run", "submissions/single_model", "--track", "synthetic",
                "--epochs", str(EPOCHS), "--data", str(data_dir), "--out", str(run_dir), "--quiet"]
-
-    # both sides on the same number of intra-op threads, or the ratio measures thread counts
-    env = {**os.environ, "SLOWRUN_NUM_THREADS": str(torch.get_num_threads())}
+    env = {**os.environ, "SLOWRUN_NUM_THREADS": str(THREADS)}  # both sides alike (see the module docstring)
 
     def harness_run() -> tuple[float, float]:
         """(whole command, its training phase: the command less the evaluation it reports)."""
@@ -91,29 +125,109 @@ def test_harness_overhead_vs_bare_loop(benchmark, tmp_path):
         subprocess.run(bare_command, check=True, env=env)
         return time.perf_counter() - started
 
-    harness_times, bare_times = [], []
-    for _ in range(ROUNDS):  # alternate, and keep the least disturbed run of each side
-        harness_times.append(harness_run())
-        record = json.loads((run_dir / "record.json").read_text())
-        hparams = record["hparams"]
-        steps = steps_for_epochs(EPOCHS, record["metered"]["epoch_tokens"], hparams["batch_size"] * 128)
-        bare_times.append(bare_run(steps, hparams))
+    harness_times: list[tuple[float, float]] = []
+    bare_times: list[float] = []
+    steps = hparams = None
+    for round_ in range(ROUNDS):
+        if round_ % 2 == 0:  # harness first (round 0 also learns the step count from its record)
+            harness_times.append(harness_run())
+            if steps is None:
+                record = json.loads((run_dir / "record.json").read_text())
+                hparams = record["hparams"]
+                steps = steps_for_epochs(EPOCHS, record["metered"]["epoch_tokens"], hparams["batch_size"] * 128)
+            bare_times.append(bare_run(steps, hparams))
+        else:
+            bare_times.append(bare_run(steps, hparams))
+            harness_times.append(harness_run())
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
-    wall = min(w for w, _ in harness_times)
-    training_phase = min(t for _, t in harness_times)
-    bare = min(bare_times)
-    report(benchmark, "bare_loop_s", bare, unit=" s")
-    report(benchmark, "harness_training_phase_s", training_phase, unit=" s")
-    report(benchmark, "harness_eval_s", wall - training_phase, unit=" s")
-    report(benchmark, "training_overhead_pct", 100 * (training_phase - bare) / bare, target=3, unit="%")
-    report(benchmark, "whole_command_overhead_pct", 100 * (wall - bare) / bare, unit="%")
-    print(f"rounds: harness {[round(t, 2) for _, t in harness_times]}, bare {[round(b, 2) for b in bare_times]}")
+    training = [t for _, t in harness_times]
+    paired = paired_overheads(training, bare_times)
+    whole = paired_overheads([w for w, _ in harness_times], bare_times)
+    report(benchmark, "bare_loop_s (median)", statistics.median(bare_times), unit=" s")
+    report(benchmark, "harness_training_phase_s (median)", statistics.median(training), unit=" s")
+    report(benchmark, "harness_eval_s (median)",
+           statistics.median(w - t for w, t in harness_times), unit=" s")
+    report(benchmark, "training_overhead_pct (median of paired)", 100 * statistics.median(paired), target=3, unit="%")
+    report(benchmark, "training_overhead_pct (best of N)", 100 * (min(training) / min(bare_times) - 1), unit="%")
+    report(benchmark, "whole_command_overhead_pct (median of paired)", 100 * statistics.median(whole), unit="%")
+    print(f"rounds (alternating order): harness training phase {[round(t, 2) for t in training]}, "
+          f"bare {[round(b, 2) for b in bare_times]}, paired overhead {[f'{100 * p:.2f}%' for p in paired]}")
+
+
+def request_client(address: str, token: str, requests: int) -> dict:
+    """As the method: connect as rank 0, then time each kind of request through the RunContext (seconds
+    per request)."""
+    from harness.contract import RunContext
+    from harness.server.wire import Channel
+    from harness.worker import connect
+
+    channel = Channel(connect(address))
+    channel.send({"op": "hello", "token": token, "rank": 0, "pid": os.getpid()})
+    reply, _ = channel.recv()
+    ctx = RunContext(channel, reply["run"])
+    stream = ctx.train_stream("bench", 8)
+    next(stream)  # the first epoch's document order is built here, not timed
+    costs = {}
+    start = time.perf_counter()
+    for _ in range(requests):
+        inputs, targets = next(stream)
+    costs["batch"] = (time.perf_counter() - start) / requests
+    assert inputs.dtype == torch.int64 and inputs.shape == (8, 128)
+    start = time.perf_counter()
+    for step in range(requests):
+        ctx.log(step=step, loss=2.5, lr_mult=0.5, tokens_per_s=5600.0)
+    ctx.snapshot_tags()  # a reply-bearing request: every log line before it has been handled
+    costs["log"] = (time.perf_counter() - start) / requests
+    start = time.perf_counter()
+    for _ in range(requests):
+        ctx.epochs
+    costs["status"] = (time.perf_counter() - start) / requests
+    channel.send({"op": "end", "status": "ok"})
+    channel.recv()
+    return costs
+
+
+def test_request_costs(benchmark, tmp_path):
+    from harness.meter import Meter, TrainStream
+    from harness.server import DataServer, ServerSpec
+    from tests.bench.timing import best_time
+
+    data_dir = tmp_path / "synthetic"
+    track = get_track("synthetic")
+    prepare_track(track, data_dir, progress=False)
+    store = TokenStore.open(data_dir, "train")
+    stream = TrainStream(store, Meter(store.n_tokens, track.seq_len, budget_epochs=1e6), "bench", 0, 8)
+    stream.next_batch()
+    in_process = best_time(lambda: [stream.next_batch() for _ in range(REQUESTS)]) / REQUESTS
+
+    rounds = []
+    for round_ in range(3):
+        server = DataServer(ServerSpec(run_dir=tmp_path / f"run{round_}", data_dir=data_dir, track=track, budget=1e6,
+                                       seed=0, hparams={}, device="cpu", method_dir=tmp_path, entry="train:main",
+                                       fitness_docs=0, progress=False))
+        address = server.start()
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2]),
+               "SLOWRUN_NUM_THREADS": str(THREADS)}
+        out = subprocess.run([sys.executable, "-m", "tests.bench.test_bench_harness_overhead", "--requests", address,
+                              server.token, str(REQUESTS)], env=env, capture_output=True, text=True, check=True)
+        server.stop()
+        rounds.append(json.loads(out.stdout.strip().splitlines()[-1]))
+        lines = (tmp_path / f"run{round_}" / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(line)["step"] for line in lines] == list(range(REQUESTS))  # every line, in order
+    best = {kind: min(r[kind] for r in rounds) for kind in rounds[0]}
+    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
+    report(benchmark, "in-process batch (us)", 1e6 * in_process, unit="")
+    report(benchmark, "batch through the server (us)", 1e6 * best["batch"], unit="")
+    report(benchmark, "per-batch overhead (us)", 1e6 * (best["batch"] - in_process), unit="")
+    report(benchmark, "ctx.log (us)", 1e6 * best["log"], unit="")
+    report(benchmark, "ctx.epochs status call (us)", 1e6 * best["status"], unit="")
 
 
 if __name__ == "__main__":
-    from pathlib import Path
+    if sys.argv[1] == "--requests":
+        print(json.dumps(request_client(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
+    else:
+        from harness.threads import apply_thread_setting
 
-    from harness.threads import apply_thread_setting
-
-    apply_thread_setting()
-    bare_loop(Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]))
+        apply_thread_setting()
+        bare_loop(Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]))

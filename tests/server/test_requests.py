@@ -1,0 +1,98 @@
+"""Requests through a real data server: batches metered before they are sent, log lines that want no
+answer still written in order, and divergence still caught on either side of the socket."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+
+from harness.contract import Diverged, RunContext
+from harness.data.store import TokenStore
+from harness.meter import Meter, TrainStream
+from harness.server import DataServer, ServerSpec
+from harness.server.wire import Channel
+from harness.tracks import get_track
+from harness.worker import connect
+
+BATCH = 8
+
+
+@pytest.fixture
+def served(synthetic_data, tmp_path):
+    """A data server in this process (its own threads) and the method's side of one rank's connection."""
+    server = DataServer(ServerSpec(run_dir=tmp_path / "run", data_dir=synthetic_data, track=get_track("synthetic"),
+                                   budget=4.0, seed=3, hparams={}, device="cpu", method_dir=tmp_path,
+                                   entry="train:main", fitness_docs=0, progress=False))
+    channel = Channel(connect(server.start()))
+    channel.send({"op": "hello", "token": server.token, "rank": 0, "pid": os.getpid()})
+    reply, _ = channel.recv()
+    yield server, channel, RunContext(channel, reply["run"])
+    server.stop()
+
+
+def _metrics(server) -> list[dict]:
+    return [json.loads(line) for line in server.layout.metrics(0).read_text().splitlines()]
+
+
+def test_batches_are_the_meters_own_and_metered_before_they_arrive(served, synthetic_data):
+    server, _, ctx = served
+    seq_len = get_track("synthetic").seq_len
+    store = TokenStore.open(synthetic_data, "train")
+    reference = TrainStream(store, Meter(store.n_tokens, seq_len, 4.0), "main", 3, BATCH)  # same seed and id
+    stream = ctx.train_stream("main", BATCH)
+    for k in range(1, 6):
+        inputs, targets = next(stream)
+        want_inputs, want_targets = reference.next_batch()
+        assert inputs.dtype == targets.dtype == want_inputs.dtype  # int64, as the method is promised
+        assert np.array_equal(inputs.numpy(), want_inputs.numpy()) and np.array_equal(targets.numpy(), want_targets.numpy())
+        assert ctx.epochs == k * BATCH * seq_len / store.n_tokens  # charged by the time it arrived
+    inputs[0, 0] = -1  # the method's tensors are its own: the next batch does not land in them
+    assert np.array_equal(next(stream)[0].numpy(), reference.next_batch()[0].numpy())
+
+
+def test_unanswered_log_lines_are_written_in_order_between_batches(served):
+    server, _, ctx = served
+    seq_len = get_track("synthetic").seq_len
+    stream = ctx.train_stream("main", BATCH)
+    for step in range(1, 41):
+        next(stream)
+        ctx.log(step=step, loss=3.0 - step / 100, note="x")
+    ctx.snapshot_tags()  # any answered request: every line sent before it has been handled
+    lines = _metrics(server)
+    assert [line["step"] for line in lines] == list(range(1, 41))
+    assert [line["tokens"] for line in lines] == [step * BATCH * seq_len for step in range(1, 41)]
+    assert lines[-1]["loss"] == pytest.approx(2.6)
+
+
+def test_a_non_finite_loss_still_ends_the_run_as_diverged(served):
+    server, channel, ctx = served
+    next(ctx.train_stream("main", BATCH))
+    ctx.log(loss=2.0)
+    with pytest.raises(Diverged, match="nan"):
+        ctx.log(loss=float("nan"))
+    channel.send({"op": "end", "status": "diverged"})
+    channel.recv()
+    assert server.outcome().status == "diverged"
+    assert [line["loss"] for line in _metrics(server)] == [2.0, "nan"]
+
+
+def test_a_method_that_skips_the_client_check_is_caught_by_the_server(served):
+    server, channel, ctx = served
+    channel.send({"op": "log", "entry": {"train_loss": "inf"}, "reply": False})  # raw, no answer wanted
+    channel.send({"op": "end", "status": "ok"})
+    assert channel.recv()[0] == {"ok": True}  # the end's answer: the log line got none
+    assert server.outcome().status == "diverged"
+
+
+def test_a_malformed_unanswered_line_gets_no_answer_and_does_not_shift_later_replies(served):
+    server, channel, ctx = served
+    channel.send({"op": "log", "entry": [1, 2], "reply": False})  # refused, silently: nobody is waiting
+    reply, _ = ctx._call({"op": "status"})
+    assert reply["ok"] and reply["total_targets"] == 0 and math.isfinite(reply["train_s"])
+    ctx.log(step=1)
+    assert ctx.snapshot_tags() == []
+    assert [line.get("step") for line in _metrics(server)] == [1]
