@@ -3,7 +3,8 @@
 It runs as threads in the runner's process and listens on a socket that only the harness's worker code
 connects to, before that code sandboxes itself and imports the method. Every rank of a job has one
 connection. A connection first says `hello` with the run's token and its rank; after that each request
-is one message and one reply. What the method receives is exactly what was metered: a training batch is
+is one message and one reply, handled in the order sent (a log line may ask for no reply: the method
+does not wait for it, and it is still written before the next request is handled). What the method receives is exactly what was metered: a training batch is
 charged before its bytes are sent, and a refused batch is never sent.
 
 Everything a record says about training (epochs, per-stream counts, snapshot stamps, the ensemble, the
