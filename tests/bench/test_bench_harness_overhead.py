@@ -116,17 +116,22 @@ def test_harness_overhead_vs_bare_loop(benchmark, tmp_path):
         wall = time.perf_counter() - started
         record = json.loads((run_dir / "record.json").read_text())
         assert record["status"] == "ok"
+        harness_loops.append(record["timings"]["train_s"])  # the server's clock: first batch to the end
         return wall, wall - record["timings"]["eval_s"]
 
     def bare_run(steps: int, hparams: dict) -> float:
         bare_command = [sys.executable, "-m", "tests.bench.test_bench_harness_overhead", str(data_dir), str(steps),
                         json.dumps(hparams)]
         started = time.perf_counter()
-        subprocess.run(bare_command, check=True, env=env)
-        return time.perf_counter() - started
+        out = subprocess.run(bare_command, check=True, env=env, capture_output=True, text=True)
+        wall = time.perf_counter() - started
+        bare_loops.append(float(out.stdout.strip().splitlines()[-1]))
+        return wall
 
     harness_times: list[tuple[float, float]] = []
     bare_times: list[float] = []
+    harness_loops: list[float] = []  # the training loops alone, for splitting the overhead into its parts
+    bare_loops: list[float] = []
     steps = hparams = None
     for round_ in range(ROUNDS):
         if round_ % 2 == 0:  # harness first (round 0 also learns the step count from its record)
@@ -150,6 +155,12 @@ def test_harness_overhead_vs_bare_loop(benchmark, tmp_path):
     report(benchmark, "training_overhead_pct (median of paired)", 100 * statistics.median(paired), target=3, unit="%")
     report(benchmark, "training_overhead_pct (best of N)", 100 * (min(training) / min(bare_times) - 1), unit="%")
     report(benchmark, "whole_command_overhead_pct (median of paired)", 100 * statistics.median(whole), unit="%")
+    # Where it goes: the training loop (the harness's clock, first batch to end, over the bare loop's own
+    # timer) and the seconds outside it (start-up and teardown: processes, imports, the sandbox).
+    loop = paired_overheads(harness_loops, bare_loops)
+    outside = [(t - hl) - (b - bl) for t, hl, b, bl in zip(training, harness_loops, bare_times, bare_loops)]
+    report(benchmark, "training_loop_overhead_pct (median of paired)", 100 * statistics.median(loop), unit="%")
+    report(benchmark, "outside_the_loop_extra_s (median)", statistics.median(outside), unit=" s")
     print(f"rounds (alternating order): harness training phase {[round(t, 2) for t in training]}, "
           f"bare {[round(b, 2) for b in bare_times]}, paired overhead {[f'{100 * p:.2f}%' for p in paired]}")
 
@@ -230,4 +241,4 @@ if __name__ == "__main__":
         from harness.threads import apply_thread_setting
 
         apply_thread_setting()
-        bare_loop(Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3]))
+        print(bare_loop(Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])))
