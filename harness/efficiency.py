@@ -10,14 +10,16 @@ Numerator and denominator are counted in one unit, the curve's own x axis, so th
 once on the track's own training data scores exactly 1.00x:
 
 - A calibrated curve (``slowrun calibrate``) measures x as the training tokens the baseline was served
-  (metered): one epoch of each fresh-data set, i.e. its training split less the fitness carve, cut into
-  whole windows and whole batches. Its ``baseline_tokens`` is that count for 1x, the track's own
-  training data (60,416 on ``synthetic``, not the 65,536 of ``train_tokens``), and it is the denominator.
+  (metered): one epoch of each fresh-data set, cut into whole windows and whole batches (the baseline
+  declares no fitness carve). Its ``baseline_tokens`` is that count for 1x, the track's own training
+  data (65,536 on ``synthetic``; 99,328 on ``webtext``, not the 100,000 of ``train_tokens``), and it is
+  the denominator.
 - A curve without ``baseline_tokens`` (the published fineweb table, whose x is the tokens the nanochat
   baseline trained on and whose 1x is Slowrun's official 100M) divides by ``train_tokens``.
 
 Dividing by ``train_tokens`` where x counts served tokens would score the calibration baseline itself
-0.92x on ``synthetic`` (60,416 / 65,536) and 0.94x on ``webtext``.
+below 1x (0.99x on ``webtext``; 0.92x on ``synthetic`` while the track's fitness carve was taken from
+every method).
 
 Curves are data files (``harness/reference_curves/<name>.json``) so that tracks without a published
 table can get one from ``slowrun calibrate`` and users can add their own.

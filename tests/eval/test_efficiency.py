@@ -151,45 +151,44 @@ def test_epochs_to_match_takes_first_crossing_and_curve_points():
 
 
 # ---- the multiplier's unit: numerator and denominator both count what the baseline is served -----------
-# The shipped small-track curves come from `slowrun calibrate --factors 1,...`: their first point is the
-# baseline's 1x run, trained once on the track's own data, metered at 60,416 (synthetic) and 94,208
-# (webtext) served tokens, against the tracks' nominal 65,536 and 100,000 training tokens.
-CALIBRATED_1X = {"synthetic": (60_416, 2.7801983415398484), "webtext": (94_208, 6.415281999726049)}
+# The shipped small-track curves hold the baseline's 1x run, single_model trained once on the track's whole
+# training split (no fitness carve), metered at 65,536 (synthetic: every window of the split) and 99,328
+# (webtext: whole batches of its 100,000 tokens) served tokens; that count is the curve's baseline_tokens.
+CALIBRATED_1X = {"synthetic": (65_536, 2.740144847555812), "webtext": (99_328, 6.367873729196607)}
 
 
 @pytest.mark.parametrize("name", sorted(CALIBRATED_1X))
 def test_calibration_baseline_on_the_tracks_own_data_scores_exactly_one(name):
     served, loss = CALIBRATED_1X[name]
     curve = load_reference_curve(name)
-    assert curve.points[0] == (served, loss)  # the 1x run, as calibrate wrote it
+    assert (served, loss) in curve.points and curve.baseline_tokens == served  # the 1x run, as measured
     eff = data_efficiency(loss, curve)
     assert eff.multiplier == 1.0 and eff.label == "1.00x"
     assert eff.equivalent_tokens == served
 
 
 def test_synthetic_multiplier_worked_by_hand():
-    # Half way in loss between the 1x point (60,416 tokens, 2.78020) and the 2x point (125,952, 2.50430):
-    # (60,416 + 125,952) / 2 = 93,184 tokens, which is 91 / 59 = 1.5424 times the 60,416 the baseline is
-    # served from the track's own data (the old denominator, 65,536 training tokens, gave 1.4219x).
-    loss = (2.7801983415398484 + 2.5042985784894545) / 2
+    # Half way in loss between the 1x point (65,536 tokens, 2.74014) and the 2x point (131,072, 2.47961):
+    # (65,536 + 131,072) / 2 = 98,304 tokens, which is 1.5 times the 65,536 the baseline is served.
+    loss = (2.740144847555812 + 2.4796097041712706) / 2
     eff = data_efficiency(loss, "synthetic")
-    assert eff.equivalent_tokens == pytest.approx(93_184, rel=1e-12)
-    assert eff.multiplier == pytest.approx(91 / 59, rel=1e-12) and eff.label == "1.54x"
+    assert eff.equivalent_tokens == pytest.approx(98_304, rel=1e-12)
+    assert eff.multiplier == pytest.approx(1.5, rel=1e-12) and eff.label == "1.50x"
 
 
 def test_webtext_multiplier_worked_by_hand():
     # A board record's loss, 5.625612652117777, lies between 2x (194,560 tokens, 5.818407472071828) and
     # 4x (394,240, 5.2535100223906515): fraction 0.192794819954051 / 0.5648974497311765 = 0.3412915 of
-    # the way, so 194,560 + 0.3412915 * 199,680 = 262,709.9 tokens = 2.78861 x 94,208.
+    # the way, so 194,560 + 0.3412915 * 199,680 = 262,709.9 tokens = 2.64486 x 99,328.
     eff = data_efficiency(5.625612652117777, "webtext")
     fraction = 0.192794819954051 / 0.5648974497311765
-    assert eff.multiplier == pytest.approx((194_560 + fraction * 199_680) / 94_208, rel=1e-9)
-    assert round(eff.multiplier, 4) == 2.7886
+    assert eff.multiplier == pytest.approx((194_560 + fraction * 199_680) / 99_328, rel=1e-9)
+    assert round(eff.multiplier, 4) == 2.6449
 
 
 def test_bounds_use_the_same_unit():
-    # Past the synthetic table: at least 2,092,032 / 60,416 = 34.63x; above it: at most 1x.
-    assert data_efficiency(2.0, "synthetic").bound == ">34.6x"
+    # Past the synthetic table: at least 2,097,152 / 65,536 = 32x; above it: at most 1x.
+    assert data_efficiency(2.0, "synthetic").bound == ">32x"
     assert data_efficiency(3.0, "synthetic").bound == "<1x"
 
 
