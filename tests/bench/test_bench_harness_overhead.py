@@ -23,7 +23,9 @@ How the ratio is kept honest on a 2-core machine shared with other work:
   phase / bare loop - 1, both from the same round). A pair shares the load of its minutes, so its ratio
   cancels most of it; the median then drops a round that one burst of other work landed in on one side
   only. Best-of-N (the fastest harness run over the fastest bare run) is printed beside it: it compares
-  runs from different minutes and swings with whichever side happened to get a quiet one.
+  runs from different minutes and swings with whichever side happened to get a quiet one. Three rounds
+  by default; `SLOWRUN_BENCH_ROUNDS=5` narrows the median where the machine's speed drifts (on a shared
+  virtual machine the bare loop alone ranged 45-55 s between rounds of one quiet run).
 
 `test_request_costs` measures the per-step part alone, in seconds instead of minutes: one small-track
 batch (8 x 129) through the data server to a client in another process, a `ctx.log` line and a status
