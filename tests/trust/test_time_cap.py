@@ -77,6 +77,7 @@ def test_a_method_that_never_stops_is_stopped_after_the_cap_with_its_snapshots_f
     assert record["error"]["type"] == "OverTime"
     assert LIMIT_S + GRACE_S < record["timings"]["train_s"] < LIMIT_S + GRACE_S + 5.0
     stamps = snapshot_stamps(run_dir)
-    assert stamps and all(s["train_s"] <= LIMIT_S for s in stamps.values())
+    # a snapshot taken just after the cap (its last admitted step ran past it) is within the grace
+    assert stamps and all(s["train_s"] <= LIMIT_S + GRACE_S for s in stamps.values())
     assert record["result"] is not None
     assert any("past the" in reason for reason in record["unranked_reasons"])
