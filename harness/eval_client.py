@@ -98,6 +98,20 @@ def read_weights(snapshot: Snapshot) -> tuple[bytes, str]:
     return data, digest
 
 
+def worker_command(module: str, fd: int, scratch: Path, method_dir: Path | None, builder_roots: Sequence[Path],
+                   require_sandbox: bool) -> list[str]:
+    """The command line of an evaluation process (a worker, or the fork server's zygote): `module` run with
+    its socket's descriptor, its scratch folder and where snapshot builders may come from."""
+    command = [sys.executable, "-s", "-m", module, "--fd", str(fd), "--scratch", str(scratch)]
+    if method_dir is not None:
+        command += ["--method-dir", str(method_dir)]
+    for root in builder_roots:
+        command += ["--builder-root", str(root)]
+    if require_sandbox:
+        command.append("--require-sandbox")
+    return command
+
+
 def _worker_env(scratch: Path) -> dict[str, str]:
     from harness.sandbox import sandbox_env
 
@@ -184,14 +198,8 @@ class RemoteModel:
         ours, theirs = socket.socketpair()
         for end in (ours, theirs):
             channel.widen_buffers(end)
-        command = [sys.executable, "-s", "-m", "harness.eval_worker", "--fd", str(theirs.fileno()),
-                   "--scratch", str(scratch)]
-        if self.method_dir is not None:
-            command += ["--method-dir", str(self.method_dir)]
-        for root in self.builder_roots:
-            command += ["--builder-root", str(root)]
-        if self.require_sandbox:
-            command.append("--require-sandbox")
+        command = worker_command("harness.eval_worker", theirs.fileno(), scratch, self.method_dir,
+                                 self.builder_roots, self.require_sandbox)
         # The status file sits beside scratch, not in it: the worker must not be able to forge its outcome.
         # No timeout for the supervisor: a worker started ahead (prefetch) waits for its turn for as long
         # as the snapshot before it takes, so the per-snapshot limit runs from load() and is enforced here,

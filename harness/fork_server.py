@@ -129,7 +129,7 @@ class ForkServer:
         return self.broken is None
 
     def start(self) -> "ForkServer":
-        from harness.eval_client import _worker_env
+        from harness.eval_client import _worker_env, worker_command
         from harness.sandbox import Supervisor
 
         if self._supervisor is not None or self.broken is not None:
@@ -138,14 +138,8 @@ class ForkServer:
         scratch = self._private / "scratch"  # the zygote writes here; each child, in its own subfolder
         (scratch / STATUS_DIR).mkdir(parents=True)
         ours, theirs = socket.socketpair()
-        command = [sys.executable, "-s", "-m", "harness.eval_zygote", "--fd", str(theirs.fileno()),
-                   "--scratch", str(scratch)]
-        if self.method_dir is not None:
-            command += ["--method-dir", str(self.method_dir)]
-        for root in self.builder_roots:
-            command += ["--builder-root", str(root)]
-        if self.require_sandbox:
-            command.append("--require-sandbox")
+        command = worker_command("harness.eval_zygote", theirs.fileno(), scratch, self.method_dir,
+                                 self.builder_roots, self.require_sandbox)
         self._supervisor = Supervisor(command, env=_worker_env(scratch), timeout_s=None,
                                       status_file=self._private / "status.json", pass_fds=(theirs.fileno(),),
                                       cwd=scratch)

@@ -135,15 +135,25 @@ def _same_type(default: Any, value: Any) -> bool:
     return type(default) is type(value)
 
 
-def method_hash(folder: Path) -> str:
-    """sha256 over every file of the method (relative path and bytes), ignoring caches and hidden files."""
-    digest = hashlib.sha256()
+def method_files(folder: Path) -> list[Path]:
+    """The files that make a method (what its hash covers and a bundle carries): every file of the folder
+    but hidden ones, caches and bytecode, in a fixed order."""
+    kept = []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if path.is_dir() or any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
             continue
         if path.suffix in (".pyc", ".pyo"):
             continue
+        kept.append(path)
+    return kept
+
+
+def method_hash(folder: Path) -> str:
+    """sha256 over every file of the method (relative path and bytes), ignoring caches and hidden files."""
+    digest = hashlib.sha256()
+    for path in method_files(folder):
+        rel = path.relative_to(folder)
         digest.update(str(rel.as_posix()).encode() + b"\0")
         digest.update(path.read_bytes())
         digest.update(b"\0")

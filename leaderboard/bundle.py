@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import LeaderboardError
-from harness.method_spec import method_hash
+from harness.method_spec import method_files, method_hash
 from harness.records import RECORD_FILENAME, load_record
 from harness.snapshots import SPEC, WEIGHTS, sha256_file
 from leaderboard.naming import slug
@@ -62,19 +62,6 @@ def parse_size(text: str) -> int:
     if not match:
         raise LeaderboardError(f"--weights-up-to takes a size such as 0, 200MB or 2GB, got {text!r}")
     return int(float(match.group(1)) * _UNITS[match.group(2).upper()])
-
-
-def _method_files(folder: Path) -> list[Path]:
-    """The files harness.method_spec.method_hash covers (no hidden files, caches or bytecode)."""
-    kept = []
-    for path in sorted(folder.rglob("*")):
-        rel = path.relative_to(folder)
-        if path.is_dir() or any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
-            continue
-        if path.suffix in (".pyc", ".pyo"):
-            continue
-        kept.append(path)
-    return kept
 
 
 def _method_dir_of(run_dir: Path) -> Path | None:
@@ -123,7 +110,7 @@ def create_bundle(run_dirs: list[str | Path], out: str | Path, *, method_dir: st
                                "the method folder changed after the runs; submit the folder as it was when they ran")
 
     out.mkdir(parents=True, exist_ok=True)
-    for path in _method_files(source):
+    for path in method_files(source):
         target = out / "method" / path.relative_to(source)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(path, target)
