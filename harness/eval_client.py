@@ -112,6 +112,22 @@ def worker_command(module: str, fd: int, scratch: Path, method_dir: Path | None,
     return command
 
 
+def supervised_process(module: str, private: Path, scratch: Path, method_dir: Path | None,
+                       builder_roots: Sequence[Path], require_sandbox: bool):
+    """An evaluation process (a worker, or the zygote) under the supervisor, not started yet, with the two
+    ends of its socket: (supervisor, ours, theirs); close `theirs` once it started, so that the process's
+    exit reads as end-of-file here. The status file sits in `private`, beside scratch, not in it: the
+    process must not be able to forge its outcome. The supervisor has no timeout of its own: the limits
+    run from load() and are enforced by the harness, which then tells the supervisor to stop."""
+    from harness.sandbox import Supervisor
+
+    ours, theirs = socket.socketpair()
+    command = worker_command(module, theirs.fileno(), scratch, method_dir, builder_roots, require_sandbox)
+    supervisor = Supervisor(command, env=_worker_env(scratch), timeout_s=None, status_file=private / "status.json",
+                            pass_fds=(theirs.fileno(),), cwd=scratch)
+    return supervisor, ours, theirs
+
+
 def _worker_env(scratch: Path) -> dict[str, str]:
     from harness.sandbox import sandbox_env
 
@@ -190,23 +206,16 @@ class RemoteModel:
                 self._private = self._supervisor.scratch
                 self.forked = True
                 return self
-        from harness.sandbox import Supervisor
-
         self._private = Path(tempfile.mkdtemp(prefix=f"slowrun-eval-{self.snapshot.tag if self.snapshot else 'next'}-"))
         scratch = self._private / "scratch"  # the worker may write here and nowhere else
         scratch.mkdir()
-        ours, theirs = socket.socketpair()
+        # A worker started ahead (prefetch) waits for its turn for as long as the snapshot before it takes,
+        # so the per-snapshot limit runs from load() and is enforced here, on every send and receive.
+        self._supervisor, ours, theirs = supervised_process("harness.eval_worker", self._private, scratch,
+                                                            self.method_dir, self.builder_roots,
+                                                            self.require_sandbox)
         for end in (ours, theirs):
             channel.widen_buffers(end)
-        command = worker_command("harness.eval_worker", theirs.fileno(), scratch, self.method_dir,
-                                 self.builder_roots, self.require_sandbox)
-        # The status file sits beside scratch, not in it: the worker must not be able to forge its outcome.
-        # No timeout for the supervisor: a worker started ahead (prefetch) waits for its turn for as long
-        # as the snapshot before it takes, so the per-snapshot limit runs from load() and is enforced here,
-        # on every send and receive; then the supervisor is told to stop, and it kills the whole tree.
-        self._supervisor = Supervisor(command, env=_worker_env(scratch), timeout_s=None,
-                                      status_file=self._private / "status.json", pass_fds=(theirs.fileno(),),
-                                      cwd=scratch)
         try:
             self._supervisor.start()
         except BaseException:

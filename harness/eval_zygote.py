@@ -121,23 +121,16 @@ def _become_worker(fd: int, scratch: str, env: dict, args: argparse.Namespace) -
 # ---------------------------------------------------------------------------------------------- keeper
 def _keep(fd: int, scratch: str, env: dict, status: str, args: argparse.Namespace) -> int:
     """In the keeper: fork the worker, wait for it (or a stop signal), kill all that is left, report."""
-    from harness.sandbox.supervise import _Reaper, _write_status, kill_tree
+    from harness.sandbox.supervise import _Reaper, _write_status, kill_tree, watch_stop_signals
     from pathlib import Path
 
     zygote = os.getppid()
     os.setsid()  # a process group of its own: the harness's last resort is to kill it whole
     _prctl(PR_SET_CHILD_SUBREAPER, 1)  # orphans of the worker's tree come here, not to the supervisor
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    stop: list[int] = []
+    stop, wake_r, wake_w = watch_stop_signals()
     if os.getppid() != zygote:
-        stop.append(signal.SIGTERM)
-    wake_r, wake_w = os.pipe()
-    os.set_blocking(wake_r, False)
-    os.set_blocking(wake_w, False)
-    signal.set_wakeup_fd(wake_w, warn_on_full_buffer=False)
-    for signum in STOP_SIGNALS:
-        signal.signal(signum, lambda signum, frame: stop.append(signum))
-    signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the loop through the pipe
+        stop.append(signal.SIGTERM)  # the zygote died before PDEATHSIG was set: it will never come
     started = time.monotonic()
     reaper = _Reaper()
     worker = None

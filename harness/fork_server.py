@@ -129,20 +129,16 @@ class ForkServer:
         return self.broken is None
 
     def start(self) -> "ForkServer":
-        from harness.eval_client import _worker_env, worker_command
-        from harness.sandbox import Supervisor
+        from harness.eval_client import supervised_process
 
         if self._supervisor is not None or self.broken is not None:
             return self
         self._private = Path(tempfile.mkdtemp(prefix="slowrun-zygote-"))
         scratch = self._private / "scratch"  # the zygote writes here; each child, in its own subfolder
         (scratch / STATUS_DIR).mkdir(parents=True)
-        ours, theirs = socket.socketpair()
-        command = worker_command("harness.eval_zygote", theirs.fileno(), scratch, self.method_dir,
-                                 self.builder_roots, self.require_sandbox)
-        self._supervisor = Supervisor(command, env=_worker_env(scratch), timeout_s=None,
-                                      status_file=self._private / "status.json", pass_fds=(theirs.fileno(),),
-                                      cwd=scratch)
+        self._supervisor, ours, theirs = supervised_process("harness.eval_zygote", self._private, scratch,
+                                                            self.method_dir, self.builder_roots,
+                                                            self.require_sandbox)
         try:
             self._supervisor.start()
         except BaseException as exc:

@@ -177,8 +177,9 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = _parse(sys.argv[1:] if argv is None else argv)
+def watch_stop_signals() -> tuple[list[int], int, int]:
+    """Collect the stop signals into a list, and make every signal (SIGCHLD included) wake a select()
+    on the returned pipe: (stop signals received, pipe read end, pipe write end)."""
     stop: list[int] = []
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_r, False)
@@ -187,6 +188,12 @@ def main(argv: list[str] | None = None) -> int:
     for signum in STOP_SIGNALS:
         signal.signal(signum, lambda signum, frame: stop.append(signum))
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)  # only to wake the loop through the pipe
+    return stop, wake_r, wake_w
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(sys.argv[1:] if argv is None else argv)
+    stop, wake_r, wake_w = watch_stop_signals()
     _prctl(PR_SET_CHILD_SUBREAPER, 1)
     _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
     if args.parent_pid and os.getppid() != args.parent_pid:

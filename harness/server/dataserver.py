@@ -25,7 +25,6 @@ import socket
 import stat
 import sys
 import threading
-import time
 import traceback
 from dataclasses import dataclass
 from pathlib import Path
