@@ -52,12 +52,14 @@ if [[ "$TINY" == 1 ]]; then
   BATCH=(--set batch_size=8 --set micro_batch_size=4)
   BARE=(--seq-len 128 --d-model 64 --n-layer 2 --n-head 2 --batch-size 8 --micro-batch-size 4 --steps 5)
   PROBE=(--tiny --micro 1 2)
+  PROBE_PR90=(--tiny --micro 1)
 else
   TRACK=webtext_gpt2; COPIES=3; EPOCHS=8; AUTOCAST=bf16
   MODEL=(--set d_model=768 --set n_layer=12 --set n_head=12)
   BATCH=(--set batch_size=32 --set micro_batch_size=16)
   BARE=(--seq-len 1024 --d-model 768 --n-layer 12 --n-head 12 --batch-size 32 --micro-batch-size 16 --steps 30)
   PROBE=(--micro 1 2 3 4)
+  PROBE_PR90=(--micro 1)
 fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -85,6 +87,9 @@ python -m benchmarks.summary --bare "$OUT/bare.json" "$OUT/single_model" "$OUT/q
 step "4. one q0 step of the 1.8B fineweb preset (probe ${PROBE[*]}), then what slowrun plan makes of 8 x 80 GB"
 python -m benchmarks.probe_memory --preset fineweb "${PROBE[@]}" --device "$DEVICE" --json "$OUT/probe.json"
 slowrun plan --epochs 16 --world-size 8 --gpu-memory 80
+
+step "5. one q0 step of slowrun PR #90's preset (its extras and the trained MTP head; probe ${PROBE_PR90[*]})"
+python -m benchmarks.probe_memory --preset fineweb_pr90 "${PROBE_PR90[@]}" --device "$DEVICE" --json "$OUT/probe_pr90.json"
 
 elapsed=$(( $(date +%s) - started ))
 echo
