@@ -4,9 +4,13 @@
 the whole process tree the model's code leaves behind when the worker is stopped), sends it the
 snapshot's builder, config and weights *bytes*, and then, within a time limit per snapshot, stands in
 for the ``torch.nn.Module`` that :func:`harness.logprobs.token_logprobs` and
-:class:`harness.downstream.lm.MixtureLM` call: ``model(inputs)`` returns logits. Everything that comes back is checked here (exact shape [B, T, V] with V at least the
-track's vocabulary, a float dtype, finite values) before the harness computes any log-probability from
-it; the worker never sees targets and never reports a score.
+:class:`harness.downstream.lm.MixtureLM` call: ``model(inputs)`` returns logits. Everything that comes back is checked here (exact shape [B, T, V]
+with V at least the track's vocabulary, a float dtype, finite values) before the harness computes any
+log-probability from it; the worker never sees targets and never reports a score.
+
+The two processes work at the same time: ``submit``/``collect`` keep the next batch's request in flight
+while this process checks and normalises the last batch's logits, and ``load(wait=False)`` lets the next
+snapshot's worker build its model while this one is scored.
 
 Anything that makes a snapshot unusable (weights that do not match their stamped hash, a refused builder,
 an error, non-finite logits, a malformed reply, a crash or a timeout of the worker) raises
@@ -25,6 +29,7 @@ import socket
 import sys
 import tempfile
 import time
+from collections import deque
 from pathlib import Path
 from typing import Sequence
 
@@ -187,7 +192,11 @@ class RemoteModel:
         self._supervisor = None  # what stops the worker's process tree: a Supervisor, or a ForkedChild
         self._private: Path | None = None
         self._deadline: float | None = None
-        self._loaded = False
+        self._loaded = False  # the weights were sent (the worker may still be building the model)
+        # Replies the worker owes, oldest first: "load", or the (batch, steps, device) of a forward. Up to
+        # a load and two forwards are in flight (see submit), so the worker builds the next snapshot's
+        # model, or runs the next batch, while this process checks and normalises the last one.
+        self._owed: deque = deque()
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> "RemoteModel":
@@ -226,12 +235,20 @@ class RemoteModel:
         self._sock = ours
         return self
 
-    def load(self, weights: tuple[bytes, str] | None = None, snapshot: Snapshot | None = None) -> "RemoteModel":
+    def load(self, weights: tuple[bytes, str] | None = None, snapshot: Snapshot | None = None, *,
+             wait: bool = True) -> "RemoteModel":
         """Send the builder, config and weights; the worker rebuilds the model and loads them strictly.
 
         ``weights`` is ``read_weights(snapshot)`` when the caller already has it (bytes and their hash).
-        ``snapshot`` names the snapshot for a worker started before it was known (``RemoteModel(None)``)."""
+        ``snapshot`` names the snapshot for a worker started before it was known (``RemoteModel(None)``).
+        ``wait=False`` returns once the weights are sent: the worker builds the model while the caller
+        does other work (the next snapshot's load during this one's scoring); the reply is read by the
+        next call that waits, and the per-snapshot time limit starts again then, so waiting for its turn
+        does not count against this snapshot."""
         if self._loaded:
+            if wait and "load" in self._owed:
+                self._arm_deadline()
+                self._settle_load()
             return self
         if snapshot is not None:
             if self.snapshot is not None and self.snapshot is not snapshot:
@@ -241,13 +258,25 @@ class RemoteModel:
             raise SlowrunError("RemoteModel.load needs the snapshot: pass it here or when creating the RemoteModel")
         data, self.weights_sha256 = weights if weights is not None else read_weights(self.snapshot)
         self.start()
-        self._deadline = None if not self.timeout_s else time.monotonic() + float(self.timeout_s)
+        self._arm_deadline()
         header = {"op": "load", "builder": self.snapshot.builder, "config": self.snapshot.config,
                   "device": self.device, "dtype": self.dtype, "autocast": self.autocast}
-        reply, _ = self._exchange(header, data, max_payload=0)
-        self.sandbox = reply.get("sandbox") if isinstance(reply.get("sandbox"), dict) else None
+        self._send(header, data)
+        self._owed.append("load")
         self._loaded = True
+        if wait:
+            self._settle_load()
         return self
+
+    def _arm_deadline(self) -> None:
+        self._deadline = None if not self.timeout_s else time.monotonic() + float(self.timeout_s)
+
+    def _settle_load(self) -> None:
+        """Read the load's reply if it is still owed (it is always the first reply owed)."""
+        if self._owed and self._owed[0] == "load":
+            reply, _ = self._receive(max_payload=0)
+            self._owed.popleft()
+            self.sandbox = reply.get("sandbox") if isinstance(reply.get("sandbox"), dict) else None
 
     def close(self) -> None:
         """Tell the worker to quit, make sure its whole process tree is gone, remove its scratch folder."""
@@ -310,7 +339,19 @@ class RemoteModel:
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
         return self.forward(inputs)
 
+    pipelined = True  # harness.logprobs keeps a request ahead through submit() and collect()
+
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if any(owed != "load" for owed in self._owed):
+            raise SlowrunError("RemoteModel.forward while submitted batches are not collected yet")
+        self.submit(inputs)
+        return self.collect()
+
+    def submit(self, inputs: torch.Tensor) -> None:
+        """Send a batch for the worker to run; its logits come from :meth:`collect`, in submission order.
+
+        At most two batches should be in flight: each request is small (token ids) but each reply is a
+        batch of logits, and the worker does not read its next request before its reply is sent."""
         if not self._loaded:
             raise SlowrunError("RemoteModel.forward before load(): use it as a context manager")
         tokens = torch.as_tensor(inputs)
@@ -321,6 +362,16 @@ class RemoteModel:
         wide = tokens.numel() and (int(tokens.min()) < -(1 << 31) or int(tokens.max()) >= 1 << 31)
         host = tokens.to("cpu", torch.int64 if wide else torch.int32).contiguous()
         header = {"op": "forward", "shape": [batch, steps], "dtype": "int64" if wide else "int32"}
+        self._send(header, host.numpy())
+        self._owed.append((batch, steps, tokens.device))
+
+    def collect(self) -> torch.Tensor:
+        """The logits of the oldest batch submitted and not yet collected, checked: shape [B, T, V] with V
+        at least the vocabulary, an allowed float dtype, finite values (else InvalidSnapshot)."""
+        self._settle_load()
+        if not self._owed:
+            raise SlowrunError("RemoteModel.collect with no batch submitted")
+        batch, steps, device = self._owed[0]
         holder: dict[str, torch.Tensor] = {}
 
         def allocate(reply: dict, nbytes: int):
@@ -332,13 +383,15 @@ class RemoteModel:
             return holder["logits"].view(-1).view(torch.uint8).numpy()
 
         max_payload = batch * steps * self._max_vocab() * 4
-        self._exchange(header, host.numpy(), allocate=allocate, max_payload=max_payload)
+        self._receive(allocate=allocate, max_payload=max_payload)
+        self._owed.popleft()
         logits = holder["logits"]
         if not all_finite(logits):
+            self._stop()
             raise InvalidSnapshot("the model gave non-finite logits (NaN or infinity), so it cannot be scored")
         self.calls += 1
         self.logits_dtype = logits.dtype
-        return logits if tokens.device.type == "cpu" else logits.to(tokens.device)
+        return logits if device.type == "cpu" else logits.to(device)
 
     # ------------------------------------------------------------------ the wire
     def _check_reply(self, reply: dict, batch: int, steps: int, nbytes: int) -> tuple[list[int], torch.dtype]:
@@ -365,28 +418,51 @@ class RemoteModel:
         multiple of 64 or 128), so a reply cannot make the harness allocate far more than real logits."""
         return MAX_VOCAB if not self.vocab_size else max(2 * self.vocab_size, self.vocab_size + 4096)
 
-    def _exchange(self, header: dict, payload=b"", *, allocate=None, max_payload: int | None = None):
-        """Send one request and receive its reply; every failure becomes InvalidSnapshot (worker stopped)."""
+    def _send(self, header: dict, payload=b"") -> None:
+        """Send one request; a failure stops the worker and becomes InvalidSnapshot, with the worker's own
+        reason when it failed on an earlier request and said why before exiting."""
         if self._sock is None:
             raise InvalidSnapshot("the evaluation worker is no longer running")
 
+        def send():
+            self._sock.settimeout(self._remaining())
+            try:
+                channel.send(self._sock, header, payload)
+            except (BrokenPipeError, ConnectionResetError):
+                if self._owed:
+                    return  # the reply owed first explains it, or ends the channel: collect() reads it
+                try:  # a worker that failed before reading this request has already said why
+                    channel.recv(self._sock, allocate=self._checked(None), max_payload=0)
+                except (OSError, channel.ChannelError):
+                    pass
+                raise
+
+        self._guarded(send)
+
+    def _receive(self, *, allocate=None, max_payload: int | None = None):
+        """Receive the oldest owed reply (header, payload); every failure becomes InvalidSnapshot."""
+        if self._sock is None:
+            raise InvalidSnapshot("the evaluation worker is no longer running")
+
+        def receive():
+            self._sock.settimeout(self._remaining())
+            return channel.recv(self._sock, allocate=self._checked(allocate), max_payload=max_payload)
+
+        return self._guarded(receive)
+
+    @staticmethod
+    def _checked(allocate):
         def checked(reply: dict, nbytes: int):
             if reply.get("ok") is not True:
                 raise _WorkerFailed(reply)
             return bytearray(nbytes) if allocate is None else allocate(reply, nbytes)
 
+        return checked
+
+    def _guarded(self, step):
+        """Run one step of the wire; a failure stops the worker and becomes InvalidSnapshot."""
         try:
-            self._sock.settimeout(self._remaining())
-            try:
-                channel.send(self._sock, header, payload)
-            except (BrokenPipeError, ConnectionResetError) as exc:
-                # A worker that failed before reading the request has already said why: read that first.
-                try:
-                    channel.recv(self._sock, allocate=checked, max_payload=0)
-                except (OSError, channel.ChannelError):
-                    pass
-                raise exc
-            return channel.recv(self._sock, allocate=checked, max_payload=max_payload)
+            return step()
         except _WorkerFailed as failed:
             self._stop()
             raise InvalidSnapshot(f"the evaluation worker failed: {failed.message}") from None
@@ -410,6 +486,7 @@ class RemoteModel:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        self._owed.clear()
         if self._supervisor is None:
             return None
         try:

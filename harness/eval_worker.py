@@ -207,10 +207,10 @@ class _Server:
         return {"ok": True, "shape": list(logits.shape), "dtype": name}, memoryview(raw)
 
     def serve(self) -> int:
+        requests = self._read_ahead()
         while True:
-            try:
-                header, payload = channel.recv(self.sock)
-            except channel.ChannelError:
+            header, payload = requests.get()
+            if header is None:
                 return 0  # the harness went away: nothing left to do
             op = header.get("op")
             if op == "quit":
@@ -226,6 +226,32 @@ class _Server:
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the harness as text
                 _report(self.sock, exc)
                 return 1
+
+    def _read_ahead(self):
+        """Requests, read by a thread of their own as soon as they arrive.
+
+        The harness sends the next batch before it has read the last batch's logits (so the two processes
+        work at once). Were requests read only between replies, a reply bigger than the socket's buffer
+        and a request the harness is still sending would each wait for the other; read at once, the
+        harness's sends always complete. (None, None) marks the end of the channel."""
+        import queue
+        import threading
+
+        requests: queue.SimpleQueue = queue.SimpleQueue()
+
+        def read() -> None:
+            while True:
+                try:
+                    header, payload = channel.recv(self.sock)
+                except (OSError, channel.ChannelError):
+                    requests.put((None, None))
+                    return
+                requests.put((header, payload))
+                if header.get("op") == "quit":
+                    return
+
+        threading.Thread(target=read, name="requests", daemon=True).start()
+        return requests
 
 
 def _report(sock: socket.socket, exc: BaseException) -> None:

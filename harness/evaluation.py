@@ -198,18 +198,20 @@ def score_remote(model, data: EvalData, batch_size: int, device: str, probes: Pr
 
 def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_size: int, device: str,
                       progress: bool = False, *, options: WorkerOptions | None = None,
-                      worker: RemoteModel | None = None, stream: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                      worker: RemoteModel | None = None, stream: int = 0,
+                      weights: tuple[bytes, str] | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(fitness, validation) log p(target), flattened; computed once per snapshot and cached.
 
     The model runs in an evaluation worker (``worker`` if one was started ahead for this snapshot, else a
-    new one built from ``options``) and must pass the probes. Raises InvalidSnapshot with the reason the
-    snapshot cannot be scored; nothing is cached then.
+    new one built from ``options``) and must pass the probes. ``weights``: ``read_weights(snapshot)``
+    when the caller has read them already (to load them ahead). Raises InvalidSnapshot with the reason
+    the snapshot cannot be scored; nothing is cached then.
     """
     options = options or WorkerOptions()
     cache.mkdir(parents=True, exist_ok=True)
     model = worker
     try:
-        weights = read_weights(snapshot)
+        weights = weights or read_weights(snapshot)
         if cache_is_trusted(cache, snapshot.tag, weights[1], options.eval_dtype):
             return _load_cache(cache, snapshot.tag)
         model = model or options.remote(snapshot, device, data.vocab_size)
@@ -222,6 +224,19 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
             model.close()
     _write_cache(cache, snapshot.tag, fit, val, weights[1], options.eval_dtype)
     return fit.reshape(-1), val.reshape(-1)
+
+
+def load_ahead(worker: RemoteModel, snapshot: Snapshot) -> tuple[RemoteModel | None, tuple[bytes, str] | None]:
+    """Send ``snapshot``'s weights to the worker started ahead for it, without waiting: it builds the
+    model while the snapshot before is scored. Returns (the worker, the weights read) or, when that
+    failed, (None, None): the snapshot then gets a worker at its turn, which finds the reason again."""
+    try:
+        weights = read_weights(snapshot)
+        worker.load(weights, snapshot, wait=False)
+    except InvalidSnapshot:
+        worker.close()
+        return None, None
+    return worker, weights
 
 
 def _bpb(logp: np.ndarray, data: EvalData) -> float | None:
@@ -243,20 +258,23 @@ def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_siz
     trusted cache need none."""
     valid, fits, vals, invalid = [], [], [], []
     cached = [_cached(s, cache, options.eval_dtype) for s in snapshots]
-    ahead = first_worker
+    ahead, ahead_weights = first_worker, None
     try:
         for i, snap in enumerate(snapshots):
             if progress:
                 print(f"evaluating snapshot {snap.tag} ({i + 1}/{len(snapshots)})", flush=True)
-            worker = None
+            worker, weights = None, None
             if not cached[i]:
-                worker, ahead = ahead, None
+                worker, weights, ahead, ahead_weights = ahead, ahead_weights, None, None
                 worker = worker or options.remote(snap, device, data.vocab_size, server)
-                if prefetch and not all(cached[i + 1 :]):
+                following = next((j for j in range(i + 1, len(snapshots)) if not cached[j]), None)
+                if prefetch and following is not None:
                     ahead = options.remote(None, device, data.vocab_size, server).start()
+                    if ahead.forked:  # (a fresh worker still imports torch: the weights would wait for it)
+                        ahead, ahead_weights = load_ahead(ahead, snapshots[following])
             try:
                 fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, progress=progress,
-                                             options=options, worker=worker, stream=i)
+                                             options=options, worker=worker, stream=i, weights=weights)
             except InvalidSnapshot as exc:
                 reason = str(exc)
                 invalid.append({"tag": snap.tag, "epochs": snap.epochs, "reason": reason})
@@ -276,7 +294,8 @@ def _score_lanes(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_s
                  options: WorkerOptions, prefetch: bool, progress: bool, first_worker: RemoteModel | None = None,
                  server: ForkServer | None = None):
     """`_score_all` with one lane per device: each lane takes the next snapshot nobody has taken, so a slow
-    snapshot does not hold the others up. A snapshot's numbers do not depend on its lane (it is scored
+    snapshot does not hold the others up (one ahead: its worker loads it while the lane scores the one
+    before). A snapshot's numbers do not depend on its lane (it is scored
     whole, its probes seeded by its index), and the results come back in the snapshots' order.
 
     Each lane starts its workers from its own thread and outlives them (a worker's supervisor is tied to
@@ -294,22 +313,27 @@ def _score_lanes(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_s
             return next(queue, None)
 
     def lane(device: str, worker: RemoteModel | None) -> None:
-        ahead = None
+        ahead, weights, ahead_weights = None, None, None
         try:
-            while (i := take()) is not None:
+            i = take()
+            while i is not None:
+                following = take()  # this lane's next snapshot, taken now so its worker can load it ahead
                 snap = snapshots[i]
                 if progress:
                     print(f"evaluating snapshot {snap.tag} ({i + 1}/{len(snapshots)}) on {device}", flush=True)
-                if prefetch:  # this lane's next worker starts while this snapshot is scored
+                if prefetch and following is not None:  # its worker starts while this snapshot is scored
                     ahead = options.remote(None, device, data.vocab_size, server).start()
+                    if ahead.forked and not _cached(snapshots[following], cache, options.eval_dtype):
+                        ahead, ahead_weights = load_ahead(ahead, snapshots[following])
                 worker = worker or options.remote(snap, device, data.vocab_size, server)
                 try:
                     fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, options=options,
-                                                 worker=worker, stream=i)
+                                                 worker=worker, stream=i, weights=weights)
                     results[i] = ("ok", fit, val)
                 except InvalidSnapshot as exc:
                     results[i] = ("invalid", str(exc))
-                worker, ahead = ahead, None
+                worker, weights, ahead, ahead_weights = ahead, ahead_weights, None, None
+                i = following
         except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
             failures.append(exc)
         finally:

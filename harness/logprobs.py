@@ -88,13 +88,16 @@ def token_logprobs(
     from harness.progress import progress as make_progress
 
     bar = make_progress(n_windows, desc="log-probs", unit="windows", enabled=progress)
+
+    def batches():
+        for start in starts:
+            stop = min(n_windows, start + batch_size)
+            tokens = torch.from_numpy(np.asarray(array[start:stop], dtype=np.int64)).to(device)
+            yield start, stop, tokens[:, :-1], tokens[:, 1:]
+
     try:
         with torch.inference_mode():
-            for start in starts:
-                stop = min(n_windows, start + batch_size)
-                tokens = torch.from_numpy(np.asarray(array[start:stop], dtype=np.int64)).to(device)
-                inputs, targets = tokens[:, :-1], tokens[:, 1:]
-                logits = model(inputs)
+            for (start, stop, inputs, targets), logits in model_outputs(model, batches()):
                 if logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(inputs.shape):
                     raise SlowrunError(
                         f"the model must return logits of shape [batch, seq_len, vocab] = "
@@ -121,6 +124,35 @@ def token_logprobs(
         bar.close()
         model.train(was_training)
     return result
+
+
+def model_outputs(model, batches):
+    """``(item, model(item[2]))`` for each item of ``batches`` (whose third element is the inputs), in order.
+
+    A model that runs elsewhere (``pipelined``: an evaluation worker, :class:`harness.eval_client.
+    RemoteModel`) gets the next batch before this process has finished with the last one, so its forward
+    pass overlaps the checks and normalisation done here; at most two batches are in flight. If the
+    caller stops early, the batches still in flight are collected and dropped, so the model can be used
+    again."""
+    if not getattr(model, "pipelined", False):
+        for item in batches:
+            yield item, model(item[2])
+        return
+    waiting: list = []
+    try:
+        for item in batches:
+            model.submit(item[2])
+            waiting.append(item)
+            if len(waiting) == 2:
+                yield waiting.pop(0), model.collect()
+        while waiting:
+            yield waiting.pop(0), model.collect()
+    finally:
+        for _ in waiting:
+            try:
+                model.collect()
+            except Exception:  # noqa: BLE001 - the error that stopped the caller is the one that counts
+                break
 
 
 def save_logprobs(path: str | os.PathLike, logp: np.ndarray) -> Path:

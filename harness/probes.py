@@ -29,6 +29,7 @@ published code does not tell a method which calls are probes.
 from __future__ import annotations
 
 import secrets
+from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,9 +67,13 @@ def _call(model, inputs: np.ndarray, device) -> torch.Tensor:
     tokens = torch.from_numpy(np.ascontiguousarray(inputs, dtype=np.int64)).to(device)
     with torch.inference_mode():
         logits = model(tokens)
-    if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(tokens.shape):
+    return _checked(logits, tokens.shape)
+
+
+def _checked(logits, shape) -> torch.Tensor:
+    if not isinstance(logits, torch.Tensor) or logits.ndim != 3 or tuple(logits.shape[:2]) != tuple(shape):
         raise InvalidSnapshot(f"the model returned logits of shape {tuple(getattr(logits, 'shape', ()))} for "
-                              f"input {tuple(tokens.shape)}; expected [batch, time, vocab]")
+                              f"input {tuple(shape)}; expected [batch, time, vocab]")
     if not all_finite(logits):
         raise InvalidSnapshot("the model gave non-finite logits (NaN or infinity), so it cannot be scored")
     return logits
@@ -127,8 +132,17 @@ class CausalityProbe:
         return torch.cat([targets, self.ids.expand(self.steps, -1)], dim=1)
 
     def run_batch(self, model, device) -> None:
+        batch, inputs = self.take_batch()
+        self.record(batch, _call(model, inputs, device))
+
+    def take_batch(self) -> tuple[list, np.ndarray]:
+        """The next probe batch: its rows (key, inputs) and their inputs stacked, [B, T]."""
         batch = self.pending.pop(0)
-        logits = _call(model, np.stack([inputs for _, inputs in batch]), device)
+        return batch, np.stack([inputs for _, inputs in batch])
+
+    def record(self, batch: list, logits) -> None:
+        """Keep what the comparison needs from the logits the model gave for ``batch``."""
+        logits = _checked(logits, (len(batch), self.steps))
         self.dtypes.add(logits.dtype)
         for row, (key, _) in enumerate(batch):
             if key is not None:
@@ -163,6 +177,7 @@ class ProbedModel:
         self.calls = 0
         points = rng.integers(0, max(1, expected_calls), size=len(probe.pending))
         self.schedule = sorted(points.tolist())
+        self._owed: deque = deque()  # for each batch submitted and not collected: its probe rows, or None
 
     @property
     def training(self) -> bool:
@@ -176,12 +191,41 @@ class ProbedModel:
         self.model.train(mode)
         return self
 
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        while self.schedule and self.schedule[0] <= self.calls and self.probe.pending:
+    def _due(self) -> bool:
+        if self.schedule and self.schedule[0] <= self.calls and self.probe.pending:
             self.schedule.pop(0)
+            return True
+        return False
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        while self._due():
             self.probe.run_batch(self.model, self.device)
         self.calls += 1
         return self.model(inputs)
+
+    # A model that runs elsewhere takes batches ahead (harness.logprobs.model_outputs): the probe batches
+    # due before a scoring call are submitted before it, in the same stream, and their logits are taken
+    # off the stream by collect(), so the worker sees the same sequence of calls either way.
+    @property
+    def pipelined(self) -> bool:
+        return getattr(self.model, "pipelined", False)
+
+    def submit(self, inputs: torch.Tensor) -> None:
+        while self._due():
+            batch, probe_inputs = self.probe.take_batch()
+            self.model.submit(torch.from_numpy(np.ascontiguousarray(probe_inputs, dtype=np.int64)))
+            self._owed.append(batch)
+        self.calls += 1
+        self.model.submit(inputs)
+        self._owed.append(None)
+
+    def collect(self) -> torch.Tensor:
+        while True:
+            batch = self._owed.popleft()
+            logits = self.model.collect()
+            if batch is None:
+                return logits
+            self.probe.record(batch, logits)
 
     def finish(self) -> None:
         while self.probe.pending:

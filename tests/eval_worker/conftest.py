@@ -74,8 +74,24 @@ class Short(Causal):
         return super().forward(idx)[:, :-1]
 
 
+class FailsLater(Causal):
+    """Answers its first call and fails on the second, while the harness has the third in flight."""
+
+    calls = 0
+
+    def forward(self, idx):
+        FailsLater.calls += 1
+        if FailsLater.calls == 2:
+            raise RuntimeError("refused the second batch")
+        return super().forward(idx)
+
+
 def build(config):
     return Causal(int(config["vocab_size"]))
+
+
+def build_fails_later(config):
+    return FailsLater(int(config["vocab_size"]))
 
 
 def build_peeks(config):
