@@ -282,8 +282,10 @@ def main(argv: list[str] | None = None) -> int:
         _report(sock, exc)
         return 1
     try:
+        from harness.allocator import keep_freed_memory
         from harness.threads import apply_thread_setting
 
+        keep_freed_memory()  # forward passes reuse freed memory instead of faulting it in again
         # Torch and safetensors are imported before the method directory goes on sys.path, so a file of
         # the method cannot stand in for them; in a prefetched worker this import overlaps the scoring of
         # the previous snapshot.

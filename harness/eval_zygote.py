@@ -108,8 +108,10 @@ def _become_worker(fd: int, scratch: str, env: dict, args: argparse.Namespace) -
     try:
         if "numpy" in sys.modules:  # a fresh process seeds numpy's global generator from the OS: so here
             sys.modules["numpy"].random.seed()
+        from harness.allocator import keep_freed_memory
         from harness.threads import apply_thread_setting
 
+        keep_freed_memory()
         server = _Server(sock, _roots(args), sandbox)
         apply_thread_setting()  # before any operation: the zygote never started torch's thread pools
     except Exception as exc:  # noqa: BLE001
