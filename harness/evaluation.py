@@ -35,7 +35,7 @@ from harness.errors import SlowrunError
 from harness.eval_client import DEFAULT_TIMEOUT_S, InvalidSnapshot, RemoteModel, read_weights
 from harness.fork_server import FORK_AVAILABLE, ForkServer
 from harness.logprobs import load_logprobs, save_logprobs, token_logprobs
-from harness.prior import default_ks, fit_prior, k_sweep, loss_curve
+from harness.prior import curve_stamps, default_ks, fit_prior, k_sweep, loss_curve
 from harness.probes import CausalityProbe, ProbedModel, ProbeSettings, statelessness_probe
 from harness.snapshots import WEIGHTS, Snapshot, list_snapshots, sha256_file
 from harness.threads import apply_thread_setting
@@ -511,12 +511,14 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
             sweep.append({"k": point.k, "val_loss": point.val_nll, "val_bpb": _bpb(mixed, data),
                           "fitness_loss": point.fitness_nll,
                           "members": [{"tag": tags[m], "weight": float(w)} for m, w in zip(point.members, point.weights)]})
-        for point in loss_curve([s.epochs for s in snapshots], fit_m, val_m):
+        epochs = [s.epochs for s in snapshots]
+        for point in loss_curve(epochs, fit_m, val_m, stamps=curve_stamps(epochs)):
             curve.append({"epochs": point.epochs, "val_loss": point.val_nll, "choice": point.choice,
                           "members": [tags[m] for m in point.members]})
     else:  # no fitness data: the curve is each snapshot alone, in order
+        shown = set(curve_stamps([r["epochs"] for r in snapshot_rows]))
         curve = [{"epochs": r["epochs"], "val_loss": r["val_loss"], "choice": "single", "members": [r["tag"]]}
-                 for r in snapshot_rows]
+                 for r in snapshot_rows if r["epochs"] in shown]
     return {
         "snapshots": snapshot_rows,
         "ensemble": {"members": _members(tags, weights), "source": source},

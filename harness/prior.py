@@ -962,6 +962,46 @@ def _prefix_fits(P: np.ndarray, offset: float, single_nll: np.ndarray, sizes: Se
         yield fit
 
 
+# The most points a run's loss curve reports (see curve_stamps): enough for a plot on a log axis and for
+# interpolating epochs-to-match, few enough that a run of hundreds of snapshots (slowrun PR #90's q0
+# takes 480) costs a few prior fits rather than hundreds.
+CURVE_POINTS = 32
+
+
+def curve_stamps(snapshot_epochs: Sequence[float], max_points: int | None = None) -> list[float]:
+    """The epoch stamps a loss curve reports: every distinct stamp when there are at most ``max_points``
+    (default CURVE_POINTS); else a walk along log(epochs) from the first stamp to the last (the whole
+    run), each step to the first stamp at least an even share of the remaining log range further, so the
+    points left are spread evenly over what is left. A stamp at 0 epochs is kept before the walk.
+
+    Why thin at all: every reported stamp is a certified prior fit, at least one read of its members, so
+    a curve over every stamp of a 480-snapshot run costs tens of fits. Why on a log scale: loss against
+    data is read on a log axis, where evenly spaced points show the early fast fall and the late slow one
+    alike. Points are real stamps, never interpolated between snapshots.
+    """
+    max_points = CURVE_POINTS if max_points is None else max_points
+    if max_points < 2:
+        raise SlowrunError(f"a loss curve needs at least 2 points, got max_points={max_points}")
+    stamps = sorted({float(e) for e in snapshot_epochs})
+    if len(stamps) <= max_points:
+        return stamps
+    chosen = [e for e in stamps[:1] if e <= 0]
+    positive = [e for e in stamps if e > 0]
+    logs = np.log(positive)
+    chosen.append(positive[0])
+    left = max_points - len(chosen)  # points still to place, the last stamp among them
+    i = 0
+    while left > 1:
+        step = (logs[-1] - logs[i]) / left
+        j = int(np.searchsorted(logs, logs[i] + step, side="left"))
+        if j >= len(positive) - 1:
+            break
+        chosen.append(positive[j])
+        i, left = j, left - 1
+    chosen.append(positive[-1])
+    return chosen
+
+
 def loss_curve(
     snapshot_epochs: Sequence[float],
     logp_fit,
@@ -970,6 +1010,7 @@ def loss_curve(
     k: int | None = None,
     tol: float = DEFAULT_TOL,
     max_iter: int = DEFAULT_MAX_ITER,
+    stamps: Sequence[float] | None = None,
 ) -> list[CurvePoint]:
     """Val loss against epochs: at each distinct epoch stamp e, the best predictor from snapshots stamped <= e.
 
@@ -983,8 +1024,9 @@ def loss_curve(
     snapshots, in the proportion an exact line search picks (zero when they do not help, decided from
     their gradients without a product), so a stamp costs a few Newton steps over the support instead of a
     fit, and at most the new snapshots' rows when they do not help. Every stamp is certified to ``tol``
-    over all its snapshots, so the curve equals the from-scratch one within it; every stamp is reported,
-    since epochs-to-match interpolates between neighbouring points.
+    over all its snapshots, so the curve equals the from-scratch one within it. ``stamps`` chooses the
+    epochs reported (each must be a snapshot's stamp; e.g. :func:`curve_stamps`); None reports every
+    distinct stamp.
     """
     epochs = [float(e) for e in snapshot_epochs]
     fit_members = _member_list(logp_fit)
@@ -1004,7 +1046,15 @@ def loss_curve(
     order = sorted(range(len(epochs)), key=lambda i: (epochs[i], i))
     sorted_members = [fit_members[i] for i in order]
     P, offset, single_nll = _scaled(_as_matrix(sorted_members, "logp_fit"))
-    stamps = sorted(set(epochs))
+    distinct = sorted(set(epochs))
+    if stamps is None:
+        stamps = distinct
+    else:
+        stamps = sorted({float(e) for e in stamps})
+        unknown = [e for e in stamps if e not in set(distinct)]
+        if unknown or not stamps:
+            raise SlowrunError(f"curve stamps must be snapshots' epoch stamps; {unknown or 'none'} given "
+                               f"(the snapshots have {distinct[:8]}{'...' if len(distinct) > 8 else ''})")
     sizes = [sum(1 for e in epochs if e <= stamp) for stamp in stamps]
     curve = []
     for stamp, m, prior in zip(stamps, sizes, _prefix_fits(P, offset, single_nll, sizes, sorted_members, tol, max_iter)):

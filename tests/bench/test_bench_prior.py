@@ -28,6 +28,10 @@ the run's middle joins the support (up to ~40 members), so each stamp takes ~4.7
 Hessians over the support dominate the time. Asserted: the weighted passes within 7x one fit's passes
 (a regression guard at the level reached) and the time within 10x one fit's.
 
+The record's curve: evaluation reports at most CURVE_POINTS (32) stamps of a run, spread evenly over
+log(epochs) (`harness.prior.curve_stamps`), since each point is a certified fit. That curve is measured
+too, as evaluate_run computes it; the aim of about one fit is set for it.
+
 Run: .venv/bin/pytest tests/bench/test_bench_prior.py -m bench -s
 """
 
@@ -40,7 +44,7 @@ import numpy as np
 import pytest
 
 import harness.prior as prior_module
-from harness.prior import fit_prior, loss_curve
+from harness.prior import CURVE_POINTS, curve_stamps, fit_prior, loss_curve
 from tests.bench.timing import best_time, report
 
 MEMBERS = 100
@@ -137,3 +141,15 @@ def test_loss_curve_against_one_fit(benchmark, caches, monkeypatch):
     report(benchmark, "curve weighted passes / one fit's weighted passes", weighted / cold_weighted)
     assert weighted <= 7.0 * cold.passes
     assert curve_s <= 10.0 * cold_s
+
+    fits.clear()
+    stamps = curve_stamps(epochs)
+    start = time.perf_counter()
+    record_curve = loss_curve(epochs, logp, val, tol=TOL, stamps=stamps)
+    record_s = time.perf_counter() - start
+    assert len(record_curve) == len(stamps) == CURVE_POINTS and all(f.converged for f in fits)
+    record_weighted = sum(fit.rows_read for fit in fits) / MEMBERS
+    print(f"  the record's curve over {len(stamps)} of the {MEMBERS} stamps: {record_s:.1f} s, "
+          f"{record_weighted:.1f} weighted passes")
+    report(benchmark, "record curve / one fit (time)", record_s / cold_s, target=1.5)
+    report(benchmark, "record curve weighted passes / one fit's passes", record_weighted / cold.passes, target=1.5)

@@ -223,3 +223,23 @@ def test_a_worker_started_ahead_is_closed_when_there_is_nothing_to_score(run_dir
     ahead = start_worker("cpu", method_dir=method_dir, builder_roots=())
     assert evaluate(run_dir, synthetic_data, method_dir, first_worker=ahead)["result"] is None
     assert ahead._sock is None and ahead._private is None
+
+
+def test_a_run_with_more_snapshots_than_curve_points_reports_a_thinned_curve(run_dir, method_dir, synthetic_data,
+                                                                           monkeypatch):
+    import harness.prior
+
+    monkeypatch.setattr(harness.prior, "CURVE_POINTS", 3)
+    for i in range(5):
+        add_snapshot(run_dir, f"s{i}", causal_model(i), train_tokens=100 * (i + 1))
+    result = evaluate(run_dir, synthetic_data, method_dir, "prior")
+    assert len(result["snapshots"]) == 5
+    # From 1 epoch, two points left over log(5): the first stamp >= e^(log 5 / 2) = 2.24 is 3; then 5.
+    assert [p["epochs"] for p in result["curve"]] == [1.0, 3.0, 5.0]
+    last = result["curve"][-1]  # the whole run: the full prior (the K sweep's last point), or the best single
+    if last["choice"] == "prior":
+        # (both certified to the prior tolerance, 1e-8 on fitness, by different paths)
+        assert last["val_loss"] == pytest.approx(result["k_sweep"][-1]["val_loss"], abs=1e-6)
+    else:
+        best = min(result["snapshots"], key=lambda r: r["fitness_loss"])
+        assert last["members"] == [best["tag"]] and last["val_loss"] == best["val_loss"]
