@@ -197,6 +197,7 @@ class RemoteModel:
         # a load and two forwards are in flight (see submit), so the worker builds the next snapshot's
         # model, or runs the next batch, while this process checks and normalises the last one.
         self._owed: deque = deque()
+        self._pinned: torch.Tensor | None = None  # page-locked landing buffer for a CUDA caller (see _landing)
 
     # ------------------------------------------------------------------ life cycle
     def start(self) -> "RemoteModel":
@@ -377,7 +378,7 @@ class RemoteModel:
         def allocate(reply: dict, nbytes: int):
             shape, dtype = self._check_reply(reply, batch, steps, nbytes)
             try:
-                holder["logits"] = torch.empty(shape, dtype=dtype)
+                holder["logits"] = self._landing(nbytes, device).view(dtype).view(shape)
             except (RuntimeError, MemoryError) as exc:
                 raise InvalidSnapshot(f"cannot hold logits of shape {shape} {dtype} in memory ({exc})") from None
             return holder["logits"].view(-1).view(torch.uint8).numpy()
@@ -386,12 +387,30 @@ class RemoteModel:
         self._receive(allocate=allocate, max_payload=max_payload)
         self._owed.popleft()
         logits = holder["logits"]
+        if device.type != "cpu":
+            # Copied to the caller's device before anything is read from it: the check and the log-softmax
+            # then run there (a GPU reads a batch of GPT-2 logits in milliseconds, one CPU core in ~1 s),
+            # and the landing buffer is free again once the copy returns.
+            logits = logits.to(device)
         if not all_finite(logits):
             self._stop()
             raise InvalidSnapshot("the model gave non-finite logits (NaN or infinity), so it cannot be scored")
         self.calls += 1
         self.logits_dtype = logits.dtype
-        return logits if device.type == "cpu" else logits.to(device)
+        return logits
+
+    def _landing(self, nbytes: int, device: torch.device) -> torch.Tensor:
+        """Where a reply's logits are received: ``nbytes`` bytes of host memory.
+
+        For a caller on CPU, fresh memory (the returned logits are this very buffer). For a CUDA caller,
+        one page-locked buffer kept for the worker's life and grown when a reply needs more: the copy to
+        the GPU runs ~2.5x faster from page-locked memory, and pinning is too slow to do for every batch."""
+        if device.type != "cuda":
+            return torch.empty(nbytes, dtype=torch.uint8)
+        if self._pinned is None or self._pinned.numel() < nbytes:
+            self._pinned = None
+            self._pinned = torch.empty(nbytes, dtype=torch.uint8, pin_memory=True)
+        return self._pinned[:nbytes]
 
     # ------------------------------------------------------------------ the wire
     def _check_reply(self, reply: dict, batch: int, steps: int, nbytes: int) -> tuple[list[int], torch.dtype]:
