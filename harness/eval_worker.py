@@ -155,6 +155,7 @@ class _Server:
         self.model = None
         self.device = None
         self.autocast = None  # torch dtype to autocast forwards to (bf16 evaluation), or None
+        self.staging = None  # page-locked host buffer the logits of a GPU model are copied into (kept)
 
     def load(self, header: dict, payload: memoryview) -> dict:
         torch = self.torch
@@ -202,9 +203,23 @@ class _Server:
         name = str(logits.dtype).removeprefix("torch.")
         if name not in LOGIT_DTYPES:
             raise TypeError(f"the model returned logits of dtype {name}; use one of {', '.join(LOGIT_DTYPES)}")
-        logits = logits.detach().to("cpu").contiguous()
-        raw = logits.reshape(-1).view(torch.uint8).numpy()
-        return {"ok": True, "shape": list(logits.shape), "dtype": name}, memoryview(raw)
+        shape = list(logits.shape)
+        return {"ok": True, "shape": shape, "dtype": name}, memoryview(self._host_bytes(logits.detach()))
+
+    def _host_bytes(self, logits):
+        """The logits' bytes in host memory, to send. From a GPU they are copied into one page-locked
+        buffer kept across batches (a GPT-2 batch is gigabytes, copied ~3x faster to page-locked memory);
+        it is reused only after the reply has been sent, since sending copies it out."""
+        torch = self.torch
+        flat = logits.contiguous().reshape(-1).view(torch.uint8)
+        if flat.device.type != "cuda":
+            return flat.to("cpu").numpy()
+        if self.staging is None or self.staging.numel() < flat.numel():
+            self.staging = None
+            self.staging = torch.empty(flat.numel(), dtype=torch.uint8, pin_memory=True)
+        host = self.staging[: flat.numel()]
+        host.copy_(flat)
+        return host.numpy()
 
     def serve(self) -> int:
         requests = self._read_ahead()
