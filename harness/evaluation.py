@@ -226,13 +226,16 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
     return fit.reshape(-1), val.reshape(-1)
 
 
-def load_ahead(worker: RemoteModel, snapshot: Snapshot) -> tuple[RemoteModel | None, tuple[bytes, str] | None]:
+def load_ahead(worker: RemoteModel, snapshot: Snapshot, cache: Path,
+               eval_dtype: str) -> tuple[RemoteModel | None, tuple[bytes, str] | None]:
     """Send ``snapshot``'s weights to the worker started ahead for it, without waiting: it builds the
-    model while the snapshot before is scored. Returns (the worker, the weights read) or, when that
-    failed, (None, None): the snapshot then gets a worker at its turn, which finds the reason again."""
+    model while the snapshot before is scored (unless its cache will be used). Returns (the worker, the
+    weights read, which its turn reuses) or, when that failed, (None, None): the snapshot then gets a
+    worker at its turn, which finds the reason again."""
     try:
         weights = read_weights(snapshot)
-        worker.load(weights, snapshot, wait=False)
+        if not cache_is_trusted(cache, snapshot.tag, weights[1], eval_dtype):
+            worker.load(weights, snapshot, wait=False)
     except InvalidSnapshot:
         worker.close()
         return None, None
@@ -271,7 +274,7 @@ def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_siz
                 if prefetch and following is not None:
                     ahead = options.remote(None, device, data.vocab_size, server).start()
                     if ahead.forked:  # (a fresh worker still imports torch: the weights would wait for it)
-                        ahead, ahead_weights = load_ahead(ahead, snapshots[following])
+                        ahead, ahead_weights = load_ahead(ahead, snapshots[following], cache, options.eval_dtype)
             try:
                 fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, progress=progress,
                                              options=options, worker=worker, stream=i, weights=weights)
@@ -323,8 +326,8 @@ def _score_lanes(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_s
                     print(f"evaluating snapshot {snap.tag} ({i + 1}/{len(snapshots)}) on {device}", flush=True)
                 if prefetch and following is not None:  # its worker starts while this snapshot is scored
                     ahead = options.remote(None, device, data.vocab_size, server).start()
-                    if ahead.forked and not _cached(snapshots[following], cache, options.eval_dtype):
-                        ahead, ahead_weights = load_ahead(ahead, snapshots[following])
+                    if ahead.forked:
+                        ahead, ahead_weights = load_ahead(ahead, snapshots[following], cache, options.eval_dtype)
                 worker = worker or options.remote(snap, device, data.vocab_size, server)
                 try:
                     fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, options=options,

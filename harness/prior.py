@@ -972,7 +972,8 @@ def curve_stamps(snapshot_epochs: Sequence[float], max_points: int | None = None
     """The epoch stamps a loss curve reports: every distinct stamp when there are at most ``max_points``
     (default CURVE_POINTS); else a walk along log(epochs) from the first stamp to the last (the whole
     run), each step to the first stamp at least an even share of the remaining log range further, so the
-    points left are spread evenly over what is left. A stamp at 0 epochs is kept before the walk.
+    points left are spread evenly over what is left. A stamp at 0 epochs is kept before the walk when
+    there are at least 3 points.
 
     Why thin at all: every reported stamp is a certified prior fit, at least one read of its members, so
     a curve over every stamp of a 480-snapshot run costs tens of fits. Why on a log scale: loss against
@@ -985,7 +986,7 @@ def curve_stamps(snapshot_epochs: Sequence[float], max_points: int | None = None
     stamps = sorted({float(e) for e in snapshot_epochs})
     if len(stamps) <= max_points:
         return stamps
-    chosen = [e for e in stamps[:1] if e <= 0]
+    chosen = [stamps[0]] if stamps[0] <= 0 and max_points >= 3 else []  # 0 epochs, when room is left
     positive = [e for e in stamps if e > 0]
     logs = np.log(positive)
     chosen.append(positive[0])
@@ -1051,7 +1052,7 @@ def loss_curve(
         stamps = distinct
     else:
         stamps = sorted({float(e) for e in stamps})
-        unknown = [e for e in stamps if e not in set(distinct)]
+        unknown = sorted(set(stamps) - set(distinct))
         if unknown or not stamps:
             raise SlowrunError(f"curve stamps must be snapshots' epoch stamps; {unknown or 'none'} given "
                                f"(the snapshots have {distinct[:8]}{'...' if len(distinct) > 8 else ''})")

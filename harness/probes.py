@@ -213,7 +213,7 @@ class ProbedModel:
     def submit(self, inputs: torch.Tensor) -> None:
         while self._due():
             batch, probe_inputs = self.probe.take_batch()
-            self.model.submit(torch.from_numpy(np.ascontiguousarray(probe_inputs, dtype=np.int64)))
+            self.model.submit(torch.from_numpy(np.ascontiguousarray(probe_inputs, dtype=np.int64)).to(self.device))
             self._owed.append(batch)
         self.calls += 1
         self.model.submit(inputs)

@@ -24,17 +24,12 @@ from __future__ import annotations
 import shutil
 import time
 
-import torch
-
-from harness.data.prepare import prepare_track
-from harness.evaluation import evaluate_run, open_eval_data, start_worker
+from harness.evaluation import evaluate_run, start_worker
 from harness.logprobs import token_logprobs
 from harness.probes import ProbeSettings
-from harness.snapshots import list_snapshots, load_snapshot_model, write_snapshot
+from harness.snapshots import list_snapshots, load_snapshot_model
 from harness.tracks import get_track
-from q0_reference.model import BUILDER, build_gpt
-from q0_reference.presets import get_preset
-from tests.bench.test_bench_eval_worker import interleaved
+from tests.bench.test_bench_eval_worker import interleaved, synthetic_run
 from tests.bench.timing import report
 
 SNAPSHOTS = 16
@@ -44,16 +39,8 @@ TARGET = 1.3
 
 
 def test_evaluating_a_16_snapshot_run_against_the_forward_floor(benchmark, tmp_path):
-    data_dir = tmp_path / "synthetic"
+    run, data_dir, data = synthetic_run(tmp_path, SNAPSHOTS)
     track = get_track("synthetic")
-    prepare_track(track, data_dir, progress=False)
-    config = get_preset("cpu_small").model_config(vocab_size=512, seq_len=track.seq_len).to_dict()
-    run = tmp_path / "run"
-    for i in range(SNAPSHOTS):
-        torch.manual_seed(i)
-        write_snapshot(run / "snapshots", f"s{i:02d}", build_gpt(config), {"builder": BUILDER, "config": config},
-                       float(i + 1), 100 * (i + 1), {})
-    data = open_eval_data(data_dir, track.seq_len)
     snapshots = list_snapshots(run / "snapshots")
     assert len(data.fit_windows) > 0
 

@@ -53,19 +53,25 @@ BATCH = 16
 TARGET = 1.2
 
 
-@pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval_worker_bench")
+def synthetic_run(root, snapshots: int):
+    """The synthetic track prepared under ``root`` and a run of ``snapshots`` random q0 reference GPTs in
+    the cpu_small shape, stamped 1, 2, ... epochs: (run folder, data folder, its evaluation data)."""
     data = root / "synthetic"
     track = get_track("synthetic")
     prepare_track(track, data, progress=False)
     config = get_preset("cpu_small").model_config(vocab_size=512, seq_len=track.seq_len).to_dict()
     run = root / "run"
-    for i in range(K):
+    for i in range(snapshots):
         torch.manual_seed(i)
-        write_snapshot(run / "snapshots", f"s{i}", build_gpt(config), {"builder": BUILDER, "config": config},
+        write_snapshot(run / "snapshots", f"s{i:02d}", build_gpt(config), {"builder": BUILDER, "config": config},
                        float(i + 1), 100 * (i + 1), {})
-    return run, data, open_eval_data(data, track.seq_len), list_snapshots(run / "snapshots")
+    return run, data, open_eval_data(data, track.seq_len)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    run, data_dir, data = synthetic_run(tmp_path_factory.mktemp("eval_worker_bench"), K)
+    return run, data_dir, data, list_snapshots(run / "snapshots")
 
 
 def in_process(snapshot, data) -> tuple[np.ndarray, np.ndarray]:

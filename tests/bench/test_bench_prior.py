@@ -45,9 +45,9 @@ import time
 import numpy as np
 import pytest
 
-import harness.prior as prior_module
 from harness.prior import CURVE_POINTS, curve_stamps, fit_prior, loss_curve
 from tests.bench.timing import best_time, report
+from tests.eval.test_prior_warm_start import record_fits
 
 MEMBERS = 100
 TOKENS = 1_000_000
@@ -113,15 +113,7 @@ def test_loss_curve_against_one_fit(benchmark, caches, monkeypatch):
     cold = fit_prior(logp, tol=TOL)
     cold_s = best_time(lambda: fit_prior(logp, tol=TOL), rounds=2)
 
-    fits = []
-    original = prior_module._prefix_fits
-
-    def recording(*args, **kwargs):
-        for fit in original(*args, **kwargs):
-            fits.append(fit)
-            yield fit
-
-    monkeypatch.setattr(prior_module, "_prefix_fits", recording)
+    fits = record_fits(monkeypatch)
     epochs = [float(i + 1) for i in range(MEMBERS)]
     curve = benchmark.pedantic(lambda: loss_curve(epochs, logp, val, tol=TOL), rounds=1, iterations=1)
     curve_s = benchmark.stats.stats.max

@@ -38,6 +38,11 @@ def test_a_480_snapshot_run_reports_at_most_the_limit_with_its_first_and_last_st
     assert late >= 0.8 * share * CURVE_POINTS
 
 
+def test_two_points_are_the_first_and_last_positive_stamps_even_with_a_zero_stamp():
+    assert curve_stamps([0, 1, 3, 10], max_points=2) == [1.0, 10.0]
+    assert curve_stamps([0, 1, 3, 10], max_points=3) == [0.0, 1.0, 10.0]
+
+
 def test_too_few_points_is_an_error():
     with pytest.raises(SlowrunError, match="at least 2 points"):
         curve_stamps([1.0, 2.0, 3.0], max_points=1)
