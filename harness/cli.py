@@ -113,7 +113,22 @@ def _cmd_run(args) -> int:
             allow_read=tuple(Path(p) for p in args.allow_read),
             gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None))
     print(run_dir)
-    return 0
+    if launch.nnodes > 1 and launch.node_rank > 0 and not args.resume:
+        return 0  # another node: node 0 writes the record, and its exit code is the run's
+    return _status_code(run_dir)
+
+
+def _status_code(run_dir: Path) -> int:
+    """The run's status as the exit code (harness.records.EXIT_CODES), told on stderr when it is not ok."""
+    from harness.records import exit_code, load_record
+
+    record = load_record(Path(run_dir) / "record.json")
+    code = exit_code(record["status"])
+    if code:
+        error = record.get("error") or {}
+        print(f"run ended with status {record['status']}: {error.get('type', '')}: {error.get('message', '')}"
+              f" (exit code {code})", file=sys.stderr)
+    return code
 
 
 def _cmd_eval(args) -> int:
@@ -124,7 +139,7 @@ def _cmd_eval(args) -> int:
                             downstream_limit=_downstream_limits(args), downstream_files=_downstream_files(args),
                             gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None,
                             eval_dtype=args.eval_dtype, eval_workers=args.eval_workers))
-    return 0
+    return _status_code(Path(args.run_dir))
 
 
 def _cmd_calibrate(args) -> int:

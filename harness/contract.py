@@ -25,13 +25,12 @@ import numpy as np
 from harness.distributed import RankGroup, RankInfo, make_rank_groups
 from harness.errors import SlowrunError
 from harness.meter import BudgetExhausted, TimeExhausted
+from harness.server.limits import LOSS_KEYS, ProtocolViolation, check_metrics
 from harness.server.wire import Channel
 from harness.snapshots import build_spec_of
 from harness.tracks import Track
 
 __all__ = ["RunContext", "BudgetExhausted", "TimeExhausted", "Diverged", "ContractError"]
-
-LOSS_KEYS = ("loss", "train_loss")
 
 
 class Diverged(SlowrunError):
@@ -43,7 +42,7 @@ class ContractError(SlowrunError):
 
 
 _ERRORS = {"BudgetExhausted": BudgetExhausted, "TimeExhausted": TimeExhausted, "Diverged": Diverged,
-           "ContractError": ContractError}
+           "ContractError": ContractError, "ProtocolViolation": ContractError}
 
 
 class RemoteStream:
@@ -271,6 +270,19 @@ class RunContext:
     def ensemble(self):
         return self._ensemble
 
+    # ---- exchanging results between ranks -------------------------------------------------------------
+    def gather(self, key: str, value: Any) -> list:
+        """Every rank's `value` (JSON: numbers, strings, lists, mappings), in rank order, on every rank.
+
+        The exchange goes through the harness, not a collective: it waits as long as the slowest rank
+        group trains (no timeout to abort a group that finished early) and fails at once with a
+        ContractError if a rank ends without taking part. Each key is used once per rank; in a one-process
+        run it returns [value]."""
+        if self.world_size == 1:
+            return [value]
+        reply, _ = self._call({"op": "gather", "key": key, "value": _finite(value)})
+        return list(reply["values"])
+
     # ---- logging --------------------------------------------------------------------------------
     def log(self, metrics: Mapping[str, Any] | None = None, **more: Any) -> None:
         """Append metrics to the run's metrics.jsonl (the server stamps them with its tokens and epochs).
@@ -284,9 +296,14 @@ class RunContext:
                 self._call({"op": "log", "entry": {key: str(value)}})  # the server records the divergence
                 raise Diverged(f"training {key} is {value} after {self.epochs:.4f} epochs; lower the learning rate "
                                "or add warm-up / gradient clipping")
+        line = _finite(entry, lenient=True)
+        try:  # the server's own rules, checked here first so that a bad line is an error at the call site
+            check_metrics(line)
+        except ProtocolViolation as exc:
+            raise ContractError(f"ctx.log: {exc}") from None
         # A finite line needs no answer: the server handles it in order before this process's next request,
         # so the method does not wait a round trip per line (a non-finite loss above still waits, and raises).
-        self._channel.send({"op": "log", "entry": _finite(entry, lenient=True), "reply": False})
+        self._channel.send({"op": "log", "entry": line, "reply": False})
 
     # ---- checkpoint / resume --------------------------------------------------------------------
     def checkpoint(self, state: Mapping[str, Any]) -> None:

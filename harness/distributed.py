@@ -1,10 +1,13 @@
-"""Multi-process and multi-node runs: the torchrun launch, rank information and the global budget.
+"""Multi-process and multi-node runs: the torchrun launch, rank information and rank groups.
 
 A distributed run is the same run folder trained by several processes that `torch.distributed.run`
-(torchrun) starts. The budget is one number for all of them: every rank charges its windows to one
-counter kept in the process group's key-value store (an atomic add on rank 0's TCP store), so a window
-is refused the moment the total over all ranks would pass the budget, whichever rank asks. Per-stream
-counts stay with the rank that served them and are summed when the ranks finish.
+(torchrun) starts. The budget and the clock are not here: they are the job's ledger in the data server
+(`harness.server.ledger`), which every rank asks for every batch. Nothing in the harness runs a job-wide
+collective: a rank ends by telling the data server, so rank groups finish independently and no group
+waits on another in a collective whose timeout would abort it.
+
+On one node torchrun runs standalone (a rendezvous on a free port), so two runs on one machine never
+collide on a port; a multi-node job's nodes meet at `--master-addr:--master-port`.
 
 Rank groups are how a method places work: `RankGroups` splits the world into contiguous groups (q0 puts
 one trajectory per group), each with its own process group for DDP inside it; the group's first rank
@@ -13,13 +16,14 @@ is its leader and the one that writes the group's snapshots, so every snapshot i
 
 from __future__ import annotations
 
+import datetime
 import os
 import sys
 from dataclasses import dataclass
 
 from harness.errors import SlowrunError
 
-BUDGET_KEY = "slowrun/meter/targets"
+COLLECTIVE_TIMEOUT_ENV = "SLOWRUN_COLLECTIVE_TIMEOUT_S"  # the process groups' timeout (tests shorten it)
 
 
 class DistributedError(SlowrunError):
@@ -58,10 +62,15 @@ class LaunchSpec:
         return self.world_size > 1
 
     def torchrun_command(self, module: str, args: list[str]) -> list[str]:
-        """`python -m torch.distributed.run ... -m MODULE ARGS`: torchrun with a static rendezvous."""
+        """`python -m torch.distributed.run ... -m MODULE ARGS`: standalone on one node (torchrun picks a
+        free port), a static rendezvous at the master's address and port across nodes."""
+        if self.nnodes == 1:
+            placement = ["--standalone", "--nnodes=1"]
+        else:
+            placement = [f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}",
+                         f"--master-addr={self.master_addr}", f"--master-port={self.master_port}"]
         return [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={self.nproc_per_node}",
-                f"--nnodes={self.nnodes}", f"--node-rank={self.node_rank}", f"--master-addr={self.master_addr}",
-                f"--master-port={self.master_port}", "-m", module, *args]
+                *placement, "-m", module, *args]
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -96,53 +105,10 @@ def init_process_group(info: RankInfo, device: str) -> str:
         torch.cuda.set_device(info.local_rank)
         device = f"cuda:{info.local_rank}"
     if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
+        timeout = os.environ.get(COLLECTIVE_TIMEOUT_ENV)
+        kwargs = {"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", **kwargs)
     return device
-
-
-class StoreBudget:
-    """The job-wide count of target tokens served, in the default process group's key-value store.
-
-    `add` is atomic across ranks; a refused request is taken back at once, so the counter only ever
-    exceeds the budget for the instant between a rank's add and its correction.
-    """
-
-    def __init__(self, initial_local: int = 0):
-        import torch.distributed as dist
-        from torch.distributed import distributed_c10d
-
-        self._store = distributed_c10d._get_default_store()
-        if initial_local:  # a resumed rank brings back what it had served
-            self._store.add(BUDGET_KEY, int(initial_local))
-        dist.barrier()
-
-    def add(self, tokens: int) -> int:
-        return int(self._store.add(BUDGET_KEY, int(tokens)))
-
-    def total(self) -> int:
-        return self.add(0)
-
-    def charge_group_step(self, stream_key: str, step: int, targets: int, allowed: int) -> bool:
-        """One decision for all shards of a stream at one step: the first shard to arrive charges the
-        whole step (`targets`, every shard's windows) or is refused, and every shard gets that answer.
-
-        Shards of a stream step together (DDP), so either all of them train step `step` or none does; a
-        refusal on one shard only would leave the others waiting in an all-reduce for ever.
-        """
-        base = f"slowrun/meter/step/{stream_key}/"
-        arrivals, decision = f"{base}{step}/n", f"{base}{step}/ok"
-        if self._store.add(arrivals, 1) == 1:
-            after = self.add(targets)
-            granted = after <= allowed
-            if not granted:
-                self.add(-targets)
-            self._store.set(decision, b"1" if granted else b"0")
-            if step >= 2:  # every shard has left step - 2 behind: it took part in step - 1's all-reduce
-                for old in (f"{base}{step - 2}/n", f"{base}{step - 2}/ok"):
-                    self._store.delete_key(old)
-        else:
-            self._store.wait([decision])
-        return self._store.get(decision) == b"1"
 
 
 @dataclass(frozen=True)
@@ -191,22 +157,3 @@ def make_rank_groups(info: RankInfo, n_groups: int) -> RankGroup:
             mine = RankGroup(index, ranks, ranks.index(info.rank), handle)
     assert mine is not None
     return mine
-
-
-def gather_objects(obj) -> list:
-    """Every rank's `obj`, in rank order, on every rank (a plain process gets [obj])."""
-    import torch.distributed as dist
-
-    if not (dist.is_available() and dist.is_initialized()):
-        return [obj]
-    out = [None] * dist.get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def shutdown() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()

@@ -27,6 +27,15 @@ from harness.errors import RecordError
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "budget-exceeded", "over-time", "diverged", "invalid", "timeout")
+# `slowrun run` and `slowrun eval` exit with the run's status, so a script or a scheduler can tell a run
+# that ended in a record of a failure from one that succeeded (2 is bad input: no run was made; 130 an
+# interruption, which still wrote a record).
+EXIT_CODES = {"ok": 0, "budget-exceeded": 3, "over-time": 4, "invalid": 5, "diverged": 6, "failed": 7, "timeout": 8}
+
+
+def exit_code(status: str) -> int:
+    """The exit code of a command whose run ended with `status` (docs/records.md lists them)."""
+    return EXIT_CODES.get(status, EXIT_CODES["failed"])
 ENSEMBLE_SOURCES = ("method", "prior", "last")
 RECORD_FILENAME = "record.json"
 

@@ -33,7 +33,7 @@ from harness.method_spec import MethodError, MethodSpec, check_method, method_ha
 from harness.provenance import environment
 from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic
 from harness.tracks import Track, get_track
-from harness.server.dataserver import RunLayout, TrainOutcome
+from harness.server.dataserver import STOP_FILE, RunLayout, TrainOutcome
 
 if TYPE_CHECKING:  # the downstream package is imported only when scoring starts
     from harness.downstream.limits import DocumentLimits
@@ -276,6 +276,7 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
     launch = _launch_of(spec)
     server = DataServer(server_spec(run_dir, spec, resume, progress))
+    (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session is not this one's
     if launch.nnodes > 1:  # the other nodes' ranks reach the server over TCP, at master_port + 1 of node 0
         address = server.start(tcp_port=launch.master_port + 1)
         _write_json(run_dir / SERVER_FILE, {"address": f"tcp:{launch.master_addr}:{launch.master_port + 1}",
@@ -298,8 +299,7 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
             import harness.evaluation  # noqa: F401
             if on_started is not None:
                 on_started()
-            if spec.get("time_limit_s"):
-                stopped_at_cap = _wait_watching_cap(supervisor, server)
+            stopped_at_cap = _wait_watching_server(supervisor, server)
             result = supervisor.wait()
             if launch.nnodes > 1:
                 _wait_for_other_nodes(server)
@@ -322,15 +322,19 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     return outcome, interrupted
 
 
-def _wait_watching_cap(supervisor, server, poll_s: float = 0.2) -> bool:
-    """Wait for the method's processes, stopping them once they train past the cap and its grace (a
-    method that ignores TimeExhausted and trains on data it kept). True when they were stopped."""
+def _wait_watching_server(supervisor, server, poll_s: float = 0.1) -> bool:
+    """Wait for the method's processes, stopping them at once when the data server says the job must end:
+    a rank failed or broke the protocol (its peers may be waiting for it in a collective, for ever), or
+    they train past the cap and its grace (a method that ignores TimeExhausted and trains on data it
+    kept). True when they were stopped at the cap."""
     while supervisor.running():
+        if server.stop_requested.wait(poll_s):
+            supervisor.terminate()
+            return False
         if server.past_deadline():
             server.clock.note_over_cap()
             supervisor.terminate()
             return True
-        time.sleep(poll_s)
     return False
 
 
@@ -374,9 +378,17 @@ def join_run(req: RunRequest) -> Path:
     supervisor = Supervisor(command, env=_worker_env(server["address"], server["token"], layout.scratch, req.launch),
                             timeout_s=spec.get("timeout_s"),
                             status_file=run_dir / f"supervisor-node{req.launch.node_rank}.json", cwd=layout.scratch)
+    stop_file = run_dir / STOP_FILE
     with _Signals():
         supervisor.start()
         try:
+            while supervisor.running():  # node 0 stops the job (a rank failed): this node's ranks stop too
+                if stop_file.exists():
+                    print(f"node {req.launch.node_rank}: node 0 stopped the job ({stop_file}); stopping this "
+                          "node's ranks", file=sys.stderr)
+                    supervisor.terminate()
+                    break
+                time.sleep(0.2)
             result = supervisor.wait()
         except _Signals.Received:
             result = supervisor.terminate()
@@ -641,6 +653,7 @@ def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_
                     "wall_s": wall_total},
         "resumed": bool(train.get("resumed", False)),  # continued from a checkpoint after an interruption
         "sandbox": train.get("sandbox") or {"kind": "none", "reason": "not recorded"},
+        "incidents": list(train.get("incidents") or []),  # what the data server refused or stopped
         "invalid_snapshots": invalid,
         "evaluation": evaluation.get("evaluation"),
         "compute": _compute_section(spec, train, train_s),

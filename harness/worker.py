@@ -26,8 +26,9 @@ TOKEN_ENV = "SLOWRUN_TOKEN"
 
 
 def _error(exc: BaseException) -> dict:
-    return {"type": type(exc).__name__, "message": str(exc),
-            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))}
+    """The method's error as the server takes it: bounded strings (the end request has a size limit)."""
+    return {"type": type(exc).__name__[:200], "message": str(exc)[:4000],
+            "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))[-32000:]}
 
 
 def connect(address: str) -> socket.socket:
@@ -46,7 +47,7 @@ def connect(address: str) -> socket.socket:
 
 def run_worker() -> int:
     from harness.distributed import rank_from_env
-    from harness.server.wire import Channel
+    from harness.server.wire import Channel, ChannelClosed
 
     address, token = os.environ.pop(SERVER_ENV, None), os.environ.pop(TOKEN_ENV, None)
     if not address or not token:
@@ -76,7 +77,7 @@ def run_worker() -> int:
     import torch
 
     from harness.contract import ContractError, Diverged, RunContext
-    from harness.distributed import init_process_group, shutdown
+    from harness.distributed import init_process_group
     from harness.meter import BudgetExhausted, TimeExhausted
     from harness.method_spec import import_entry
     from harness.threads import apply_thread_setting
@@ -113,13 +114,11 @@ def run_worker() -> int:
     try:
         channel.send({"op": "end", "status": status, "error": error})
         channel.recv()
-    except OSError:
+    except (OSError, ChannelClosed):
         pass
-    if info.is_distributed:
-        try:
-            shutdown()
-        except Exception:  # a peer that died already: the server has the statuses
-            pass
+    # No job-wide barrier and no destroy_process_group here: a rank ends through the data server alone, so
+    # rank groups finish independently (one that ends hours before another would otherwise be aborted by
+    # the collective's timeout), and the process leaves at once (harness.fast_exit).
     return 0
 
 

@@ -6,16 +6,16 @@ resumed run. Before the first batch the method has seen no data, so whatever it 
 model, compiling it on `ctx.warmup_batches`) is not training and is not timed; that stretch is recorded
 as warm-up.
 
-At the cap the data path closes: a batch request is refused with TimeExhausted. Ranks of a DDP group step
-together, so a sharded stream's step is admitted or refused once for all its shards (the first shard to
-ask decides, as the budget does), and no rank waits in an all-reduce its peers will never join.
+At the cap the data path closes: a batch request is refused with TimeExhausted. The clock answers "is it
+still open?"; the job's ledger (`harness.server.ledger`) asks it once per group step and gives every shard
+of the step that one answer, so no rank waits in an all-reduce its peers will never join.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from typing import Callable, Hashable
+from typing import Callable
 
 
 class TrainClock:
@@ -29,7 +29,6 @@ class TrainClock:
         self._connected: float | None = None
         self._first: float | None = None
         self._end: float | None = None
-        self._steps: dict[Hashable, bool] = {}
         self.over_cap_s: float | None = None  # how far past the cap training went, when it did
 
     # ---- events -------------------------------------------------------------------------------------
@@ -39,20 +38,20 @@ class TrainClock:
             if self._connected is None:
                 self._connected = self._now()
 
-    def admit(self, step: tuple[Hashable, int] | None = None) -> bool:
-        """Whether a batch may still be served; the first admitted batch starts the clock.
-
-        `step=(stream, k)` names step k of a sharded stream: every shard of it gets the first shard's answer."""
+    def admit(self) -> bool:
+        """Whether a batch may still be served; the first admitted batch starts the clock."""
         with self._lock:
-            if step is not None and step in self._steps:
-                return self._steps[step]
             open_ = self.limit_s is None or self._seconds() < self.limit_s
             if open_ and self._first is None:
                 self._first = self._now()
-            if step is not None:
-                self._steps[step] = open_
-                self._steps.pop((step[0], step[1] - 2), None)  # every shard has left step k - 2 behind
             return open_
+
+    def start(self) -> None:
+        """Data other than a batch reached the method (fitness windows): training time starts now if it
+        has not yet."""
+        with self._lock:
+            if self._first is None and self._end is None:
+                self._first = self._now()
 
     def stop(self) -> None:
         """Training ended (every rank said so, or its processes are gone); later calls change nothing."""

@@ -34,19 +34,21 @@ import numpy as np
 
 from harness.data.store import TokenStore
 from harness.errors import SlowrunError
-from harness.meter import BudgetExhausted, Meter, MeterState, TimeExhausted, TrainStream
-from harness.server.budget import LocalBudget
+from harness.meter import BudgetExhausted, StreamReader, TimeExhausted
 from harness.server.clock import TrainClock
-from harness.server.wire import Channel, ChannelClosed
+from harness.server.ledger import Ledger, StreamRefused
+from harness.server.limits import DEFAULT_LIMITS, ProtocolLimits, ProtocolViolation, check_metrics
+from harness.server.wire import Channel, ChannelClosed, FrameRefused
 from harness.snapshots import SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
 from harness.tracks import Track
 
-LOSS_KEYS = ("loss", "train_loss")
 BUILDER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 OUTBOX_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 MAX_SAFETENSORS_HEADER = 100 << 20
 SESSIONS = "sessions.json"  # training seconds of every session of this run, in order
 SEVERITY = ("ok", "budget-exceeded", "over-time", "invalid", "diverged", "failed", "timeout")
+STOPS_THE_JOB = frozenset({"invalid", "diverged", "failed"})  # a rank ending so leaves its peers waiting
+STOP_FILE = "stop.json"  # node 0 says here that the job is being stopped; the other nodes' runners watch it
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,7 @@ class ServerSpec:
     max_snapshot_bytes: int = 256 << 30
     time_limit_s: float | None = None  # the compute class's cap on training seconds (None: no cap)
     snapshot_grace_s: float = 0.0  # after the cap: time to write the final snapshot of the model at the cap
+    limits: ProtocolLimits = DEFAULT_LIMITS
 
 
 @dataclass
@@ -114,6 +117,8 @@ class RankState:
     error: dict | None = None
     sandbox: dict | None = None
     metrics_lines: int = 0
+    metrics_bytes: int = 0
+    hellos: int = 0
 
 
 @dataclass
@@ -136,6 +141,7 @@ class TrainOutcome:
     world_size: int = 1
     sandbox: dict | None = None
     supervisor: dict | None = None
+    incidents: list | None = None  # what the server refused or stopped, in order (refused hellos, ...)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -196,20 +202,28 @@ class DataServer:
         self.token = secrets.token_hex(24)
         self._lock = threading.RLock()
         self._ranks: dict[int, RankState] = {}
-        self._meters: dict[int, Meter] = {}
-        self._streams: dict[tuple, TrainStream] = {}
+        self._readers: dict[str, StreamReader] = {}
         self._restored: dict[int, dict] = {}
         self.ensemble: Any = None
         self._diverged: dict | None = None
+        self._violation: dict | None = None
+        self._stop: dict | None = None  # why the job must be stopped now: {"rank", "status", "error"}
+        self._incidents: list[dict] = []
+        self._gathers: dict[str, dict[int, Any]] = {}
+        self._gathered = threading.Condition(self._lock)
+        self.stop_requested = threading.Event()
         self._previous_train_s = 0.0
         if spec.resume:
             self._restore()
         else:
             self._clear_outbox()
         self.clock = TrainClock(spec.time_limit_s, spec.snapshot_grace_s, self._previous_train_s)
-        initial = sum(sum(r["meter"]["targets"].values()) for r in self._restored.values())
-        self.budget = LocalBudget(initial)
         self._allowed = int(np.floor(spec.budget * self.epoch_tokens + 1e-6))
+        self.ledger = Ledger(self._allowed, self.epoch_tokens, spec.track.seq_len, spec.world_size, spec.budget,
+                             self.clock, spec.time_limit_s)
+        for rank, index in self._restored.items():
+            self.ledger.restore(rank, _ledger_state(index))
+        initial = self.ledger.served_targets()
         self._progress = _Progress(self._allowed, initial, self.epoch_tokens, f"train {spec.track.name}",
                                    spec.progress)
         self._listener: socket.socket | None = None
@@ -287,51 +301,116 @@ class DataServer:
     def _serve(self, sock: socket.socket) -> None:
         channel = Channel(sock)
         self._channels.append(channel)
+        limits = self.spec.limits
         rank = None
+        ended = False
         try:
-            header, _ = channel.recv()
+            header, _ = channel.recv(limits.small_header, limits.max_payload)
             rank = self._hello(channel, header)
             if rank is None:
                 return
             while True:
-                header, payload = channel.recv()
+                header, payload = channel.recv(limits.max_header, limits.max_payload)
                 op = header.get("op")
+                if channel.last_header_size > limits.header_limit(op):
+                    raise FrameRefused(f"a {channel.last_header_size:,}-byte {op!r} request (the limit for it is "
+                                       f"{limits.header_limit(op):,} bytes)")
                 handler = self._HANDLERS.get(op)
                 if handler is None:
                     channel.send({"ok": False, "error": _error("ContractError", f"unknown request {op!r}")})
                     continue
+                quiet = op in self._NO_REPLY and header.get("reply") is False
                 try:
                     reply = handler(self, rank, header, payload)
                 except BudgetExhausted as exc:  # TimeExhausted too
                     channel.send({"ok": False, "error": _error(type(exc).__name__, str(exc))})
                     continue
+                except ProtocolViolation:
+                    raise
                 except (RequestError, SlowrunError) as exc:
-                    if not (op in self._NO_REPLY and header.get("reply") is False):
+                    if not quiet:
                         channel.send({"ok": False, "error": _error(_kind(exc), str(exc))})
                     continue
-                if op in self._NO_REPLY and header.get("reply") is False:
+                if quiet:
                     continue  # handled in order like any request; the sender is not waiting for an answer
                 if isinstance(reply, tuple):
                     channel.send(*reply)
                 else:
                     channel.send(reply)
                 if op == "end":
+                    ended = True
                     return
-        except (ChannelClosed, OSError, ValueError):
+        except (FrameRefused, ProtocolViolation) as exc:
+            if rank is not None:
+                self._violate(rank, str(exc))
+                try:
+                    channel.send({"ok": False, "error": _error("ProtocolViolation", str(exc))})
+                except OSError:
+                    pass
+        except (ChannelClosed, OSError):
             return
         except Exception:  # a bug here must not take the runner down; the rank ends as failed
             if rank is not None:
-                with self._lock:
-                    state = self._ranks[rank]
-                    if not state.ended:
-                        state.ended, state.status = True, "failed"
-                        state.error = _error("HarnessError", "the data server failed serving this rank",
-                                             traceback.format_exc())
+                self._rank_ended(rank, "failed", _error("HarnessError", "the data server failed serving this rank",
+                                                        traceback.format_exc()))
         finally:
             if rank is not None:
                 with self._lock:
                     self._ranks[rank].connected = False
+                    state = self._ranks[rank]
+                    if not ended and not state.ended and not self._closing:
+                        # its process died or closed the channel without ending: its peers would wait for it
+                        self._request_stop(rank, "failed", _error(
+                            "WorkerDied", "the method's process lost its connection to the data server before "
+                            "reporting (killed, out of memory, a crash in native code, or it closed the channel)"))
+                    self._gathered.notify_all()
             channel.close()
+
+    def _violate(self, rank: int, message: str) -> None:
+        """A request broke the protocol's bounds: the run is invalid, and the job is stopped."""
+        error = _error("ProtocolViolation", f"{message}; the run is stopped (see docs/threat-model.md, "
+                                            "'Protocol bounds')")
+        with self._lock:
+            if self._violation is None:
+                self._violation = {**error, "message": f"rank {rank}: {error['message']}"}
+            self._incident("violation", rank, message)
+            self._rank_ended(rank, "invalid", error)
+
+    def _rank_ended(self, rank: int, status: str, error: dict | None) -> None:
+        """A rank's end, as the server knows it; a rank that failed stops the whole job at once (its peers
+        may be waiting for it in a collective, and nothing they do after can change the outcome)."""
+        with self._lock:
+            state = self._ranks[rank]
+            if not state.ended:
+                state.ended, state.status, state.error = True, status, error
+            if status in STOPS_THE_JOB:
+                self._request_stop(rank, status, error)
+            if len(self._ranks) == self.spec.world_size and all(r.ended for r in self._ranks.values()):
+                self.clock.stop()  # training ends with the last rank; tearing down is not training
+            self._gathered.notify_all()
+
+    def _request_stop(self, rank: int, status: str, error: dict | None) -> None:
+        with self._lock:
+            if self._stop is None:
+                self._stop = {"rank": rank, "status": status, "error": error}
+                self._incident("stopped", rank, f"rank {rank} ended with status {status}: the job is stopped")
+                if self.spec.world_size > 1:
+                    try:  # the other nodes' runners stop their ranks when they see it (a shared run folder)
+                        _write_json_atomic(self.layout.root / STOP_FILE, self._stop)
+                    except OSError as exc:
+                        print(f"slowrun: could not write {STOP_FILE}: {exc}", file=sys.stderr)
+            self.stop_requested.set()
+
+    def _incident(self, kind: str, rank, message: str) -> None:
+        with self._lock:
+            if len(self._incidents) < 100:
+                self._incidents.append({"kind": kind, "rank": rank, "message": message[:500]})
+        print(f"slowrun: data server: {kind} (rank {rank}): {message[:500]}", file=sys.stderr)
+
+    def stop_reason(self) -> dict | None:
+        """Why the job must be stopped now (a rank failed, or broke the protocol), or None."""
+        with self._lock:
+            return dict(self._stop) if self._stop else None
 
     def _hello(self, channel: Channel, header: dict) -> int | None:
         if header.get("op") != "hello" or not secrets.compare_digest(str(header.get("token", "")), self.token):
@@ -339,18 +418,25 @@ class DataServer:
             return None
         rank = header.get("rank")
         with self._lock:
-            if not isinstance(rank, int) or not 0 <= rank < self.spec.world_size or (
-                    rank in self._ranks and (self._ranks[rank].connected or self._ranks[rank].ended)):
+            if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < self.spec.world_size:
                 channel.send({"ok": False, "error": _error("ContractError", f"rank {rank!r} is not expected")})
                 return None
-            state = self._ranks.setdefault(rank, RankState())
+            if rank in self._ranks:
+                # A rank says hello once per session: its counts are the job's ledger's, and a second
+                # connection must not look like a fresh rank (nor take over a live one's channel).
+                self._ranks[rank].hellos += 1
+                self._incident("hello-refused", rank, f"a second hello for rank {rank} (pid "
+                               f"{str(header.get('pid'))[:20]}) was refused: each rank connects once per session")
+                channel.send({"ok": False, "error": _error("ContractError", f"rank {rank} has already connected "
+                                                           "in this session; a rank connects once")})
+                return None
+            state = self._ranks[rank] = RankState(hellos=1)
             state.connected = True
             self.clock.connected()
             restored = self._restored.get(rank)
-            self._meters[rank] = Meter(self.epoch_tokens, self.spec.track.seq_len, self.spec.budget,
-                                       MeterState.from_dict(restored["meter"]) if restored else MeterState(),
-                                       on_serve=self._progress.advance, shared=self.budget)
             state.metrics_lines = restored["metrics_lines"] if restored else 0
+            metrics = self.layout.metrics(rank)
+            state.metrics_bytes = metrics.stat().st_size if metrics.exists() else 0
             resume_file = None
             if restored and restored.get("state_file"):
                 source = self.layout.checkpoints / restored["state_file"]
@@ -385,38 +471,31 @@ class DataServer:
         return {"ok": True}
 
     def _op_batch(self, rank: int, header: dict, payload):
-        stream_id, batch_size, shard = header.get("stream"), header.get("batch_size"), header.get("shard")
-        if not isinstance(stream_id, str) or not stream_id:
-            raise RequestError("stream_id must be a non-empty string")
-        if shard is not None:
-            if not (isinstance(shard, list) and len(shard) == 2):
-                raise RequestError(f"shard must be (index, count), got {shard!r}")
-            shard = (shard[0], shard[1])
-        key = (rank, stream_id, shard)
-        stream = self._streams.get(key)
-        if stream is None or stream.batch_size != batch_size:
-            stream = TrainStream(self._train, self._meters[rank], stream_id, self.spec.seed, batch_size, shard)
-            self._streams[key] = stream
-        step = (stream_id, stream.windows_served // stream.batch_size) if stream.shard[1] > 1 else None
-        if not self.clock.admit(step):
-            raise TimeExhausted(f"the training-time cap of {self.spec.time_limit_s:g} s is reached "
-                                f"({self.clock.seconds():.1f} s trained, {self.budget.total() / self.epoch_tokens:.4f} "
-                                "epochs served); save the final snapshot now")
-        array = stream.next_array()
+        stream_id = header.get("stream")
+        if not isinstance(stream_id, str) or not stream_id or len(stream_id) > 200:
+            raise RequestError("stream_id must be a non-empty string of at most 200 characters")
+        grant = self.ledger.draw(rank, stream_id, header.get("batch_size"), header.get("shard"))
+        with self._lock:
+            reader = self._readers.get(stream_id)
+            if reader is None:
+                reader = self._readers[stream_id] = StreamReader(self._train, self.spec.track.seq_len,
+                                                                 self.spec.seed, stream_id)
+        array = reader.batch(grant.first_window, grant.windows)
+        self._progress.advance(grant.windows * self.spec.track.seq_len)
         return ({"ok": True, "dtype": array.dtype.str, "shape": list(array.shape),
-                 "windows_served": stream.windows_served, "epoch": stream.epoch,
-                 "total_targets": self.budget.total()}, array)
+                 "windows_served": grant.windows_served, "epoch": grant.stream_targets / self.epoch_tokens,
+                 "total_targets": grant.total_targets}, array)
 
     def _op_fitness(self, rank: int, header: dict, payload):
         seq_len = self.spec.track.seq_len
         if self._fitness is None or self._fitness.num_windows(seq_len) == 0:
             raise RequestError(f"track {self.spec.track.name!r} carves no fitness documents (fitness_tokens = 0)")
         windows = np.ascontiguousarray(self._fitness.windows(seq_len))
-        self._meters[rank].charge_fitness(windows.shape[0] * seq_len)
+        self.ledger.note_fitness(rank, windows.shape[0] * seq_len)
         return {"ok": True, "dtype": windows.dtype.str, "shape": list(windows.shape)}, windows
 
     def _op_status(self, rank: int, header: dict, payload) -> dict:
-        return {"ok": True, "total_targets": self.budget.total(), "allowed_targets": self._allowed,
+        return {"ok": True, "total_targets": self.ledger.served_targets(), "allowed_targets": self._allowed,
                 "train_s": self.clock.seconds(), "time_limit_s": self.spec.time_limit_s}
 
     def _op_tags(self, rank: int, header: dict, payload) -> dict:
@@ -464,7 +543,7 @@ class DataServer:
                 weights = tmp / WEIGHTS
                 os.replace(path, weights)  # out of the method's reach from here on
                 check_safetensors(weights, info.st_size)
-                targets = self.budget.total()
+                targets = self.ledger.served_targets()
                 record = {"tag": tag, "epochs": targets / self.epoch_tokens, "train_tokens": targets,
                           "builder": spec["builder"], "config": spec["config"], "meta": meta,
                           "weights_sha256": sha256_file(weights), "weights_bytes": info.st_size,
@@ -501,28 +580,34 @@ class DataServer:
         normalise_weights(weights)
 
     def _op_log(self, rank: int, header: dict, payload) -> dict:
+        """One metrics line: validated against the protocol's bounds (a violation ends the run), stamped
+        with the server's own counts. A loss the method reports as non-finite ends the run as diverged."""
         entry = header.get("entry")
-        if not isinstance(entry, dict):
-            raise RequestError("log takes a mapping of metrics")
-        for key in LOSS_KEYS:
-            value = entry.get(key)
-            if isinstance(value, (int, float)) and not math.isfinite(value) or value in ("nan", "inf", "-inf"):
-                with self._lock:
-                    if self._diverged is None:
-                        self._diverged = _error("Diverged", f"training {key} is {value} after "
-                                                f"{self.budget.total() / self.epoch_tokens:.4f} epochs")
+        check = check_metrics(entry, self.spec.limits)
+        if check.non_finite_loss is not None:
+            key, value = check.non_finite_loss
+            with self._lock:
+                if self._diverged is None:
+                    self._diverged = _error("Diverged", f"training {key} is {value} after "
+                                            f"{self.ledger.served_targets() / self.epoch_tokens:.4f} epochs")
         with self._lock:
             self._append_metrics(rank, entry)
-            self._progress.note(entry, self.budget.total())
+            self._progress.note(entry, self.ledger.served_targets())
         return {"ok": True}
 
     def _append_metrics(self, rank: int, entry: dict) -> None:
-        total = self.budget.total()
+        total = self.ledger.served_targets()
         line = {"tokens": total, "epochs": round(total / self.epoch_tokens, 6)}
-        line.update({k: v for k, v in entry.items() if k not in ("tokens", "epochs")})
+        line.update(entry)
+        text = json.dumps(line, allow_nan=False) + "\n"
+        state = self._ranks[rank]
+        if state.metrics_bytes + len(text) > self.spec.limits.max_metrics_bytes:
+            raise ProtocolViolation(f"rank {rank}'s metrics would pass {self.spec.limits.max_metrics_bytes:,} bytes; "
+                                    "log less often")
         with open(self.layout.metrics(rank), "a", encoding="utf-8") as f:
-            f.write(json.dumps(line, default=str) + "\n")
-        self._ranks[rank].metrics_lines += 1
+            f.write(text)
+        state.metrics_lines += 1
+        state.metrics_bytes += len(text)
 
     def _op_checkpoint(self, rank: int, header: dict, payload) -> dict:
         """Take the method's state file from the outbox and record the server's own state beside it.
@@ -537,7 +622,7 @@ class DataServer:
             state_name = f"state-rank{rank}-{generation}.pt"
             os.replace(path, self.layout.checkpoints / state_name)
             index = {"generation": generation, "state_file": state_name,
-                     "meter": self._meters[rank].state.to_dict(),
+                     "ledger": self.ledger.rank_state(rank),
                      "snapshots": [s.tag for s in list_snapshots(self.layout.snapshots)],
                      "ensemble": self.ensemble, "metrics_lines": self._ranks[rank].metrics_lines,
                      "train_s": self.train_seconds()}
@@ -547,24 +632,41 @@ class DataServer:
         return {"ok": True}
 
     def _op_end(self, rank: int, header: dict, payload) -> dict:
-        status, error = header.get("status"), header.get("error")
+        status, error = header.get("status"), _method_error(header.get("error"))
         if status not in SEVERITY or status == "timeout":
             status, error = "failed", _error("ContractError", f"the method's process reported status {status!r}")
-        with self._lock:
-            state = self._ranks[rank]
-            if not state.ended:
-                state.ended, state.status = True, status
-                state.error = error if isinstance(error, dict) else None
-            if len(self._ranks) == self.spec.world_size and all(r.ended for r in self._ranks.values()):
-                self.clock.stop()  # training ends with the last rank; tearing down is not training
+        self._rank_ended(rank, status, error)
         return {"ok": True}
+
+    def _op_gather(self, rank: int, header: dict, payload) -> dict:
+        """Every rank's value for `key`, in rank order, once every rank has given one: a job-wide exchange
+        of small JSON values that waits on the server, not in a collective with a timeout, and fails at
+        once if a rank ends or dies without taking part (so groups that finish hours apart still meet)."""
+        key, value = header.get("key"), header.get("value")
+        if not isinstance(key, str) or not 0 < len(key) <= 200:
+            raise RequestError("gather takes a key: a string of 1-200 characters")
+        if not _finite_json(value):
+            raise RequestError(f"gather {key!r}: the value must be JSON with finite numbers")
+        with self._gathered:
+            values = self._gathers.setdefault(key, {})
+            if rank in values:
+                raise RequestError(f"rank {rank} has already given a value for gather {key!r}; use a new key")
+            values[rank] = value
+            self._gathered.notify_all()
+            while len(values) < self.spec.world_size:
+                missing = [r for r in range(self.spec.world_size) if r not in values]
+                gone = [r for r in missing if r in self._ranks and (self._ranks[r].ended or not self._ranks[r].connected)]
+                if gone or self._closing or self._stop is not None:
+                    raise RequestError(f"gather {key!r}: rank(s) {gone or missing} ended without taking part")
+                self._gathered.wait(timeout=1.0)
+            return {"ok": True, "values": [values[r] for r in range(self.spec.world_size)]}
 
     # Requests the client may send without waiting for the answer (`"reply": false`): a log line changes
     # nothing the method reads back, and it is still handled in order, before the next request.
     _NO_REPLY = frozenset({"log"})
     _HANDLERS = {"sandboxed": _op_sandboxed, "batch": _op_batch, "fitness": _op_fitness, "status": _op_status,
                  "tags": _op_tags, "snapshot": _op_snapshot, "ensemble": _op_ensemble, "log": _op_log,
-                 "checkpoint": _op_checkpoint, "end": _op_end}
+                 "checkpoint": _op_checkpoint, "end": _op_end, "gather": _op_gather}
 
     # ---- resume -----------------------------------------------------------------------------------
     def _restore(self) -> None:
@@ -643,6 +745,10 @@ class DataServer:
                 state = self._ranks.get(rank, RankState())
                 if state.ended:
                     status, error = state.status, state.error
+                elif self._stop is not None:
+                    if rank != self._stop["rank"]:
+                        continue  # stopped because another rank failed: that rank's status is the run's
+                    status, error = self._stop["status"], self._stop["error"]
                 elif stopped_at_cap:
                     status, error = "over-time", _error("OverTime", f"still training {self.clock.seconds():.1f} s "
                                                         f"into the {self.spec.time_limit_s:g} s cap (grace "
@@ -669,20 +775,13 @@ class DataServer:
                 ranks.append((-1, "over-time", _error("OverTime", f"a snapshot came {self.clock.over_cap_s:.1f} s "
                                                       f"after the {self.spec.time_limit_s:g} s cap, past the grace "
                                                       "for the final snapshot; snapshots from before the cap count")))
-            worst = max(ranks, key=lambda r: (SEVERITY.index(r[1]), -r[0]))
+            worst = max(ranks, key=lambda r: (SEVERITY.index(r[1]), r[0] < 0, -r[0]))
             status, error = worst[1], worst[2]
             if error is not None and self.spec.world_size > 1 and worst[0] >= 0:
                 error = {**error, "message": f"rank {worst[0]}: {error['message']}"}
-            merged = MeterState()
-            for rank in range(self.spec.world_size):
-                meter = self._meters.get(rank)
-                state = meter.state if meter else (MeterState.from_dict(self._restored[rank]["meter"])
-                                                   if rank in self._restored else MeterState())
-                for key, value in state.windows.items():
-                    merged.windows[key] = merged.windows.get(key, 0) + value
-                for key, value in state.targets.items():
-                    merged.targets[key] = merged.targets.get(key, 0) + value
-                merged.fitness_tokens += state.fitness_tokens
+            if self._violation is not None:
+                ranks.append((-1, "invalid", self._violation))
+            merged = self.ledger.meter_state()  # what was served, job-wide: one count per stream shard
             train_tokens = sum(merged.targets.values())
             sandboxes = [self._ranks[r].sandbox for r in sorted(self._ranks) if self._ranks[r].sandbox]
             sandbox = _job_sandbox(sandboxes, self.spec.world_size)
@@ -692,7 +791,8 @@ class DataServer:
                 snapshots=[s.to_summary() for s in list_snapshots(self.layout.snapshots)],
                 train_s=self.train_seconds(), resumed=self.spec.resume, world_size=self.spec.world_size,
                 sandbox=sandbox, supervisor=supervised, warmup_s=self.clock.warmup_seconds(),
-                time_limit_s=self.spec.time_limit_s, over_cap_s=self.clock.over_cap_s)
+                time_limit_s=self.spec.time_limit_s, over_cap_s=self.clock.over_cap_s,
+                incidents=list(self._incidents))
 
 
 def normalise_weights(weights: dict) -> dict:
@@ -726,7 +826,24 @@ def _finite_json(value) -> bool:
 
 
 def _kind(exc: BaseException) -> str:
-    return "ContractError" if isinstance(exc, RequestError) else type(exc).__name__
+    return "ContractError" if isinstance(exc, (RequestError, StreamRefused)) else type(exc).__name__
+
+
+def _method_error(error) -> dict | None:
+    """The error a method's process reports at its end, as plain bounded strings (it is the method's
+    account, shown in the record, never trusted for anything else)."""
+    if not isinstance(error, dict):
+        return None
+    return {"type": str(error.get("type", ""))[:200], "message": str(error.get("message", ""))[:4000],
+            "traceback": str(error.get("traceback", ""))[-32000:]}
+
+
+def _ledger_state(index: dict) -> dict:
+    """A rank's ledger state from its checkpoint index."""
+    if "ledger" not in index:
+        raise SlowrunError("this run's checkpoints were written by an older harness, without the job's ledger; "
+                           "resume it with the version that started it, or start it again")
+    return index["ledger"]
 
 
 def _job_sandbox(reports: list[dict], world_size: int) -> dict:

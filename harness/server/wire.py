@@ -28,6 +28,15 @@ class ChannelClosed(SlowrunError):
     """The other end of the channel went away."""
 
 
+class FrameRefused(SlowrunError):
+    """A message broke the reader's bounds (too large, not a JSON object, a non-finite number); nothing of it
+    past its length prefix was read."""
+
+
+def _no_constants(name: str):
+    raise ValueError(f"{name} is not a JSON number")
+
+
 class Channel:
     """One end of a connection; not thread-safe (each side uses it from one thread at a time)."""
 
@@ -36,6 +45,7 @@ class Channel:
         self._buffer = bytearray(1 << 16)
         self._start = 0  # unread bytes are self._buffer[self._start:self._end]
         self._end = 0
+        self.last_header_size = 0
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):  # a 256 x 2049 uint16 batch is 1 MB: fewer syscalls
             try:
                 sock.setsockopt(socket.SOL_SOCKET, option, 4 << 20)
@@ -81,16 +91,26 @@ class Channel:
         self._start += n
         return view
 
-    def recv(self) -> tuple[dict, memoryview]:
-        """The next message: (header, payload). The payload view is valid until the next recv."""
+    def recv(self, max_header: int = MAX_HEADER, max_payload: int | None = None) -> tuple[dict, memoryview]:
+        """The next message: (header, payload). The payload view is valid until the next recv.
+
+        The sizes are checked from the length prefix, before any of the message is read, so a peer cannot
+        make this process allocate more than the bounds (the data server reads the method's requests with
+        the protocol's bounds; the method's side trusts the server)."""
         self._fill(_PREFIX.size)
         head_len, payload_len = _PREFIX.unpack_from(self._buffer, self._start)
-        if head_len > MAX_HEADER:
-            raise ChannelClosed(f"refused a {head_len}-byte header (limit {MAX_HEADER})")
+        if head_len > max_header:
+            raise FrameRefused(f"a {head_len:,}-byte message header (the limit is {max_header:,} bytes)")
+        if max_payload is not None and payload_len > max_payload:
+            raise FrameRefused(f"a {payload_len:,}-byte payload (the limit is {max_payload:,} bytes)")
         self._start += _PREFIX.size
-        header = json.loads(bytes(self._take(head_len)))
+        self.last_header_size = head_len
+        try:
+            header = json.loads(bytes(self._take(head_len)), parse_constant=_no_constants)
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise FrameRefused(f"a message header that is not valid JSON ({exc})") from None
         if not isinstance(header, dict):
-            raise ChannelClosed("a message header must be a JSON object")
+            raise FrameRefused("a message header must be a JSON object")
         payload = self._take(payload_len) if payload_len else _EMPTY
         return header, payload
 

@@ -43,18 +43,6 @@ def test_at_the_cap_batches_are_refused_and_the_grace_is_measured_from_it():
     assert abs(clock.over_cap_s - 2.01) < 1e-9
 
 
-def test_every_shard_of_a_step_gets_the_first_shards_answer():
-    t = Time()
-    clock = TrainClock(limit_s=10.0, now=t)
-    assert clock.admit(("main", 0)) and clock.admit(("main", 0))
-    t.now += 9.9
-    assert clock.admit(("main", 5))  # shard 0 of step 5, just before the cap
-    t.now += 1.0
-    assert clock.admit(("main", 5))  # shard 1 of step 5 after it: the step was admitted, so it trains too
-    assert not clock.admit(("main", 6)) and not clock.admit(("main", 6))
-    assert not clock.admit()
-
-
 def test_a_resumed_run_counts_its_earlier_sessions_against_the_cap():
     t = Time()
     clock = TrainClock(limit_s=10.0, previous_s=8.0, now=t)

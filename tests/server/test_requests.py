@@ -10,9 +10,9 @@ import os
 import numpy as np
 import pytest
 
-from harness.contract import Diverged, RunContext
+from harness.contract import ContractError, Diverged, RunContext
 from harness.data.store import TokenStore
-from harness.meter import Meter, TrainStream
+from harness.meter import StreamReader
 from harness.server import DataServer, ServerSpec
 from harness.server.wire import Channel
 from harness.tracks import get_track
@@ -42,16 +42,16 @@ def test_batches_are_the_meters_own_and_metered_before_they_arrive(served, synth
     server, _, ctx = served
     seq_len = get_track("synthetic").seq_len
     store = TokenStore.open(synthetic_data, "train")
-    reference = TrainStream(store, Meter(store.n_tokens, seq_len, 4.0), "main", 3, BATCH)  # same seed and id
+    reference = StreamReader(store, seq_len, 3, "main")  # same seed and id: window k * BATCH starts batch k
     stream = ctx.train_stream("main", BATCH)
     for k in range(1, 6):
         inputs, targets = next(stream)
-        want_inputs, want_targets = reference.next_batch()
-        assert inputs.dtype == targets.dtype == want_inputs.dtype  # int64, as the method is promised
-        assert np.array_equal(inputs.numpy(), want_inputs.numpy()) and np.array_equal(targets.numpy(), want_targets.numpy())
+        want = reference.batch((k - 1) * BATCH, BATCH).astype(np.int64)
+        assert str(inputs.dtype) == str(targets.dtype) == "torch.int64"  # as the method is promised
+        assert np.array_equal(inputs.numpy(), want[:, :-1]) and np.array_equal(targets.numpy(), want[:, 1:])
         assert ctx.epochs == k * BATCH * seq_len / store.n_tokens  # charged by the time it arrived
     inputs[0, 0] = -1  # the method's tensors are its own: the next batch does not land in them
-    assert np.array_equal(next(stream)[0].numpy(), reference.next_batch()[0].numpy())
+    assert np.array_equal(next(stream)[0].numpy(), reference.batch(5 * BATCH, BATCH)[:, :-1])
 
 
 def test_unanswered_log_lines_are_written_in_order_between_batches(served):
@@ -88,11 +88,13 @@ def test_a_method_that_skips_the_client_check_is_caught_by_the_server(served):
     assert server.outcome().status == "diverged"
 
 
-def test_a_malformed_unanswered_line_gets_no_answer_and_does_not_shift_later_replies(served):
+def test_a_malformed_unanswered_line_ends_the_run_and_keeps_what_was_written(served):
     server, channel, ctx = served
-    channel.send({"op": "log", "entry": [1, 2], "reply": False})  # refused, silently: nobody is waiting
-    reply, _ = ctx._call({"op": "status"})
-    assert reply["ok"] and reply["total_targets"] == 0 and math.isfinite(reply["train_s"])
     ctx.log(step=1)
-    assert ctx.snapshot_tags() == []
-    assert [line.get("step") for line in _metrics(server)] == [1]
+    channel.send({"op": "log", "entry": [1, 2], "reply": False})  # nobody waits for an answer: still a violation
+    with pytest.raises(ContractError, match="a log entry must be a mapping"):
+        ctx._call({"op": "status"})
+    assert server.stop_requested.is_set()
+    outcome = server.outcome()
+    assert outcome.status == "invalid" and outcome.error["type"] == "ProtocolViolation"
+    assert [line.get("step") for line in _metrics(server)] == [1]  # the line before it is kept

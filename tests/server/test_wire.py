@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from harness.server.wire import MAX_HEADER, Channel, ChannelClosed
+from harness.server.wire import FrameRefused, MAX_HEADER, Channel, ChannelClosed
 
 
 def _pair() -> tuple[Channel, Channel]:
@@ -81,16 +81,31 @@ def test_a_payload_larger_than_the_socket_buffer_is_sent_whole():
     assert np.array_equal(np.frombuffer(payload, dtype=np.int64), np.arange(3_000_000, dtype=np.int64))
 
 
-def test_hostile_frames_close_the_channel():
+def test_hostile_frames_are_refused_before_they_are_read():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     a.sendall(struct.pack("<IQ", MAX_HEADER + 1, 0))
-    with pytest.raises(ChannelClosed, match="header"):
+    with pytest.raises(FrameRefused, match="header"):
         Channel(b).recv()
+
+    # a 3 GB payload is refused from its length prefix alone: nothing is allocated for it
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    a.sendall(struct.pack("<IQ", 2, 3 << 30) + b"{}")
+    reader = Channel(b)
+    with pytest.raises(FrameRefused, match="3,221,225,472-byte payload"):
+        reader.recv(max_payload=0)
+    assert len(reader._buffer) <= 1 << 16
 
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     a.sendall(struct.pack("<IQ", 2, 0) + b"[]")
-    with pytest.raises(ChannelClosed, match="JSON object"):
+    with pytest.raises(FrameRefused, match="JSON object"):
         Channel(b).recv()
+
+    for constant in (b"NaN", b"Infinity", b"-Infinity"):  # Python's json reads them unless told not to
+        a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        head = b'{"loss":' + constant + b"}"
+        a.sendall(struct.pack("<IQ", len(head), 0) + head)
+        with pytest.raises(FrameRefused, match="not a JSON number"):
+            Channel(b).recv()
 
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
     a.sendall(struct.pack("<IQ", 2, 10) + b"{}" + b"12345")  # the peer dies five bytes short
