@@ -123,7 +123,7 @@ def prepare_run(req: RunRequest) -> Path:
     rules = compute_rules(track, req)
     data_dir = ensure_prepared(track, req.data_dir, req.progress).resolve()
     manifest = read_manifest(data_dir)
-    carve = carve_fitness(data_dir, spec.fitness_tokens(track.name))
+    carve = carve_fitness(data_dir, spec.fitness_tokens(track.name), track.seq_len)
     run_id = _run_id(spec, track.name, req.epochs, req.seed)
     run_dir = Path(req.out) if req.out else Path(req.runs_root) / run_id
     if run_dir.exists() and any(run_dir.iterdir()):

@@ -220,7 +220,7 @@ class DataServer:
         self.clock = TrainClock(spec.time_limit_s, spec.snapshot_grace_s, self._previous_train_s)
         self._allowed = int(np.floor(spec.budget * self.epoch_tokens + 1e-6))
         self.ledger = Ledger(self._allowed, self.epoch_tokens, spec.track.seq_len, spec.world_size, spec.budget,
-                             self.clock, spec.time_limit_s)
+                             self.clock)
         for rank, index in self._restored.items():
             self.ledger.restore(rank, _ledger_state(index))
         initial = self.ledger.served_targets()
@@ -423,12 +423,16 @@ class DataServer:
                 return None
             if rank in self._ranks:
                 # A rank says hello once per session: its counts are the job's ledger's, and a second
-                # connection must not look like a fresh rank (nor take over a live one's channel).
+                # connection must not look like a fresh rank (nor take over a live one's channel). Only a
+                # process holding the run's token can get here, and the harness's worker never says hello
+                # twice, so the run is invalid.
                 self._ranks[rank].hellos += 1
-                self._incident("hello-refused", rank, f"a second hello for rank {rank} (pid "
-                               f"{str(header.get('pid'))[:20]}) was refused: each rank connects once per session")
+                message = (f"a second hello for rank {rank} (pid {str(header.get('pid'))[:20]}) was refused: each "
+                           "rank connects once per session")
+                self._incident("hello-refused", rank, message)
                 channel.send({"ok": False, "error": _error("ContractError", f"rank {rank} has already connected "
                                                            "in this session; a rank connects once")})
+                self._violate(rank, message)
                 return None
             state = self._ranks[rank] = RankState(hellos=1)
             state.connected = True
@@ -745,9 +749,9 @@ class DataServer:
                 state = self._ranks.get(rank, RankState())
                 if state.ended:
                     status, error = state.status, state.error
-                elif self._stop is not None:
-                    if rank != self._stop["rank"]:
-                        continue  # stopped because another rank failed: that rank's status is the run's
+                elif self._stop is not None and rank != self._stop["rank"]:
+                    continue  # stopped because another rank failed: that rank's status is the run's
+                elif self._stop is not None and (reason == "terminated" or not (supervised or {}).get("signal")):
                     status, error = self._stop["status"], self._stop["error"]
                 elif stopped_at_cap:
                     status, error = "over-time", _error("OverTime", f"still training {self.clock.seconds():.1f} s "

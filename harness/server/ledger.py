@@ -72,14 +72,13 @@ class Ledger:
     """Budget and clock decisions for every step of every stream of one job."""
 
     def __init__(self, allowed_targets: int, epoch_tokens: int, seq_len: int, world_size: int, budget_epochs: float,
-                 clock: TrainClock, time_limit_s: float | None = None):
+                 clock: TrainClock):
         self.allowed_targets = int(allowed_targets)
         self.epoch_tokens = int(epoch_tokens)
         self.seq_len = int(seq_len)
         self.world_size = int(world_size)
         self.budget_epochs = float(budget_epochs)
         self.clock = clock
-        self.time_limit_s = time_limit_s
         self._lock = threading.Lock()
         self._plans: dict[str, StreamPlan] = {}
         self._owner: dict[tuple[str, int], int] = {}  # (stream, shard) -> rank
@@ -178,7 +177,7 @@ class Ledger:
         """One decision for a whole step: the clock first (a closed clock charges nothing), then the budget."""
         if not self.clock.admit():
             return _Decision(False, TimeExhausted,
-                f"the training-time cap of {self.time_limit_s:g} s is reached ({self.clock.seconds():.1f} s trained, "
+                f"the training-time cap of {self.clock.limit_s:g} s is reached ({self.clock.seconds():.1f} s trained, "
                 f"{self._served / self.epoch_tokens:.4f} epochs served); save the final snapshot now")
         windows = plan.step_windows()
         targets = windows * self.seq_len

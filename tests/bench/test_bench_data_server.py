@@ -1,7 +1,7 @@
 """The data server's throughput: 256 x 2048 training batches over its socket, against serving them in-process.
 
 The baseline is the meter's own stream read in the same process (what every method got before the trust
-boundary: `TrainStream.next_batch`, int64 tensors). The server side is the real thing: a DataServer in this
+boundary: the ledger and the stream reader in-process, int64 tensors). The server side is the real thing: a DataServer in this
 process and a client in another process (`python -m tests.bench.test_bench_data_server ADDRESS TOKEN N`)
 that asks for batches through the method's RunContext and widens them to int64 tensors, as a method sees
 them. Reported: tokens/s of both and their ratio; the target is >= 100M tokens/s through the server (a
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tests.bench.timing import best_time, report
+from tests.bench.timing import best_time, in_process_stream, report
 
 SEQ_LEN = 2048
 BATCH = 256
@@ -70,7 +70,6 @@ def client(address: str, token: str, batches: int) -> float:
 
 def test_data_server_throughput(benchmark, tmp_path):
     from harness.data.store import TokenStore
-    from harness.meter import Meter, TrainStream
     from harness.server import DataServer, ServerSpec
     from harness.tracks import get_track
 
@@ -78,13 +77,12 @@ def test_data_server_throughput(benchmark, tmp_path):
     track = dataclasses.replace(get_track("synthetic"), seq_len=SEQ_LEN)
 
     store = TokenStore.open(data, "train")
-    meter = Meter(store.n_tokens, SEQ_LEN, budget_epochs=1000.0)
-    stream = TrainStream(store, meter, "bench", 0, BATCH)
-    stream.next_batch()
+    next_batch = in_process_stream(store, SEQ_LEN, BATCH)
+    next_batch()
 
     def in_process():
         for _ in range(BATCHES):
-            stream.next_batch()
+            next_batch()
 
     local = BATCHES * BATCH * SEQ_LEN / best_time(in_process)
 

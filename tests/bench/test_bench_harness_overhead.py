@@ -201,17 +201,16 @@ def request_client(address: str, token: str, requests: int) -> dict:
 
 
 def test_request_costs(benchmark, tmp_path):
-    from harness.meter import Meter, TrainStream
     from harness.server import DataServer, ServerSpec
-    from tests.bench.timing import best_time
+    from tests.bench.timing import best_time, in_process_stream
 
     data_dir = tmp_path / "synthetic"
     track = get_track("synthetic")
     prepare_track(track, data_dir, progress=False)
     store = TokenStore.open(data_dir, "train")
-    stream = TrainStream(store, Meter(store.n_tokens, track.seq_len, budget_epochs=1e6), "bench", 0, 8)
-    stream.next_batch()
-    in_process = best_time(lambda: [stream.next_batch() for _ in range(REQUESTS)]) / REQUESTS
+    next_batch = in_process_stream(store, track.seq_len, 8)
+    next_batch()
+    in_process = best_time(lambda: [next_batch() for _ in range(REQUESTS)]) / REQUESTS
 
     rounds = []
     for round_ in range(3):

@@ -20,3 +20,25 @@ def report(benchmark, name: str, value: float, target: float | None = None, unit
     benchmark.extra_info[name] = round(value, 4)
     suffix = f" (target <= {target}{unit})" if target is not None else ""
     print(f"\n{name}: {value:.3f}{unit}{suffix}")
+
+
+def in_process_stream(store, seq_len: int, batch: int):
+    """The in-process baseline: the ledger's decision and the reader's windows in this process, widened to
+    int64 tensors, with no socket between (what a method got before the trust boundary). Returns a
+    function that produces the next (inputs, targets)."""
+    import numpy as np
+    import torch
+
+    from harness.meter import StreamReader
+    from harness.server.clock import TrainClock
+    from harness.server.ledger import Ledger
+
+    ledger = Ledger(10**15, store.n_tokens, seq_len, 1, 1e9, TrainClock())
+    reader = StreamReader(store, seq_len, 0, "bench")
+
+    def next_batch():
+        grant = ledger.draw(0, "bench", batch, None)
+        tensor = torch.from_numpy(reader.batch(grant.first_window, grant.windows).astype(np.int64))
+        return tensor[:, :-1], tensor[:, 1:]
+
+    return next_batch

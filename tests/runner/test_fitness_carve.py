@@ -148,3 +148,19 @@ def test_single_model_trains_on_every_training_token(synthetic_data, tmp_path):
     assert record["status"] == "ok"
     assert record["metered"]["epoch_tokens"] == manifest["splits"]["train"]["tokens"]  # ... is not taken
     assert record["fitness_carve"]["tokens"] == 0
+
+
+def test_the_carve_is_capped_at_slowruns_own_share_or_32_windows():
+    """Fitness windows are held without the meter, so the carve is at most PR #90's 132,000 of fineweb's
+    100M tokens (0.132%), scaled to the split, or 32 windows on a small track."""
+    from harness.data.fitness import carve_cap
+
+    assert carve_cap(100_000_000, 2048) == 132_000  # fineweb: exactly Slowrun's q0 carve
+    assert carve_cap(65_536, 128) == 32 * 128  # synthetic: the floor
+    assert carve_cap(1_000_000_000, 2048) == 1_320_000
+    starts = np.arange(0, 100_000_000, 1000)
+    assert plan_carve(starts, 100_000_000, 132_000, 2048).tokens == 132_000
+    with pytest.raises(DataError, match="over the cap of 132,000"):
+        plan_carve(starts, 100_000_000, 132_001, 2048)
+    with pytest.raises(DataError, match="over the cap of 4,096"):
+        plan_carve(np.arange(0, 65_536, 100), 65_536, int(0.49 * 65_536), 128)  # the 49% carve of the attack
