@@ -315,6 +315,11 @@ class DataServer:
                 if channel.last_header_size > limits.header_limit(op):
                     raise FrameRefused(f"a {channel.last_header_size:,}-byte {op!r} request (the limit for it is "
                                        f"{limits.header_limit(op):,} bytes)")
+                stop = self._stop
+                if stop is not None:  # the job is being stopped: nobody is served anything more
+                    channel.send({"ok": False, "error": _error("ContractError", f"the run is stopped: rank "
+                                                               f"{stop['rank']} ended with status {stop['status']}")})
+                    return
                 handler = self._HANDLERS.get(op)
                 if handler is None:
                     channel.send({"ok": False, "error": _error("ContractError", f"unknown request {op!r}")})

@@ -98,3 +98,84 @@ def test_a_malformed_unanswered_line_ends_the_run_and_keeps_what_was_written(ser
     outcome = server.outcome()
     assert outcome.status == "invalid" and outcome.error["type"] == "ProtocolViolation"
     assert [line.get("step") for line in _metrics(server)] == [1]  # the line before it is kept
+
+
+def _two_ranks(synthetic_data, tmp_path):
+    from harness.distributed import RankInfo
+
+    server = DataServer(ServerSpec(run_dir=tmp_path / "run2", data_dir=synthetic_data, track=get_track("synthetic"),
+                                   budget=4.0, seed=3, hparams={}, device="cpu", method_dir=tmp_path,
+                                   entry="train:main", fitness_docs=0, progress=False, world_size=2))
+    address = server.start()
+    contexts = []
+    for rank in range(2):
+        channel = Channel(connect(address))
+        channel.send({"op": "hello", "token": server.token, "rank": rank, "pid": os.getpid()})
+        reply, _ = channel.recv()
+        contexts.append(RunContext(channel, reply["run"], rank_info=RankInfo(rank, 2, rank)))
+    return server, contexts
+
+
+def test_gather_waits_for_every_rank_and_fails_fast_when_one_ends_without_it(synthetic_data, tmp_path):
+    import threading
+    import time
+
+    server, (a, b) = _two_ranks(synthetic_data, tmp_path)
+    try:
+        got = {}
+        thread = threading.Thread(target=lambda: got.setdefault("a", a.gather("finals", ["t0"])))
+        thread.start()
+        time.sleep(0.3)
+        assert thread.is_alive()  # rank 0 waits on the server for rank 1, however long it takes
+        assert b.gather("finals", ["t1"]) == [["t0"], ["t1"]]
+        thread.join(timeout=10)
+        assert got["a"] == [["t0"], ["t1"]]
+        with pytest.raises(ContractError, match="already given a value"):
+            a.gather("finals", [])
+        thread = threading.Thread(target=lambda: got.setdefault("late", _catch(lambda: a.gather("scores", {"x": 1.0}))))
+        thread.start()
+        b._channel.send({"op": "end", "status": "ok"})
+        b._channel.recv()
+        thread.join(timeout=10)
+        assert not thread.is_alive() and "ended without taking part" in got["late"]
+    finally:
+        server.stop()
+
+
+def _catch(action) -> str:
+    try:
+        action()
+        return "no error"
+    except ContractError as exc:
+        return str(exc)
+
+
+def test_a_second_hello_for_a_rank_is_refused_and_makes_the_run_invalid(served):
+    server, channel, ctx = served
+    next(ctx.train_stream("main", BATCH))
+    again = Channel(connect(server.address))
+    again.send({"op": "hello", "token": server.token, "rank": 0, "pid": 1})
+    reply, _ = again.recv()
+    assert not reply["ok"] and "already connected" in reply["error"]["message"]
+    outcome = server.outcome()
+    assert outcome.status == "invalid" and outcome.error["type"] == "ProtocolViolation"
+    assert outcome.train_tokens == BATCH * get_track("synthetic").seq_len  # the first connection's draw counts
+    assert [i["kind"] for i in outcome.incidents] == ["hello-refused", "violation", "stopped"]
+    assert server.stop_requested.is_set()
+
+
+def test_a_lost_connection_stops_the_job_and_a_failed_rank_does_too(synthetic_data, tmp_path):
+    import time
+
+    server, (a, b) = _two_ranks(synthetic_data, tmp_path)
+    try:
+        assert not server.stop_requested.is_set()
+        a._channel.send({"op": "end", "status": "ok"})  # ending ok stops nothing: groups end on their own
+        a._channel.recv()
+        time.sleep(0.2)
+        assert not server.stop_requested.is_set()
+        b._channel.sock.close()  # rank 1's process dies without reporting
+        assert server.stop_requested.wait(5)
+        assert server.stop_reason()["rank"] == 1 and server.stop_reason()["error"]["type"] == "WorkerDied"
+    finally:
+        server.stop()

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.distributed import LaunchSpec
 from harness.errors import SlowrunError
 from harness.records import validate_record
 from harness.runner import RunRequest, run_method
@@ -44,13 +45,23 @@ def test_a_paid_step_cannot_be_replayed(target, rule, synthetic_data, tmp_path):
     assert record["metered"]["epochs"] <= 1.0
 
 
-def test_a_second_hello_is_refused_and_ends_the_run(synthetic_data, tmp_path):
-    run_dir, record = run("second_hello", synthetic_data, tmp_path)
+def test_a_second_hello_is_refused_and_ends_the_run(synthetic_data, tmp_path, monkeypatch):
+    monkeypatch.setenv("SLOWRUN_NUM_THREADS", "1")
+    run_dir, record = run("second_hello", synthetic_data, tmp_path, launch=LaunchSpec(nproc_per_node=2),
+                          timeout_s=120)
     assert record["status"] == "invalid"
     assert record["error"]["type"] == "ProtocolViolation"
     assert "second hello for rank 0" in record["error"]["message"]
     assert [i["kind"] for i in record["incidents"]][:2] == ["hello-refused", "violation"]
-    # the counts are the job's: the one batch drawn before the attack is still on the record
+    # the counts are the job's: the batch each rank drew before the attack is on the record, and the rank
+    # that said hello again drew nothing more (its channel was closed with the refusal)
+    assert record["metered"]["per_stream"] == {f"rank{r}": 16 * record["track"]["seq_len"] for r in range(2)}
+
+
+def test_a_one_process_run_cannot_even_reach_its_server_again(synthetic_data, tmp_path):
+    """Without torchrun the method's abstract sockets are scoped by Landlock: the connection is refused."""
+    run_dir, record = run("second_hello", synthetic_data, tmp_path)
+    assert record["status"] == "failed" and record["error"]["type"] == "PermissionError"
     assert record["metered"]["train_tokens"] == 16 * record["track"]["seq_len"]
 
 
