@@ -261,7 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--nnodes", type=int, default=1)
     dist.add_argument("--node-rank", type=int, default=0, help="this node; nodes > 0 need --out of node 0's run")
     dist.add_argument("--master-addr", default="127.0.0.1")
-    dist.add_argument("--master-port", type=int, default=29512)
+    dist.add_argument("--master-port", type=int, default=29512,
+                      help="multi-node jobs: the rendezvous port on node 0 (its data server listens on it + 1); one "
+                      "node runs standalone on a free port")
     _downstream_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_run)

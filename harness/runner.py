@@ -305,8 +305,10 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
                 _wait_for_other_nodes(server)
         except _Signals.Received:
             interrupted = True
+            server.processes_stopping()
             result = supervisor.terminate()
     except BaseException:
+        server.processes_stopping()
         try:
             supervisor.terminate()
         except Exception:  # it never started: nothing to stop
@@ -329,10 +331,12 @@ def _wait_watching_server(supervisor, server, poll_s: float = 0.1) -> bool:
     kept). True when they were stopped at the cap."""
     while supervisor.running():
         if server.stop_requested.wait(poll_s):
+            server.processes_stopping()
             supervisor.terminate()
             return False
         if server.past_deadline():
             server.clock.note_over_cap()
+            server.processes_stopping()
             supervisor.terminate()
             return True
     return False

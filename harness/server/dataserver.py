@@ -230,6 +230,7 @@ class DataServer:
         self._threads: list[threading.Thread] = []
         self._channels: list[Channel] = []
         self._closing = False
+        self._stopping = False  # the runner is stopping the method's processes: lost connections are expected
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self, tcp_port: int | None = None, tcp_host: str = "0.0.0.0") -> str:
@@ -363,7 +364,7 @@ class DataServer:
                 with self._lock:
                     self._ranks[rank].connected = False
                     state = self._ranks[rank]
-                    if not ended and not state.ended and not self._closing:
+                    if not ended and not state.ended and not self._closing and not self._stopping:
                         # its process died or closed the channel without ending: its peers would wait for it
                         self._request_stop(rank, "failed", _error(
                             "WorkerDied", "the method's process lost its connection to the data server before "
@@ -411,6 +412,12 @@ class DataServer:
             if len(self._incidents) < 100:
                 self._incidents.append({"kind": kind, "rank": rank, "message": message[:500]})
         print(f"slowrun: data server: {kind} (rank {rank}): {message[:500]}", file=sys.stderr)
+
+    def processes_stopping(self) -> None:
+        """The runner is about to stop the method's processes (an interruption, the cap, a failed rank):
+        the connections that drop now are its doing, not ranks that died."""
+        with self._lock:
+            self._stopping = True
 
     def stop_reason(self) -> dict | None:
         """Why the job must be stopped now (a rank failed, or broke the protocol), or None."""
@@ -756,8 +763,8 @@ class DataServer:
                     status, error = state.status, state.error
                 elif self._stop is not None and rank != self._stop["rank"]:
                     continue  # stopped because another rank failed: that rank's status is the run's
-                elif self._stop is not None and (reason == "terminated" or not (supervised or {}).get("signal")):
-                    status, error = self._stop["status"], self._stop["error"]
+                elif self._stop is not None and reason == "terminated":
+                    status, error = self._stop["status"], self._stop["error"]  # its connection dropped first
                 elif stopped_at_cap:
                     status, error = "over-time", _error("OverTime", f"still training {self.clock.seconds():.1f} s "
                                                         f"into the {self.spec.time_limit_s:g} s cap (grace "
