@@ -120,7 +120,7 @@ class Ledger:
             return {"streams": streams, "fitness_tokens": self._fitness.get(rank, 0)}
 
     # ---- the one door to training data --------------------------------------------------------------
-    def plan(self, rank: int, stream_id: str, batch_size, shard) -> tuple[StreamPlan, int]:
+    def _plan(self, rank: int, stream_id: str, batch_size, shard) -> tuple[StreamPlan, int]:
         """The stream's plan and this request's shard index, or StreamRefused saying what to fix."""
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise StreamRefused(f"batch_size must be a positive integer, got {batch_size!r}")
@@ -153,7 +153,7 @@ class Ledger:
         """This rank's next batch of the stream (shard), or BudgetExhausted / TimeExhausted for every shard
         of the step alike."""
         with self._lock:
-            plan, index = self.plan(rank, stream_id, batch_size, shard)
+            plan, index = self._plan(rank, stream_id, batch_size, shard)
             self._plans.setdefault(stream_id, plan)
             self._owner.setdefault((stream_id, index), rank)
             served = self._windows.get((stream_id, index), 0)
