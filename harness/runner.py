@@ -128,8 +128,9 @@ def prepare_run(req: RunRequest) -> Path:
     run_dir = Path(req.out) if req.out else Path(req.runs_root) / run_id
     if run_dir.exists() and any(run_dir.iterdir()):
         raise SlowrunError(f"{run_dir}: already exists; choose another --out or use --resume {run_dir}")
-    run_dir.mkdir(parents=True, exist_ok=True)
     allow_read = [str(Path(p).resolve()) for p in (*req.allow_read, *_env_allow_read())]
+    check_allow_read(allow_read, {"the prepared data": data_dir, "the run folder": run_dir.resolve()})
+    run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / RUN_SPEC, {
         "track": track.to_dict(), "budget": float(req.epochs), "seed": int(req.seed), "hparams": hparams,
         "device": req.device, "method_dir": str(spec.folder.resolve()), "entry": spec.entry,
@@ -187,6 +188,21 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def _launch_of(spec: dict) -> LaunchSpec:
     return LaunchSpec(**spec.get("launch", {}))
+
+
+def check_allow_read(folders: list[str], protected: dict[str, Path]) -> None:
+    """Refuse an --allow-read folder that is, holds or lies inside the prepared data or the run folder:
+    naming one (or `/`, or a parent of either) would make validation or the run's records readable."""
+    problems = []
+    for folder in folders:
+        path = Path(folder)
+        for what, guarded in protected.items():
+            guarded = Path(guarded).resolve()
+            if path == guarded or path in guarded.parents or guarded in path.parents:
+                problems.append(f"--allow-read {folder} would let the method read {what} ({guarded})")
+    if problems:
+        raise SlowrunError("; ".join(problems) + ": --allow-read is for code folders (shared modules), never data "
+                           "or runs; name a folder that holds neither")
 
 
 def _env_allow_read() -> list[str]:

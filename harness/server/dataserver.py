@@ -80,8 +80,6 @@ class RunLayout:
     def checkpoint_index(self, rank: int) -> Path:
         return self.checkpoints / f"rank{rank}.json"
 
-    def resume_file(self, rank: int) -> Path:
-        return self.scratch / ".resume" / f"state-rank{rank}.pt"
 
 
 @dataclass(frozen=True)
@@ -453,14 +451,15 @@ class DataServer:
             state.metrics_lines = restored["metrics_lines"] if restored else 0
             metrics = self.layout.metrics(rank)
             state.metrics_bytes = metrics.stat().st_size if metrics.exists() else 0
+            # The method reads its checkpoint where the harness keeps it: that one file is added to its
+            # read-only rules. Nothing is copied into scratch, where a link the method planted (at the
+            # copy or at its folder) would have turned the harness's write into the method's.
             resume_file = None
-            if restored and restored.get("state_file"):
-                source = self.layout.checkpoints / restored["state_file"]
-                if source.exists():
-                    target = self.layout.resume_file(rank)
-                    target.parent.mkdir(parents=True, exist_ok=True)
-                    shutil.copyfile(source, target)  # a copy: the method may write to scratch
-                    resume_file = str(target)
+            state_name = restored.get("state_file") if restored else None
+            if isinstance(state_name, str) and OUTBOX_NAME.match(state_name):
+                source = self.layout.checkpoints / state_name
+                if source.is_file() and not source.is_symlink():
+                    resume_file = str(source)
         spec = self.spec
         channel.send({"ok": True, "run": {
             "track": spec.track.public_dict(),
@@ -470,8 +469,8 @@ class DataServer:
             "has_fitness": self._fitness is not None and self._fitness.num_windows(spec.track.seq_len) > 0,
             "scratch": str(self.layout.scratch), "outbox": str(self.layout.outbox), "resume_file": resume_file,
             "ensemble": self.ensemble, "sandbox": {
-                "read_only": list(spec.sandbox_read_only), "read_write": [str(self.layout.scratch),
-                                                                          str(self.layout.outbox)],
+                "read_only": list(spec.sandbox_read_only) + ([resume_file] if resume_file else []),
+                "read_write": [str(self.layout.scratch), str(self.layout.outbox)],
                 "list_only": list(spec.sandbox_list_only)}}})
         return rank
 

@@ -102,3 +102,4 @@ def test_requests_past_the_protocols_bounds_end_the_run(target, rule, synthetic_
     assert (run_dir / "metrics.jsonl").stat().st_size <= 64 << 20
     assert grown_mib < 256, f"the runner grew by {grown_mib:.0f} MiB"
     assert record["snapshots"] == []  # it never got to train
+

@@ -1,0 +1,26 @@
+"""The resume copy. On `--resume` the harness used to copy the last checkpoint to
+`scratch/.resume/state-rank<r>.pt` with a call that follows a link at the destination: a method that
+checkpointed a line of Python, linked that path to a `.pth` file in site-packages and killed itself had
+the harness write its line there, to be run by every later Python start, unsandboxed.
+
+Here the link points at `target` (a file the test owns), and a second link replaces the `.resume` folder.
+On the resumed session the method checks that its state came back and trains honestly."""
+
+import os
+import signal
+
+from tests.trust.methods.common import train_and_snapshot
+
+
+def main(ctx):
+    state = ctx.resume_state()
+    if state is not None:
+        ctx.log(resumed_payload=state["payload"])
+        train_and_snapshot(ctx)
+        return
+    ctx.checkpoint({"payload": "import os; os.system('echo owned')"})
+    resume = ctx.scratch_dir / ".resume"
+    resume.mkdir(exist_ok=True)
+    os.symlink(ctx.hparams["target"], resume / f"state-rank{ctx.rank}.pt")
+    os.symlink(os.path.dirname(ctx.hparams["target"]), ctx.scratch_dir / ".resume-dir")
+    os.kill(os.getpid(), signal.SIGKILL)

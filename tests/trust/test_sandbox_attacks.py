@@ -1,0 +1,60 @@
+"""The closed sandbox, attacked: a method that plants links where the harness writes, reads secrets from its
+environment, reaches for the network or for root's powers, or names the data as a folder to read. Each
+test is an attack that worked against an earlier harness and must now end with the harness's files and
+numbers intact."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from harness.errors import SlowrunError
+from harness.records import validate_record
+from harness.runner import RunRequest, run_method
+
+METHODS = Path(__file__).parent / "methods"
+
+
+def run(name: str, data: Path, tmp_path: Path, epochs: float = 1.0, target: str | None = None,
+        **kw) -> tuple[Path, dict]:
+    overrides = (("target", target),) if target is not None else ()
+    run_dir = run_method(RunRequest(method_dir=METHODS / name, track="synthetic", epochs=epochs, data_dir=data,
+                                    out=tmp_path / f"run-{name}", progress=False, overrides=overrides, **kw))
+    record = json.loads((run_dir / "record.json").read_text())
+    assert validate_record(record) == []
+    return run_dir, record
+
+
+def metrics(run_dir: Path) -> list[dict]:
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_resume_writes_nothing_where_the_method_could_point_it(synthetic_data, tmp_path):
+    from harness.runner import resume_run
+
+    victim = tmp_path / "outside" / "victim.pth"
+    victim.parent.mkdir()
+    victim.write_text("original\n")
+    run_dir, first = run("plant_resume_link", synthetic_data, tmp_path, target=str(victim))
+    assert first["status"] == "failed" and first["error"]["type"] == "WorkerDied"
+    resume_run(run_dir, progress=False)
+    record = json.loads((run_dir / "record.json").read_text())
+    assert record["status"] == "ok", record["error"]
+    assert victim.read_text() == "original\n"  # the harness wrote nothing through the link
+    assert [line.get("resumed_payload") for line in metrics(run_dir) if "resumed_payload" in line] == [
+        "import os; os.system('echo owned')"]  # the state came back, read from harness storage
+
+
+@pytest.mark.parametrize("which", ["data", "data_parent", "root", "inside_data", "run_parent"])
+def test_allow_read_refuses_the_data_and_the_run_folder(which, synthetic_data, tmp_path):
+    """Naming the prepared data folder or one of its parents as --allow-read made validation readable."""
+    folder = {"data": synthetic_data, "data_parent": synthetic_data.parent, "root": Path("/"),
+              "inside_data": synthetic_data / "val.tokens.bin", "run_parent": tmp_path}[which]
+    with pytest.raises(SlowrunError, match="--allow-read .* would let the method read"):
+        run_method(RunRequest(method_dir=METHODS / "read_files", track="synthetic", epochs=1.0,
+                              data_dir=synthetic_data, out=tmp_path / "run", progress=False,
+                              overrides=(("target", str(synthetic_data / "val.tokens.bin")),),
+                              allow_read=(folder,)))
+    assert not (tmp_path / "run").exists()  # refused before anything was written
