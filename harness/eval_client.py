@@ -35,6 +35,7 @@ from typing import Sequence
 
 import torch
 
+from harness.sandbox.environment import allowed_environment
 from harness import channel
 from harness.errors import SlowrunError
 from harness.snapshots import WEIGHTS, Snapshot
@@ -46,9 +47,6 @@ MAX_VOCAB = 1 << 20  # logits per position accepted when the vocabulary is not k
 MAX_REASON_CHARS = 4000  # of an error message the worker sends back
 LOGIT_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # Variables the worker inherits from the harness; everything else (tokens, keys, paths) stays behind.
-PASSED_ENV = ("PATH", "LANG", "LC_ALL", "SLOWRUN_NUM_THREADS", "SLOWRUN_SANDBOX", "OMP_NUM_THREADS",
-              "MKL_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "NVIDIA_VISIBLE_DEVICES",
-              "LD_LIBRARY_PATH")
 
 
 class InvalidSnapshot(SlowrunError):
@@ -136,7 +134,7 @@ def supervised_process(module: str, private: Path, scratch: Path, method_dir: Pa
 def _worker_env(scratch: Path) -> dict[str, str]:
     from harness.sandbox import sandbox_env
 
-    env = {k: os.environ[k] for k in PASSED_ENV if k in os.environ}
+    env = allowed_environment()  # the allow-list the method's own processes get, nothing more
     env.update(sandbox_env(scratch))
     env["PYTHONPATH"] = str(project_root())  # the harness package, also when it is not installed
     return env

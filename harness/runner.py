@@ -32,6 +32,7 @@ from harness.errors import SlowrunError
 from harness.method_spec import MethodError, MethodSpec, check_method, method_hash
 from harness.provenance import environment
 from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic
+from harness.sandbox.environment import check_pass_env
 from harness.tracks import Track, get_track
 from harness.server.dataserver import STOP_FILE, RunLayout, TrainOutcome
 
@@ -44,6 +45,7 @@ RECORD = "record.json"
 TRAIN_RESULT = "train_result.json"
 SUPERVISOR_STATUS = "supervisor.json"
 SERVER_FILE = "server.json"  # node 0's data server address and token, for the other nodes' runners
+CONNECT_FILE = "connect.json"  # this node's data server address and the token, read by each rank's worker
 JOIN_WAIT_S = 600.0  # how long another node waits for node 0's server, and node 0 for the other nodes' ranks
 ALLOW_READ_ENV = "SLOWRUN_ALLOW_READ"  # extra read-only folders for the method (os.pathsep-separated)
 
@@ -79,6 +81,7 @@ class RunRequest:
     time_limit_s: float | None = None  # cap on training time instead of the class's own (runs unranked)
     allow_read: tuple[Path, ...] = ()  # more read-only folders for the method (shared code, not data)
     gpt2_ranks: Path | None = None  # GPT-2 ranks file for downstream scoring (else the track's ranks_path)
+    pass_env: tuple[str, ...] = ()  # environment variables passed to the method beyond the allow-list
 
 
 def default_data_dir(track: str) -> Path:
@@ -148,6 +151,7 @@ def prepare_run(req: RunRequest) -> Path:
         "launch": req.launch.to_dict(),
         "timeout_s": req.timeout_s,
         "allow_read": allow_read,
+        "pass_env": list(check_pass_env(req.pass_env)),
         "gpt2_ranks": str(Path(req.gpt2_ranks).resolve()) if req.gpt2_ranks else None,
         "downstream": downstream_spec(req.downstream, req.downstream_data, req.downstream_files, req.downstream_limit),
     })
@@ -178,6 +182,17 @@ def _gpu_name(device: str) -> str | None:
     import torch
 
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+
+
+def _write_private_json(path: Path, obj: dict) -> None:
+    """A file only this user may read, created so from the start (never readable by others, not even for
+    the instant between writing and a chmod)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(json.dumps(obj) + "\n")
+    os.replace(tmp, path)
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -238,14 +253,17 @@ def server_spec(run_dir: Path, spec: dict, resume: bool, progress: bool):
                       snapshot_grace_s=snapshot_grace_s(limit) if limit else 0.0)
 
 
-def _worker_env(address: str, token: str, scratch: Path, launch: LaunchSpec) -> dict:
+def _worker_env(connect_file: Path, scratch: Path, launch: LaunchSpec, pass_env: tuple[str, ...] = ()) -> dict:
+    """The method's environment: the allow-list (harness.sandbox.environment) and `--pass-env` names, the
+    harness on the path, caches in scratch, and where to find the server (not the token itself)."""
     from harness.sandbox import sandbox_env
+    from harness.sandbox.environment import CONNECT_ENV, allowed_environment
 
-    env = dict(os.environ)
+    env = allowed_environment(pass_env)
     project_root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = project_root + os.pathsep + env.get("PYTHONPATH", "")
+    env["PYTHONPATH"] = project_root + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     env.update(sandbox_env(scratch))
-    env["SLOWRUN_SERVER"], env["SLOWRUN_TOKEN"] = address, token
+    env[CONNECT_ENV] = str(connect_file)
     if launch.is_distributed:
         # every rank is a full process on a shared machine: one intra-op thread each unless told otherwise
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -295,15 +313,16 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session is not this one's
     if launch.nnodes > 1:  # the other nodes' ranks reach the server over TCP, at master_port + 1 of node 0
         address = server.start(tcp_port=launch.master_port + 1)
-        _write_json(run_dir / SERVER_FILE, {"address": f"tcp:{launch.master_addr}:{launch.master_port + 1}",
-                                            "token": server.token})
-        os.chmod(run_dir / SERVER_FILE, 0o600)
+        _write_private_json(run_dir / SERVER_FILE, {"address": f"tcp:{launch.master_addr}:{launch.master_port + 1}",
+                                                    "token": server.token})
     else:
         address = server.start()
+    _write_private_json(run_dir / CONNECT_FILE, {"address": address, "token": server.token})
     command = (launch.torchrun_command("harness.worker", []) if launch.is_distributed
                else [sys.executable, "-m", "harness.worker"])
     layout = RunLayout(run_dir)
-    supervisor = Supervisor(command, env=_worker_env(address, server.token, layout.scratch, launch),
+    supervisor = Supervisor(command, env=_worker_env(run_dir / CONNECT_FILE, layout.scratch, launch,
+                                                     tuple(spec.get("pass_env", ()))),
                             timeout_s=spec.get("timeout_s"), status_file=run_dir / SUPERVISOR_STATUS,
                             cwd=layout.scratch)
     interrupted = stopped_at_cap = False
@@ -330,10 +349,12 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
         except Exception:  # it never started: nothing to stop
             pass
         server.stop()
-        (run_dir / SERVER_FILE).unlink(missing_ok=True)
+        for name in (SERVER_FILE, CONNECT_FILE):
+            (run_dir / name).unlink(missing_ok=True)
         raise
     server.stop()
-    (run_dir / SERVER_FILE).unlink(missing_ok=True)
+    for name in (SERVER_FILE, CONNECT_FILE):
+        (run_dir / name).unlink(missing_ok=True)
     server.record_session()
     outcome = server.outcome(asdict(result), stopped_at_cap=stopped_at_cap)
     _write_json(run_dir / TRAIN_RESULT, outcome.to_dict())
@@ -392,10 +413,10 @@ def join_run(req: RunRequest) -> Path:
     if (planned.nnodes, planned.nproc_per_node) != (req.launch.nnodes, req.launch.nproc_per_node):
         raise SlowrunError(f"node 0 started {planned.nnodes} node(s) x {planned.nproc_per_node} process(es); this "
                            f"node was given {req.launch.nnodes} x {req.launch.nproc_per_node}")
-    server = json.loads(server_file.read_text(encoding="utf-8"))
     layout = RunLayout(run_dir)
     command = req.launch.torchrun_command("harness.worker", [])
-    supervisor = Supervisor(command, env=_worker_env(server["address"], server["token"], layout.scratch, req.launch),
+    supervisor = Supervisor(command, env=_worker_env(server_file, layout.scratch, req.launch,
+                                                     tuple(spec.get("pass_env", ()))),
                             timeout_s=spec.get("timeout_s"),
                             status_file=run_dir / f"supervisor-node{req.launch.node_rank}.json", cwd=layout.scratch)
     stop_file = run_dir / STOP_FILE

@@ -1,7 +1,9 @@
 """The method's own process: connect to the data server, sandbox, then run the method.
 
 Started by the runner (through the sandbox supervisor, and torchrun when distributed) as
-`python -m harness.worker`, with the server's address and the run's token in its environment. The order
+`python -m harness.worker`, with the path of a file holding the server's address and the run's token in
+its environment (the file is in the run folder, which the sandbox closes; the token itself is never in
+the environment, where /proc/self/environ would keep it for the method to read). The order
 matters: this harness code first connects to the server (the one channel the method will have), then
 enters the sandbox the server describes (Landlock: read-only Python and the method directory, read-write
 scratch and outbox, nothing else), reports which sandbox it got, and only then imports the method. So the
@@ -21,8 +23,14 @@ import sys
 import traceback
 from pathlib import Path
 
-SERVER_ENV = "SLOWRUN_SERVER"
-TOKEN_ENV = "SLOWRUN_TOKEN"
+
+def read_connect_file(path: str) -> tuple[str, str]:
+    """(address, token) from the file the runner wrote for this run's ranks."""
+    import json
+
+    with open(path, encoding="utf-8") as f:
+        data = json.load(f)
+    return str(data["address"]), str(data["token"])
 
 
 def _error(exc: BaseException) -> dict:
@@ -49,14 +57,18 @@ def run_worker() -> int:
     from harness.distributed import rank_from_env
     from harness.server.wire import Channel, ChannelClosed
 
-    address, token = os.environ.pop(SERVER_ENV, None), os.environ.pop(TOKEN_ENV, None)
-    if not address or not token:
-        print(f"harness.worker: ${SERVER_ENV} and ${TOKEN_ENV} are set by slowrun run; this module is not "
-              "meant to be started by hand", file=sys.stderr)
+    from harness.sandbox.environment import CONNECT_ENV
+
+    connect_file = os.environ.get(CONNECT_ENV)
+    if not connect_file:
+        print(f"harness.worker: ${CONNECT_ENV} is set by slowrun run; this module is not meant to be started by "
+              "hand", file=sys.stderr)
         return 2
     info = rank_from_env()
+    address, token = read_connect_file(connect_file)
     channel = Channel(connect(address))
     channel.send({"op": "hello", "token": token, "rank": info.rank, "pid": os.getpid()})
+    del token  # the method runs in this frame's callee: leave it nothing to find by walking the stack
     reply, _ = channel.recv()
     if not reply.get("ok"):
         print(f"harness.worker: the data server refused this process: {reply.get('error')}", file=sys.stderr)

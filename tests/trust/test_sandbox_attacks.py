@@ -58,3 +58,21 @@ def test_allow_read_refuses_the_data_and_the_run_folder(which, synthetic_data, t
                               overrides=(("target", str(synthetic_data / "val.tokens.bin")),),
                               allow_read=(folder,)))
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_the_method_finds_no_secret_and_no_token(ranks, synthetic_data, tmp_path, monkeypatch):
+    from harness.distributed import LaunchSpec
+
+    monkeypatch.setenv("HF_TOKEN", "hf_not_for_the_method")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws_not_for_the_method")
+    monkeypatch.setenv("SLOWRUN_NUM_THREADS", "1")
+    extra = {"launch": LaunchSpec(nproc_per_node=2), "timeout_s": 120} if ranks == 2 else {}
+    run_dir, record = run("find_token", synthetic_data, tmp_path, **extra)
+    assert record["status"] == "ok", record["error"]
+    found = next(line for line in metrics(run_dir) if "environ_names" in line)
+    names = set(found["environ_names"].split(","))
+    assert not names & {"HF_TOKEN", "AWS_SECRET_ACCESS_KEY", "SLOWRUN_SERVER", "SLOWRUN_TOKEN"}, names
+    assert found["token_in_environ"] is False
+    assert found["connect_file"] == "PermissionError"  # the run folder is closed to the method
+    assert found["token_on_stack"] is False and found["token_on_heap"] is False

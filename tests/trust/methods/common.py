@@ -13,14 +13,15 @@ def train_and_snapshot(ctx, epochs: float = 1.0, tag: str = "honest") -> Bigram:
     torch.manual_seed(ctx.seed)
     model = Bigram(ctx.vocab_size)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
-    stream = ctx.train_stream("main", batch_size=16)
+    alone = ctx.world_size == 1  # in a distributed run every rank trains its own stream and snapshot
+    stream = ctx.train_stream("main" if alone else f"main-r{ctx.rank}", batch_size=16)
     while ctx.epochs + 16 * ctx.seq_len / ctx.epoch_tokens <= epochs:
         inputs, targets = next(stream)
         opt.zero_grad()
         loss = F.cross_entropy(model(inputs).reshape(-1, model.vocab_size), targets.reshape(-1))
         loss.backward()
         opt.step()
-    ctx.save_snapshot(model, tag)
+    ctx.save_snapshot(model, tag if alone else f"{tag}-r{ctx.rank}")
     return model
 
 
