@@ -309,6 +309,7 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     run_dir = Path(run_dir).resolve()
     spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
     launch = _launch_of(spec)
+    _warn_if_root()
     server = DataServer(server_spec(run_dir, spec, resume, progress))
     (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session is not this one's
     if launch.nnodes > 1:  # the other nodes' ranks reach the server over TCP, at master_port + 1 of node 0
@@ -359,6 +360,13 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     outcome = server.outcome(asdict(result), stopped_at_cap=stopped_at_cap)
     _write_json(run_dir / TRAIN_RESULT, outcome.to_dict())
     return outcome, interrupted
+
+
+def _warn_if_root() -> None:
+    if hasattr(os, "geteuid") and os.geteuid() == 0:
+        print("slowrun: WARNING: running as root. The method's processes drop every capability and run under "
+              "Landlock, but keep uid 0: files that root owns and Landlock does not cover stay theirs to read. "
+              "Run slowrun as an unprivileged user where you can.", file=sys.stderr)
 
 
 def _wait_watching_server(supervisor, server, poll_s: float = 0.1) -> bool:

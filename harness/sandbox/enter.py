@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from harness.sandbox.capabilities import drop_capabilities
 from harness.sandbox.landlock import SandboxError, apply_landlock, ensure_single_threaded, probe
 from harness.sandbox.policy import SandboxPolicy
 
@@ -84,6 +85,7 @@ def enter_sandbox(policy: SandboxPolicy, *, required: bool = False) -> dict[str,
         return {"kind": "none", "reason": reason, "rlimits": limits}
     ensure_single_threaded()  # before anything changes, so a refusal leaves the process as it was
     limits = _apply_rlimits(policy)
+    capabilities = drop_capabilities()
     confinement = apply_landlock(
         read_only=policy.read_only,
         read_write=policy.read_write,
@@ -101,6 +103,7 @@ def enter_sandbox(policy: SandboxPolicy, *, required: bool = False) -> dict[str,
         "skipped": list(confinement.skipped),
         "scopes": list(confinement.scopes),
         "rlimits": limits,
+        "capabilities": capabilities,
     }
 
 

@@ -227,7 +227,7 @@ def _allowed_for(kind: str, mode: int, handled: int) -> int:
     if kind == "read_only":
         rights = READ_ONLY_RIGHTS
     elif kind == "read_write":
-        rights = handled
+        rights = handled & NO_DEVICE_NODES  # a writable folder never holds a device node the method made
     elif kind == "list_only":
         rights = LIST_ONLY_RIGHTS
     elif kind == "devices":

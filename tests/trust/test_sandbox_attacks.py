@@ -76,3 +76,14 @@ def test_the_method_finds_no_secret_and_no_token(ranks, synthetic_data, tmp_path
     assert found["token_in_environ"] is False
     assert found["connect_file"] == "PermissionError"  # the run folder is closed to the method
     assert found["token_on_stack"] is False and found["token_on_heap"] is False
+
+
+def test_root_powers_are_dropped(synthetic_data, tmp_path):
+    run_dir, record = run("root_powers", synthetic_data, tmp_path)
+    assert record["status"] == "ok", record["error"]
+    tried = next(line for line in metrics(run_dir) if "mknod" in line)
+    assert tried["mknod"] != "allowed" and tried["mount"] != "allowed" and tried["ptrace"] != "allowed", tried
+    assert int(tried["cap_eff"], 16) == 0 and int(tried["cap_bnd"], 16) == 0
+    assert not (run_dir / "sandbox" / "scratch" / "kmsg").exists()
+    if tried["uid"] == 0:  # as root the sandbox says what it took away
+        assert int(record["sandbox"]["capabilities"]["held_before"], 16) != 0
