@@ -127,7 +127,7 @@ def supervised_process(module: str, private: Path, scratch: Path, method_dir: Pa
     ours, theirs = socket.socketpair()
     command = worker_command(module, theirs.fileno(), scratch, method_dir, builder_roots, require_sandbox)
     supervisor = Supervisor(command, env=_worker_env(scratch), timeout_s=None, status_file=private / "status.json",
-                            pass_fds=(theirs.fileno(),), cwd=scratch)
+                            pass_fds=(theirs.fileno(),), cwd=scratch, private_network=True)  # no network at all
     return supervisor, ours, theirs
 
 

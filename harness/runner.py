@@ -253,7 +253,8 @@ def server_spec(run_dir: Path, spec: dict, resume: bool, progress: bool):
                       snapshot_grace_s=snapshot_grace_s(limit) if limit else 0.0)
 
 
-def _worker_env(connect_file: Path, scratch: Path, launch: LaunchSpec, pass_env: tuple[str, ...] = ()) -> dict:
+def _worker_env(connect_file: Path, scratch: Path, launch: LaunchSpec, pass_env: tuple[str, ...] = (),
+                private_network: bool = False) -> dict:
     """The method's environment: the allow-list (harness.sandbox.environment) and `--pass-env` names, the
     harness on the path, caches in scratch, and where to find the server (not the token itself)."""
     from harness.sandbox import sandbox_env
@@ -264,6 +265,8 @@ def _worker_env(connect_file: Path, scratch: Path, launch: LaunchSpec, pass_env:
     env["PYTHONPATH"] = project_root + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     env.update(sandbox_env(scratch))
     env[CONNECT_ENV] = str(connect_file)
+    if private_network:  # loopback is the only interface: the collectives' sockets must use it
+        env["GLOO_SOCKET_IFNAME"] = env["NCCL_SOCKET_IFNAME"] = "lo"
     if launch.is_distributed:
         # every rank is a full process on a shared machine: one intra-op thread each unless told otherwise
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -322,8 +325,10 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     command = (launch.torchrun_command("harness.worker", []) if launch.is_distributed
                else [sys.executable, "-m", "harness.worker"])
     layout = RunLayout(run_dir)
+    private = launch.nnodes == 1  # one node: the method's tree gets a network of its own (only loopback)
     supervisor = Supervisor(command, env=_worker_env(run_dir / CONNECT_FILE, layout.scratch, launch,
-                                                     tuple(spec.get("pass_env", ()))),
+                                                     tuple(spec.get("pass_env", ())), private),
+                            private_network=private,
                             timeout_s=spec.get("timeout_s"), status_file=run_dir / SUPERVISOR_STATUS,
                             cwd=layout.scratch)
     interrupted = stopped_at_cap = False

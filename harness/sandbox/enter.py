@@ -82,7 +82,7 @@ def enter_sandbox(policy: SandboxPolicy, *, required: bool = False) -> dict[str,
             raise SandboxError(f"a sandbox is required but Landlock is unavailable: {reason}")
         limits = _apply_rlimits(policy)
         _warn_unsandboxed(reason)
-        return {"kind": "none", "reason": reason, "rlimits": limits}
+        return {"kind": "none", "reason": reason, "rlimits": limits, "network": network_view()}
     ensure_single_threaded()  # before anything changes, so a refusal leaves the process as it was
     limits = _apply_rlimits(policy)
     capabilities = drop_capabilities()
@@ -104,7 +104,20 @@ def enter_sandbox(policy: SandboxPolicy, *, required: bool = False) -> dict[str,
         "scopes": list(confinement.scopes),
         "rlimits": limits,
         "capabilities": capabilities,
+        "network": network_view(),
     }
+
+
+def network_view() -> dict[str, Any]:
+    """The network this process can use: `private` when loopback is its only interface (the supervisor
+    gave its tree a namespace of its own), else `host`, with the interfaces it sees."""
+    import socket
+
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError as exc:
+        return {"kind": "unknown", "reason": str(exc)}
+    return {"kind": "private" if names == ["lo"] else "host", "interfaces": names}
 
 
 # Variables that point well-behaved libraries' caches and temporary files into scratch, relative to it.

@@ -232,19 +232,19 @@ class DataServer:
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self, tcp_port: int | None = None, tcp_host: str = "0.0.0.0") -> str:
-        """Listen, and return the address this node's workers connect to (an abstract Unix socket on Linux).
+        """Listen, and return the address this node's workers connect to (a Unix socket file).
 
         `tcp_port` also listens on TCP, for the ranks of the other nodes of a multi-node job: they cannot
         reach a Unix socket of this machine. A connection is served only after its hello names the run's
         token (48 hex digits, compared in constant time), whichever way it came in."""
-        if sys.platform.startswith("linux"):
-            name = f"\0slowrun-{os.getpid()}-{secrets.token_hex(8)}"
-            address = "unix-abstract:" + name[1:]
-        else:  # pragma: no cover - no abstract namespace: a socket file in a private temporary folder
-            import tempfile
+        # A socket file in a private folder, not an abstract socket: abstract sockets belong to a network
+        # namespace, and the ranks run in a network of their own (only loopback); a socket file is reached
+        # through the file system, so they find it there. The token still guards it.
+        import tempfile
 
-            name = str(Path(tempfile.mkdtemp(prefix="slowrun-")) / "server.sock")
-            address = "unix:" + name
+        self._socket_dir = Path(tempfile.mkdtemp(prefix="slowrun-server-"))
+        name = str(self._socket_dir / "s")
+        address = "unix:" + name
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         listener.bind(name)
         listener.listen(max(8, self.spec.world_size * 2))
@@ -294,6 +294,8 @@ class DataServer:
         for thread in self._threads:
             if thread is not threading.current_thread():
                 thread.join(timeout=5)
+        if getattr(self, "_socket_dir", None) is not None:
+            shutil.rmtree(self._socket_dir, ignore_errors=True)
         self._progress.close()
 
     # ---- one connection -----------------------------------------------------------------------------

@@ -87,3 +87,38 @@ def test_root_powers_are_dropped(synthetic_data, tmp_path):
     assert not (run_dir / "sandbox" / "scratch" / "kmsg").exists()
     if tried["uid"] == 0:  # as root the sandbox says what it took away
         assert int(record["sandbox"]["capabilities"]["held_before"], 16) != 0
+
+
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_the_method_has_no_network(ranks, synthetic_data, tmp_path, monkeypatch):
+    """A listener on the host's loopback hears nothing: the method's tree has a network of its own with only
+    loopback (the ranks of a distributed run share it), and raw sockets need a capability it dropped."""
+    import socket
+
+    from harness.distributed import LaunchSpec
+
+    monkeypatch.setenv("SLOWRUN_NUM_THREADS", "1")
+    tcp = socket.create_server(("127.0.0.1", 0))
+    port = tcp.getsockname()[1]
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind(("127.0.0.1", port))
+    tcp.settimeout(0.0)
+    udp.settimeout(0.0)
+    extra = {"launch": LaunchSpec(nproc_per_node=2), "timeout_s": 120} if ranks == 2 else {}
+    try:
+        run_dir, record = run("reach_network", synthetic_data, tmp_path, target=str(port), **extra)
+        heard = []
+        for receive in (lambda: tcp.accept(), lambda: udp.recvfrom(100)):
+            try:
+                heard.append(receive())
+            except BlockingIOError:
+                pass
+    finally:
+        tcp.close()
+        udp.close()
+    assert record["status"] == "ok", record["error"]
+    assert heard == []
+    tried = next(line for line in metrics(run_dir) if "tcp" in line)
+    assert all(tried[k] != "allowed" for k in ("raw", "packet", "outside")), tried
+    assert tried["tcp"] != "allowed" and tried["interfaces"] == "lo", tried
+    assert record["sandbox"]["network"]["kind"] == "private"
