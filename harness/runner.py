@@ -46,6 +46,7 @@ TRAIN_RESULT = "train_result.json"
 SUPERVISOR_STATUS = "supervisor.json"
 SERVER_FILE = "server.json"  # node 0's data server address and token, for the other nodes' runners
 CONNECT_FILE = "connect.json"  # this node's data server address and the token, read by each rank's worker
+STOP_GRACE_S = 2.0  # after the server asks for a stop: time for a dying tree to end on its own
 JOIN_WAIT_S = 600.0  # how long another node waits for node 0's server, and node 0 for the other nodes' ranks
 ALLOW_READ_ENV = "SLOWRUN_ALLOW_READ"  # extra read-only folders for the method (os.pathsep-separated)
 
@@ -328,7 +329,7 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     private = launch.nnodes == 1  # one node: the method's tree gets a network of its own (only loopback)
     supervisor = Supervisor(command, env=_worker_env(run_dir / CONNECT_FILE, layout.scratch, launch,
                                                      tuple(spec.get("pass_env", ())), private),
-                            private_network=private,
+                            private_network=private, private_pids=True,
                             timeout_s=spec.get("timeout_s"), status_file=run_dir / SUPERVISOR_STATUS,
                             cwd=layout.scratch)
     interrupted = stopped_at_cap = False
@@ -381,8 +382,15 @@ def _wait_watching_server(supervisor, server, poll_s: float = 0.1) -> bool:
     kept). True when they were stopped at the cap."""
     while supervisor.running():
         if server.stop_requested.wait(poll_s):
+            # A rank that died takes its process tree down by itself a moment later, and the supervisor's
+            # account of it (killed by which signal) says more than a stop would: let it end first, then
+            # stop whatever is still waiting (peers blocked in a collective).
+            deadline = time.monotonic() + STOP_GRACE_S
+            while supervisor.running() and time.monotonic() < deadline:
+                time.sleep(0.05)
             server.processes_stopping()
-            supervisor.terminate()
+            if supervisor.running():
+                supervisor.terminate()
             return False
         if server.past_deadline():
             server.clock.note_over_cap()

@@ -117,7 +117,9 @@ def network_view() -> dict[str, Any]:
         names = [name for _, name in socket.if_nameindex()]
     except OSError as exc:
         return {"kind": "unknown", "reason": str(exc)}
-    return {"kind": "private" if names == ["lo"] else "host", "interfaces": names}
+    pids = dict(item.split("=", 1) for item in os.environ.get("SLOWRUN_ISOLATION", "").split(",") if "=" in item)
+    return {"kind": "private" if names == ["lo"] else "host", "interfaces": names,
+            "processes": pids.get("pids", "host")}
 
 
 # Variables that point well-behaved libraries' caches and temporary files into scratch, relative to it.

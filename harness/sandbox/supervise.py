@@ -32,6 +32,11 @@ PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNS = 0x00020000
+MS_REC, MS_PRIVATE = 0x4000, 1 << 18
+MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+ISOLATION_ENV = "SLOWRUN_ISOLATION"  # what the supervisor gave the command: e.g. "network=private,pids=private"
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
 EXIT_TIMEOUT = 124
@@ -90,6 +95,60 @@ def private_network() -> str | None:
     except OSError as exc:
         return f"the private network's loopback cannot be brought up ({exc})"
     return None
+
+
+def private_pids() -> str | None:
+    """Make the next process this one starts the first of a PID namespace of its own (it then gets its own
+    /proc, see `_own_proc`): the method sees its own processes, not the harness's or other runs'. None on
+    success, else why not. After `private_network` as a non-root user, the user namespace made there
+    grants what this needs."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+    except OSError as exc:
+        return f"the C library cannot be loaded ({exc})"
+    if libc.unshare(ctypes.c_int(CLONE_NEWPID)) != 0:
+        return f"unshare(CLONE_NEWPID) failed ({os.strerror(ctypes.get_errno())})"
+    return None
+
+
+def _own_proc() -> None:
+    """In the child, before it executes the command: a mount namespace of its own in which /proc shows
+    its PID namespace. Raises OSError when the mount is refused (the supervisor then reports it)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    for call in (lambda: libc.unshare(ctypes.c_int(CLONE_NEWNS)),
+                 lambda: libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None),
+                 lambda: libc.mount(b"proc", b"/proc", b"proc", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), None)):
+        if call() != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+
+
+# The first process of a PID namespace is its init: the kernel ignores signals it has no handler for (a
+# method could not even kill itself), and orphans are given to it to reap. So the command does not run as
+# that process: this small init does, starts the command as its child, passes the stop signals on, reaps
+# every orphan, and exits as the command did.
+_INIT = r"""
+import os, signal, sys
+child = os.fork()
+if child == 0:
+    os.execvp(sys.argv[1], sys.argv[1:])
+for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+    signal.signal(signum, lambda signum, frame: os.kill(child, signum))
+while True:
+    try:
+        pid, status = os.wait()
+    except ChildProcessError:
+        sys.exit(1)
+    except InterruptedError:
+        continue
+    if pid == child:
+        sys.exit(128 + os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status))
+"""
+
+
+def init_command(command: list[str]) -> list[str]:
+    """`command` behind the namespace's small init (see _INIT)."""
+    return [sys.executable, "-I", "-S", "-c", _INIT, *command]
 
 
 # --- the process table ----------------------------------------------------------------------------------
@@ -211,6 +270,8 @@ def _parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--kill-wait", type=float, default=KILL_WAIT_S, help="seconds to keep killing leftovers")
     parser.add_argument("--private-network", action="store_true",
                         help="run COMMAND in a network namespace of its own with only loopback")
+    parser.add_argument("--private-pids", action="store_true",
+                        help="run COMMAND as the first process of a PID namespace of its own, with its own /proc")
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     args = parser.parse_args(argv)
     if args.command and args.command[0] == "--":
@@ -250,12 +311,22 @@ def main(argv: list[str] | None = None) -> int:
         except OSError:
             pass
 
-    network = "host"
+    network = pids = "host"
     if args.private_network:
         why_not = private_network()
         network = "private" if why_not is None else f"host: {why_not}"
         if why_not is not None:
             print(f"supervise: WARNING: no private network for the command: {why_not}", file=sys.stderr, flush=True)
+    preexec = None
+    if args.private_pids:
+        why_not = private_pids()
+        if why_not is None:
+            pids, preexec = "private", _own_proc
+        else:
+            pids = f"host: {why_not}"
+            print(f"supervise: WARNING: the command sees every process: {why_not}", file=sys.stderr, flush=True)
+    env = dict(os.environ)
+    env[ISOLATION_ENV] = f"network={network.split(':')[0]},pids={pids.split(':')[0]}"
 
     reaper = _Reaper()
     started = time.monotonic()
@@ -263,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
     child: subprocess.Popen[bytes] | None = None
     if not stop:
         try:
-            child = subprocess.Popen(args.command, start_new_session=True, pass_fds=tuple(args.pass_fd))
+            command = init_command(args.command) if preexec is not None else args.command
+            child = subprocess.Popen(command, start_new_session=True, pass_fds=tuple(args.pass_fd), env=env,
+                                     preexec_fn=preexec)
         except (OSError, ValueError) as exc:
             error = f"cannot start {args.command[0]}: {exc}"
         else:
@@ -299,6 +372,8 @@ def main(argv: list[str] | None = None) -> int:
     if status is not None:
         if os.WIFEXITED(status):
             exit_code = os.WEXITSTATUS(status)
+            if preexec is not None and exit_code > 128:  # the namespace's init says the command got a signal
+                exit_code, signum = None, exit_code - 128
         elif os.WIFSIGNALED(status):
             signum = os.WTERMSIG(status)
     elif child is None and error is not None:
@@ -314,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "killed": killed,
         "leftover": leftover,
         "network": network,
+        "pids": pids,
     }
     if error is not None:
         record["error"] = error
@@ -365,6 +441,7 @@ class Supervisor:
         pass_fds: tuple[int, ...] = (),
         cwd: Path | None = None,
         private_network: bool = False,
+        private_pids: bool = False,
     ) -> None:
         if not command:
             raise ValueError("Supervisor needs a command")
@@ -375,6 +452,7 @@ class Supervisor:
         self.pass_fds = tuple(pass_fds)
         self.cwd = cwd
         self.private_network = private_network
+        self.private_pids = private_pids
         self._proc: subprocess.Popen[bytes] | None = None
         self._ready_fd: int | None = None
         self._result: SupervisedResult | None = None
@@ -399,6 +477,8 @@ class Supervisor:
             argv += ["--pass-fd", str(fd)]
         if self.private_network:
             argv.append("--private-network")
+        if self.private_pids:
+            argv.append("--private-pids")
         argv += ["--", *self.command]
         try:
             self._proc = subprocess.Popen(argv, env=self.env, cwd=self.cwd, pass_fds=(*self.pass_fds, ready_w))

@@ -426,6 +426,8 @@ class DataServer:
 
     def _hello(self, channel: Channel, header: dict) -> int | None:
         if header.get("op") != "hello" or not secrets.compare_digest(str(header.get("token", "")), self.token):
+            self._incident("hello-refused", None, f"a connection said {str(header.get('op'))[:20]!r} without the "
+                           f"run's token (claimed rank {str(header.get('rank'))[:10]})")
             channel.send({"ok": False, "error": _error("ContractError", "bad hello")})
             return None
         rank = header.get("rank")

@@ -98,8 +98,14 @@ def test_leaving_without_a_report_is_not_ok(synthetic_data, tmp_path):
 def test_the_method_cannot_signal_the_harness(synthetic_data, tmp_path):
     run_dir, record = run("signal_harness", synthetic_data, tmp_path)
     tried = attempts(run_dir)
-    assert tried == {"supervisor": "PermissionError", "runner": "PermissionError"}
     assert record["status"] == "ok"
+    # the namespace's init is outside the method's Landlock domain; the supervisor and the runner are not
+    # even visible from its own PID namespace (and refused like the init where there is none)
+    assert tried["parent"] == "PermissionError", tried
+    if record["sandbox"]["network"]["processes"] == "private":
+        assert tried["above_parent"] == "invisible"
+    else:
+        assert tried["above_parent"] == "PermissionError"
 
 
 def test_daemons_die_with_the_run(synthetic_data, tmp_path):
@@ -108,7 +114,9 @@ def test_daemons_die_with_the_run(synthetic_data, tmp_path):
     assert record["status"] == "ok"
     assert processes_with(marker) == []
     supervisor = json.loads((run_dir / "supervisor.json").read_text())
-    assert supervisor["killed"] >= 2  # the setsid'ed shell and the double-forked one
+    # the setsid'ed shell and the double-forked one: killed by the supervisor, or, in the method's own PID
+    # namespace, by the kernel when the namespace's init exits
+    assert supervisor["killed"] >= 2 or supervisor["pids"] == "private"
 
 
 def test_a_hanging_method_is_stopped_at_the_timeout_with_its_children(synthetic_data, tmp_path):

@@ -122,3 +122,29 @@ def test_the_method_has_no_network(ranks, synthetic_data, tmp_path, monkeypatch)
     assert all(tried[k] != "allowed" for k in ("raw", "packet", "outside")), tried
     assert tried["tcp"] != "allowed" and tried["interfaces"] == "lo", tried
     assert record["sandbox"]["network"]["kind"] == "private"
+    assert record["sandbox"]["network"]["processes"] == "private"
+
+
+def test_other_processes_environments_and_runs_tokens_are_out_of_reach(synthetic_data, tmp_path):
+    """Another process of the same user holds a secret in its environment (as a concurrent run's processes
+    hold where their token is): the method cannot read it, nor any run's connect file."""
+    import os
+    import subprocess
+    import uuid
+
+    secret = f"secret-{uuid.uuid4().hex}"
+    victim = subprocess.Popen(["sleep", "120"], env={**os.environ, "VICTIM_SECRET": secret,
+                                                     "SLOWRUN_CONNECT": str(tmp_path / "victim-connect.json")})
+    (tmp_path / "victim-connect.json").write_text('{"address": "unix:/nowhere", "token": "0"}')
+    try:
+        run_dir, record = run("scan_proc", synthetic_data, tmp_path, target=secret)
+    finally:
+        victim.kill()
+        victim.wait()
+    assert record["status"] == "ok", record["error"]
+    seen = next(line for line in metrics(run_dir) if "secret_seen" in line)
+    assert seen["secret_seen"] is False
+    assert seen["connect_files_opened"] == 0
+    # its own PID namespace: the victim, the runner and pytest are not even listed
+    assert not any(c.startswith("sleep") or "pytest" in c for c in seen["commands_seen"]), seen["commands_seen"]
+    assert any("harness.worker" in c for c in seen["commands_seen"])

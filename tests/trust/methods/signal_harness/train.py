@@ -1,4 +1,7 @@
-"""Signal the processes above it (the supervisor and the runner that holds the data server)."""
+"""Signal the processes above it (the supervisor and the runner that holds the data server).
+
+In its own PID namespace the method sees only the namespace's init above it (the harness's processes are
+not listed at all); the init is outside its Landlock domain, so even that signal is refused."""
 
 import os
 import signal
@@ -12,8 +15,15 @@ def parent_of(pid: int) -> int:
 
 
 def main(ctx):
-    supervisor = parent_of(os.getpid())
-    runner = parent_of(supervisor)
-    ctx.log(attempts={"supervisor": attempt(lambda: os.kill(supervisor, signal.SIGTERM)),
-                      "runner": attempt(lambda: os.kill(runner, signal.SIGTERM))})
+    above, pid = [], os.getpid()
+    while len(above) < 2 and (pid := parent_of(pid)) > 0:
+        above.append(pid)
+    tried = {}
+    for name, index in (("parent", 0), ("above_parent", 1)):
+        if index < len(above):
+            target = above[index]
+            tried[name] = attempt(lambda: os.kill(target, signal.SIGTERM))
+        else:
+            tried[name] = "invisible"
+    ctx.log(attempts=tried)
     train_and_snapshot(ctx)
