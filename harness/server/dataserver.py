@@ -521,16 +521,47 @@ class DataServer:
         return {"ok": True, "tags": [s.tag for s in list_snapshots(self.layout.snapshots)]}
 
     def _outbox_file(self, name) -> tuple[Path, os.stat_result]:
+        """The outbox entry `name` as it is now: a plain file with one link, opened without following a
+        link (the method may swap the entry at any moment; `_take` checks that what it moves is this)."""
         if not isinstance(name, str) or not OUTBOX_NAME.match(name) or name.startswith(".."):
             raise RequestError(f"outbox file name {name!r} is not a plain file name")
         path = self.layout.outbox / name
         try:
-            info = os.lstat(path)
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
         except FileNotFoundError:
             raise RequestError(f"{name!r} is not in the outbox") from None
+        except OSError:
+            raise RequestError(f"outbox entry {name!r} must be a plain file with one link (not a link)") from None
+        try:
+            info = os.fstat(fd)
+        finally:
+            os.close(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
             raise RequestError(f"outbox entry {name!r} must be a plain file with one link")
         return path, info
+
+    @staticmethod
+    def _take(path: Path, info: os.stat_result, destination: Path) -> os.stat_result:
+        """Move an outbox entry into harness storage and make sure what moved is the file that was checked
+        and is open here (held open, so its inode cannot be freed and reused meanwhile): an entry swapped
+        in between, for a link or another file, is removed and refused. Returns the moved file's status;
+        every later check reads the moved file, never the outbox."""
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            raise RequestError(f"outbox entry {path.name!r} changed while the harness took it; it was refused") from None
+        try:
+            held = os.fstat(fd)
+            if (held.st_dev, held.st_ino) != (info.st_dev, info.st_ino) or held.st_nlink != 1:
+                raise RequestError(f"outbox entry {path.name!r} changed while the harness took it; it was refused")
+            os.replace(path, destination)
+            moved = os.lstat(destination)
+            if (moved.st_dev, moved.st_ino) != (held.st_dev, held.st_ino) or not stat.S_ISREG(moved.st_mode):
+                os.unlink(destination)
+                raise RequestError(f"outbox entry {path.name!r} changed while the harness took it; it was refused")
+            return os.fstat(fd)
+        finally:
+            os.close(fd)
 
     def _op_snapshot(self, rank: int, header: dict, payload) -> dict:
         tag, spec, meta = header.get("tag"), header.get("spec"), header.get("meta") or {}
@@ -560,7 +591,7 @@ class DataServer:
             tmp.mkdir()
             try:
                 weights = tmp / WEIGHTS
-                os.replace(path, weights)  # out of the method's reach from here on
+                info = self._take(path, info, weights)  # out of the method's reach from here on
                 check_safetensors(weights, info.st_size)
                 targets = self.ledger.served_targets()
                 record = {"tag": tag, "epochs": targets / self.epoch_tokens, "train_tokens": targets,
@@ -633,13 +664,20 @@ class DataServer:
 
         The index (`checkpoint/rank<r>.json`) is written last and names the state file it belongs to, so
         a crash at any point leaves the previous checkpoint whole."""
-        path, _ = self._outbox_file(header.get("file"))
+        path, info = self._outbox_file(header.get("file"))
+        if info.st_size > self.spec.max_snapshot_bytes:
+            path.unlink(missing_ok=True)
+            raise RequestError(f"the checkpoint is {info.st_size:,} bytes, over the limit of "
+                               f"{self.spec.max_snapshot_bytes:,}")
         with self._lock:
             index_path = self.layout.checkpoint_index(rank)
             previous = json.loads(index_path.read_text()) if index_path.exists() else None
             generation = (previous or {}).get("generation", 0) + 1
             state_name = f"state-rank{rank}-{generation}.pt"
-            os.replace(path, self.layout.checkpoints / state_name)
+            info = self._take(path, info, self.layout.checkpoints / state_name)
+            if not _is_torch_save(self.layout.checkpoints / state_name):
+                (self.layout.checkpoints / state_name).unlink(missing_ok=True)
+                raise RequestError("the checkpoint is not a file written by torch.save (ctx.checkpoint writes one)")
             index = {"generation": generation, "state_file": state_name,
                      "ledger": self.ledger.rank_state(rank),
                      "snapshots": [s.tag for s in list_snapshots(self.layout.snapshots)],
@@ -846,6 +884,13 @@ def _finite_json(value) -> bool:
 
 def _kind(exc: BaseException) -> str:
     return "ContractError" if isinstance(exc, (RequestError, StreamRefused)) else type(exc).__name__
+
+
+def _is_torch_save(path: Path) -> bool:
+    """torch.save's format (a zip archive) by its first bytes: nothing of the file is unpickled here; only
+    the method's own process ever loads it, inside its sandbox."""
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
 
 
 def _method_error(error) -> dict | None:

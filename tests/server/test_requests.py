@@ -179,3 +179,40 @@ def test_a_lost_connection_stops_the_job_and_a_failed_rank_does_too(synthetic_da
         assert server.stop_reason()["rank"] == 1 and server.stop_reason()["error"]["type"] == "WorkerDied"
     finally:
         server.stop()
+
+
+def test_an_outbox_entry_swapped_while_it_is_taken_is_refused(served):
+    """The method may replace an outbox entry between the harness's check and its move: what is moved
+    must be the file that was checked, or nothing is kept."""
+    from harness.server.dataserver import RequestError
+
+    server, channel, ctx = served
+    entry = server.layout.outbox / "state.pt"
+    entry.write_bytes(b"PK\x03\x04checked")
+    path, info = server._outbox_file("state.pt")
+    swap = server.layout.outbox / "swap.tmp"
+    swap.write_bytes(b"PK\x03\x04swapped in")
+    os.replace(swap, entry)  # same name, another file
+    destination = server.layout.checkpoints / "taken.pt"
+    with pytest.raises(RequestError, match="changed while the harness took it"):
+        server._take(path, info, destination)
+    assert not destination.exists()
+    entry.unlink()
+    entry.symlink_to(server.layout.snapshots)  # or a link put in its place
+    with pytest.raises(RequestError, match="changed while the harness took it"):
+        server._take(path, info, destination)
+    assert not destination.exists()
+
+
+def test_checkpoints_must_be_torch_save_files_and_links_are_never_followed(served, tmp_path):
+    server, channel, ctx = served
+    (server.layout.outbox / "note.pt").write_text("import os; os.system('echo owned')\n")
+    with pytest.raises(ContractError, match="not a file written by torch.save"):
+        ctx._call({"op": "checkpoint", "file": "note.pt"})
+    assert not server.layout.checkpoint_index(0).exists()
+    outside = tmp_path / "outside.pt"
+    outside.write_bytes(b"PK\x03\x04")
+    (server.layout.outbox / "link.pt").symlink_to(outside)
+    with pytest.raises(ContractError, match="not a link"):
+        ctx._call({"op": "checkpoint", "file": "link.pt"})
+    assert outside.exists() and (server.layout.outbox / "link.pt").is_symlink()  # neither moved nor followed
