@@ -15,7 +15,8 @@ def train_and_snapshot(ctx, epochs: float = 1.0, tag: str = "honest") -> Bigram:
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     alone = ctx.world_size == 1  # in a distributed run every rank trains its own stream and snapshot
     stream = ctx.train_stream("main" if alone else f"main-r{ctx.rank}", batch_size=16)
-    while ctx.epochs + 16 * ctx.seq_len / ctx.epoch_tokens <= epochs:
+    # every rank may draw once between its check and its batch: leave room for one batch of each
+    while ctx.epochs + ctx.world_size * 16 * ctx.seq_len / ctx.epoch_tokens <= epochs:
         inputs, targets = next(stream)
         opt.zero_grad()
         loss = F.cross_entropy(model(inputs).reshape(-1, model.vocab_size), targets.reshape(-1))
