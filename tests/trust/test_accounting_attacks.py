@@ -5,32 +5,14 @@ numbers intact."""
 
 from __future__ import annotations
 
-import json
 import resource
-from pathlib import Path
 
 import pytest
 
 from harness.distributed import LaunchSpec
 from harness.errors import SlowrunError
-from harness.records import validate_record
 from harness.runner import RunRequest, run_method
-
-METHODS = Path(__file__).parent / "methods"
-
-
-def run(name: str, data: Path, tmp_path: Path, epochs: float = 1.0, target: str | None = None,
-        **kw) -> tuple[Path, dict]:
-    overrides = (("target", target),) if target is not None else ()
-    run_dir = run_method(RunRequest(method_dir=METHODS / name, track="synthetic", epochs=epochs, data_dir=data,
-                                    out=tmp_path / f"run-{name}", progress=False, overrides=overrides, **kw))
-    record = json.loads((run_dir / "record.json").read_text())
-    assert validate_record(record) == []
-    return run_dir, record
-
-
-def metrics(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+from tests.trust.runs import metrics, run
 
 
 @pytest.mark.parametrize("target,rule", [("shard", "one-process run has nobody to step with"),
