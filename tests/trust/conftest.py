@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -27,3 +29,21 @@ def make_fitness_method(tmp_path):
         return folder
 
     return make
+
+
+@pytest.fixture
+def needs_namespaces():
+    """Skip, with the kernel's reason, where the supervisor cannot give the method a network and a PID
+    namespace of its own (the test would only see the host's)."""
+    import subprocess
+    import sys
+
+    from harness.sandbox import supervise
+
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); from supervise import private_network, private_pids; "
+            "print(private_network() or private_pids() or '')")
+    out = subprocess.run([sys.executable, "-I", "-S", "-c", code, str(Path(supervise.__file__).parent)],
+                         capture_output=True, text=True)
+    reason = out.stdout.strip() or (out.stderr.strip() if out.returncode else "")
+    if reason:
+        pytest.skip(f"no private namespaces here: {reason}")

@@ -74,7 +74,7 @@ def test_root_powers_are_dropped(synthetic_data, tmp_path):
 
 
 @pytest.mark.parametrize("ranks", [1, 2])
-def test_the_method_has_no_network(ranks, synthetic_data, tmp_path, monkeypatch):
+def test_the_method_has_no_network(ranks, synthetic_data, tmp_path, monkeypatch, needs_namespaces):
     """A listener on the host's loopback hears nothing: the method's tree has a network of its own with only
     loopback (the ranks of a distributed run share it), and raw sockets need a capability it dropped."""
     import socket
@@ -109,7 +109,7 @@ def test_the_method_has_no_network(ranks, synthetic_data, tmp_path, monkeypatch)
     assert record["sandbox"]["network"]["processes"] == "private"
 
 
-def test_other_processes_environments_and_runs_tokens_are_out_of_reach(synthetic_data, tmp_path):
+def test_other_processes_environments_and_runs_tokens_are_out_of_reach(synthetic_data, tmp_path, needs_namespaces):
     """Another process of the same user holds a secret in its environment (as a concurrent run's processes
     hold where their token is): the method cannot read it, nor any run's connect file."""
     import os
