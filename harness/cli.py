@@ -112,6 +112,7 @@ def _cmd_run(args) -> int:
             timeout_s=args.timeout if args.timeout and args.timeout > 0 else None, time_limit_s=args.time_limit,
             allow_read=tuple(Path(p) for p in args.allow_read),
             pass_env=tuple(args.pass_env),
+            max_snapshots=args.max_snapshots,
             gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None))
     print(run_dir)
     if launch.nnodes > 1 and launch.node_rank > 0 and not args.resume:
@@ -256,6 +257,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="wall-clock limit of the method's processes; they are all stopped there (default: none)")
     p.add_argument("--allow-read", action="append", default=[], metavar="DIR",
                    help="another folder of code the sandboxed method may read (never data)")
+    p.add_argument("--max-snapshots", type=int, default=4096, metavar="N",
+                   help="snapshots the method may hand over; each is evaluated (default 4096)")
     p.add_argument("--pass-env", action="append", default=[], metavar="NAME",
                    help="pass this environment variable to the method (beyond the allow-list of "
                    "harness/sandbox/environment.py; secrets are never passed otherwise)")

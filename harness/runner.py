@@ -83,6 +83,7 @@ class RunRequest:
     allow_read: tuple[Path, ...] = ()  # more read-only folders for the method (shared code, not data)
     gpt2_ranks: Path | None = None  # GPT-2 ranks file for downstream scoring (else the track's ranks_path)
     pass_env: tuple[str, ...] = ()  # environment variables passed to the method beyond the allow-list
+    max_snapshots: int = 4096  # snapshots a run may hand over (each is evaluated)
 
 
 def default_data_dir(track: str) -> Path:
@@ -153,6 +154,7 @@ def prepare_run(req: RunRequest) -> Path:
         "timeout_s": req.timeout_s,
         "allow_read": allow_read,
         "pass_env": list(check_pass_env(req.pass_env)),
+        "max_snapshots": _positive(req.max_snapshots, "--max-snapshots"),
         "gpt2_ranks": str(Path(req.gpt2_ranks).resolve()) if req.gpt2_ranks else None,
         "downstream": downstream_spec(req.downstream, req.downstream_data, req.downstream_files, req.downstream_limit),
     })
@@ -206,6 +208,12 @@ def _launch_of(spec: dict) -> LaunchSpec:
     return LaunchSpec(**spec.get("launch", {}))
 
 
+def _positive(value, flag: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise SlowrunError(f"{flag} must be a positive whole number, got {value!r}")
+    return value
+
+
 def check_allow_read(folders: list[str], protected: dict[str, Path]) -> None:
     """Refuse an --allow-read folder that is, holds or lies inside the prepared data or the run folder:
     naming one (or `/`, or a parent of either) would make validation or the run's records readable."""
@@ -251,7 +259,8 @@ def server_spec(run_dir: Path, spec: dict, resume: bool, progress: bool):
                       method_dir=Path(spec["method_dir"]), entry=spec["entry"], fitness_docs=spec["fitness_docs"],
                       world_size=_launch_of(spec).world_size, resume=resume, progress=progress,
                       sandbox_read_only=read_only, sandbox_list_only=list_only, time_limit_s=limit,
-                      snapshot_grace_s=snapshot_grace_s(limit) if limit else 0.0)
+                      snapshot_grace_s=snapshot_grace_s(limit) if limit else 0.0,
+                      max_snapshots=int(spec.get("max_snapshots", 4096)))
 
 
 def _worker_env(connect_file: Path, scratch: Path, launch: LaunchSpec, pass_env: tuple[str, ...] = (),

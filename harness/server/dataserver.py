@@ -102,6 +102,9 @@ class ServerSpec:
     sandbox_read_only: tuple[str, ...] = ()  # beyond the Python installation: the method dir, --allow-read
     sandbox_list_only: tuple[str, ...] = ()
     max_snapshot_bytes: int = 256 << 30
+    # Every snapshot is evaluated, so their number bounds the evaluation: PR #90's q0 took 480; 4,096 leaves
+    # room for any sweep while keeping a method from asking for unbounded evaluation (`--max-snapshots`).
+    max_snapshots: int = 4096
     time_limit_s: float | None = None  # the compute class's cap on training seconds (None: no cap)
     snapshot_grace_s: float = 0.0  # after the cap: time to write the final snapshot of the model at the cap
     limits: ProtocolLimits = DEFAULT_LIMITS
@@ -583,6 +586,11 @@ class DataServer:
         if info.st_size > self.spec.max_snapshot_bytes:
             raise RequestError(f"snapshot {tag!r} is {info.st_size:,} bytes, over the limit")
         with self._lock:
+            if len(list_snapshots(self.layout.snapshots)) >= self.spec.max_snapshots:
+                path.unlink(missing_ok=True)
+                raise RequestError(f"snapshot {tag!r} would pass the run's limit of {self.spec.max_snapshots:,} "
+                                   "snapshots (every snapshot is evaluated); raise it with slowrun run "
+                                   "--max-snapshots N")
             final = self.layout.snapshots / tag
             if final.exists():
                 path.unlink(missing_ok=True)

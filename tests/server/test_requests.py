@@ -216,3 +216,27 @@ def test_checkpoints_must_be_torch_save_files_and_links_are_never_followed(serve
     with pytest.raises(ContractError, match="not a link"):
         ctx._call({"op": "checkpoint", "file": "link.pt"})
     assert outside.exists() and (server.layout.outbox / "link.pt").is_symlink()  # neither moved nor followed
+
+
+def test_snapshots_past_the_runs_limit_are_refused(synthetic_data, tmp_path):
+    """Every snapshot is evaluated, so their number is bounded (`--max-snapshots`)."""
+    import torch
+
+    server = DataServer(ServerSpec(run_dir=tmp_path / "run", data_dir=synthetic_data, track=get_track("synthetic"),
+                                   budget=4.0, seed=3, hparams={}, device="cpu", method_dir=tmp_path,
+                                   entry="train:main", fitness_docs=0, progress=False, max_snapshots=2))
+    channel = Channel(connect(server.start()))
+    channel.send({"op": "hello", "token": server.token, "rank": 0, "pid": os.getpid()})
+    reply, _ = channel.recv()
+    ctx = RunContext(channel, reply["run"])
+    try:
+        model = torch.nn.Linear(2, 2)
+        spec = {"builder": "tiny:build", "config": {}}
+        ctx.save_snapshot(model, "a", spec=spec)
+        ctx.save_snapshot(model, "b", spec=spec)
+        with pytest.raises(ContractError, match="limit of 2 snapshots"):
+            ctx.save_snapshot(model, "c", spec=spec)
+        assert ctx.snapshot_tags() == ["a", "b"]
+        assert list(server.layout.outbox.iterdir()) == []  # the refused weights are not left behind
+    finally:
+        server.stop()
