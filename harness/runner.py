@@ -31,7 +31,7 @@ from harness.distributed import LaunchSpec
 from harness.errors import SlowrunError
 from harness.method_spec import MethodError, MethodSpec, check_method, method_hash
 from harness.provenance import environment
-from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic
+from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic, write_text_atomic
 from harness.sandbox.environment import check_pass_env
 from harness.tracks import Track, get_track
 from harness.server.dataserver import STOP_FILE, RunLayout, TrainOutcome
@@ -187,17 +187,6 @@ def _gpu_name(device: str) -> str | None:
     return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
 
 
-def _write_private_json(path: Path, obj: dict) -> None:
-    """A file only this user may read, created so from the start (never readable by others, not even for
-    the instant between writing and a chmod)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(json.dumps(obj) + "\n")
-    os.replace(tmp, path)
-
-
 def _write_json(path: Path, obj: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
@@ -327,11 +316,12 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session is not this one's
     if launch.nnodes > 1:  # the other nodes' ranks reach the server over TCP, at master_port + 1 of node 0
         address = server.start(tcp_port=launch.master_port + 1)
-        _write_private_json(run_dir / SERVER_FILE, {"address": f"tcp:{launch.master_addr}:{launch.master_port + 1}",
-                                                    "token": server.token})
+        write_text_atomic(run_dir / SERVER_FILE, json.dumps({"address": f"tcp:{launch.master_addr}:"
+                                                             f"{launch.master_port + 1}", "token": server.token}))
     else:
         address = server.start()
-    _write_private_json(run_dir / CONNECT_FILE, {"address": address, "token": server.token})
+    # write_text_atomic creates its file with mode 0600 (tempfile's): the token is never readable by others
+    write_text_atomic(run_dir / CONNECT_FILE, json.dumps({"address": address, "token": server.token}))
     command = (launch.torchrun_command("harness.worker", []) if launch.is_distributed
                else [sys.executable, "-m", "harness.worker"])
     layout = RunLayout(run_dir)

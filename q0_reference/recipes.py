@@ -283,15 +283,6 @@ def train_single(ctx, recipe: Recipe, *, epochs: float, stream_id: str = "main",
     return tag if tag is not None else ctx.snapshot_tags()[-1]
 
 
-def _gather_to_all(ctx, key: str, value) -> list:
-    """Every rank's ``value`` on every rank, exchanged through the harness (``ctx.gather``): rank groups
-    finish at their own pace, and a collective here would abort a group that finished long before another."""
-    gather = getattr(ctx, "gather", None)
-    if gather is None or getattr(ctx, "world_size", 1) == 1:
-        return [value]
-    return gather(key, value)
-
-
 def train_naive_ensemble(ctx, recipe: Recipe, members: int, ema_decay: float, member_min_epochs: float = 1.0) -> None:
     """N independent models (own seeds and data orders), E/N epochs each, averaged uniformly. N is as many
     as give every member at least `member_min_epochs` (where a single model stops improving), at most
@@ -315,7 +306,7 @@ def train_naive_ensemble(ctx, recipe: Recipe, members: int, ema_decay: float, me
                                    snapshot_every_epochs=0, ema_decay=ema_decay, resume=resume, on_checkpoint=wrap,
                                    placement=placement, snapshot_meta={"member_choice": member_plan.rule()}))
         ctx.checkpoint({"finals": finals, "member": member + 1, "member_state": None})
-    tags = [tag for finals_of_rank in _gather_to_all(ctx, "naive-ensemble-finals", finals if placement.is_leader else []) for tag in finals_of_rank]
+    tags = [tag for finals_of_rank in ctx.gather("naive-ensemble-finals", finals if placement.is_leader else []) for tag in finals_of_rank]
     if getattr(ctx, "rank", 0) == 0:
         ctx.set_ensemble({tag: 1.0 for tag in tags})
 
@@ -418,7 +409,7 @@ def _finish_q0(ctx, settings: Q0Settings, placement: Placement, fitness: Mapping
     from q0_reference.selection import select_top_k
 
     scores = {}
-    for part in _gather_to_all(ctx, "q0-fitness-scores", dict(fitness) if placement.is_leader else {}):
+    for part in ctx.gather("q0-fitness-scores", dict(fitness) if placement.is_leader else {}):
         scores.update(part)
     if getattr(ctx, "rank", 0) == 0:
         weights = select_top_k(scores, settings.final_top_k)

@@ -117,7 +117,9 @@ def network_view() -> dict[str, Any]:
         names = [name for _, name in socket.if_nameindex()]
     except OSError as exc:
         return {"kind": "unknown", "reason": str(exc)}
-    pids = dict(item.split("=", 1) for item in os.environ.get("SLOWRUN_ISOLATION", "").split(",") if "=" in item)
+    from harness.sandbox.supervise import ISOLATION_ENV
+
+    pids = dict(item.split("=", 1) for item in os.environ.get(ISOLATION_ENV, "").split(",") if "=" in item)
     return {"kind": "private" if names == ["lo"] else "host", "interfaces": names,
             "processes": pids.get("pids", "host")}
 

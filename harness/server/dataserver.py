@@ -119,7 +119,6 @@ class RankState:
     sandbox: dict | None = None
     metrics_lines: int = 0
     metrics_bytes: int = 0
-    hellos: int = 0
 
 
 @dataclass
@@ -232,6 +231,7 @@ class DataServer:
         self._channels: list[Channel] = []
         self._closing = False
         self._stopping = False  # the runner is stopping the method's processes: lost connections are expected
+        self._snapshot_count = len(list_snapshots(self.layout.snapshots))  # after a resume's roll-back
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self, tcp_port: int | None = None, tcp_host: str = "0.0.0.0") -> str:
@@ -380,8 +380,9 @@ class DataServer:
         error = _error("ProtocolViolation", f"{message}; the run is stopped (see docs/threat-model.md, "
                                             "'Protocol bounds')")
         with self._lock:
-            if self._violation is None:
-                self._violation = {**error, "message": f"rank {rank}: {error['message']}"}
+            if self._violation is None:  # the run's, even if this rank had already ended ok
+                prefix = f"rank {rank}: " if self.spec.world_size > 1 else ""
+                self._violation = {**error, "message": prefix + error["message"]}
             self._incident("violation", rank, message)
             self._rank_ended(rank, "invalid", error)
 
@@ -443,7 +444,6 @@ class DataServer:
                 # connection must not look like a fresh rank (nor take over a live one's channel). Only a
                 # process holding the run's token can get here, and the harness's worker never says hello
                 # twice, so the run is invalid.
-                self._ranks[rank].hellos += 1
                 message = (f"a second hello for rank {rank} (pid {str(header.get('pid'))[:20]}) was refused: each "
                            "rank connects once per session")
                 self._incident("hello-refused", rank, message)
@@ -451,7 +451,7 @@ class DataServer:
                                                            "in this session; a rank connects once")})
                 self._violate(rank, message)
                 return None
-            state = self._ranks[rank] = RankState(hellos=1)
+            state = self._ranks[rank] = RankState()
             state.connected = True
             self.clock.connected()
             restored = self._restored.get(rank)
@@ -497,11 +497,11 @@ class DataServer:
         if not isinstance(stream_id, str) or not stream_id or len(stream_id) > 200:
             raise RequestError("stream_id must be a non-empty string of at most 200 characters")
         grant = self.ledger.draw(rank, stream_id, header.get("batch_size"), header.get("shard"))
-        with self._lock:
-            reader = self._readers.get(stream_id)
-            if reader is None:
-                reader = self._readers[stream_id] = StreamReader(self._train, self.spec.track.seq_len,
-                                                                 self.spec.seed, stream_id)
+        reader = self._readers.get(stream_id)
+        if reader is None:  # once per stream; every later batch reads the dict without the lock
+            with self._lock:
+                reader = self._readers.setdefault(stream_id, StreamReader(self._train, self.spec.track.seq_len,
+                                                                          self.spec.seed, stream_id))
         array = reader.batch(grant.first_window, grant.windows)
         self._progress.advance(grant.windows * self.spec.track.seq_len)
         return ({"ok": True, "dtype": array.dtype.str, "shape": list(array.shape),
@@ -524,23 +524,17 @@ class DataServer:
         return {"ok": True, "tags": [s.tag for s in list_snapshots(self.layout.snapshots)]}
 
     def _outbox_file(self, name) -> tuple[Path, os.stat_result]:
-        """The outbox entry `name` as it is now: a plain file with one link, opened without following a
-        link (the method may swap the entry at any moment; `_take` checks that what it moves is this)."""
+        """The outbox entry `name` as it is now (the method may swap it at any moment: `_take` checks that
+        what it moves is this entry)."""
         if not isinstance(name, str) or not OUTBOX_NAME.match(name) or name.startswith(".."):
             raise RequestError(f"outbox file name {name!r} is not a plain file name")
         path = self.layout.outbox / name
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            info = os.lstat(path)
         except FileNotFoundError:
             raise RequestError(f"{name!r} is not in the outbox") from None
-        except OSError:
-            raise RequestError(f"outbox entry {name!r} must be a plain file with one link (not a link)") from None
-        try:
-            info = os.fstat(fd)
-        finally:
-            os.close(fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            raise RequestError(f"outbox entry {name!r} must be a plain file with one link")
+            raise RequestError(f"outbox entry {name!r} must be a plain file with one link (not a link or a folder)")
         return path, info
 
     @staticmethod
@@ -586,7 +580,7 @@ class DataServer:
         if info.st_size > self.spec.max_snapshot_bytes:
             raise RequestError(f"snapshot {tag!r} is {info.st_size:,} bytes, over the limit")
         with self._lock:
-            if len(list_snapshots(self.layout.snapshots)) >= self.spec.max_snapshots:
+            if self._snapshot_count >= self.spec.max_snapshots:
                 path.unlink(missing_ok=True)
                 raise RequestError(f"snapshot {tag!r} would pass the run's limit of {self.spec.max_snapshots:,} "
                                    "snapshots (every snapshot is evaluated); raise it with slowrun run "
@@ -608,6 +602,7 @@ class DataServer:
                           "train_s": self.train_seconds(), "rank": rank}
                 _write_json_atomic(tmp / SPEC, record)
                 os.replace(tmp, final)
+                self._snapshot_count += 1
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
             self._append_metrics(rank, {"event": "snapshot", "tag": tag})
@@ -840,12 +835,12 @@ class DataServer:
                 ranks.append((-1, "over-time", _error("OverTime", f"a snapshot came {self.clock.over_cap_s:.1f} s "
                                                       f"after the {self.spec.time_limit_s:g} s cap, past the grace "
                                                       "for the final snapshot; snapshots from before the cap count")))
-            worst = max(ranks, key=lambda r: (SEVERITY.index(r[1]), r[0] < 0, -r[0]))
+            if self._violation is not None:
+                ranks.append((-1, "invalid", self._violation))
+            worst = max(ranks, key=lambda r: (SEVERITY.index(r[1]), -r[0]))
             status, error = worst[1], worst[2]
             if error is not None and self.spec.world_size > 1 and worst[0] >= 0:
                 error = {**error, "message": f"rank {worst[0]}: {error['message']}"}
-            if self._violation is not None:
-                ranks.append((-1, "invalid", self._violation))
             merged = self.ledger.meter_state()  # what was served, job-wide: one count per stream shard
             train_tokens = sum(merged.targets.values())
             sandboxes = [self._ranks[r].sandbox for r in sorted(self._ranks) if self._ranks[r].sandbox]

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import lru_cache
 
 from harness.errors import SlowrunError
 
@@ -47,7 +48,13 @@ class ProtocolLimits:
     max_metrics_bytes: int = 64 << 20
 
     def header_limit(self, op) -> int:
-        return dict(self.op_header).get(op, self.small_header)
+        return _op_limits(self.op_header).get(op, self.small_header)
+
+
+@lru_cache(maxsize=8)
+def _op_limits(op_header: tuple[tuple[str, int], ...]) -> dict[str, int]:
+    """The per-request limits as a mapping, built once (they are looked up on every request)."""
+    return dict(op_header)
 
 
 DEFAULT_LIMITS = ProtocolLimits()
@@ -58,7 +65,6 @@ class MetricsCheck:
     """What a valid metrics line says beyond its values: a loss the method reports as non-finite."""
 
     non_finite_loss: tuple[str, str] | None = None
-    notes: list[str] = field(default_factory=list)
 
 
 def check_metrics(entry, limits: ProtocolLimits = DEFAULT_LIMITS) -> MetricsCheck:

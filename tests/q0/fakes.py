@@ -64,6 +64,11 @@ class FakeContext:
 
         return windows()
 
+    def gather(self, key, value):
+        """This rank's value alone: the fake plays one rank and has no peers (real ranks gather in
+        tests/runner/test_distributed.py and tests/accounting)."""
+        return [value]
+
     def rank_groups(self, n_groups):
         from q0_reference.placement import group_sizes
 
