@@ -315,11 +315,12 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     server = DataServer(server_spec(run_dir, spec, resume, progress))
     (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session is not this one's
     if launch.nnodes > 1:  # the other nodes' ranks reach the server over TCP, at master_port + 1 of node 0
-        address = server.start(tcp_port=launch.master_port + 1)
+        address = server.start(tcp_port=launch.master_port + 1, tree_only=True)
         write_text_atomic(run_dir / SERVER_FILE, json.dumps({"address": f"tcp:{launch.master_addr}:"
                                                              f"{launch.master_port + 1}", "token": server.token}))
     else:
-        address = server.start()
+        address = server.start(tree_only=True)
+    # This node's ranks are the supervisor's processes: its Unix socket serves nobody else (admit_tree below).
     # write_text_atomic creates its file with mode 0600 (tempfile's): the token is never readable by others
     write_text_atomic(run_dir / CONNECT_FILE, json.dumps({"address": address, "token": server.token}))
     command = (launch.torchrun_command("harness.worker", []) if launch.is_distributed
@@ -334,6 +335,7 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     interrupted = stopped_at_cap = False
     try:
         supervisor.start()
+        server.admit_tree(supervisor.pid)
         try:
             # Evaluation needs torch in this process; importing it while the method's process starts up
             # overlaps the two imports instead of putting one after the other.

@@ -38,6 +38,7 @@ from harness.meter import BudgetExhausted, StreamReader, TimeExhausted
 from harness.server.clock import TrainClock
 from harness.server.ledger import Ledger, StreamRefused
 from harness.server.limits import DEFAULT_LIMITS, ProtocolLimits, ProtocolViolation, check_metrics
+from harness.server.peers import in_tree, peer_pid
 from harness.server.wire import Channel, ChannelClosed, FrameRefused
 from harness.snapshots import SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
 from harness.tracks import Track
@@ -49,6 +50,9 @@ SESSIONS = "sessions.json"  # training seconds of every session of this run, in 
 SEVERITY = ("ok", "budget-exceeded", "over-time", "invalid", "diverged", "failed", "timeout")
 STOPS_THE_JOB = frozenset({"invalid", "diverged", "failed"})  # a rank ending so leaves its peers waiting
 STOP_FILE = "stop.json"  # node 0 says here that the job is being stopped; the other nodes' runners watch it
+# A Unix connection that arrives before the runner has named the run's process tree waits this long for it
+# (the supervisor starts within a second; its ranks import torch before they connect).
+TREE_WAIT_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -232,14 +236,20 @@ class DataServer:
         self._closing = False
         self._stopping = False  # the runner is stopping the method's processes: lost connections are expected
         self._snapshot_count = len(list_snapshots(self.layout.snapshots))  # after a resume's roll-back
+        self._tree_only = False  # serve Unix connections only from the process tree of `admit_tree`
+        self._tree_root: int | None = None
+        self._tree_named = threading.Event()
 
     # ---- lifecycle --------------------------------------------------------------------------------
-    def start(self, tcp_port: int | None = None, tcp_host: str = "0.0.0.0") -> str:
+    def start(self, tcp_port: int | None = None, tcp_host: str = "0.0.0.0", *, tree_only: bool = False) -> str:
         """Listen, and return the address this node's workers connect to (a Unix socket file).
 
         `tcp_port` also listens on TCP, for the ranks of the other nodes of a multi-node job: they cannot
         reach a Unix socket of this machine. A connection is served only after its hello names the run's
-        token (48 hex digits, compared in constant time), whichever way it came in."""
+        token (48 hex digits, compared in constant time), whichever way it came in. With `tree_only`, a
+        Unix connection is served only if the process that made it is in the tree named by
+        `admit_tree` (see harness/server/peers.py); it waits for that name up to TREE_WAIT_S."""
+        self._tree_only = tree_only
         # A socket file in a private folder, not an abstract socket: abstract sockets belong to a network
         # namespace, and the ranks run in a network of their own (only loopback); a socket file is reached
         # through the file system, so they find it there. The token still guards it.
@@ -276,8 +286,30 @@ class DataServer:
             thread.start()
             self._threads.append(thread)
 
+    def admit_tree(self, root: int) -> None:
+        """Serve Unix connections from `root` (the method's supervisor) and its descendants only."""
+        self._tree_root = int(root)
+        self._tree_named.set()
+
+    def _peer_refused(self, sock: socket.socket) -> bool:
+        """Whether a Unix connection comes from outside the run's process tree (then it is recorded)."""
+        if not self._tree_only or sock.family != socket.AF_UNIX:
+            return False
+        pid = peer_pid(sock)
+        if not self._tree_named.wait(TREE_WAIT_S) or self._tree_root is None:
+            reason = "the runner named no process tree to serve"
+        elif pid is None:
+            reason = "the kernel did not say which process connected"
+        elif in_tree(pid, self._tree_root):
+            return False
+        else:
+            reason = f"process {pid} is not one of this run's processes (the tree of {self._tree_root})"
+        self._incident("connection-refused", None, f"a connection on the server's socket was closed unread: {reason}")
+        return True
+
     def stop(self) -> None:
         self._closing = True
+        self._tree_named.set()  # a connection waiting for the tree's name ends now
         self.clock.stop()
         for listener in getattr(self, "_listeners", []):
             try:  # shutdown wakes the accept() blocked in the server thread; close alone does not on Linux
@@ -303,6 +335,9 @@ class DataServer:
 
     # ---- one connection -----------------------------------------------------------------------------
     def _serve(self, sock: socket.socket) -> None:
+        if self._peer_refused(sock):
+            sock.close()
+            return
         channel = Channel(sock)
         self._channels.append(channel)
         limits = self.spec.limits

@@ -240,3 +240,69 @@ def test_snapshots_past_the_runs_limit_are_refused(synthetic_data, tmp_path):
         assert list(server.layout.outbox.iterdir()) == []  # the refused weights are not left behind
     finally:
         server.stop()
+
+
+_TREE_MEMBER = """
+import json, sys
+from harness.server.wire import Channel
+from harness.worker import connect
+channel = Channel(connect(sys.argv[1]))
+channel.send({"op": "hello", "token": sys.argv[2], "rank": 0, "pid": 0})
+reply, _ = channel.recv()
+print(json.dumps({"ok": reply.get("ok")}))
+"""
+
+
+def test_socket_serves_only_the_runs_process_tree(synthetic_data, tmp_path):
+    """A process outside the run's tree that holds the socket's path and the token (a concurrent run's
+    method that found both) is closed unread and recorded; the named tree's process is served."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from harness.server.wire import ChannelClosed
+
+    server = DataServer(ServerSpec(run_dir=tmp_path / "run", data_dir=synthetic_data, track=get_track("synthetic"),
+                                   budget=4.0, seed=3, hparams={}, device="cpu", method_dir=tmp_path,
+                                   entry="train:main", fitness_docs=0, progress=False))
+    address = server.start(tree_only=True)
+    try:
+        env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+        member = subprocess.Popen([sys.executable, "-c", _TREE_MEMBER, address, server.token], env=env,
+                                  stdout=subprocess.PIPE, text=True)
+        server.admit_tree(member.pid)
+        outsider = Channel(connect(address))  # this test's process: the right token, the wrong tree
+        outsider.send({"op": "hello", "token": server.token, "rank": 0, "pid": os.getpid()})
+        with pytest.raises((ChannelClosed, OSError)):
+            outsider.recv()
+        out, _ = member.communicate(timeout=60)
+        assert member.returncode == 0
+        assert json.loads(out.strip().splitlines()[-1]) == {"ok": True}
+        refused = [i for i in server._incidents if i["kind"] == "connection-refused"]
+        assert len(refused) == 1 and f"process {os.getpid()} is not one of this run's" in refused[0]["message"]
+    finally:
+        server.stop()
+
+
+def test_in_tree_follows_parent_links(tmp_path):
+    """A grandchild is in its grandparent's tree; the grandparent is not in the grandchild's; a process
+    is in its own."""
+    import subprocess
+    import sys
+
+    from harness.server.peers import in_tree
+
+    script = "import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)']); " \
+             "print(p.pid, flush=True); p.wait()"
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    try:
+        grandchild = int(child.stdout.readline())
+        assert in_tree(grandchild, child.pid)
+        assert in_tree(grandchild, os.getpid())
+        assert in_tree(child.pid, child.pid)
+        assert not in_tree(child.pid, grandchild)
+        assert not in_tree(os.getpid(), child.pid)
+    finally:
+        subprocess.run(["pkill", "-P", str(child.pid)], check=False)  # the grandchild
+        child.kill()
+        child.wait()

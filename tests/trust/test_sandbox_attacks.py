@@ -132,3 +132,32 @@ def test_other_processes_environments_and_runs_tokens_are_out_of_reach(synthetic
     # its own PID namespace: the victim, the runner and pytest are not even listed
     assert not any(c.startswith("sleep") or "pytest" in c for c in seen["commands_seen"]), seen["commands_seen"]
     assert any("harness.worker" in c for c in seen["commands_seen"])
+
+
+def test_another_runs_server_serves_no_stranger(synthetic_data, tmp_path):
+    """A method holding another run's socket path and token (here handed to it, as a leak would) cannot
+    say hello there: that server serves only its own run's processes, and says what it closed."""
+    import subprocess
+    import sys
+
+    from harness.server import DataServer, ServerSpec
+    from harness.tracks import get_track
+
+    victim = DataServer(ServerSpec(run_dir=tmp_path / "victim", data_dir=synthetic_data,
+                                   track=get_track("synthetic"), budget=4.0, seed=3, hparams={}, device="cpu",
+                                   method_dir=tmp_path, entry="train:main", fitness_docs=0, progress=False))
+    address = victim.start(tree_only=True)
+    victims_tree = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        victim.admit_tree(victims_tree.pid)
+        run_dir, record = run("take_over_run", synthetic_data, tmp_path,
+                              target=json.dumps({"address": address, "token": victim.token}))
+        assert record["status"] == "ok", record["error"]
+        outcome = next(line for line in metrics(run_dir) if "take_over" in line)["take_over"]
+        assert outcome in ("ChannelClosed", "ConnectionResetError", "BrokenPipeError"), outcome
+        assert [i["kind"] for i in victim._incidents] == ["connection-refused"]
+        assert victim.ledger.served_targets() == 0
+    finally:
+        victims_tree.kill()
+        victims_tree.wait()
+        victim.stop()
