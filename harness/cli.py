@@ -112,7 +112,7 @@ def _cmd_run(args) -> int:
             timeout_s=args.timeout if args.timeout and args.timeout > 0 else None, time_limit_s=args.time_limit,
             allow_read=tuple(Path(p) for p in args.allow_read),
             pass_env=tuple(args.pass_env),
-            max_snapshots=args.max_snapshots,
+            max_snapshots=args.max_snapshots, eval_timeout_s=args.eval_timeout,
             gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None))
     print(run_dir)
     if launch.nnodes > 1 and launch.node_rank > 0 and not args.resume:
@@ -140,7 +140,8 @@ def _cmd_eval(args) -> int:
                             downstream_data=Path(args.downstream_data) if args.downstream_data else None,
                             downstream_limit=_downstream_limits(args), downstream_files=_downstream_files(args),
                             gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None,
-                            eval_dtype=args.eval_dtype, eval_workers=args.eval_workers))
+                            eval_dtype=args.eval_dtype, eval_workers=args.eval_workers,
+                            eval_timeout_s=args.eval_timeout))
     return _status_code(Path(args.run_dir))
 
 
@@ -252,6 +253,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation precision: bf16 autocast or float32 (default auto: bf16 on CUDA, float32 on CPU)")
     p.add_argument("--eval-workers", type=int, metavar="N",
                    help="snapshots evaluated side by side (default: the job's GPUs on CUDA, 1 on a CPU)")
+    p.add_argument("--eval-timeout", type=float, metavar="SECONDS",
+                   help="limit on the whole evaluation; snapshots whose turn comes after it are listed as not scored "
+                   "(default: none; each snapshot has its own limit by the rule of harness/eval_limits.py)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run that was interrupted")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="wall-clock limit of the method's processes; they are all stopped there (default: none)")
@@ -281,6 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-dtype", choices=("auto", "float32", "bfloat16"),
                    help="evaluation precision (default: what the run was started with)")
     p.add_argument("--eval-workers", type=int, metavar="N", help="snapshots evaluated side by side")
+    p.add_argument("--eval-timeout", type=float, metavar="SECONDS",
+                   help="limit on the whole evaluation; snapshots whose turn comes after it are listed as not scored "
+                   "(default: none; each snapshot has its own limit by the rule of harness/eval_limits.py)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)
 

@@ -40,7 +40,9 @@ from harness import channel
 from harness.errors import SlowrunError
 from harness.snapshots import WEIGHTS, Snapshot
 
-DEFAULT_TIMEOUT_S = 6 * 3600.0  # per snapshot, from sending the weights to the last reply
+# A RemoteModel used on its own (not by an evaluation, which sets each snapshot's limit by the rule of
+# harness/eval_limits.py before loading it): from sending the weights to the last reply.
+DEFAULT_TIMEOUT_S = 6 * 3600.0
 ALLOW_READ_ENV = "SLOWRUN_ALLOW_READ"  # harness.runner.ALLOW_READ_ENV, not imported: the runner is heavy
 QUIT_WAIT_S = 5.0  # how long a worker told to quit may take before the supervisor kills it
 MAX_VOCAB = 1 << 20  # logits per position accepted when the vocabulary is not known

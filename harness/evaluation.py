@@ -32,7 +32,8 @@ from harness.data.store import TokenStore
 from harness.efficiency import ReferenceCurveError, curve_path, data_efficiency, load_reference_curve
 from harness.ensemble import bits_per_byte, mean_nll, mixture_logp
 from harness.errors import SlowrunError
-from harness.eval_client import DEFAULT_TIMEOUT_S, InvalidSnapshot, RemoteModel, read_weights
+from harness.eval_client import InvalidSnapshot, RemoteModel, read_weights
+from harness.eval_limits import EvalClock, EvalLimits
 from harness.fork_server import FORK_AVAILABLE, ForkServer
 from harness.logprobs import load_logprobs, save_logprobs, token_logprobs
 from harness.prior import curve_stamps, default_ks, fit_prior, k_sweep, loss_curve
@@ -80,7 +81,7 @@ class WorkerOptions:
 
     method_dir: Path | None = None  # the method's directory: builders like 'mymodel:build' live there
     builder_roots: tuple[Path, ...] | None = None  # more trusted folders; None: $SLOWRUN_ALLOW_READ's
-    timeout_s: float | None = DEFAULT_TIMEOUT_S  # per snapshot
+    clock: EvalClock = EvalClock(EvalLimits(), None)  # each snapshot's time limit (harness/eval_limits.py)
     probes: ProbeSettings = ProbeSettings()
     require_sandbox: bool = False
     autocast: str | None = None  # "bfloat16": forwards under bf16 autocast (EVAL_DTYPES)
@@ -93,8 +94,14 @@ class WorkerOptions:
     def remote(self, snapshot: Snapshot | None, device: str, vocab_size: int | None,
                server: ForkServer | None = None) -> RemoteModel:
         return RemoteModel(snapshot, method_dir=self.method_dir, builder_roots=self.builder_roots, device=device,
-                           vocab_size=vocab_size, timeout_s=self.timeout_s, require_sandbox=self.require_sandbox,
+                           vocab_size=vocab_size, timeout_s=None, require_sandbox=self.require_sandbox,
                            autocast=self.autocast, fork_server=server)
+
+    def arm(self, model: RemoteModel, weights: bytes, data: "EvalData", device: str) -> None:
+        """Give `model` its snapshot's time limit, by the rule for these weights and this data, before it
+        is sent them (the limit counts from the load)."""
+        windows = int(data.val_windows.shape[0]) + int(data.fit_windows.shape[0])
+        model.timeout_s = self.clock.snapshot_s(weights, windows * (int(data.val_windows.shape[1]) - 1), device)
 
     def new_fork_server(self) -> ForkServer | None:
         """A started fork server for these options, or None when they ask for fresh processes or the
@@ -214,9 +221,12 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
         weights = weights or read_weights(snapshot)
         if cache_is_trusted(cache, snapshot.tag, weights[1], options.eval_dtype):
             return _load_cache(cache, snapshot.tag)
+        if options.clock.passed():
+            raise InvalidSnapshot(options.clock.passed_reason())
         model = model or options.remote(snapshot, device, data.vocab_size)
         if model.vocab_size is None:
             model.vocab_size = data.vocab_size
+        options.arm(model, weights[0], data, device)  # (a worker loaded ahead starts its limit again here)
         model.load(weights, snapshot)
         fit, val = score_remote(model, data, batch_size, device, options.probes, stream, progress)
     finally:
@@ -226,15 +236,16 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
     return fit.reshape(-1), val.reshape(-1)
 
 
-def load_ahead(worker: RemoteModel, snapshot: Snapshot, cache: Path,
-               eval_dtype: str) -> tuple[RemoteModel | None, tuple[bytes, str] | None]:
+def load_ahead(worker: RemoteModel, snapshot: Snapshot, cache: Path, options: WorkerOptions, data: EvalData,
+               device: str) -> tuple[RemoteModel | None, tuple[bytes, str] | None]:
     """Send ``snapshot``'s weights to the worker started ahead for it, without waiting: it builds the
     model while the snapshot before is scored (unless its cache will be used). Returns (the worker, the
     weights read, which its turn reuses) or, when that failed, (None, None): the snapshot then gets a
     worker at its turn, which finds the reason again."""
     try:
         weights = read_weights(snapshot)
-        if not cache_is_trusted(cache, snapshot.tag, weights[1], eval_dtype):
+        if not cache_is_trusted(cache, snapshot.tag, weights[1], options.eval_dtype):
+            options.arm(worker, weights[0], data, device)
             worker.load(weights, snapshot, wait=False)
     except InvalidSnapshot:
         worker.close()
@@ -274,7 +285,7 @@ def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_siz
                 if prefetch and following is not None:
                     ahead = options.remote(None, device, data.vocab_size, server).start()
                     if ahead.forked:  # (a fresh worker still imports torch: the weights would wait for it)
-                        ahead, ahead_weights = load_ahead(ahead, snapshots[following], cache, options.eval_dtype)
+                        ahead, ahead_weights = load_ahead(ahead, snapshots[following], cache, options, data, device)
             try:
                 fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, progress=progress,
                                              options=options, worker=worker, stream=i, weights=weights)
@@ -327,7 +338,7 @@ def _score_lanes(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_s
                 if prefetch and following is not None:  # its worker starts while this snapshot is scored
                     ahead = options.remote(None, device, data.vocab_size, server).start()
                     if ahead.forked:
-                        ahead, ahead_weights = load_ahead(ahead, snapshots[following], cache, options.eval_dtype)
+                        ahead, ahead_weights = load_ahead(ahead, snapshots[following], cache, options, data, device)
                 worker = worker or options.remote(snap, device, data.vocab_size, server)
                 try:
                     fit, val = snapshot_logprobs(snap, data, cache, batch_size, device, options=options,
@@ -366,8 +377,8 @@ def _score_lanes(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_s
 
 
 def start_worker(device: str = "cpu", vocab_size: int | None = None, *, method_dir: Path | None = None,
-                 builder_roots: Sequence[Path] | None = None, timeout_s: float | None = DEFAULT_TIMEOUT_S,
-                 require_sandbox: bool = False, fork_server: bool = FORK_SERVER) -> RemoteModel:
+                 builder_roots: Sequence[Path] | None = None, require_sandbox: bool = False,
+                 fork_server: bool = FORK_SERVER) -> RemoteModel:
     """An evaluation worker started now for the first snapshot evaluate_run will score (``first_worker``);
     give it the ``device``, ``method_dir`` and ``builder_roots`` that evaluate_run will be given.
 
@@ -377,17 +388,17 @@ def start_worker(device: str = "cpu", vocab_size: int | None = None, *, method_d
     it, forks from it when it is loaded, and hands it to evaluate_run, whose every worker then forks from
     it. Until given a snapshot it runs harness code only, sandboxed, and holds no data. Call from the
     thread that will call evaluate_run (the supervisor is tied to it), and close() it if evaluate_run is
-    not called."""
+    not called. Its time limit is set by evaluate_run when it is given its snapshot."""
     options = WorkerOptions(Path(method_dir) if method_dir is not None else None,
-                            None if builder_roots is None else tuple(Path(r) for r in builder_roots), timeout_s,
-                            ProbeSettings(), require_sandbox, fork_server=fork_server)
+                            None if builder_roots is None else tuple(Path(r) for r in builder_roots),
+                            require_sandbox=require_sandbox, fork_server=fork_server)
     server = options.new_fork_server()
     if server is None or not server.usable:
         if server is not None:
             server.close()
         return options.remote(None, device, vocab_size).start()
     return RemoteModel(None, method_dir=options.method_dir, builder_roots=options.builder_roots, device=device,
-                       vocab_size=vocab_size, timeout_s=timeout_s, require_sandbox=require_sandbox,
+                       vocab_size=vocab_size, timeout_s=None, require_sandbox=require_sandbox,
                        fork_server=server, owns_fork_server=True)
 
 
@@ -414,8 +425,8 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
                  reference_curve: str | None, batch_size: int = 16, device: str = "cpu",
                  progress: bool = True, *, method_dir: Path | None = None,
                  builder_roots: Sequence[Path] | None = None,
-                 timeout_s: float | None = DEFAULT_TIMEOUT_S, probes: ProbeSettings | None = None,
-                 prefetch: bool = PREFETCH, require_sandbox: bool = False,
+                 timeout_s: float | None = None, eval_timeout_s: float | None = None,
+                 probes: ProbeSettings | None = None, prefetch: bool = PREFETCH, require_sandbox: bool = False,
                  first_worker: RemoteModel | None = None, fitness_docs: int | None = None,
                  eval_dtype: str = "float32", devices: Sequence[str] | None = None,
                  fork_server: bool = FORK_SERVER) -> dict:
@@ -424,8 +435,10 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     Each snapshot's model is run from its builder in an evaluation worker: ``method_dir`` is the method's
     directory (builders defined there, e.g. 'mymodel:build'), ``builder_roots`` more trusted folders a
     builder may come from besides the method directory and ``q0_reference`` (the run's --allow-read
-    folders; the test suite's ``tests``; None: those in $SLOWRUN_ALLOW_READ), ``timeout_s`` the limit
-    per snapshot. Invalid snapshots are listed with their reason and left out of everything else; a
+    folders; the test suite's ``tests``; None: those in $SLOWRUN_ALLOW_READ), ``timeout_s`` a fixed limit
+    per snapshot (None: the rule of harness/eval_limits.py, from its size and the windows), and
+    ``eval_timeout_s`` a limit on the whole evaluation (a snapshot whose turn comes after it is listed
+    as not scored). Invalid snapshots are listed with their reason and left out of everything else; a
     method ensemble naming one is renormalised over the rest (no valid member left: result None).
     ``first_worker`` (from :func:`start_worker`, e.g. started while the method trained) is used for the
     first snapshot to score, and closed in any case. ``fitness_docs`` is the run's fitness carve in
@@ -447,12 +460,14 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     apply_thread_setting()
     data = open_eval_data(data_dir, seq_len, fitness_docs)
     eval_dtype = resolve_eval_dtype(eval_dtype, device)
+    clock = EvalLimits(per_snapshot_s=timeout_s, total_s=eval_timeout_s).start()
     options = WorkerOptions(Path(method_dir) if method_dir is not None else None,
-                            None if builder_roots is None else tuple(Path(r) for r in builder_roots), timeout_s,
+                            None if builder_roots is None else tuple(Path(r) for r in builder_roots), clock,
                             probes or ProbeSettings(), require_sandbox,
                             autocast=None if eval_dtype == "float32" else eval_dtype, fork_server=fork_server)
     devices = tuple(devices) if devices else (device,)
-    setup = {"dtype": eval_dtype, "devices": list(devices)}
+    setup = {"dtype": eval_dtype, "devices": list(devices),
+             "limits": {"per_snapshot_s": timeout_s if timeout_s is not None else "rule", "total_s": eval_timeout_s}}
     empty["evaluation"] = setup
     cache = Path(run_dir) / "eval"
     server = None

@@ -17,6 +17,7 @@ The run folder holds harness storage: `run.json` (the full spec), `snapshots/`, 
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import sys
@@ -84,6 +85,7 @@ class RunRequest:
     gpt2_ranks: Path | None = None  # GPT-2 ranks file for downstream scoring (else the track's ranks_path)
     pass_env: tuple[str, ...] = ()  # environment variables passed to the method beyond the allow-list
     max_snapshots: int = 4096  # snapshots a run may hand over (each is evaluated)
+    eval_timeout_s: float | None = None  # limit on the whole evaluation (each snapshot has its rule's own)
 
 
 def default_data_dir(track: str) -> Path:
@@ -124,6 +126,8 @@ def prepare_run(req: RunRequest) -> Path:
                            f"{', '.join(spec.tracks)}); add it to [method].tracks in method.toml")
     if not (req.epochs > 0):
         raise SlowrunError(f"--epochs must be positive, got {req.epochs}")
+    max_snapshots = _positive(req.max_snapshots, "--max-snapshots")
+    eval_timeout_s = _eval_timeout(req.eval_timeout_s)
     hparams = spec.resolved_hparams(track.name, dict(req.overrides))
     rules = compute_rules(track, req)
     data_dir = ensure_prepared(track, req.data_dir, req.progress).resolve()
@@ -154,11 +158,20 @@ def prepare_run(req: RunRequest) -> Path:
         "timeout_s": req.timeout_s,
         "allow_read": allow_read,
         "pass_env": list(check_pass_env(req.pass_env)),
-        "max_snapshots": _positive(req.max_snapshots, "--max-snapshots"),
+        "max_snapshots": max_snapshots,
+        "eval_timeout_s": eval_timeout_s,
         "gpt2_ranks": str(Path(req.gpt2_ranks).resolve()) if req.gpt2_ranks else None,
         "downstream": downstream_spec(req.downstream, req.downstream_data, req.downstream_files, req.downstream_limit),
     })
     return run_dir
+
+
+def _eval_timeout(seconds: float | None) -> float | None:
+    if seconds is None:
+        return None
+    if not (isinstance(seconds, (int, float)) and math.isfinite(seconds) and seconds > 0):
+        raise SlowrunError(f"--eval-timeout must be a positive number of seconds, got {seconds!r}")
+    return float(seconds)
 
 
 def compute_rules(track: Track, req: RunRequest) -> dict:
@@ -548,7 +561,8 @@ def resume_run(run_dir: Path, progress: bool = True) -> Path:
 def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | None = None,
                       downstream_data: Path | None = None, downstream_limit: DocumentLimits | int | None = None,
                       gpt2_ranks: Path | None = None, downstream_files: tuple[SplitFile, ...] = (),
-                      eval_dtype: str | None = None, eval_workers: int | None = None) -> Path:
+                      eval_dtype: str | None = None, eval_workers: int | None = None,
+                      eval_timeout_s: float | None = None) -> Path:
     """Recompute the evaluation and rewrite the record from the snapshots, without re-training.
 
     `downstream=True` (with optional local data and a document limit) adds or refreshes the downstream
@@ -556,8 +570,10 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
     run_dir = Path(run_dir)
     if not (run_dir / TRAIN_RESULT).exists():
         raise SlowrunError(f"{run_dir}: no {TRAIN_RESULT}; the run never finished training (use --resume)")
-    if downstream is not None or gpt2_ranks is not None or eval_dtype or eval_workers:
+    if downstream is not None or gpt2_ranks is not None or eval_dtype or eval_workers or eval_timeout_s:
         spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
+        if eval_timeout_s:
+            spec["eval_timeout_s"] = _eval_timeout(eval_timeout_s)
         if eval_dtype:
             spec["eval_dtype"] = eval_dtype
         if eval_workers:
@@ -631,7 +647,7 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
                                       method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
                                       first_worker=first_worker, fitness_docs=spec.get("fitness_docs"),
                                       eval_dtype=spec.get("eval_dtype", "float32"),
-                                      devices=_eval_devices(spec))
+                                      devices=_eval_devices(spec), eval_timeout_s=spec.get("eval_timeout_s"))
             downstream, downstream_note = score_final_predictor(run_dir, spec, evaluation, progress)
         except Exception as exc:  # the record says what failed instead of there being no record
             import traceback

@@ -21,6 +21,9 @@ from harness.errors import DataError, SlowrunError
 
 METRICS = ("acc", "acc_norm")
 FEWSHOT_SEED = 1234  # lm-eval's default; the configs are zero-shot, so it only keeps runs reproducible
+# Requests the three tasks make of a model, rounded up: ARC-Easy's test 2,376 questions x 4 choices, PIQA's
+# validation 1,838 x 2, SciQ's test 1,000 x 4 (17,180). Counted as full windows for the time limit.
+DOWNSTREAM_REQUESTS = 20_000
 
 
 class DownstreamNotApplicable(SlowrunError):
@@ -116,8 +119,9 @@ class SnapshotMember:
     """A stored snapshot as an ensemble member: its model runs in an evaluation worker of its own, started by
     ``prepare`` (a process importing torch, no weights), loaded by ``open`` and stopped by ``close``."""
 
-    def __init__(self, snapshot, **worker_options):
+    def __init__(self, snapshot, tokens: int | None = None, **worker_options):
         self.snapshot = snapshot
+        self.tokens = tokens  # what it will score: its time limit follows the rule of harness/eval_limits.py
         self.worker_options = worker_options
         self._remote = None
 
@@ -128,8 +132,14 @@ class SnapshotMember:
             self._remote = RemoteModel(self.snapshot, **self.worker_options).start()
 
     def open(self):
+        from harness.eval_client import read_weights
+        from harness.eval_limits import EvalLimits
+
         self.prepare()
-        return self._remote.load()
+        weights = read_weights(self.snapshot)
+        if self.tokens is not None:
+            self._remote.timeout_s = EvalLimits().start().snapshot_s(weights[0], self.tokens, self._remote.device)
+        return self._remote.load(weights)
 
     def close(self) -> None:
         if self._remote is not None:
@@ -147,14 +157,13 @@ def score_snapshots(snapshots: Sequence, weights: Sequence[float] | None = None,
     this process, and one at a time: a member's worker is stopped before the next one loads its weights
     (the next worker's process is started ahead, so its torch import overlaps). ``method_dir`` and
     ``builder_roots`` say where its builder may come from (see :class:`harness.eval_client.RemoteModel`),
-    ``timeout_s`` bounds each worker (default: the evaluation's per-snapshot limit). A snapshot that cannot
-    be run raises :class:`harness.eval_client.InvalidSnapshot`.
+    ``timeout_s`` bounds each worker (default: the evaluation's rule for the snapshot's size and
+    DOWNSTREAM_REQUESTS full windows). A snapshot that cannot be run raises
+    :class:`harness.eval_client.InvalidSnapshot`.
     """
-    from harness.eval_client import DEFAULT_TIMEOUT_S
-
-    members = [SnapshotMember(snapshot, method_dir=method_dir, builder_roots=builder_roots, device=device,
-                              vocab_size=getattr(tokenizer, "vocab_size", None),
-                              timeout_s=DEFAULT_TIMEOUT_S if timeout_s is None else timeout_s)
+    members = [SnapshotMember(snapshot, tokens=None if timeout_s is not None else DOWNSTREAM_REQUESTS * seq_len,
+                              method_dir=method_dir, builder_roots=builder_roots, device=device,
+                              vocab_size=getattr(tokenizer, "vocab_size", None), timeout_s=timeout_s)
                for snapshot in snapshots]
     try:
         return score_downstream(members, weights, tokenizer=tokenizer, seq_len=seq_len, device=device, **options)

@@ -124,6 +124,18 @@ def build_sleeper(config):
     time.sleep(600)
 
 
+class SlowForward(Causal):
+    """Builds at once, then holds every forward: a model that would keep an unbounded evaluation forever."""
+
+    def forward(self, idx):
+        time.sleep(600)
+        return super().forward(idx)
+
+
+def build_slow_forward(config):
+    return SlowForward(int(config["vocab_size"]))
+
+
 COUNT = 0  # module-level state: a fresh process starts it at 0
 
 

@@ -243,3 +243,62 @@ def test_a_run_with_more_snapshots_than_curve_points_reports_a_thinned_curve(run
     else:
         best = min(result["snapshots"], key=lambda r: r["fitness_loss"])
         assert last["members"] == [best["tag"]] and last["val_loss"] == best["val_loss"]
+
+
+def test_a_model_slow_in_forward_meets_the_limit_of_the_rule(run_dir, method_dir, synthetic_data, monkeypatch):
+    """With no fixed limit, a snapshot's limit is the rule's: START_S plus 4 FLOPs per parameter and token
+    (a quarter more for the probes) at the device's floor. START_S is shrunk so the test waits seconds."""
+    import harness.eval_limits as eval_limits
+    from harness.evaluation import open_eval_data
+
+    monkeypatch.setattr(eval_limits, "START_S", 3.0)
+    model = causal_model(1)
+    add_snapshot(run_dir, "slow", model, builder="mymodel:build_slow_forward")
+    result = evaluate(run_dir, synthetic_data, method_dir)
+    data = open_eval_data(synthetic_data, SEQ_LEN)
+    tokens = (len(data.val_windows) + len(data.fit_windows)) * SEQ_LEN
+    params = sum(p.numel() for p in model.state_dict().values())
+    expected = 3.0 + 4 * params * tokens * 1.25 / 1e9
+    assert f"timed out (per-snapshot limit {expected:g} s)" in invalid_reasons(result)["slow"]
+
+
+def test_the_whole_evaluation_ends_at_its_limit(run_dir, method_dir, synthetic_data):
+    """--eval-timeout bounds the whole: the slow first snapshot gets only what is left, and the snapshots
+    after it are listed as not scored, with that reason (a trusted cache is still used after it)."""
+    import time
+
+    add_snapshot(run_dir, "a", causal_model(1), train_tokens=100)
+    evaluate(run_dir, synthetic_data, method_dir)  # a's cache: trusted, it needs no worker later
+    add_snapshot(run_dir, "b", causal_model(2), builder="mymodel:build_slow_forward", train_tokens=200)
+    add_snapshot(run_dir, "c", causal_model(3), train_tokens=300)
+    started = time.monotonic()
+    result = evaluate(run_dir, synthetic_data, method_dir, eval_timeout_s=6.0, prefetch=False)
+    assert time.monotonic() - started < 60  # (the slow forward sleeps 600 s)
+    reasons = invalid_reasons(result)
+    assert "timed out" in reasons["b"]
+    assert reasons["c"] == ("not scored: the evaluation's limit of 6 s (--eval-timeout) had passed before its "
+                            "turn")
+    assert [row["tag"] for row in result["snapshots"]] == ["a"]
+
+
+def test_eval_limits_count_parameters_and_cut_to_what_is_left():
+    """The parameter count read from the safetensors header equals torch's; a hand-worked limit; a limit
+    on the whole cuts each snapshot's to what is left of it."""
+    from safetensors.torch import save
+
+    from harness.eval_limits import EvalLimits, parameter_count, snapshot_limit_s
+
+    tensors = {"w": torch.zeros(3, 5), "b": torch.zeros(7, dtype=torch.bfloat16), "s": torch.zeros(())}
+    blob = save(tensors)
+    assert parameter_count(blob) == 15 + 7 + 1
+    assert parameter_count(b"not safetensors at all") == len(b"not safetensors at all")
+    # 600 + 4 * 1e6 * 2e5 * 1.25 / 1e9 = 600 + 1000; on CUDA the floor is 1e13
+    assert snapshot_limit_s(1_000_000, 200_000, "cpu") == pytest.approx(1600.0)
+    assert snapshot_limit_s(1_000_000, 200_000, "cuda:3") == pytest.approx(600.1)
+    assert EvalLimits(per_snapshot_s=5.0).start().snapshot_s(blob, 10**9, "cpu") == 5.0
+    whole = EvalLimits(total_s=30.0).start()
+    assert 29.0 < whole.snapshot_s(blob, 10, "cpu") <= 30.0
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        EvalLimits(total_s=0)
+    with pytest.raises(ValueError, match="positive number of seconds"):
+        EvalLimits(per_snapshot_s=float("nan"))

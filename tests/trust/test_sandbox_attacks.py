@@ -161,3 +161,26 @@ def test_another_runs_server_serves_no_stranger(synthetic_data, tmp_path):
         victims_tree.kill()
         victims_tree.wait()
         victim.stop()
+
+
+def test_a_slow_model_cannot_hold_the_evaluation(synthetic_data, tmp_path):
+    """Eight snapshots whose forward sleeps ten minutes: the whole evaluation ends at --eval-timeout, the
+    record is written, and every snapshot is listed with the reason it was not scored."""
+    import time
+
+    started = time.monotonic()
+    run_dir, record = run("slow_model", synthetic_data, tmp_path, eval_timeout_s=5.0)
+    assert time.monotonic() - started < 120  # a single forward sleeps 600 s
+    assert record["result"] is None and record["snapshots"] == []
+    reasons = {row["tag"]: row["reason"] for row in record["invalid_snapshots"]}
+    assert sorted(reasons) == [f"slow{i}" for i in range(8)]
+    assert "timed out" in reasons["slow0"]
+    assert all("--eval-timeout" in reasons[f"slow{i}"] for i in range(1, 8)), reasons
+    assert json.loads((run_dir / "run.json").read_text())["eval_timeout_s"] == 5.0
+
+
+def test_eval_timeout_must_be_a_positive_number(synthetic_data, tmp_path):
+    with pytest.raises(SlowrunError, match="--eval-timeout must be a positive number of seconds"):
+        run_method(RunRequest(method_dir=METHODS / "own_model", track="synthetic", epochs=1.0, data_dir=synthetic_data,
+                              out=tmp_path / "run", progress=False, eval_timeout_s=-1.0))
+    assert not (tmp_path / "run").exists()
