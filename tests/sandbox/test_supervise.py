@@ -204,3 +204,52 @@ def test_supervisor_is_light(tmp_path):
                        check=True, timeout=30)
         best = min(best, time.monotonic() - started)
     assert best < 0.5, f"supervisor round trip took {best:.3f} s"
+
+
+_PROBE = """
+import json, os
+print(json.dumps({"uid": os.getuid(),
+                  "interfaces": [l.split(":")[0].strip() for l in open("/proc/net/dev").read().splitlines()[2:]],
+                  "processes": sorted(int(p) for p in os.listdir("/proc") if p.isdigit())}))
+"""
+
+
+def test_namespaces_without_root(tmp_path):
+    """Where the harness does not run as root, the supervisor gets its namespaces through a user namespace
+    that maps only its own user: the command still sees only loopback and only its own processes. Run here
+    as the unprivileged `nobody` (uid 65534), with a system Python that user can execute."""
+    import shutil
+    import tempfile
+
+    if os.geteuid() != 0:
+        pytest.skip("switching to an unprivileged user needs root (this run is already unprivileged)")
+    python = shutil.which("python3", path="/usr/bin:/bin")
+    if python is None:
+        pytest.skip("no system python3 that an unprivileged user can execute")
+    folder = Path(tempfile.mkdtemp(prefix="slowrun-nonroot-"))
+    try:
+        folder.chmod(0o777)
+        script = folder / "supervise.py"  # the supervisor runs as a lone script (-I -S): a copy works the same
+        shutil.copyfile(supervise.__file__, script)
+        script.chmod(0o644)
+
+        def become_nobody():
+            os.setgroups([])
+            os.setgid(65534)
+            os.setuid(65534)
+
+        status = folder / "status.json"
+        done = subprocess.run([python, "-I", "-S", str(script), "--timeout", "60", "--status-file", str(status),
+                               "--private-network", "--private-pids", "--", python, "-I", "-c", _PROBE],
+                              preexec_fn=become_nobody, cwd=folder, capture_output=True, text=True, timeout=120)
+        if done.returncode != 0 and "Permission denied" in done.stderr:
+            pytest.skip(f"the unprivileged user cannot run {python}: {done.stderr.strip()[-200:]}")
+        outcome = json.loads(status.read_text())
+        if outcome["network"] != "private" or outcome["pids"] != "private":
+            pytest.skip(f"this kernel gives unprivileged users no namespaces: {outcome}")
+        seen = json.loads(done.stdout.strip().splitlines()[-1])
+        assert seen["uid"] == 65534  # (mapped to itself: the user namespace grants nothing it did not have)
+        assert seen["interfaces"] == ["lo"]
+        assert seen["processes"] == [1, 2]  # the namespace's init and the command itself
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
