@@ -91,6 +91,13 @@ class Entry:
         return any(r.sandbox != "landlock" for r in self.runs) and not self.reported
 
     @property
+    def isolation_gaps(self) -> tuple[str, ...]:
+        """The closed sandbox's guarantees any of its runs went without (leaderboard.rows.ISOLATION_GAPS)."""
+        if self.reported:
+            return ()
+        return tuple(sorted({gap for r in self.runs for gap in r.isolation_gaps}))
+
+    @property
     def efficiency(self) -> Efficiency:
         """One run's own value; over seeds the mean multiplier, or the first bound when a run has one."""
         if self.n == 1:

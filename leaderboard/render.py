@@ -79,6 +79,9 @@ def make_environment() -> Environment:
     env.filters.update(num=format_number, pct=format_percent, count=format_count, sortkey=sort_key,
                        duration=format_duration, pvalue=format_p_value,
                        pretty_json=pretty_json, compact_json=compact_json)
+    from leaderboard.rows import ISOLATION_GAPS
+
+    env.globals["isolation_gap_titles"] = ISOLATION_GAPS
     return env
 
 

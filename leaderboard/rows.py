@@ -76,6 +76,7 @@ class Row:
     created: str = ""  # normalised UTC stamp, sorts as text
     date: str = ""
     sandbox: str = "none"  # the sandbox the method ran in; records from before the sandbox carry none
+    isolation_gaps: tuple[str, ...] = ()  # guarantees of the closed sandbox the kernel could not give
     seed: int = 0
     provenance: Provenance = Provenance(MEASURED, False)
     unranked_reasons: tuple[str, ...] = ()
@@ -113,6 +114,31 @@ def sandbox_kind(record: dict) -> str:
     """`landlock` when the method's process was confined, else `none` (older records have no field)."""
     sandbox = record.get("sandbox")
     return str(sandbox.get("kind", "none")) if isinstance(sandbox, dict) else "none"
+
+
+# What each gap means, for the board's badges: a record says `host` where the supervisor could not make the
+# namespace (the kernel refused it, or a multi-node run, which must reach the other nodes).
+ISOLATION_GAPS = {
+    "host network": "the method's processes had the machine's network: the kernel gave no network namespace, or "
+                    "the run spanned several nodes",
+    "host processes": "the method's processes saw every process of the machine in /proc: the kernel gave no PID "
+                      "namespace",
+}
+
+
+def isolation_gaps_of(record: dict) -> tuple[str, ...]:
+    """The closed sandbox's guarantees a sandboxed run went without, from its record's `sandbox.network`
+    (records from before the network was recorded say nothing, and get no badge)."""
+    sandbox = record.get("sandbox")
+    network = sandbox.get("network") if isinstance(sandbox, dict) else None
+    if not isinstance(network, dict) or sandbox.get("kind") != "landlock":
+        return ()
+    gaps = []
+    if network.get("kind") != "private":
+        gaps.append("host network")
+    if network.get("processes") != "private":
+        gaps.append("host processes")
+    return tuple(gaps)
 
 
 def provenance_of(record: dict) -> Provenance:
@@ -186,6 +212,7 @@ def make_row(loaded: LoadedRecord, page: str, rank: int | None = None) -> Row:
         created=created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         date=created.strftime("%Y-%m-%d"),
         sandbox=sandbox_kind(record),
+        isolation_gaps=isolation_gaps_of(record),
         seed=record["seed"],
         provenance=provenance_of(record),
         unranked_reasons=unranked_reasons_of(record),

@@ -308,3 +308,23 @@ def test_runs_without_the_sandbox_carry_a_badge(tmp_path):
     pages = sorted((tmp_path / "site" / "r").glob("*.html"))
     badges = sorted("unsandboxed" in page.read_text(encoding="utf-8") for page in pages)
     assert badges == [False, True, True]
+
+
+def test_runs_missing_a_closed_sandbox_guarantee_say_which(tmp_path):
+    """Where the kernel gave no network or PID namespace (or the run spanned nodes) the record says `host`,
+    and the board names the guarantee the run went without; a record from before the network was
+    recorded gets no such badge."""
+    closed = {"kind": "landlock", "abi": 7, "network": {"kind": "private", "interfaces": ["lo"], "processes": "private"}}
+    open_net = {"kind": "landlock", "abi": 7, "network": {"kind": "host", "interfaces": ["lo", "eth0"],
+                                                          "processes": "private"}}
+    neither = {"kind": "landlock", "abi": 7, "network": {"kind": "host", "interfaces": ["lo", "eth0"],
+                                                         "processes": "host"}}
+    records = [make_record(0, sandbox=closed), make_record(1, sandbox=open_net), make_record(2, sandbox=neither),
+               make_record(3, sandbox={"kind": "landlock", "abi": 7})]
+    write_board(tmp_path / "records", records)
+    build_site(tmp_path / "records", tmp_path / "site", workers=1)
+    board = parse_boards((tmp_path / "site" / "index.html").read_text(encoding="utf-8"))[0]
+    assert sorted(board.column("Status")) == sorted(["ok", "ok host network", "ok host network host processes", "ok"])
+    pages = {page.read_text(encoding="utf-8").count('class="badge sandbox-gap"') for page in
+             (tmp_path / "site" / "r").glob("*.html")}
+    assert pages == {0, 1, 2}
