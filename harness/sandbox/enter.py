@@ -9,6 +9,7 @@ without Landlock. `required=True` turns that into an error for callers that must
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import sys
@@ -157,6 +158,35 @@ def sandbox_env(scratch: Path, *, pycache_prefix: bool = False) -> dict[str, str
         env["PYTHONDONTWRITEBYTECODE"] = "1"
     for name, value in env.items():
         if name != "PYTHONDONTWRITEBYTECODE":
-            Path(value).mkdir(parents=True, exist_ok=True)
+            make_folders_beneath(scratch, Path(value).relative_to(scratch))
     env["HOME"] = str(scratch)
     return env
+
+
+def make_folders_beneath(root: Path, relative: Path) -> None:
+    """`mkdir -p root/relative` that follows no link below `root`.
+
+    Scratch is the method's: on a resumed run it holds whatever the last session left, and a link it left
+    at `cache` would have had the harness (as root) make `cache/torchinductor` wherever the link pointed.
+    Each folder is opened with O_NOFOLLOW from its parent's descriptor; a link or a file where a folder
+    belongs is the method's own entry in its own folder, so it is removed and the folder made."""
+    flags = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+    fd = os.open(root, flags)
+    try:
+        for part in Path(relative).parts:
+            try:
+                os.mkdir(part, 0o755, dir_fd=fd)
+            except FileExistsError:
+                pass
+            try:
+                child = os.open(part, flags, dir_fd=fd)
+            except OSError as exc:
+                if exc.errno not in (errno.ELOOP, errno.ENOTDIR):
+                    raise
+                os.unlink(part, dir_fd=fd)  # a link or a file: removed, never followed
+                os.mkdir(part, 0o755, dir_fd=fd)
+                child = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = child
+    finally:
+        os.close(fd)

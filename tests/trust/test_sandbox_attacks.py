@@ -27,6 +27,8 @@ def test_resume_writes_nothing_where_the_method_could_point_it(synthetic_data, t
     record = json.loads((run_dir / "record.json").read_text())
     assert record["status"] == "ok", record["error"]
     assert victim.read_text() == "original\n"  # the harness wrote nothing through the link
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.pth"]  # nor made folders through one
+    assert not (run_dir / "sandbox" / "scratch" / "cache").is_symlink()  # a folder again, the harness's own
     assert [line.get("resumed_payload") for line in metrics(run_dir) if "resumed_payload" in line] == [
         "import os; os.system('echo owned')"]  # the state came back, read from harness storage
 

@@ -4,9 +4,13 @@ checkpointed a line of Python, linked that path to a `.pth` file in site-package
 the harness write its line there, to be run by every later Python start, unsandboxed.
 
 Here the link points at `target` (a file the test owns), and a second link replaces the `.resume` folder.
-On the resumed session the method checks that its state came back and trains honestly."""
+It also replaces the cache and temporary folders the harness makes in scratch for each session (`cache`,
+`tmp`) with links to the target's folder: a harness that made `cache/torchinductor` and the rest through
+them would make folders, as root, wherever the method pointed. On the resumed session the method checks
+that its state came back and trains honestly."""
 
 import os
+import shutil
 import signal
 
 from tests.trust.methods.common import train_and_snapshot
@@ -23,4 +27,7 @@ def main(ctx):
     resume.mkdir(exist_ok=True)
     os.symlink(ctx.hparams["target"], resume / f"state-rank{ctx.rank}.pt")
     os.symlink(os.path.dirname(ctx.hparams["target"]), ctx.scratch_dir / ".resume-dir")
+    for name in ("cache", "tmp"):
+        shutil.rmtree(ctx.scratch_dir / name, ignore_errors=True)
+        os.symlink(os.path.dirname(ctx.hparams["target"]), ctx.scratch_dir / name)
     os.kill(os.getpid(), signal.SIGKILL)
