@@ -131,3 +131,21 @@ def test_sizes_parse():
         0, 200_000_000, 1_500_000_000, 10_000)
     with pytest.raises(LeaderboardError):
         parse_size("lots")
+
+
+def test_a_bundle_takes_nothing_from_the_methods_writable_folders(tmp_path, runs):
+    """What the method wrote (its scratch and outbox, links to the packer's files included) never enters
+    a bundle: only the harness's record, metrics and snapshots do."""
+    import os
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the packer's private key\n")
+    for run_dir in runs:
+        for folder in ("sandbox/scratch", "sandbox/outbox"):
+            (run_dir / folder).mkdir(parents=True)
+            os.symlink(secret, run_dir / folder / "looks-like-weights.safetensors")
+            os.symlink(tmp_path, run_dir / folder / "a-folder")
+    bundle = create_bundle(runs, tmp_path / "bundle", weights_up_to=10**6)
+    files = [p for p in bundle.root.rglob("*") if p.is_file()]
+    assert not any("sandbox" in p.relative_to(bundle.root).parts for p in files)
+    assert not any(p.read_bytes() == secret.read_bytes() for p in files)

@@ -306,3 +306,21 @@ def test_in_tree_follows_parent_links(tmp_path):
         subprocess.run(["pkill", "-P", str(child.pid)], check=False)  # the grandchild
         child.kill()
         child.wait()
+
+
+def test_emptying_the_outbox_follows_no_link(served, tmp_path):
+    """On resume the outbox is emptied: a link there (to a file or a folder outside) is removed, and what
+    it pointed at is left whole."""
+    server, _, _ = served
+    outside = tmp_path / "outside"
+    (outside / "keep").mkdir(parents=True)
+    (outside / "keep" / "file").write_text("kept")
+    outbox = server.layout.outbox
+    os.symlink(outside / "keep", outbox / "folder-link")
+    os.symlink(outside / "keep" / "file", outbox / "file-link")
+    (outbox / "real").mkdir()
+    os.symlink(outside, outbox / "real" / "inner-link")
+    (outbox / "plain").write_text("x")
+    server._clear_outbox()
+    assert list(outbox.iterdir()) == []
+    assert (outside / "keep" / "file").read_text() == "kept"
