@@ -498,8 +498,9 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
             first_worker.append(start_worker(spec["device"], spec.get("vocab_size"),
                                              method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
                                       first_worker=first_worker))
-        except Exception:  # evaluation starts its own workers; this one is only a head start
-            pass
+        except Exception as exc:  # evaluation starts its own workers; this one is only a head start
+            print(f"slowrun: the first evaluation worker did not start ahead ({type(exc).__name__}: {exc}); "
+                  "evaluation will start its own", file=sys.stderr)
 
     def close_first_worker():
         for worker in first_worker:
