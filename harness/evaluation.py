@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -463,7 +463,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     clock = EvalLimits(per_snapshot_s=timeout_s, total_s=eval_timeout_s).start()
     options = WorkerOptions(Path(method_dir) if method_dir is not None else None,
                             None if builder_roots is None else tuple(Path(r) for r in builder_roots), clock,
-                            probes or ProbeSettings(), require_sandbox,
+                            replace(probes or ProbeSettings(), eval_dtype=eval_dtype), require_sandbox,
                             autocast=None if eval_dtype == "float32" else eval_dtype, fork_server=fork_server)
     devices = tuple(devices) if devices else (device,)
     setup = {"dtype": eval_dtype, "devices": list(devices),

@@ -89,10 +89,18 @@ def token_logprobs(
 
     bar = make_progress(n_windows, desc="log-probs", unit="windows", enabled=progress)
 
+    # The last batch is scored in the shape of the others, filled with copies of its last window whose
+    # outputs are dropped: bf16 kernels pick their algorithm by shape, and a window scored in a smaller
+    # batch than the one the statelessness probe re-scores it in could differ by more than noise.
+    full = batch_size if n_windows >= batch_size else n_windows
+
     def batches():
         for start in starts:
             stop = min(n_windows, start + batch_size)
-            tokens = torch.from_numpy(np.asarray(array[start:stop], dtype=np.int64)).to(device)
+            rows = np.asarray(array[start:stop], dtype=np.int64)
+            if stop - start < full:
+                rows = np.concatenate([rows, np.repeat(rows[-1:], full - (stop - start), axis=0)])
+            tokens = torch.from_numpy(rows).to(device)
             yield start, stop, tokens[:, :-1], tokens[:, 1:]
 
     try:
@@ -111,7 +119,8 @@ def token_logprobs(
                         f"{low if low < 0 else high} in windows {start}..{stop - 1}; the model and the "
                         "prepared data use different vocabularies"
                     )
-                batch_logp = _batch_logprobs(logits, targets, time_chunk).cpu().numpy()
+                kept = stop - start  # (the filler rows of a last batch are dropped here)
+                batch_logp = _batch_logprobs(logits[:kept], targets[:kept], time_chunk).cpu().numpy()
                 if not np.all(np.isfinite(batch_logp)):
                     bad = int(np.argwhere(~np.isfinite(batch_logp))[0, 0]) + start
                     raise SlowrunError(

@@ -19,8 +19,11 @@ writes, so the harness checks them on the model itself, through the same calls i
 
 Tolerances (:func:`logprob_tolerance`): the same input through the same kernels gives the same floats,
 but to absorb kernel nondeterminism 1e-5 (absolute, on log-probabilities after log_softmax in float32)
-is allowed for float32 logits and 0.03 for bfloat16/float16 logits (about one bfloat16 step of a logit
-between 4 and 8). A probe that fails makes the snapshot invalid (:class:`ProbeFailed`).
+is allowed when the evaluation runs in float32, and 0.03 when it runs under bfloat16 autocast (about one
+bfloat16 step of a logit between 4 and 8). The tolerance follows the evaluation's dtype, which the
+harness chooses, never the dtype of the logits a model returns: a model that returned float16 logits on a
+float32 evaluation used to get 0.03 nats of slack, room for a peek at the next token worth about nine
+times a record's margin. A probe that fails makes the snapshot invalid (:class:`ProbeFailed`).
 
 Which windows and cuts are drawn comes from a seed; by default a fresh random one per evaluation, so the
 published code does not tell a method which calls are probes.
@@ -52,15 +55,25 @@ class ProbeSettings:
     stateless_windows: int = 8  # windows scored a second time after scoring (at least; a batch is filled)
     vocab_ids: int = 63  # random vocabulary ids compared at every position, besides the true next token
     seed: int | None = None  # None: fresh randomness for each evaluation
+    eval_dtype: str = "float32"  # the evaluation's precision (float32, or bfloat16 autocast): sets the tolerance
+
+    @property
+    def tolerance(self) -> float:
+        return logprob_tolerance(self.eval_dtype)
 
     def rng(self, *stream: int) -> np.random.Generator:
         seed = self.seed if self.seed is not None else secrets.randbits(64)
         return np.random.default_rng([seed, *stream])
 
 
-def logprob_tolerance(dtype: torch.dtype | None) -> float:
-    """The largest difference between two log-probabilities of the same input that still counts as equal."""
-    return FLOAT32_TOLERANCE if dtype in (None, torch.float32, torch.float64) else HALF_TOLERANCE
+def logprob_tolerance(eval_dtype: str) -> float:
+    """The largest difference between two log-probabilities of the same input that still counts as equal,
+    for an evaluation run in `eval_dtype` (harness.evaluation.EVAL_DTYPES)."""
+    if eval_dtype == "float32":
+        return FLOAT32_TOLERANCE
+    if eval_dtype == "bfloat16":
+        return HALF_TOLERANCE
+    raise ValueError(f"no probe tolerance for an evaluation in {eval_dtype!r}")
 
 
 def _call(model, inputs: np.ndarray, device) -> torch.Tensor:
@@ -106,7 +119,6 @@ class CausalityProbe:
         self.settings = settings
         self.windows = windows
         self.results: dict = {}
-        self.dtypes: set = set()
         self.ids: torch.Tensor | None = None
         self.pairs: list[tuple[int, int, int]] = []  # (window, cut, donor)
         rows = []
@@ -143,14 +155,13 @@ class CausalityProbe:
     def record(self, batch: list, logits) -> None:
         """Keep what the comparison needs from the logits the model gave for ``batch``."""
         logits = _checked(logits, (len(batch), self.steps))
-        self.dtypes.add(logits.dtype)
         for row, (key, _) in enumerate(batch):
             if key is not None:
                 self.results[key] = _log_softmax_at(logits[row], self._compare_ids(logits.shape[-1], key[1]))
 
     def verdict(self) -> None:
         """Raise ProbeFailed if a position at or before a cut changed when the tail after it was replaced."""
-        tolerance = max((logprob_tolerance(d) for d in self.dtypes), default=FLOAT32_TOLERANCE)
+        tolerance = self.settings.tolerance
         for w, t, donor in self.pairs:
             original, spliced = self.results[("original", w, -1)], self.results[("spliced", w, t)]
             diff = np.abs(original[: t + 1] - spliced[: t + 1])
@@ -266,10 +277,9 @@ def statelessness_probe(model, windows: np.ndarray, scored: np.ndarray, batch_si
         if size == 1 or all(key is None or key[0] % size != pos for b in batches for pos, (key, _) in enumerate(b)):
             break
         batches = _batches(rows, windows[:, :-1], size, rng)
-    tolerance = FLOAT32_TOLERANCE
+    tolerance = settings.tolerance
     for batch in batches:
         logits = _call(model, np.stack([inputs for _, inputs in batch]), device)
-        tolerance = max(tolerance, logprob_tolerance(logits.dtype))
         for row, (key, _) in enumerate(batch):
             if key is None:
                 continue

@@ -33,8 +33,9 @@ def test_two_workers_side_by_side_give_the_record_numbers_of_one(run_dir, method
     shutil.copytree(run_dir, twin)
     one = evaluate(run_dir, synthetic_data, method_dir, ensemble="prior", fitness_docs=20)
     two = evaluate(twin, synthetic_data, method_dir, ensemble="prior", fitness_docs=20, devices=("cpu", "cpu"))
-    assert two["evaluation"] == {"dtype": "float32", "devices": ["cpu", "cpu"]}
-    assert one["evaluation"] == {"dtype": "float32", "devices": ["cpu"]}
+    limits = {"per_snapshot_s": "rule", "total_s": None}
+    assert two["evaluation"] == {"dtype": "float32", "devices": ["cpu", "cpu"], "limits": limits}
+    assert one["evaluation"] == {"dtype": "float32", "devices": ["cpu"], "limits": limits}
     a, b = numbers(one), numbers(two)
     assert a.keys() == b.keys() and len(a) > 8
     for name in a:
