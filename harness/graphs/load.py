@@ -1,0 +1,231 @@
+"""Build an exported forward in the harness's process, bound it, and run it on the evaluation's device.
+
+Building goes through torch's own deserializer, given a program the check (`check.py`) passed, with node
+metadata dropped (stack traces and module paths are the method's text) and every device in it set to the
+evaluation's device (the method exported wherever its model lived). The weights come from the snapshot's
+safetensors file and the constants from the graph's own; each must have exactly the shape the graph
+declares, and is cast to the dtype it declares (a bf16 snapshot runs as a float32 model, as the worker
+path loads it).
+
+Before the first real batch, fake tensors are propagated through the graph (no memory, no compute): the
+true size of every intermediate and the forward's FLOPs, whatever the program's metadata claimed. A graph
+whose intermediates pass `max_elements` or whose FLOPs per batch pass `FLOP_FACTOR` times a dense forward of
+its parameters is refused: it would hold the harness's memory or time, which in-process evaluation cannot
+take back by killing a worker.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+
+import torch
+
+from harness.graphs.check import GraphRefused, ProgramSummary, check_program, parse_program
+
+FLOP_FACTOR = 32  # x (2 x parameters x tokens): attention at T/(6 d) of the dense part fits up to T = 190 d
+ELEMENT_FACTOR = 16  # x (tokens x the widest weight dimension): logits, an MLP's hidden activations
+
+
+@dataclass(frozen=True)
+class GraphBounds:
+    """What one forward of the graph was measured to need, from fake tensors."""
+
+    flops: int
+    largest_elements: int
+    parameters: int
+    widest: int  # the largest dimension of any weight or constant (the vocabulary, an MLP's width)
+    largest_weight: int
+
+
+def _prepared(program: dict, device: torch.device) -> dict:
+    """The program with its node metadata dropped and every device set to `device`."""
+    program = copy.deepcopy(program)
+    target = {"type": device.type, "index": device.index}
+
+    def walk(value):
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if key in ("as_device", "device") and isinstance(item, dict) and "type" in item:
+                    value[key] = dict(target)
+                else:
+                    walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    graph = program["graph_module"]["graph"]
+    for node in graph["nodes"]:
+        node["metadata"] = {}
+    walk(graph)
+    program["graph_module"]["metadata"] = {}
+    program["guards_code"] = []
+    return program
+
+
+def _deserialize(program: dict, state: dict[str, torch.Tensor], constants: dict[str, torch.Tensor]):
+    from torch._export.serde import schema
+    from torch._export.serde.serialize import ExportedProgramDeserializer, _bytes_to_dataclass
+
+    serialized = _bytes_to_dataclass(schema.ExportedProgram, json.dumps(program).encode())
+    return ExportedProgramDeserializer().deserialize(serialized, state, constants)
+
+
+def _serialized_dtype(code) -> torch.dtype:
+    from torch._export.serde.serialize import _SERIALIZE_TO_TORCH_DTYPE
+    from torch._export.serde.schema import ScalarType
+
+    try:
+        return _SERIALIZE_TO_TORCH_DTYPE[ScalarType(code)]
+    except (ValueError, KeyError):
+        raise GraphRefused(f"a tensor of an unknown dtype ({code!r})") from None
+
+
+class GraphForward:
+    """`model(idx) -> logits` from an exported graph, run by the harness. It has no state: every call is
+    the same pure function of the weights and the input."""
+
+    pipelined = False
+    training = False
+
+    def __init__(self, module, arguments: list, input_at: int, input_shape: tuple[int, ...], device: torch.device,
+                 autocast: str | None, bounds: GraphBounds, summary: ProgramSummary):
+        self._module = module
+        self._arguments = arguments
+        self._input_at = input_at
+        self.input_shape = input_shape
+        self.batch_size = input_shape[0]
+        self.device = device
+        self.autocast = autocast
+        self.bounds = bounds
+        self.summary = summary
+
+    def eval(self) -> "GraphForward":
+        return self
+
+    def train(self, mode: bool = True) -> "GraphForward":
+        return self
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        if tuple(inputs.shape) != self.input_shape:
+            raise GraphRefused(f"the graph was exported for inputs {list(self.input_shape)}, given {list(inputs.shape)}")
+        arguments = list(self._arguments)
+        arguments[self._input_at] = inputs.to(self.device, torch.long)
+        with torch.no_grad(), _autocast(self.device, self.autocast):
+            out = self._module(*arguments)
+        return out[0] if isinstance(out, (tuple, list)) else out
+
+
+def _autocast(device: torch.device, autocast: str | None):
+    import contextlib
+
+    if autocast is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=getattr(torch, autocast))
+
+
+def load_graph(data: bytes, weights: dict[str, torch.Tensor], constants: dict[str, torch.Tensor],
+               device: str | torch.device = "cpu", autocast: str | None = None) -> GraphForward:
+    """The checked, bounded forward of an exported program (GraphRefused says why one cannot be run)."""
+    device = torch.device(device)
+    program = parse_program(data)
+    summary = check_program(program)
+    program = _prepared(program, device)
+    metas = program["graph_module"]["graph"]["tensor_values"]
+    placeholders = {}
+    for spec in program["graph_module"]["signature"]["input_specs"]:
+        (kind, value), = spec.items()
+        if kind != "user_input":
+            name = value.get("parameter_name") or value.get("buffer_name") or value.get("tensor_constant_name")
+            placeholders[name] = metas[value["arg"]["name"]]
+    state, consts = {}, {}
+    for kind, name in summary.inputs:
+        if kind == "input":
+            continue
+        source = constants if kind == "constant" else weights
+        if name not in source:
+            where = "the graph's constants" if kind == "constant" else "the snapshot's weights"
+            raise GraphRefused(f"the graph takes {kind} {name!r}, which is not in {where}")
+        meta = placeholders[name]
+        shape = tuple(int(s["as_int"]) for s in meta["sizes"])
+        tensor = source[name]
+        if tuple(tensor.shape) != shape:
+            raise GraphRefused(f"{kind} {name!r} has shape {list(tensor.shape)}, the graph takes {list(shape)}")
+        tensor = tensor.to(device=device, dtype=_serialized_dtype(meta["dtype"]))
+        if kind == "parameter":
+            tensor = torch.nn.Parameter(tensor, requires_grad=False)
+        (consts if kind == "constant" else state)[name] = tensor
+    try:
+        exported = _deserialize(program, state, consts)
+    except GraphRefused:
+        raise
+    except Exception as exc:  # the deserializer's own refusals: malformed, inconsistent, unknown operators
+        raise GraphRefused(f"the exported program could not be built ({type(exc).__name__}: {str(exc)[:300]})") from None
+    module = exported.graph_module
+    arguments, input_at = [], -1
+    for spec in exported.graph_signature.input_specs:
+        kind = spec.kind.name
+        if kind == "USER_INPUT":
+            input_at = len(arguments)
+            arguments.append(None)
+        elif kind == "PARAMETER" or (kind == "BUFFER" and spec.persistent is not False):
+            arguments.append(exported.state_dict[spec.target])
+        else:
+            arguments.append(exported.constants[spec.target])
+    bounds = measure(module, arguments, input_at, summary.input_shape, device)
+    _check_bounds(bounds, summary.input_shape)
+    return GraphForward(module, arguments, input_at, summary.input_shape, device, autocast, bounds, summary)
+
+
+def measure(module, arguments: list, input_at: int, input_shape: tuple[int, ...], device: torch.device) -> GraphBounds:
+    """FLOPs and the largest intermediate of one forward, from fake tensors (nothing is computed)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+    from torch.utils.flop_counter import FlopCounterMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=False)
+    fake = [mode.from_tensor(a) if a is not None else None for a in arguments]
+    with mode:
+        fake[input_at] = torch.zeros(input_shape, dtype=torch.long, device=device)
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter:
+            FakeTensorProp(module, mode).propagate(*fake)
+    except GraphRefused:
+        raise
+    except Exception as exc:
+        raise GraphRefused(f"the graph does not run on its declared shapes ({type(exc).__name__}: "
+                           f"{str(exc)[:300]})") from None
+    largest = 0
+    for node in module.graph.nodes:
+        for value in _tensors(node.meta.get("val")):
+            largest = max(largest, value.numel())
+    weights = [a for i, a in enumerate(arguments) if i != input_at and a is not None]
+    return GraphBounds(int(counter.get_total_flops()), int(largest), sum(a.numel() for a in weights),
+                       max((max(a.shape, default=1) for a in weights), default=1),
+                       max((a.numel() for a in weights), default=1))
+
+
+def _tensors(value):
+    if isinstance(value, torch.Tensor):
+        yield value
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _tensors(item)
+
+
+def _check_bounds(bounds: GraphBounds, input_shape: tuple[int, ...]) -> None:
+    tokens = math.prod(input_shape)
+    flop_limit = FLOP_FACTOR * 2 * max(bounds.parameters, 1) * tokens
+    if bounds.flops > flop_limit:
+        raise GraphRefused(f"one forward takes {bounds.flops:.3g} FLOPs, over {FLOP_FACTOR} times a dense forward of "
+                           f"its {bounds.parameters:,} parameters on {tokens:,} tokens ({flop_limit:.3g})")
+    element_limit = ELEMENT_FACTOR * max(tokens * bounds.widest, bounds.largest_weight, 1 << 20)
+    if bounds.largest_elements > element_limit:
+        raise GraphRefused(f"an intermediate of the graph holds {bounds.largest_elements:,} elements, over the "
+                           f"bound of {int(element_limit):,} for its size")
+
+
+__all__ = ["FLOP_FACTOR", "GraphBounds", "GraphForward", "load_graph", "measure"]
