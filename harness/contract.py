@@ -16,6 +16,7 @@ import math
 import os
 import random
 import secrets
+import sys
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -111,6 +112,10 @@ class RunContext:
         self._resume_file = run.get("resume_file")
         self._ensemble = run.get("ensemble")
         self._streams: dict[tuple, RemoteStream] = {}
+        # The shape snapshots' graphs are exported at: the evaluation's batch of full windows.
+        self.eval_batch_size = int(run.get("eval_batch_size", 16))
+        self._exporter = None  # harness.graphs.export.GraphExporter, made at the first snapshot
+        self._export_warned = False
 
     # ---- the wire -------------------------------------------------------------------------------
     def _call(self, header: dict):
@@ -220,12 +225,19 @@ class RunContext:
         return self._outbox / f"{kind}-r{self.rank}-{os.getpid()}-{secrets.token_hex(6)}"
 
     def save_snapshot(self, model, tag: str, meta: Mapping[str, Any] | None = None, spec: dict | None = None,
-                      group: RankGroup | None = None) -> dict | None:
+                      group: RankGroup | None = None, graph=True) -> dict | None:
         """Hand the model's weights and build spec to the harness, which stamps them with its metered epochs.
 
         The weights are written into the run's outbox and moved into harness storage by the server, which
         hashes them. With `group` (DDP inside a rank group) only the group's leader hands them over; the
         other ranks get None.
+
+        `graph`: the forward pass is exported (`torch.export`, once per build spec) and handed over too, so
+        the harness evaluates the snapshot from the graph without running the method's code (see
+        harness/graphs). True exports `model` (which must then be a torch module: compiled and DDP wrappers
+        are looked through); a module exports that one instead (when `model` is a view of one); False
+        hands over the weights alone. A forward that cannot be exported is said once on stderr, and the
+        snapshot is evaluated by its own code in the sandboxed worker; its record says which.
         """
         if group is not None and not group.is_leader:
             return None
@@ -242,11 +254,41 @@ class RunContext:
         path = self._outbox_path("snapshot").with_suffix(".safetensors")
         state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(path))
+        header = {"op": "snapshot", "tag": tag, "spec": build, "meta": meta, "file": path.name}
+        written = [path]
+        if graph is not False:
+            header.update(self._export_graph(model if graph is True else graph, build, tag, written))
         try:
-            reply, _ = self._call({"op": "snapshot", "tag": tag, "spec": build, "meta": meta, "file": path.name})
+            reply, _ = self._call(header)
         finally:
-            path.unlink(missing_ok=True)  # gone already when the server took it
+            for item in written:
+                item.unlink(missing_ok=True)  # gone already when the server took it
         return reply["snapshot"]
+
+    def _export_graph(self, module, build: dict, tag: str, written: list) -> dict:
+        """The snapshot header's graph fields: the exported forward's files in the outbox, or why not."""
+        from safetensors.torch import save_file
+
+        from harness.graphs.export import GraphExporter
+
+        if self._exporter is None:
+            self._exporter = GraphExporter()
+        try:
+            program, constants = self._exporter.export(module, build, self.eval_batch_size, self.seq_len)
+        except Exception as exc:  # noqa: BLE001 - any failure to trace means: evaluate by the method's code
+            reason = f"{type(exc).__name__}: {exc}".strip()[:500]
+            if not self._export_warned:
+                self._export_warned = True
+                print(f"slowrun: snapshot {tag!r}: the forward pass could not be exported ({reason}); snapshots "
+                      "are evaluated by the method's own code in the sandboxed worker", file=sys.stderr, flush=True)
+            return {"graph_error": reason}
+        graph_path = self._outbox_path("graph").with_suffix(".json")
+        graph_path.write_bytes(program)
+        written.append(graph_path)
+        constants_path = self._outbox_path("constants").with_suffix(".safetensors")
+        save_file(constants, str(constants_path))
+        written.append(constants_path)
+        return {"graph_file": graph_path.name, "constants_file": constants_path.name}
 
     def snapshot_tags(self) -> list[str]:
         return list(self._call({"op": "tags"})[0]["tags"])

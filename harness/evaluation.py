@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import tempfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -38,7 +39,7 @@ from harness.fork_server import FORK_AVAILABLE, ForkServer
 from harness.logprobs import load_logprobs, save_logprobs, token_logprobs
 from harness.prior import curve_stamps, default_ks, fit_prior, k_sweep, loss_curve
 from harness.probes import CausalityProbe, ProbedModel, ProbeSettings, statelessness_probe
-from harness.snapshots import WEIGHTS, Snapshot, list_snapshots, sha256_file
+from harness.snapshots import GRAPH, GRAPH_CONSTANTS, WEIGHTS, Snapshot, list_snapshots, sha256_file
 from harness.threads import apply_thread_setting
 from harness.timed_subset import subset_summary
 
@@ -85,6 +86,7 @@ class WorkerOptions:
     probes: ProbeSettings = ProbeSettings()
     require_sandbox: bool = False
     autocast: str | None = None  # "bfloat16": forwards under bf16 autocast (EVAL_DTYPES)
+    graphs: bool = True  # snapshots with an exported graph are run from it, here (False: always the worker)
     fork_server: bool = FORK_SERVER  # workers forked from a zygote (False: a fresh process each)
 
     @property
@@ -111,6 +113,11 @@ class WorkerOptions:
         return ForkServer(method_dir=self.method_dir, builder_roots=self.builder_roots,
                           require_sandbox=self.require_sandbox).start()
 
+
+# How a snapshot's log-probabilities were computed (the record's `evaluated_by`): from its exported graph,
+# in a harness process, or by its own code in the sandboxed worker.
+GRAPH_EVALUATED = "graph"
+METHOD_CODE = "method code"
 
 EVAL_DTYPES = ("float32", "bfloat16")
 
@@ -156,13 +163,13 @@ def cache_is_trusted(cache: Path, tag: str, weights_sha256: str, eval_dtype: str
 
 
 def _write_cache(cache: Path, tag: str, fit: np.ndarray, val: np.ndarray, weights_sha256: str,
-                 eval_dtype: str = "float32") -> None:
+                 eval_dtype: str = "float32", evaluated_by: str = METHOD_CODE) -> None:
     fit_path, val_path, sidecar = _cache_paths(cache, tag)
     sidecar.unlink(missing_ok=True)  # never a sidecar that vouches for half-replaced caches
     save_logprobs(val_path, val)
     save_logprobs(fit_path, fit)
     stamp = {"weights_sha256": weights_sha256, "fit_sha256": sha256_file(fit_path),
-             "val_sha256": sha256_file(val_path), "eval_dtype": eval_dtype}
+             "val_sha256": sha256_file(val_path), "eval_dtype": eval_dtype, "evaluated_by": evaluated_by}
     fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=cache)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -172,6 +179,36 @@ def _write_cache(cache: Path, tag: str, fit: np.ndarray, val: np.ndarray, weight
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def evaluated_by(cache: Path, tag: str) -> str:
+    """How the snapshot's cached log-probabilities were computed (caches from before graphs: its code)."""
+    try:
+        stamp = json.loads(_cache_paths(cache, tag)[2].read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return METHOD_CODE
+    return GRAPH_EVALUATED if isinstance(stamp, dict) and stamp.get("evaluated_by") == GRAPH_EVALUATED else METHOD_CODE
+
+
+def graph_forward(snapshot: Snapshot, device: str, autocast: str | None):
+    """The snapshot's exported forward, checked, bounded and built here (GraphRefused says why not)."""
+    import hashlib
+
+    from safetensors.torch import load_file
+
+    from harness.graphs.check import GraphRefused
+    from harness.graphs.load import load_graph
+
+    folder = Path(snapshot.folder)
+    data = (folder / GRAPH).read_bytes()
+    if hashlib.sha256(data).hexdigest() != snapshot.graph.get("sha256") or sha256_file(
+            folder / GRAPH_CONSTANTS) != snapshot.graph.get("constants_sha256"):
+        raise GraphRefused("the graph's files changed after the snapshot was taken in")
+    try:
+        weights, constants = load_file(str(folder / WEIGHTS)), load_file(str(folder / GRAPH_CONSTANTS))
+    except Exception as exc:  # safetensors' own errors: a file the check passed but torch cannot read
+        raise GraphRefused(f"the weights or constants cannot be read ({type(exc).__name__}: {exc})") from None
+    return load_graph(data, weights, constants, device, autocast)
 
 
 def _load_cache(cache: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -217,23 +254,47 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
     options = options or WorkerOptions()
     cache.mkdir(parents=True, exist_ok=True)
     model = worker
+    by = METHOD_CODE
     try:
         weights = weights or read_weights(snapshot)
         if cache_is_trusted(cache, snapshot.tag, weights[1], options.eval_dtype):
             return _load_cache(cache, snapshot.tag)
         if options.clock.passed():
             raise InvalidSnapshot(options.clock.passed_reason())
-        model = model or options.remote(snapshot, device, data.vocab_size)
-        if model.vocab_size is None:
-            model.vocab_size = data.vocab_size
-        options.arm(model, weights[0], data, device)  # (a worker loaded ahead starts its limit again here)
-        model.load(weights, snapshot)
-        fit, val = score_remote(model, data, batch_size, device, options.probes, stream, progress)
+        graph = _graph_or_none(snapshot, device, options, progress)
+        if graph is not None:
+            by = GRAPH_EVALUATED
+            if model is not None:  # a worker started ahead for this snapshot is not needed
+                model.close()
+                model = None
+            fit, val = score_remote(graph, data, graph.batch_size, device, options.probes, stream, progress)
+        else:
+            model = model or options.remote(snapshot, device, data.vocab_size)
+            if model.vocab_size is None:
+                model.vocab_size = data.vocab_size
+            options.arm(model, weights[0], data, device)  # (a worker loaded ahead starts its limit again here)
+            model.load(weights, snapshot)
+            fit, val = score_remote(model, data, batch_size, device, options.probes, stream, progress)
     finally:
         if model is not None:
             model.close()
-    _write_cache(cache, snapshot.tag, fit, val, weights[1], options.eval_dtype)
+    _write_cache(cache, snapshot.tag, fit, val, weights[1], options.eval_dtype, by)
     return fit.reshape(-1), val.reshape(-1)
+
+
+def _graph_or_none(snapshot: Snapshot, device: str, options: WorkerOptions, progress: bool):
+    """The snapshot's graph, built here, or None: no graph, graphs turned off, or one refused now (then its
+    own code is run in the worker, and the reason is said)."""
+    from harness.graphs.check import GraphRefused
+
+    if not (options.graphs and snapshot.has_graph):
+        return None
+    try:
+        return graph_forward(snapshot, device, options.autocast)
+    except GraphRefused as exc:
+        print(f"snapshot {snapshot.tag}: its graph is refused ({exc}); it is evaluated by its own code instead",
+              file=sys.stderr, flush=True)
+        return None
 
 
 def load_ahead(worker: RemoteModel, snapshot: Snapshot, cache: Path, options: WorkerOptions, data: EvalData,
@@ -271,7 +332,7 @@ def _score_all(snapshots: list[Snapshot], data: EvalData, cache: Path, batch_siz
     torch import, or its fork from ``server``, overlap the scoring) or else a new one. Snapshots with a
     trusted cache need none."""
     valid, fits, vals, invalid = [], [], [], []
-    cached = [_cached(s, cache, options.eval_dtype) for s in snapshots]
+    cached = [not _needs_worker(s, cache, options) for s in snapshots]  # (a cache or a graph: no worker)
     ahead, ahead_weights = first_worker, None
     try:
         for i, snap in enumerate(snapshots):
@@ -421,6 +482,11 @@ def _cached(snapshot: Snapshot, cache: Path, eval_dtype: str = "float32") -> boo
         return False
 
 
+def _needs_worker(snapshot: Snapshot, cache: Path, options: WorkerOptions) -> bool:
+    """Whether scoring the snapshot will start a worker: not when its cache is used or its graph is run."""
+    return not (_cached(snapshot, cache, options.eval_dtype) or (options.graphs and snapshot.has_graph))
+
+
 def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: Mapping[str, float] | str | None,
                  reference_curve: str | None, batch_size: int = 16, device: str = "cpu",
                  progress: bool = True, *, method_dir: Path | None = None,
@@ -472,7 +538,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     cache = Path(run_dir) / "eval"
     server = None
     try:
-        if not all(_cached(s, cache, options.eval_dtype) for s in snapshots):
+        if any(_needs_worker(s, cache, options) for s in snapshots):
             server = _fork_server_for(options, first_worker)
         if len(devices) > 1:
             snapshots, fits, vals, invalid = _score_lanes(snapshots, data, cache, batch_size, devices, options,
@@ -493,7 +559,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
 
     snapshot_rows = [
         {"tag": s.tag, "epochs": s.epochs, "val_loss": mean_nll(v), "val_bpb": _bpb(v, data), "meta": s.meta,
-         "fitness_loss": mean_nll(f) if has_fitness else None}
+         "fitness_loss": mean_nll(f) if has_fitness else None, "evaluated_by": evaluated_by(cache, s.tag)}
         for s, f, v in zip(snapshots, fits, vals)
     ]
     prior = fit_prior(fit_m) if has_fitness else None

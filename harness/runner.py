@@ -262,7 +262,8 @@ def server_spec(run_dir: Path, spec: dict, resume: bool, progress: bool):
                       world_size=_launch_of(spec).world_size, resume=resume, progress=progress,
                       sandbox_read_only=read_only, sandbox_list_only=list_only, time_limit_s=limit,
                       snapshot_grace_s=snapshot_grace_s(limit) if limit else 0.0,
-                      max_snapshots=int(spec.get("max_snapshots", 4096)))
+                      max_snapshots=int(spec.get("max_snapshots", 4096)),
+                      eval_batch_size=int(spec.get("eval_batch_size", 16)))
 
 
 def _worker_env(connect_file: Path, scratch: Path, launch: LaunchSpec, pass_env: tuple[str, ...] = (),

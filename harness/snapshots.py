@@ -23,6 +23,8 @@ from harness.errors import SlowrunError
 TAG_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
+GRAPH = "graph.json"  # the exported forward (harness/graphs), beside the weights when the method exported it
+GRAPH_CONSTANTS = "graph-constants.safetensors"  # the tensors that graph holds besides the weights
 
 
 class SnapshotError(SlowrunError):
@@ -39,6 +41,11 @@ class Snapshot:
     meta: dict
     folder: Path
     weights_sha256: str | None = None  # stamped by the data server when it takes the snapshot in
+    graph: dict | None = None  # the exported forward's stamp ({sha256, constants_sha256, ...}) or {refused: why}
+
+    @property
+    def has_graph(self) -> bool:
+        return isinstance(self.graph, dict) and isinstance(self.graph.get("sha256"), str)
 
     def to_summary(self) -> dict:
         return {"tag": self.tag, "epochs": self.epochs, "train_tokens": self.train_tokens, "meta": self.meta}
@@ -107,7 +114,8 @@ def read_snapshot(folder: Path) -> Snapshot:
     except (OSError, json.JSONDecodeError) as exc:
         raise SnapshotError(f"{path}: unreadable snapshot spec ({exc})") from None
     return Snapshot(raw["tag"], float(raw["epochs"]), int(raw["train_tokens"]), raw["builder"], raw["config"],
-                    raw.get("meta", {}), Path(folder), raw.get("weights_sha256"))
+                    raw.get("meta", {}), Path(folder), raw.get("weights_sha256"),
+                    raw.get("graph") if isinstance(raw.get("graph"), dict) else None)
 
 
 def list_snapshots(root: Path) -> list[Snapshot]:

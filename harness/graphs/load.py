@@ -109,13 +109,31 @@ class GraphForward:
         return self
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        if tuple(inputs.shape) != self.input_shape:
-            raise GraphRefused(f"the graph was exported for inputs {list(self.input_shape)}, given {list(inputs.shape)}")
+        """Logits for `inputs` [n, seq_len]: run in batches of the exported shape, the last one filled with
+        copies of its last row (dropped from the result), so every call has one shape."""
+        batch, steps = self.input_shape
+        if inputs.ndim != 2 or inputs.shape[1] != steps or inputs.shape[0] < 1:
+            raise GraphRefused(f"the graph was exported for inputs [n, {steps}], given {list(inputs.shape)}")
+        inputs = inputs.to(self.device, torch.long)
+        outputs = []
+        for start in range(0, inputs.shape[0], batch):
+            part = inputs[start:start + batch]
+            kept = part.shape[0]
+            if kept < batch:
+                part = torch.cat([part, part[-1:].expand(batch - kept, steps)])
+            outputs.append(self._run(part)[:kept])
+        return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
+
+    def _run(self, inputs: torch.Tensor) -> torch.Tensor:
         arguments = list(self._arguments)
-        arguments[self._input_at] = inputs.to(self.device, torch.long)
+        arguments[self._input_at] = inputs
         with torch.no_grad(), _autocast(self.device, self.autocast):
             out = self._module(*arguments)
-        return out[0] if isinstance(out, (tuple, list)) else out
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        if not isinstance(out, torch.Tensor) or out.ndim != 3 or tuple(out.shape[:2]) != self.input_shape:
+            raise GraphRefused(f"the graph returned {tuple(getattr(out, 'shape', ()))} for inputs {list(self.input_shape)}; "
+                               "expected logits [batch, time, vocab]")
+        return out
 
 
 def _autocast(device: torch.device, autocast: str | None):

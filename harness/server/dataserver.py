@@ -15,6 +15,7 @@ anywhere else is read back, and nothing it wrote is ever unpickled in the harnes
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -40,7 +41,8 @@ from harness.server.ledger import Ledger, StreamRefused
 from harness.server.limits import DEFAULT_LIMITS, ProtocolLimits, ProtocolViolation, check_metrics
 from harness.server.peers import in_tree, peer_pid
 from harness.server.wire import Channel, ChannelClosed, FrameRefused
-from harness.snapshots import SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
+from harness.graphs.check import MAX_PROGRAM_BYTES
+from harness.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
 from harness.tracks import Track
 
 BUILDER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
@@ -109,6 +111,7 @@ class ServerSpec:
     # Every snapshot is evaluated, so their number bounds the evaluation: PR #90's q0 took 480; 4,096 leaves
     # room for any sweep while keeping a method from asking for unbounded evaluation (`--max-snapshots`).
     max_snapshots: int = 4096
+    eval_batch_size: int = 16  # the batch snapshots' graphs are exported at (told to the method)
     time_limit_s: float | None = None  # the compute class's cap on training seconds (None: no cap)
     snapshot_grace_s: float = 0.0  # after the cap: time to write the final snapshot of the model at the cap
     limits: ProtocolLimits = DEFAULT_LIMITS
@@ -508,6 +511,7 @@ class DataServer:
             "budget": spec.budget, "time_limit_s": spec.time_limit_s, "seed": spec.seed, "hparams": spec.hparams, "device": spec.device,
             "method_dir": str(spec.method_dir), "entry": spec.entry, "epoch_tokens": self.epoch_tokens,
             "seq_len": spec.track.seq_len, "vocab_size": self._train.vocab_size, "bos_id": self._train.bos_id,
+            "eval_batch_size": spec.eval_batch_size,
             "has_fitness": self._fitness is not None and self._fitness.num_windows(spec.track.seq_len) > 0,
             "scratch": str(self.layout.scratch), "outbox": str(self.layout.outbox), "resume_file": resume_file,
             "ensemble": self.ensemble, "sandbox": {
@@ -630,11 +634,12 @@ class DataServer:
                 weights = tmp / WEIGHTS
                 info = self._take(path, info, weights)  # out of the method's reach from here on
                 check_safetensors(weights, info.st_size)
+                graph = self._take_graph(header, tmp)
                 targets = self.ledger.served_targets()
                 record = {"tag": tag, "epochs": targets / self.epoch_tokens, "train_tokens": targets,
                           "builder": spec["builder"], "config": spec["config"], "meta": meta,
                           "weights_sha256": sha256_file(weights), "weights_bytes": info.st_size,
-                          "train_s": self.train_seconds(), "rank": rank}
+                          "train_s": self.train_seconds(), "rank": rank, "graph": graph}
                 _write_json_atomic(tmp / SPEC, record)
                 os.replace(tmp, final)
                 self._snapshot_count += 1
@@ -643,6 +648,40 @@ class DataServer:
             self._append_metrics(rank, {"event": "snapshot", "tag": tag})
         return {"ok": True, "snapshot": {"tag": tag, "epochs": record["epochs"], "train_tokens": targets,
                                          "meta": meta}}
+
+    def _take_graph(self, header: dict, folder: Path) -> dict | None:
+        """Take the snapshot's exported forward into `folder` and check it (harness/graphs/check.py).
+
+        A graph the check refuses is dropped and the reason kept: the snapshot is then evaluated by the
+        method's code, as one handed over without a graph. The weights are the snapshot either way."""
+        from harness.graphs.check import GraphRefused, check_program, parse_program
+
+        if header.get("graph_file") is None:
+            error = header.get("graph_error")
+            return {"refused": f"not exported: {str(error)[:500]}"} if error else None
+        program, info = self._outbox_file(header.get("graph_file"))
+        constants, constants_info = self._outbox_file(header.get("constants_file"))
+        try:
+            if info.st_size > MAX_PROGRAM_BYTES:
+                raise GraphRefused(f"the exported program is {info.st_size:,} bytes (the limit is {MAX_PROGRAM_BYTES:,})")
+            if constants_info.st_size > self.spec.max_snapshot_bytes:
+                raise GraphRefused(f"the graph's constants are {constants_info.st_size:,} bytes, over the limit")
+            self._take(program, info, folder / GRAPH)
+            self._take(constants, constants_info, folder / GRAPH_CONSTANTS)
+            try:
+                check_safetensors(folder / GRAPH_CONSTANTS, constants_info.st_size)
+            except RequestError as exc:
+                raise GraphRefused(str(exc).replace("weights", "constants")) from None
+            data = (folder / GRAPH).read_bytes()
+            summary = check_program(parse_program(data))
+        except GraphRefused as exc:
+            for name in (GRAPH, GRAPH_CONSTANTS):
+                (folder / name).unlink(missing_ok=True)
+            for leftover in (program, constants):
+                leftover.unlink(missing_ok=True)
+            return {"refused": str(exc)[:500]}
+        return {"sha256": hashlib.sha256(data).hexdigest(), "constants_sha256": sha256_file(folder / GRAPH_CONSTANTS),
+                "bytes": len(data), "operators": sum(summary.ops.values()), "input_shape": list(summary.input_shape)}
 
     def _op_ensemble(self, rank: int, header: dict, payload) -> dict:
         weights = header.get("weights")

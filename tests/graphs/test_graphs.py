@@ -1,0 +1,163 @@
+"""Exported graphs: the harness runs them with the same numbers as the module's own forward, and refuses
+every program that is not a pure, static, allow-listed function of weights and tokens."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness.graphs.check import ALLOWED_OPS, GraphRefused, check_program, parse_program
+from harness.graphs.load import load_graph
+from tests.graphs.conftest import export, forged, program_of, small_gpts
+
+
+@pytest.mark.parametrize("preset", sorted(small_gpts()))
+def test_q0_gpts_export_and_match_their_eager_forward(preset):
+    from q0_reference.model import GPT
+
+    config = small_gpts()[preset]
+    torch.manual_seed(1)
+    model = GPT(config).eval()
+    program, constants = export(model, 4, config.seq_len)
+    graph = load_graph(program, dict(model.state_dict()), constants)
+    idx = torch.randint(0, config.vocab_size, (6, config.seq_len))  # 6 rows: a full batch and a partial one
+    with torch.no_grad():
+        expected = model(idx)
+    got = graph(idx)
+    assert got.shape == expected.shape
+    assert torch.equal(got, expected)  # the same operators on the same floats
+    assert set(name.split(".")[0] for name in graph.summary.ops) <= ALLOWED_OPS
+
+
+def test_bf16_weights_run_as_the_graph_declares(bigram):
+    program, constants = export(bigram)
+    weights = {k: v.to(torch.bfloat16) for k, v in bigram.state_dict().items()}
+    graph = load_graph(program, weights, constants)
+    idx = torch.randint(0, 64, (4, 32))
+    expected = torch.nn.functional.embedding(idx, weights["table.weight"].float())
+    assert torch.equal(graph(idx), expected)
+
+
+def test_a_buffer_update_is_refused():
+    class Remembers(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(64, 64)
+            self.register_buffer("seen", torch.zeros(64))
+
+        def forward(self, idx):
+            logits = self.table(idx)
+            self.seen.add_(logits.mean(dim=(0, 1)))  # a memory of what it was shown, kept across calls
+            return logits + self.seen
+
+    program, _ = export(Remembers().eval())
+    with pytest.raises(GraphRefused, match="return one tensor and mutate nothing"):
+        check_program(parse_program(program))
+
+
+def test_a_custom_operator_is_refused(bigram):
+    lib = torch.library.Library("slowrun_test_peek", "FRAGMENT")
+    lib.define("peek(Tensor x) -> Tensor")
+    lib.impl("peek", lambda x: x.clone(), "CompositeExplicitAutograd")
+    lib.impl("peek", lambda x: torch.empty_like(x), "Meta")
+
+    class Peeks(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, idx):
+            return torch.ops.slowrun_test_peek.peek(self.inner(idx))
+
+    program, _ = export(Peeks(bigram).eval())
+    with pytest.raises(GraphRefused, match="only ATen operators are evaluated"):
+        check_program(parse_program(program))
+
+
+def _with_node(program: dict, target: str, inputs: list) -> dict:
+    nodes = program["graph_module"]["graph"]["nodes"]
+    nodes.insert(0, {"target": target, "inputs": inputs, "outputs": [{"as_tensor": {"name": "forged"}}],
+                     "metadata": {}, "name": "forged", "is_hop_single_tensor_return": None})
+    return program
+
+
+@pytest.mark.parametrize("case", ["from_file", "in_place", "out_overload", "rand", "dropout_train", "guards",
+                                  "symbolic", "range", "code_name", "string", "nan"])
+def test_forged_programs_are_refused(bigram, case):
+    program = program_of(export(bigram)[0])
+    tensor = {"name": "self", "arg": {"as_tensor": {"name": "idx"}}, "kind": 1}
+    match = {
+        "from_file": lambda p: _with_node(p, "torch.ops.aten.from_file.default",
+                                          [{"name": "filename", "arg": {"as_string": "/etc/shadow"}, "kind": 1}]),
+        "in_place": lambda p: _with_node(p, "torch.ops.aten.add_.Tensor", [tensor]),
+        "out_overload": lambda p: _with_node(p, "torch.ops.aten.add.out", [tensor]),
+        "rand": lambda p: _with_node(p, "torch.ops.aten.rand_like.default", [tensor]),
+        "dropout_train": lambda p: _with_node(p, "torch.ops.aten.dropout.default",
+                                              [tensor, {"name": "train", "arg": {"as_bool": True}, "kind": 1}]),
+        "guards": lambda p: {**p, "guards_code": ["__import__('os').system('echo owned')"]},
+        "symbolic": lambda p: _symbolic(p),
+        "range": lambda p: {**p, "range_constraints": {"s0": {"min_val": 1, "max_val": 8}}},
+        "code_name": lambda p: _renamed(p),
+        "string": lambda p: _with_node(p, "torch.ops.aten.div.Tensor_mode",
+                                       [tensor, {"name": "rounding_mode", "arg": {"as_string": "__import__"}, "kind": 1}]),
+        "nan": None,
+    }[case]
+    data = forged(match(program)) if match else export(bigram)[0].replace(b'"as_int": 32', b'"as_float": NaN', 1)
+    with pytest.raises(GraphRefused):
+        check_program(parse_program(data))
+
+
+def _symbolic(program: dict) -> dict:
+    name, meta = next(iter(program["graph_module"]["graph"]["tensor_values"].items()))
+    meta["sizes"][0] = {"as_expr": {"expr_str": "__import__('os').getpid()", "hint": None}}
+    return program
+
+
+def _renamed(program: dict) -> dict:
+    program["graph_module"]["graph"]["nodes"][0]["name"] = "x = __import__('os'); y"
+    return program
+
+
+def test_a_graph_that_would_fill_the_memory_is_refused_before_it_runs(bigram):
+    class Huge(torch.nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, idx):
+            big = torch.ones(200_000, 100_000, device=idx.device)  # 20 billion elements, only ever fake here
+            return self.inner(idx) + big.sum()
+
+    model = Huge(bigram).eval()
+    program, constants = export(model)
+    with pytest.raises(GraphRefused, match="intermediate of the graph holds 20,000,000,000 elements"):
+        load_graph(program, dict(model.state_dict()), constants)
+
+
+def test_a_graph_that_would_hold_the_clock_is_refused_before_it_runs():
+    class Spins(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(64, 64)
+            self.mix = torch.nn.Linear(64, 64, bias=False)
+
+        def forward(self, idx):
+            x = self.table(idx)
+            for _ in range(200):  # 200 matmuls where a model of these weights does one
+                x = self.mix(x)
+            return x
+
+    model = Spins().eval()
+    program, constants = export(model)
+    with pytest.raises(GraphRefused, match="FLOPs, over 32 times a dense forward"):
+        load_graph(program, dict(model.state_dict()), constants)
+
+
+def test_weights_must_have_the_shapes_the_graph_declares(bigram):
+    program, constants = export(bigram)
+    with pytest.raises(GraphRefused, match="has shape"):
+        load_graph(program, {"table.weight": torch.zeros(64, 32)}, constants)
+    with pytest.raises(GraphRefused, match="not in the snapshot's weights"):
+        load_graph(program, {}, constants)
