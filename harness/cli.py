@@ -112,7 +112,7 @@ def _cmd_run(args) -> int:
             timeout_s=args.timeout if args.timeout and args.timeout > 0 else None, time_limit_s=args.time_limit,
             allow_read=tuple(Path(p) for p in args.allow_read),
             pass_env=tuple(args.pass_env),
-            max_snapshots=args.max_snapshots, eval_timeout_s=args.eval_timeout,
+            max_snapshots=args.max_snapshots, eval_timeout_s=args.eval_timeout, eval_graphs=not args.no_graphs,
             gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None))
     print(run_dir)
     if launch.nnodes > 1 and launch.node_rank > 0 and not args.resume:
@@ -141,7 +141,7 @@ def _cmd_eval(args) -> int:
                             downstream_limit=_downstream_limits(args), downstream_files=_downstream_files(args),
                             gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None,
                             eval_dtype=args.eval_dtype, eval_workers=args.eval_workers,
-                            eval_timeout_s=args.eval_timeout))
+                            eval_timeout_s=args.eval_timeout, eval_graphs=False if args.no_graphs else None))
     return _status_code(Path(args.run_dir))
 
 
@@ -256,6 +256,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-timeout", type=float, metavar="SECONDS",
                    help="limit on the whole evaluation; snapshots whose turn comes after it are listed as not scored "
                    "(default: none; each snapshot has its own limit by the rule of harness/eval_limits.py)")
+    p.add_argument("--no-graphs", action="store_true",
+                   help="run every snapshot by its own code in the sandboxed worker, even one handed over with its "
+                   "exported graph (default: graphs are run by the harness)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run that was interrupted")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="wall-clock limit of the method's processes; they are all stopped there (default: none)")
@@ -288,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-timeout", type=float, metavar="SECONDS",
                    help="limit on the whole evaluation; snapshots whose turn comes after it are listed as not scored "
                    "(default: none; each snapshot has its own limit by the rule of harness/eval_limits.py)")
+    p.add_argument("--no-graphs", action="store_true",
+                   help="run every snapshot by its own code in the sandboxed worker, even one handed over with its "
+                   "exported graph (default: graphs are run by the harness)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)
 

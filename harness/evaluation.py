@@ -99,6 +99,10 @@ class WorkerOptions:
                            vocab_size=vocab_size, timeout_s=None, require_sandbox=self.require_sandbox,
                            autocast=self.autocast, fork_server=server)
 
+    def scored_by(self, snapshot: Snapshot) -> str:
+        """How these options score the snapshot: from its graph where it has one and graphs are on."""
+        return GRAPH_EVALUATED if self.graphs and snapshot.has_graph else METHOD_CODE
+
     def arm(self, model: RemoteModel, weights: bytes, data: "EvalData", device: str) -> None:
         """Give `model` its snapshot's time limit, by the rule for these weights and this data, before it
         is sent them (the limit counts from the load)."""
@@ -147,15 +151,19 @@ def _cache_paths(cache: Path, tag: str) -> tuple[Path, Path, Path]:
     return cache / f"{tag}.fit.npy", cache / f"{tag}.val.npy", cache / f"{tag}.sha256"
 
 
-def cache_is_trusted(cache: Path, tag: str, weights_sha256: str, eval_dtype: str = "float32") -> bool:
+def cache_is_trusted(cache: Path, tag: str, weights_sha256: str, eval_dtype: str = "float32",
+                     by: str | None = None) -> bool:
     """Whether eval/<tag>.{fit,val}.npy were written by the harness for these very weights at this
     precision: the sidecar eval/<tag>.sha256 must name the weights' hash, the evaluation dtype (caches
-    from before it was recorded are float32's) and the hash of each cache file as it is now."""
+    from before it was recorded are float32's), how they were computed when `by` is given (GRAPH_EVALUATED
+    or METHOD_CODE; caches from before graphs are the method code's) and the hash of each cache file as
+    it is now."""
     fit_path, val_path, sidecar = _cache_paths(cache, tag)
     try:
         stamp = json.loads(sidecar.read_text(encoding="utf-8"))
         return (isinstance(stamp, dict) and stamp.get("weights_sha256") == weights_sha256
                 and stamp.get("eval_dtype", "float32") == eval_dtype
+                and (by is None or stamp.get("evaluated_by", METHOD_CODE) == by)
                 and stamp.get("fit_sha256") == sha256_file(fit_path)
                 and stamp.get("val_sha256") == sha256_file(val_path))
     except (OSError, ValueError):
@@ -257,7 +265,7 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
     by = METHOD_CODE
     try:
         weights = weights or read_weights(snapshot)
-        if cache_is_trusted(cache, snapshot.tag, weights[1], options.eval_dtype):
+        if cache_is_trusted(cache, snapshot.tag, weights[1], options.eval_dtype, options.scored_by(snapshot)):
             return _load_cache(cache, snapshot.tag)
         if options.clock.passed():
             raise InvalidSnapshot(options.clock.passed_reason())
@@ -305,7 +313,7 @@ def load_ahead(worker: RemoteModel, snapshot: Snapshot, cache: Path, options: Wo
     worker at its turn, which finds the reason again."""
     try:
         weights = read_weights(snapshot)
-        if not cache_is_trusted(cache, snapshot.tag, weights[1], options.eval_dtype):
+        if not cache_is_trusted(cache, snapshot.tag, weights[1], options.eval_dtype, options.scored_by(snapshot)):
             options.arm(worker, weights[0], data, device)
             worker.load(weights, snapshot, wait=False)
     except InvalidSnapshot:
@@ -474,17 +482,18 @@ def _fork_server_for(options: WorkerOptions, first_worker: RemoteModel | None) -
     return options.new_fork_server()
 
 
-def _cached(snapshot: Snapshot, cache: Path, eval_dtype: str = "float32") -> bool:
+def _cached(snapshot: Snapshot, cache: Path, eval_dtype: str = "float32", by: str | None = None) -> bool:
     """Whether the snapshot's cache will be used (so no worker is needed for it)."""
     try:
-        return cache_is_trusted(cache, snapshot.tag, sha256_file(Path(snapshot.folder) / WEIGHTS), eval_dtype)
+        return cache_is_trusted(cache, snapshot.tag, sha256_file(Path(snapshot.folder) / WEIGHTS), eval_dtype, by)
     except OSError:
         return False
 
 
 def _needs_worker(snapshot: Snapshot, cache: Path, options: WorkerOptions) -> bool:
     """Whether scoring the snapshot will start a worker: not when its cache is used or its graph is run."""
-    return not (_cached(snapshot, cache, options.eval_dtype) or (options.graphs and snapshot.has_graph))
+    return not (_cached(snapshot, cache, options.eval_dtype, options.scored_by(snapshot))
+                or options.scored_by(snapshot) == GRAPH_EVALUATED)
 
 
 def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: Mapping[str, float] | str | None,
@@ -495,7 +504,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
                  probes: ProbeSettings | None = None, prefetch: bool = PREFETCH, require_sandbox: bool = False,
                  first_worker: RemoteModel | None = None, fitness_docs: int | None = None,
                  eval_dtype: str = "float32", devices: Sequence[str] | None = None,
-                 fork_server: bool = FORK_SERVER) -> dict:
+                 fork_server: bool = FORK_SERVER, graphs: bool = True) -> dict:
     """The evaluation parts of a record: snapshots, ensemble, result, k_sweep, curve, invalid_snapshots.
 
     Each snapshot's model is run from its builder in an evaluation worker: ``method_dir`` is the method's
@@ -515,6 +524,8 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     numbers are the same as with one device; None: ``device`` alone. ``fork_server``: each snapshot's
     worker is forked from one zygote started for this evaluation (or the one ``first_worker`` brought),
     which imported torch once, instead of being a fresh process (the same numbers, bit for bit).
+    ``graphs``: a snapshot handed over with its exported forward is run from it here (its row says
+    ``evaluated_by: graph``); False runs every snapshot by its own code in the worker.
     """
     snapshots = list_snapshots(Path(run_dir) / "snapshots")
     empty = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None, "k_sweep": [],
@@ -530,7 +541,8 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     options = WorkerOptions(Path(method_dir) if method_dir is not None else None,
                             None if builder_roots is None else tuple(Path(r) for r in builder_roots), clock,
                             replace(probes or ProbeSettings(), eval_dtype=eval_dtype), require_sandbox,
-                            autocast=None if eval_dtype == "float32" else eval_dtype, fork_server=fork_server)
+                            autocast=None if eval_dtype == "float32" else eval_dtype, fork_server=fork_server,
+                            graphs=graphs)
     devices = tuple(devices) if devices else (device,)
     setup = {"dtype": eval_dtype, "devices": list(devices),
              "limits": {"per_snapshot_s": timeout_s if timeout_s is not None else "rule", "total_s": eval_timeout_s}}

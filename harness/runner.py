@@ -86,6 +86,7 @@ class RunRequest:
     pass_env: tuple[str, ...] = ()  # environment variables passed to the method beyond the allow-list
     max_snapshots: int = 4096  # snapshots a run may hand over (each is evaluated)
     eval_timeout_s: float | None = None  # limit on the whole evaluation (each snapshot has its rule's own)
+    eval_graphs: bool = True  # run snapshots from their exported graphs where they have one
 
 
 def default_data_dir(track: str) -> Path:
@@ -160,6 +161,7 @@ def prepare_run(req: RunRequest) -> Path:
         "pass_env": list(check_pass_env(req.pass_env)),
         "max_snapshots": max_snapshots,
         "eval_timeout_s": eval_timeout_s,
+        "eval_graphs": bool(req.eval_graphs),
         "gpt2_ranks": str(Path(req.gpt2_ranks).resolve()) if req.gpt2_ranks else None,
         "downstream": downstream_spec(req.downstream, req.downstream_data, req.downstream_files, req.downstream_limit),
     })
@@ -497,8 +499,7 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
 
         try:
             first_worker.append(start_worker(spec["device"], spec.get("vocab_size"),
-                                             method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
-                                      first_worker=first_worker))
+                                             method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec)))
         except Exception as exc:  # evaluation starts its own workers; this one is only a head start
             print(f"slowrun: the first evaluation worker did not start ahead ({type(exc).__name__}: {exc}); "
                   "evaluation will start its own", file=sys.stderr)
@@ -564,7 +565,7 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
                       downstream_data: Path | None = None, downstream_limit: DocumentLimits | int | None = None,
                       gpt2_ranks: Path | None = None, downstream_files: tuple[SplitFile, ...] = (),
                       eval_dtype: str | None = None, eval_workers: int | None = None,
-                      eval_timeout_s: float | None = None) -> Path:
+                      eval_timeout_s: float | None = None, eval_graphs: bool | None = None) -> Path:
     """Recompute the evaluation and rewrite the record from the snapshots, without re-training.
 
     `downstream=True` (with optional local data and a document limit) adds or refreshes the downstream
@@ -572,8 +573,11 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
     run_dir = Path(run_dir)
     if not (run_dir / TRAIN_RESULT).exists():
         raise SlowrunError(f"{run_dir}: no {TRAIN_RESULT}; the run never finished training (use --resume)")
-    if downstream is not None or gpt2_ranks is not None or eval_dtype or eval_workers or eval_timeout_s:
+    if (downstream is not None or gpt2_ranks is not None or eval_dtype or eval_workers or eval_timeout_s
+            or eval_graphs is not None):
         spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
+        if eval_graphs is not None:
+            spec["eval_graphs"] = bool(eval_graphs)
         if eval_timeout_s:
             spec["eval_timeout_s"] = _eval_timeout(eval_timeout_s)
         if eval_dtype:
@@ -649,7 +653,8 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
                                       method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
                                       first_worker=first_worker, fitness_docs=spec.get("fitness_docs"),
                                       eval_dtype=spec.get("eval_dtype", "float32"),
-                                      devices=_eval_devices(spec), eval_timeout_s=spec.get("eval_timeout_s"))
+                                      devices=_eval_devices(spec), eval_timeout_s=spec.get("eval_timeout_s"),
+                                      graphs=spec.get("eval_graphs", True))
             downstream, downstream_note = score_final_predictor(run_dir, spec, evaluation, progress)
         except Exception as exc:  # the record says what failed instead of there being no record
             import traceback

@@ -271,9 +271,10 @@ def train_single(ctx, recipe: Recipe, *, epochs: float, stream_id: str = "main",
             _log_point(ctx, throughput, stream=stream_id, step=step, loss=loss, lr_mult=mult.lr)
         if step in snapshots:
             tag = f"{tag_prefix}ep{ctx.epochs:07.3f}"
-            ctx.save_snapshot(_snapshot(ema.model if ema is not None else model, snapshot_dtype), tag,
+            saved = ema.model if ema is not None else model
+            ctx.save_snapshot(_snapshot(saved, snapshot_dtype), tag,
                               meta={"stream": stream_id, "step": step, **(snapshot_meta or {})},
-                              **placement.snapshot_args)
+                              graph=saved, **placement.snapshot_args)
             if clock.due() or step == total_steps:
                 shared = student.shared_state()
                 if ema is not None:
@@ -513,7 +514,8 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
                 continue
             tag = f"t{t}-c{cycle:03d}"
             ctx.save_snapshot(_snapshot(model, snapshot_dtype), tag, meta={
-                "trajectory": t, "cycle": cycle, "distilled": use_teacher, "step": step}, **placement.snapshot_args)
+                "trajectory": t, "cycle": cycle, "distilled": use_teacher, "step": step}, graph=model,
+                **placement.snapshot_args)
             if windows is not None:
                 from q0_reference.selection import target_logprobs
 

@@ -151,6 +151,7 @@ def sandbox_env(scratch: Path, *, pycache_prefix: bool = False) -> dict[str, str
     `pycache_prefix=True` to redirect it into scratch anyway.
     """
     scratch = Path(scratch).resolve()
+    scratch.mkdir(parents=True, exist_ok=True)  # the folder itself is the harness's; below it, the method's
     env = {name: str(scratch / sub) for name, sub in _CACHE_DIRS.items()}
     if pycache_prefix:
         env["PYTHONPYCACHEPREFIX"] = str(scratch / "cache" / "pycache")

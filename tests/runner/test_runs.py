@@ -156,3 +156,15 @@ def test_a_harness_failure_still_ends_in_a_record(make_method, synthetic_data, t
     assert validate_record(record) == []
     assert record["status"] == "failed" and record["error"]["type"] == "HarnessError"
     assert "train.tokens.bin" in record["error"]["message"]
+
+
+def test_an_honest_run_is_evaluated_from_its_graph_with_a_head_start(make_method, synthetic_data, capfd):
+    """The snapshot's forward is exported and run by the harness (the record says `graph`), and the first
+    evaluation worker starts while the method trains (a failure to start it is said on stderr; a call
+    with a wrong argument once hid there for good)."""
+    run_dir, record = run(make_method(TRAIN_ONE_EPOCH), synthetic_data, epochs=1.0)
+    assert record["status"] == "ok", record["error"]
+    assert [row["evaluated_by"] for row in record["snapshots"]] == ["graph"]
+    spec = json.loads((run_dir / "snapshots" / "first" / "spec.json").read_text())
+    assert spec["graph"]["operators"] >= 1 and spec["graph"]["input_shape"] == [16, 128]
+    assert "did not start ahead" not in capfd.readouterr().err
