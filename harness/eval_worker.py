@@ -16,6 +16,15 @@ Messages (see :mod:`harness.channel`): ``load`` {builder, config, device, dtype}
 {ok, parameters, sandbox}; ``forward`` {shape, dtype} + token ids -> {ok, shape, dtype} + logits;
 ``quit``. Any failure is answered with {ok: false, error} and ends the process: a snapshot whose code
 fails once is not trusted with another call.
+
+On a CPU each forward runs in a fresh fork of the loaded model (`FORK_PER_BATCH`), which answers and
+exits: whatever the model's code remembers during a batch (a table of prefixes it was shown and the
+tokens that followed, a counter, a module global) is gone before the next one, so it can score a window
+only from the window. The fork computes on one thread: OpenMP's thread pool does not survive a fork (a
+second thread hangs), so this path is slower than the parent's threads would be; snapshots with an
+exported graph do not take it at all (harness/graphs). CUDA cannot be used in a forked child, so on a
+GPU the forwards run in the worker itself, and only the probes stand between the model's memory and
+its score.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ from harness import channel
 LOGIT_DTYPES = ("float32", "bfloat16", "float16")
 TOKEN_DTYPES = ("int32", "int64")
 MAX_ERROR_CHARS = 4000
+FORK_PER_BATCH = hasattr(os, "fork")  # on a CPU: each forward in a fresh fork of the loaded model
 
 
 class BuilderRefused(Exception):
@@ -233,6 +243,9 @@ class _Server:
             try:
                 if op == "load":
                     channel.send(self.sock, self.load(header, payload))
+                elif op == "forward" and FORK_PER_BATCH and self.device is not None and self.device.type == "cpu":
+                    if self._forward_in_fork(header, payload) != 0:
+                        return 1  # the fork reported its failure itself
                 elif op == "forward":
                     reply, body = self.forward(header, payload)
                     channel.send(self.sock, reply, body)
@@ -241,6 +254,27 @@ class _Server:
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the harness as text
                 _report(self.sock, exc)
                 return 1
+
+    def _forward_in_fork(self, header: dict, payload: memoryview) -> int:
+        """One forward in a fork that answers on the socket and exits; its exit status (0: answered)."""
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                self.torch.set_num_threads(1)  # the inherited OpenMP pool would hang here
+                reply, body = self.forward(header, payload)
+                channel.send(self.sock, reply, body)
+                code = 0
+            except BaseException as exc:  # noqa: BLE001 - every failure goes back to the harness as text
+                _report(self.sock, exc)
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 1):
+            return os.WEXITSTATUS(status)
+        how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit code {os.WEXITSTATUS(status)}"
+        _report(self.sock, RuntimeError(f"the forward's process died ({how})"))
+        return 1
 
     def _read_ahead(self):
         """Requests, read by a thread of their own as soon as they arrive.

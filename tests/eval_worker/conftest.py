@@ -67,6 +67,31 @@ class Remembers(Causal):
         return logits
 
 
+class PrefixMemory(Causal):
+    """Remembers, for every prefix it has been shown, the token that followed, and raises that token's
+    logit whenever the prefix comes again: between calls it would score windows it has seen (probes,
+    re-scored windows) with the answer mixed in."""
+
+    def __init__(self, vocab_size: int):
+        super().__init__(vocab_size)
+        self.memory = {}
+
+    def forward(self, idx):
+        logits = super().forward(idx).clone()
+        for row, window in enumerate(idx.cpu().tolist()):
+            for t in range(len(window)):
+                follows = self.memory.get(tuple(window[: t + 1]))
+                if follows is not None:
+                    logits[row, t, follows] += 5.0
+            for t in range(len(window) - 1):
+                self.memory[tuple(window[: t + 1])] = window[t + 1]
+        return logits
+
+
+def build_prefix_memory(config):
+    return PrefixMemory(int(config["vocab_size"]))
+
+
 class Short(Causal):
     """Drops the last position: logits of the wrong shape."""
 
@@ -75,13 +100,12 @@ class Short(Causal):
 
 
 class FailsLater(Causal):
-    """Answers its first call and fails on the second, while the harness has the third in flight."""
-
-    calls = 0
+    """Fails on a batch that starts a window with the last vocabulary id (the test puts one in its second
+    batch, while the harness has the third in flight); answers every other batch. (It cannot count calls:
+    on a CPU every batch runs in a fresh fork.)"""
 
     def forward(self, idx):
-        FailsLater.calls += 1
-        if FailsLater.calls == 2:
+        if bool((idx[:, 0] == self.emb.num_embeddings - 1).any()):
             raise RuntimeError("refused the second batch")
         return super().forward(idx)
 

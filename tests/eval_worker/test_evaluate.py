@@ -103,13 +103,22 @@ def test_a_model_that_sees_the_future_fails_the_causality_probe(run_dir, method_
     assert result["result"] is None
 
 
-def test_a_model_that_changes_on_repeated_windows_fails_the_statelessness_probe(run_dir, method_dir,
-                                                                               synthetic_data):
-    add_snapshot(run_dir, "remembers", causal_model(1), builder="mymodel:build_remembers")
-    # Without the causality probe (whose windows it has often seen already in scoring, so that probe
-    # catches it first), the statelessness probe alone finds it out.
-    result = evaluate(run_dir, synthetic_data, method_dir, probes=ProbeSettings(causal_windows=0, seed=11))
-    assert "statelessness probe failed" in invalid_reasons(result)["remembers"]
+@pytest.mark.parametrize("builder", ["mymodel:build_remembers", "mymodel:build_prefix_memory"])
+def test_a_model_with_memory_scores_its_honest_loss_on_a_cpu(builder, run_dir, method_dir, synthetic_data):
+    """Every batch runs in a fresh fork of the loaded model, so what the model's code remembers (how often
+    it saw a window, the token that followed each prefix) is gone before the next batch: it scores exactly
+    what its weights score. (On a GPU there is no fork; the statelessness probe is tested in test_probes.)"""
+    add_snapshot(run_dir, "memory", causal_model(1), builder=builder)
+    result = evaluate(run_dir, synthetic_data, method_dir)
+    if builder.endswith("prefix_memory"):
+        # Within one batch it still remembers: the causality probe's copy of a window, in the same batch as
+        # the original, meets the original's next token at its cut, and the probe refuses it.
+        assert "causality probe failed" in invalid_reasons(result)["memory"]
+        return
+    assert result["invalid_snapshots"] == []
+    honest = -reference_logp(run_dir, "memory", val_windows(synthetic_data)).mean()
+    assert math.isclose(result["snapshots"][0]["val_loss"], honest, rel_tol=0, abs_tol=1e-5)
+    assert result["snapshots"][0]["evaluated_by"] == "method code"
 
 
 def test_weights_changed_after_the_snapshot_was_taken_in_are_refused(run_dir, method_dir, synthetic_data):

@@ -104,7 +104,8 @@ def test_requests_and_replies_bigger_than_the_socket_buffers_do_not_wait_on_each
 
 def test_a_worker_that_fails_with_batches_in_flight_reports_its_own_reason(run_dir, method_dir):
     snap = add_snapshot(run_dir, "later", causal_model(1), builder="mymodel:build_fails_later")
-    windows = np.random.default_rng(1).integers(0, VOCAB, size=(12, 17))
+    windows = np.random.default_rng(1).integers(0, VOCAB - 1, size=(12, 17))
+    windows[3, 0] = VOCAB - 1  # the first window of the second batch of 3: the model refuses that batch
     with RemoteModel(snap, method_dir=method_dir, builder_roots=(), timeout_s=60) as remote:
         with pytest.raises(InvalidSnapshot, match="RuntimeError: refused the second batch"):
             token_logprobs(remote, windows, batch_size=3)
