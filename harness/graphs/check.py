@@ -27,7 +27,7 @@ MAX_NODES = 200_000
 ALLOWED_OPS = frozenset("""
 _assert_tensor_metadata _log_softmax _softmax _to_copy _unsafe_view abs add addmm alias amax amin arange
 argmax baddbmm bmm cat chunk clamp clamp_max clamp_min clone contiguous cos cumsum detach div dropout
-einsum embedding eq erf exp expand expand_as flatten floor full full_like gather ge gelu gt index
+einsum embedding eq erf exp expand expand_as eye flatten floor full full_like gather ge gelu gt index
 index_select layer_norm le lerp linear log log_softmax logical_and logical_not logical_or logsumexp lt
 masked_fill matmul max maximum mean min minimum mm mul narrow native_layer_norm ne neg new_ones new_zeros
 ones ones_like permute pow reciprocal relu repeat reshape rms_norm round rsqrt rsub scaled_dot_product_attention

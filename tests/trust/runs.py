@@ -12,9 +12,9 @@ METHODS = Path(__file__).parent / "methods"
 
 
 def run(name: str, data: Path, tmp_path: Path, epochs: float = 1.0, target: str | None = None,
-        **kw) -> tuple[Path, dict]:
+        overrides: tuple = (), **kw) -> tuple[Path, dict]:
     """Run `tests/trust/methods/<name>` on the synthetic track; its record, checked against the schema."""
-    overrides = (("target", target),) if target is not None else ()
+    overrides = tuple(overrides) + ((("target", target),) if target is not None else ())
     run_dir = run_method(RunRequest(method_dir=METHODS / name, track="synthetic", epochs=epochs, data_dir=data,
                                     out=tmp_path / f"run-{name}", progress=False, overrides=overrides, **kw))
     record = json.loads((run_dir / "record.json").read_text())
