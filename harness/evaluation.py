@@ -22,7 +22,7 @@ import json
 import os
 import sys
 import tempfile
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -87,6 +87,7 @@ class WorkerOptions:
     require_sandbox: bool = False
     autocast: str | None = None  # "bfloat16": forwards under bf16 autocast (EVAL_DTYPES)
     graphs: bool = True  # snapshots with an exported graph are run from it, here (False: always the worker)
+    graph_templates: dict = field(default_factory=dict, compare=False)  # programs built in this evaluation
     fork_server: bool = FORK_SERVER  # workers forked from a zygote (False: a fresh process each)
 
     @property
@@ -198,14 +199,16 @@ def evaluated_by(cache: Path, tag: str) -> str:
     return GRAPH_EVALUATED if isinstance(stamp, dict) and stamp.get("evaluated_by") == GRAPH_EVALUATED else METHOD_CODE
 
 
-def graph_forward(snapshot: Snapshot, device: str, autocast: str | None):
-    """The snapshot's exported forward, checked, bounded and built here (GraphRefused says why not)."""
+def graph_forward(snapshot: Snapshot, device: str, autocast: str | None, templates: dict | None = None):
+    """The snapshot's exported forward, checked, bounded and built here (GraphRefused says why not).
+    `templates` keeps each program built once per evaluation (by its hash, device and precision): the
+    snapshots of one architecture share it, and only their weights are bound anew."""
     import hashlib
 
     from safetensors.torch import load_file
 
     from harness.graphs.check import GraphRefused
-    from harness.graphs.load import load_graph
+    from harness.graphs.load import build_graph
 
     folder = Path(snapshot.folder)
     data = (folder / GRAPH).read_bytes()
@@ -216,7 +219,13 @@ def graph_forward(snapshot: Snapshot, device: str, autocast: str | None):
         weights, constants = load_file(str(folder / WEIGHTS)), load_file(str(folder / GRAPH_CONSTANTS))
     except Exception as exc:  # safetensors' own errors: a file the check passed but torch cannot read
         raise GraphRefused(f"the weights or constants cannot be read ({type(exc).__name__}: {exc})") from None
-    return load_graph(data, weights, constants, device, autocast)
+    key = (snapshot.graph["sha256"], str(device), autocast)
+    template = None if templates is None else templates.get(key)
+    if template is None:
+        template = build_graph(data, weights, constants, device, autocast)
+        if templates is not None:
+            templates[key] = template
+    return template.bind(weights, constants)
 
 
 def _load_cache(cache: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -225,11 +234,13 @@ def _load_cache(cache: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_remote(model, data: EvalData, batch_size: int, device: str, probes: ProbeSettings, stream: int = 0,
-                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                 progress: bool = False, stateless_probe: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """(fitness, validation) log p(target) of ``model``, shapes (m, T) and (n, T), with both probes passed.
 
     The causality probe's batches run between the validation scoring calls; the statelessness probe runs
-    after scoring. Raises InvalidSnapshot (ProbeFailed for a probe) when the snapshot cannot be scored.
+    after scoring (``stateless_probe=False`` for an exported graph: a pure function of allow-listed
+    operators has no state to find, and re-scoring it would only measure its kernels twice). Raises
+    InvalidSnapshot (ProbeFailed for a probe) when the snapshot cannot be scored.
     """
     causal_rng, stateless_rng = probes.rng(stream, 1), probes.rng(stream, 2)
     probe = CausalityProbe(data.val_windows, batch_size, probes, causal_rng)
@@ -244,7 +255,8 @@ def score_remote(model, data: EvalData, batch_size: int, device: str, probes: Pr
     except SlowrunError as exc:  # wrong shapes, a vocabulary too small, non-finite log-probabilities
         raise InvalidSnapshot(str(exc)) from None
     probed.finish()
-    statelessness_probe(model, data.val_windows, val, batch_size, device, probes, stateless_rng)
+    if stateless_probe:
+        statelessness_probe(model, data.val_windows, val, batch_size, device, probes, stateless_rng)
     return fit, val
 
 
@@ -275,7 +287,8 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
             if model is not None:  # a worker started ahead for this snapshot is not needed
                 model.close()
                 model = None
-            fit, val = score_remote(graph, data, graph.batch_size, device, options.probes, stream, progress)
+            fit, val = score_remote(graph, data, graph.batch_size, device, options.probes, stream, progress,
+                                    stateless_probe=False)
         else:
             model = model or options.remote(snapshot, device, data.vocab_size)
             if model.vocab_size is None:
@@ -298,7 +311,7 @@ def _graph_or_none(snapshot: Snapshot, device: str, options: WorkerOptions, prog
     if not (options.graphs and snapshot.has_graph):
         return None
     try:
-        return graph_forward(snapshot, device, options.autocast)
+        return graph_forward(snapshot, device, options.autocast, options.graph_templates)
     except GraphRefused as exc:
         print(f"snapshot {snapshot.tag}: its graph is refused ({exc}); it is evaluated by its own code instead",
               file=sys.stderr, flush=True)

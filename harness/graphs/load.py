@@ -144,37 +144,62 @@ def _autocast(device: torch.device, autocast: str | None):
     return torch.autocast(device.type, dtype=getattr(torch, autocast))
 
 
-def load_graph(data: bytes, weights: dict[str, torch.Tensor], constants: dict[str, torch.Tensor],
-               device: str | torch.device = "cpu", autocast: str | None = None) -> GraphForward:
-    """The checked, bounded forward of an exported program (GraphRefused says why one cannot be run)."""
+class GraphTemplate:
+    """A checked, built and bounded graph, without its weights: every snapshot of one architecture shares
+    the program (the same bytes), so it is built and measured once per evaluation and bound to each
+    snapshot's weights (`bind`), which costs a copy of the weights to the device and nothing else."""
+
+    def __init__(self, module, order: list[tuple[str, str]], metas: dict, summary: ProgramSummary,
+                 bounds: GraphBounds, device: torch.device, autocast: str | None):
+        self.module, self.order, self.metas = module, order, metas
+        self.summary, self.bounds, self.device, self.autocast = summary, bounds, device, autocast
+
+    def bind(self, weights: dict[str, torch.Tensor], constants: dict[str, torch.Tensor]) -> GraphForward:
+        arguments, input_at = [], -1
+        for kind, name in self.order:
+            if kind == "input":
+                input_at = len(arguments)
+                arguments.append(None)
+            else:
+                arguments.append(_tensor(kind, name, self.metas[name], weights, constants, self.device))
+        return GraphForward(self.module, arguments, input_at, self.summary.input_shape, self.device, self.autocast,
+                            self.bounds, self.summary)
+
+
+def _tensor(kind: str, name: str, meta: dict, weights: dict, constants: dict, device: torch.device) -> torch.Tensor:
+    """The weight or constant `name` as the graph declares it (shape checked, cast to its dtype, on `device`)."""
+    source = constants if kind == "constant" else weights
+    if name not in source:
+        where = "the graph's constants" if kind == "constant" else "the snapshot's weights"
+        raise GraphRefused(f"the graph takes {kind} {name!r}, which is not in {where}")
+    shape = tuple(int(s["as_int"]) for s in meta["sizes"])
+    tensor = source[name]
+    if tuple(tensor.shape) != shape:
+        raise GraphRefused(f"{kind} {name!r} has shape {list(tensor.shape)}, the graph takes {list(shape)}")
+    tensor = tensor.to(device=device, dtype=_serialized_dtype(meta["dtype"]))
+    return torch.nn.Parameter(tensor, requires_grad=False) if kind == "parameter" else tensor
+
+
+def build_graph(data: bytes, weights: dict[str, torch.Tensor], constants: dict[str, torch.Tensor],
+                device: str | torch.device = "cpu", autocast: str | None = None) -> GraphTemplate:
+    """Check, build and bound an exported program (GraphRefused says why one cannot be run). `weights`
+    and `constants` are one snapshot's: the deserializer checks the program against real tensors."""
     device = torch.device(device)
     program = parse_program(data)
     summary = check_program(program)
     program = _prepared(program, device)
-    metas = program["graph_module"]["graph"]["tensor_values"]
-    placeholders = {}
+    tensor_metas = program["graph_module"]["graph"]["tensor_values"]
+    metas = {}
     for spec in program["graph_module"]["signature"]["input_specs"]:
         (kind, value), = spec.items()
         if kind != "user_input":
             name = value.get("parameter_name") or value.get("buffer_name") or value.get("tensor_constant_name")
-            placeholders[name] = metas[value["arg"]["name"]]
+            metas[name] = tensor_metas[value["arg"]["name"]]
     state, consts = {}, {}
     for kind, name in summary.inputs:
-        if kind == "input":
-            continue
-        source = constants if kind == "constant" else weights
-        if name not in source:
-            where = "the graph's constants" if kind == "constant" else "the snapshot's weights"
-            raise GraphRefused(f"the graph takes {kind} {name!r}, which is not in {where}")
-        meta = placeholders[name]
-        shape = tuple(int(s["as_int"]) for s in meta["sizes"])
-        tensor = source[name]
-        if tuple(tensor.shape) != shape:
-            raise GraphRefused(f"{kind} {name!r} has shape {list(tensor.shape)}, the graph takes {list(shape)}")
-        tensor = tensor.to(device=device, dtype=_serialized_dtype(meta["dtype"]))
-        if kind == "parameter":
-            tensor = torch.nn.Parameter(tensor, requires_grad=False)
-        (consts if kind == "constant" else state)[name] = tensor
+        if kind != "input":
+            (consts if kind == "constant" else state)[name] = _tensor(kind, name, metas[name], weights, constants,
+                                                                      device)
     try:
         exported = _deserialize(program, state, consts)
     except GraphRefused:
@@ -182,19 +207,28 @@ def load_graph(data: bytes, weights: dict[str, torch.Tensor], constants: dict[st
     except Exception as exc:  # the deserializer's own refusals: malformed, inconsistent, unknown operators
         raise GraphRefused(f"the exported program could not be built ({type(exc).__name__}: {str(exc)[:300]})") from None
     module = exported.graph_module
-    arguments, input_at = [], -1
+    order, arguments, input_at = [], [], -1
     for spec in exported.graph_signature.input_specs:
         kind = spec.kind.name
         if kind == "USER_INPUT":
             input_at = len(arguments)
+            order.append(("input", ""))
             arguments.append(None)
         elif kind == "PARAMETER" or (kind == "BUFFER" and spec.persistent is not False):
+            order.append(("parameter" if kind == "PARAMETER" else "buffer", spec.target))
             arguments.append(exported.state_dict[spec.target])
         else:
+            order.append(("constant", spec.target))
             arguments.append(exported.constants[spec.target])
     bounds = measure(module, arguments, input_at, summary.input_shape, device)
     _check_bounds(bounds, summary.input_shape)
-    return GraphForward(module, arguments, input_at, summary.input_shape, device, autocast, bounds, summary)
+    return GraphTemplate(module, order, metas, summary, bounds, device, autocast)
+
+
+def load_graph(data: bytes, weights: dict[str, torch.Tensor], constants: dict[str, torch.Tensor],
+               device: str | torch.device = "cpu", autocast: str | None = None) -> GraphForward:
+    """The checked, bounded forward of an exported program bound to these weights."""
+    return build_graph(data, weights, constants, device, autocast).bind(weights, constants)
 
 
 def measure(module, arguments: list, input_at: int, input_shape: tuple[int, ...], device: torch.device) -> GraphBounds:
@@ -246,4 +280,4 @@ def _check_bounds(bounds: GraphBounds, input_shape: tuple[int, ...]) -> None:
                            f"bound of {int(element_limit):,} for its size")
 
 
-__all__ = ["FLOP_FACTOR", "GraphBounds", "GraphForward", "load_graph", "measure"]
+__all__ = ["FLOP_FACTOR", "GraphBounds", "GraphForward", "GraphTemplate", "build_graph", "load_graph", "measure"]

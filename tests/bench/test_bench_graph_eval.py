@@ -1,0 +1,138 @@
+"""Evaluation from exported graphs, against the forward floor, in one run on this machine.
+
+Model: the q0 reference GPT in the `cpu_small` shape (d=128, 4 layers), weights random (no cost changes).
+All sides run torch on one thread (as the test suite does), timed interleaved, best of ROUNDS.
+
+1. One snapshot at GPT-2's vocabulary (50,257), 155 windows of 129, batch 16:
+   - floor: the model's own forward in this process and `token_logprobs` (normalised here);
+   - graph forward: the same windows through the snapshot's exported graph, built by the harness
+     (`token_logprobs` over `GraphForward`): the forward path itself, target <= 1.05x;
+   - graph evaluation: `snapshot_logprobs` with an empty cache: build, bound, bind, the causality probe's
+     one extra batch (1/10 of this small set, 1/300 of fineweb's), the cache;
+   - worker: the same snapshot by its own code in the sandboxed worker (`graphs=False`; on a CPU each
+     batch in a fresh fork, single-threaded), beside them.
+2. Sixteen snapshots of the synthetic track (vocabulary 512; 256 validation and 32 fitness windows):
+   `evaluate_run` with the prior and the curve, from graphs, against its forward floor (sixteen
+   in-process `token_logprobs` over both splits); target <= 1.1x.
+
+Run: pytest tests/bench/test_bench_graph_eval.py -m bench -s
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from harness.data.prepare import prepare_track
+from harness.evaluation import EvalData, WorkerOptions, evaluate_run, open_eval_data, snapshot_logprobs
+from harness.graphs.export import GraphExporter
+from harness.graphs.load import load_graph
+from harness.logprobs import token_logprobs
+from harness.probes import ProbeSettings
+from harness.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, list_snapshots, sha256_file, write_snapshot
+from harness.tracks import get_track
+from q0_reference.model import BUILDER, build_gpt
+from q0_reference.presets import get_preset
+from tests.bench.timing import report
+
+ROUNDS = 3
+BATCH = 16
+
+
+def with_graph(run, tag: str, model, config: dict, epochs: float, exporter: GraphExporter) -> None:
+    """A snapshot as the data server keeps one handed over with its graph (weights, graph, constants, stamp)."""
+    spec = {"builder": BUILDER, "config": config}
+    snap = write_snapshot(run / "snapshots", tag, model, spec, epochs, int(epochs * 100), {})
+    program, constants = exporter.export(model, spec, BATCH, config["seq_len"])
+    (snap.folder / GRAPH).write_bytes(program)
+    save_file(constants, str(snap.folder / GRAPH_CONSTANTS))
+    stamp = json.loads((snap.folder / SPEC).read_text())
+    stamp["graph"] = {"sha256": hashlib.sha256(program).hexdigest(),
+                      "constants_sha256": sha256_file(snap.folder / GRAPH_CONSTANTS)}
+    (snap.folder / SPEC).write_text(json.dumps(stamp))
+
+
+def best(*fns, rounds: int = ROUNDS) -> list[float]:
+    times = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            times[i] = min(times[i], time.perf_counter() - start)
+    return times
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_one_snapshot_at_gpt2_vocabulary(benchmark, tmp_path):
+    config = get_preset("cpu_small").model_config(vocab_size=50_257, seq_len=128).to_dict()
+    torch.manual_seed(0)
+    model = build_gpt(config).eval()
+    run = tmp_path / "run"
+    with_graph(run, "gpt2", model, config, 1.0, GraphExporter())
+    snap = list_snapshots(run / "snapshots")[0]
+    windows = np.random.default_rng(0).integers(0, 50_257, size=(155, 129)).astype(np.int64)
+    data = EvalData(windows, np.empty((0, 129), np.int64), None, 50_257)
+    graph = load_graph((snap.folder / GRAPH).read_bytes(), dict(model.state_dict()),
+                       load_file(str(snap.folder / GRAPH_CONSTANTS)))
+    np.testing.assert_array_equal(token_logprobs(graph, windows, BATCH), token_logprobs(model, windows, BATCH))
+    probes = ProbeSettings(seed=0)
+
+    def evaluation(graphs: bool):
+        def run_once():
+            shutil.rmtree(run / "eval", ignore_errors=True)
+            options = WorkerOptions(builder_roots=(), probes=probes, graphs=graphs, fork_server=False)
+            snapshot_logprobs(snap, data, run / "eval", BATCH, "cpu", options=options)
+        return run_once
+
+    def rounds():
+        return best(lambda: token_logprobs(model, windows, BATCH), lambda: token_logprobs(graph, windows, BATCH),
+                    evaluation(True), evaluation(False))
+
+    floor, forward, whole, worker = benchmark.pedantic(rounds, rounds=1, iterations=1)
+    print(f"\nfloor {floor:.2f} s, graph forward {forward:.2f} s, graph evaluation {whole:.2f} s, "
+          f"worker {worker:.2f} s")
+    report(benchmark, "graph_forward_ratio", forward / floor, target=1.05)
+    report(benchmark, "graph_evaluation_ratio", whole / floor)
+    report(benchmark, "worker_ratio", worker / floor)
+
+
+def test_sixteen_snapshots_with_prior_and_curve(benchmark, tmp_path):
+    data_dir = tmp_path / "synthetic"
+    track = get_track("synthetic")
+    prepare_track(track, data_dir, progress=False)
+    config = get_preset("cpu_small").model_config(vocab_size=512, seq_len=track.seq_len).to_dict()
+    run, exporter, models = tmp_path / "run", GraphExporter(), []
+    for i in range(16):
+        torch.manual_seed(i)
+        models.append(build_gpt(config).eval())
+        with_graph(run, f"s{i:02d}", models[-1], config, float(i + 1), exporter)
+    data = open_eval_data(data_dir, track.seq_len)
+
+    def floor():
+        for model in models:
+            token_logprobs(model, data.val_windows, BATCH)
+            token_logprobs(model, data.fit_windows, BATCH)
+
+    def evaluation():
+        shutil.rmtree(run / "eval", ignore_errors=True)
+        result = evaluate_run(run, data_dir, track.seq_len, "prior", None, batch_size=BATCH, progress=False,
+                              builder_roots=(), probes=ProbeSettings(seed=0), fork_server=False)
+        assert {row["evaluated_by"] for row in result["snapshots"]} == {"graph"} and len(result["curve"]) > 0
+
+    low, whole = benchmark.pedantic(lambda: best(floor, evaluation), rounds=1, iterations=1)
+    print(f"\nforward floor {low:.2f} s, evaluate_run from graphs {whole:.2f} s (16 snapshots, prior and curve)")
+    report(benchmark, "run_evaluation_ratio", whole / low, target=1.1)
