@@ -7,7 +7,11 @@
 #   3. a bare PyTorch loop of the same model and batch; the table: tokens/s, MFU, peak memory, val loss
 #      and each run's speed as a fraction of the bare loop's;
 #   4. a one-step memory and throughput probe of the 1.8B `fineweb` preset at microbatches 1 to 4,
-#      measured beside the estimate `slowrun plan` uses.
+#      measured beside the estimate `slowrun plan` uses;
+#   5. the same for PR #90's preset;
+#   6. evaluation from exported graphs: every snapshot of step 2 was scored from its graph on the GPU,
+#      and one 1.8B `fineweb` snapshot's graph is exported, built, bounded and timed against the eager
+#      forward (the estimate per fineweb snapshot on this GPU is printed).
 # Any failure stops the check with a non-zero status; nothing is skipped.
 #
 #   benchmarks/gpu_check.sh                  # from the repository root, with the venv active
@@ -53,6 +57,7 @@ if [[ "$TINY" == 1 ]]; then
   BARE=(--seq-len 128 --d-model 64 --n-layer 2 --n-head 2 --batch-size 8 --micro-batch-size 4 --steps 5)
   PROBE=(--tiny --micro 1 2)
   PROBE_PR90=(--tiny --micro 1)
+  GRAPH=(--tiny --windows 32 --batch 8)
 else
   TRACK=webtext_gpt2; COPIES=3; EPOCHS=8; AUTOCAST=bf16
   MODEL=(--set d_model=768 --set n_layer=12 --set n_head=12)
@@ -60,6 +65,7 @@ else
   BARE=(--seq-len 1024 --d-model 768 --n-layer 12 --n-head 12 --batch-size 32 --micro-batch-size 16 --steps 30)
   PROBE=(--micro 1 2 3 4)
   PROBE_PR90=(--micro 1)
+  GRAPH=(--windows 64 --batch 16)
 fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -90,6 +96,17 @@ slowrun plan --epochs 16 --world-size 8 --gpu-memory 80
 
 step "5. one q0 step of slowrun PR #90's preset (its extras and the trained MTP head; probe ${PROBE_PR90[*]})"
 python -m benchmarks.probe_memory --preset fineweb_pr90 "${PROBE_PR90[@]}" --device "$DEVICE" --json "$OUT/probe_pr90.json"
+
+step "6. evaluation from exported graphs: the runs of step 2, then one fineweb snapshot's graph (${GRAPH[*]})"
+python - "$OUT/single_model" "$OUT/q0" <<'EOF' || fail "a snapshot of step 2 was not evaluated from its graph"
+import json, sys
+for run in sys.argv[1:]:
+    record = json.load(open(f"{run}/record.json"))
+    by = sorted({row["evaluated_by"] for row in record["snapshots"]})
+    print(f"{run}: {len(record['snapshots'])} snapshot(s) evaluated by {by}, on {record['evaluation']['devices']}")
+    assert by == ["graph"], by
+EOF
+python -m benchmarks.graph_eval --preset fineweb "${GRAPH[@]}" --device "$DEVICE" --json "$OUT/graph_eval.json"
 
 elapsed=$(( $(date +%s) - started ))
 echo

@@ -25,7 +25,12 @@ from typing import Any, Mapping
 
 from harness.errors import RecordError
 
-SCHEMA_VERSION = 1
+# Version 2 adds each snapshot's `evaluated_by` (`graph`: from its exported forward, in a harness process;
+# `method code`: by its own code in the sandboxed worker). Version 1 records (from before graphs, all
+# evaluated by method code) are still read, and shown as such.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+EVALUATED_BY = ("graph", "method code")
 STATUSES = ("ok", "failed", "budget-exceeded", "over-time", "diverged", "invalid", "timeout")
 # `slowrun run` and `slowrun eval` exit with the run's status, so a script or a scheduler can tell a run
 # that ended in a record of a failure from one that succeeded (2 is bad input: no run was made; 130 an
@@ -245,18 +250,29 @@ def validate_record(obj: Any) -> list[str]:
     if not isinstance(obj, dict):
         return [f"record: expected a JSON object, {_got(obj)}"]
     version = obj.get("schema_version")
-    if isinstance(version, int) and not isinstance(version, bool) and version != SCHEMA_VERSION:
+    if isinstance(version, int) and not isinstance(version, bool) and version not in READABLE_VERSIONS:
         newer = version > SCHEMA_VERSION
-        return [f"schema_version: this harness reads version {SCHEMA_VERSION}, the record has {version}"
-                + ("; upgrade slowrun to read it" if newer else "; re-create the record with this harness")]
+        return [f"schema_version: this harness reads versions {', '.join(map(str, READABLE_VERSIONS))}, the "
+                f"record has {version}" + ("; upgrade slowrun to read it" if newer else
+                                           "; re-create the record with this harness")]
     RECORD_SCHEMA.check(obj, "", problems)
     problems.extend(_consistency_problems(obj))
     return problems
 
 
+def evaluated_by(row: dict) -> str:
+    """How a snapshot row was scored (version 1 rows, from before graphs: by the method's code)."""
+    return row.get("evaluated_by", "method code") if isinstance(row, dict) else "method code"
+
+
 def _consistency_problems(obj: dict) -> list[str]:
     """Rules that tie fields together; each only runs when the fields it reads have the right shape."""
     problems: list[str] = []
+    if obj.get("schema_version") == 2 and isinstance(obj.get("snapshots"), list):
+        for i, row in enumerate(obj["snapshots"]):
+            if isinstance(row, dict) and row.get("evaluated_by") not in EVALUATED_BY:
+                problems.append(f"snapshots.{i}.evaluated_by: expected one of {', '.join(EVALUATED_BY)} "
+                                f"(schema 2), got {row.get('evaluated_by')!r}")
     created = obj.get("created")
     if isinstance(created, str) and created.strip():
         try:

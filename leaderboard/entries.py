@@ -91,6 +91,11 @@ class Entry:
         return any(r.sandbox != "landlock" for r in self.runs) and not self.reported
 
     @property
+    def by_method_code(self) -> bool:
+        """Whether a snapshot of a run was scored by the method's own code rather than its exported graph."""
+        return not self.reported and any(r.by_method_code for r in self.runs)
+
+    @property
     def isolation_gaps(self) -> tuple[str, ...]:
         """The closed sandbox's guarantees any of its runs went without (leaderboard.rows.ISOLATION_GAPS)."""
         if self.reported:

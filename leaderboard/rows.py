@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from harness.records import parse_created
+from harness.records import evaluated_by, parse_created
 from leaderboard.collect import LoadedRecord
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
@@ -77,6 +77,7 @@ class Row:
     date: str = ""
     sandbox: str = "none"  # the sandbox the method ran in; records from before the sandbox carry none
     isolation_gaps: tuple[str, ...] = ()  # guarantees of the closed sandbox the kernel could not give
+    by_method_code: bool = True  # a snapshot was scored by the method's own code (not its exported graph)
     seed: int = 0
     provenance: Provenance = Provenance(MEASURED, False)
     unranked_reasons: tuple[str, ...] = ()
@@ -213,6 +214,7 @@ def make_row(loaded: LoadedRecord, page: str, rank: int | None = None) -> Row:
         date=created.strftime("%Y-%m-%d"),
         sandbox=sandbox_kind(record),
         isolation_gaps=isolation_gaps_of(record),
+        by_method_code=any(evaluated_by(row) == "method code" for row in record["snapshots"]),
         seed=record["seed"],
         provenance=provenance_of(record),
         unranked_reasons=unranked_reasons_of(record),

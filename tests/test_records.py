@@ -22,8 +22,23 @@ TOP_LEVEL_FIELDS = [
 ]
 
 
-def test_schema_version_is_one():
-    assert SCHEMA_VERSION == 1
+def test_schema_version_is_two_and_one_is_still_read():
+    assert SCHEMA_VERSION == 2
+    old = make_record(schema_version=1)
+    for row in old["snapshots"]:
+        del row["evaluated_by"]  # version 1 rows never said: they were scored by the method's code
+    assert validate_record(old) == []
+
+
+def test_version_two_rows_say_how_they_were_evaluated():
+    record = make_record(schema_version=2)
+    assert validate_record(record) == []
+    del record["snapshots"][1]["evaluated_by"]
+    assert [p.split(":")[0] for p in validate_record(record)] == ["snapshots.1.evaluated_by"]
+    record["snapshots"][1]["evaluated_by"] = "method code"
+    assert validate_record(record) == []
+    record["snapshots"][0]["evaluated_by"] = "trust me"
+    assert [p.split(":")[0] for p in validate_record(record)] == ["snapshots.0.evaluated_by"]
 
 
 def test_factory_records_are_valid():
@@ -114,7 +129,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_other_schema_versions_are_refused_with_direction():
-    newer = validate_record(make_record(schema_version=2))
+    newer = validate_record(make_record(schema_version=3))
     assert len(newer) == 1 and "upgrade" in newer[0]
     assert validate_record(make_record(schema_version=0))[0].startswith("schema_version:")
 

@@ -25,11 +25,12 @@ def make_record(index: int = 0, **overrides) -> dict:
     final_loss = 3.0 + 0.01 * index
     epochs = [1.0, 2.0, 4.0, 8.0]
     snapshots = [{"tag": f"s{i}", "epochs": e, "val_loss": final_loss + 1.0 / (1.0 + e),
-                  "val_bpb": (final_loss + 1.0 / (1.0 + e)) / math.log(2) / 4.0, "meta": {"cycle": i}}
+                  "val_bpb": (final_loss + 1.0 / (1.0 + e)) / math.log(2) / 4.0, "meta": {"cycle": i},
+                  "evaluated_by": "graph"}
                  for i, e in enumerate(epochs)]
     created = datetime(2025, 1, 1, tzinfo=timezone.utc) + timedelta(hours=index)
     record = {
-        "schema_version": 1,
+        "schema_version": 2,
         "run_id": f"run-{index:05d}",
         "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "status": "ok",

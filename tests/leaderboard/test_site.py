@@ -129,7 +129,7 @@ def test_banner_shows_newest_record_time_not_the_clock(tmp_path):
     newest = max(r["created"] for r in records)  # same format throughout, so text order is time order
     assert report.last_update == newest
     index = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
-    assert f"Last update: {newest}" in index and "Record schema v1" in index
+    assert f"Last update: {newest}" in index and "Record schema v2" in index
 
 
 def test_same_records_give_identical_bytes(tmp_path, monkeypatch):
@@ -216,7 +216,7 @@ def test_downloads_hold_every_record_in_board_order(tmp_path):
     ranked = [row for row in rows if row["track"] == "synthetic" and row["data_hash"] == DATA_HASH and row["rank"]]
     assert [int(r["rank"]) for r in ranked] == [1, 2, 3, 4, 5]
     document = json.loads((tmp_path / "site" / "records.json").read_text(encoding="utf-8"))
-    assert document["schema_version"] == 1
+    assert document["schema_version"] == 2  # the harness's version; the records inside keep their own
     assert sorted(e["record"]["run_id"] for e in document["records"]) == sorted(by_run)
     assert all(e["record"] == by_run[e["record"]["run_id"]] for e in document["records"])
 
@@ -328,3 +328,18 @@ def test_runs_missing_a_closed_sandbox_guarantee_say_which(tmp_path):
     pages = {page.read_text(encoding="utf-8").count('class="badge sandbox-gap"') for page in
              (tmp_path / "site" / "r").glob("*.html")}
     assert pages == {0, 1, 2}
+
+
+def test_runs_scored_by_method_code_say_so(tmp_path):
+    """A record whose snapshots were scored by the method's own code (every version 1 record, and a
+    snapshot without a graph) carries a *method code* badge; one scored from exported graphs does not."""
+    graph = make_record(0)
+    mixed = make_record(1)
+    mixed["snapshots"][2]["evaluated_by"] = "method code"
+    old = make_record(2, schema_version=1)
+    for row in old["snapshots"]:
+        del row["evaluated_by"]
+    write_board(tmp_path / "records", [graph, mixed, old])
+    build_site(tmp_path / "records", tmp_path / "site", workers=1)
+    board = parse_boards((tmp_path / "site" / "index.html").read_text(encoding="utf-8"))[0]
+    assert board.column("Status") == ["ok", "ok method code", "ok method code"]
