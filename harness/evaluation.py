@@ -211,9 +211,13 @@ def graph_forward(snapshot: Snapshot, device: str, autocast: str | None, templat
     from harness.graphs.load import build_graph
 
     folder = Path(snapshot.folder)
-    data = (folder / GRAPH).read_bytes()
-    if hashlib.sha256(data).hexdigest() != snapshot.graph.get("sha256") or sha256_file(
-            folder / GRAPH_CONSTANTS) != snapshot.graph.get("constants_sha256"):
+    try:
+        data = (folder / GRAPH).read_bytes()
+        constants_sha256 = sha256_file(folder / GRAPH_CONSTANTS)
+    except OSError as exc:  # e.g. a bundle packed without them
+        raise GraphRefused(f"the graph's files cannot be read ({exc})") from None
+    if hashlib.sha256(data).hexdigest() != snapshot.graph.get("sha256") or constants_sha256 != snapshot.graph.get(
+            "constants_sha256"):
         raise GraphRefused("the graph's files changed after the snapshot was taken in")
     try:
         weights, constants = load_file(str(folder / WEIGHTS)), load_file(str(folder / GRAPH_CONSTANTS))

@@ -30,7 +30,7 @@ from pathlib import Path
 from harness.errors import LeaderboardError
 from harness.method_spec import method_files, method_hash
 from harness.records import RECORD_FILENAME, load_record
-from harness.snapshots import SPEC, WEIGHTS, sha256_file
+from harness.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, WEIGHTS, sha256_file
 from leaderboard.naming import slug
 
 BUNDLE_FILE = "bundle.json"
@@ -157,6 +157,9 @@ def _pack_snapshots(run_dir: Path, folder: Path, record: dict, weights_up_to: in
             if size <= weights_up_to:
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(weights, target / WEIGHTS)
+                for name in (GRAPH, GRAPH_CONSTANTS):  # the exported forward travels with its weights
+                    if (source / name).is_file():
+                        shutil.copyfile(source / name, target / name)
                 item["included"] = True
         manifest.append(item)
     return manifest

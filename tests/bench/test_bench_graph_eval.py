@@ -41,22 +41,10 @@ from harness.tracks import get_track
 from q0_reference.model import BUILDER, build_gpt
 from q0_reference.presets import get_preset
 from tests.bench.timing import report
+from tests.graphs.conftest import with_graph
 
 ROUNDS = 3
 BATCH = 16
-
-
-def with_graph(run, tag: str, model, config: dict, epochs: float, exporter: GraphExporter) -> None:
-    """A snapshot as the data server keeps one handed over with its graph (weights, graph, constants, stamp)."""
-    spec = {"builder": BUILDER, "config": config}
-    snap = write_snapshot(run / "snapshots", tag, model, spec, epochs, int(epochs * 100), {})
-    program, constants = exporter.export(model, spec, BATCH, config["seq_len"])
-    (snap.folder / GRAPH).write_bytes(program)
-    save_file(constants, str(snap.folder / GRAPH_CONSTANTS))
-    stamp = json.loads((snap.folder / SPEC).read_text())
-    stamp["graph"] = {"sha256": hashlib.sha256(program).hexdigest(),
-                      "constants_sha256": sha256_file(snap.folder / GRAPH_CONSTANTS)}
-    (snap.folder / SPEC).write_text(json.dumps(stamp))
 
 
 def best(*fns, rounds: int = ROUNDS) -> list[float]:

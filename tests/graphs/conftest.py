@@ -4,12 +4,16 @@ programs a method could forge."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from harness.graphs.export import GraphExporter
+from q0_reference.model import BUILDER
+from harness.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, sha256_file, write_snapshot
 
 
 def small_gpts():
@@ -44,3 +48,17 @@ def bigram():
 
     torch.manual_seed(0)
     return Bigram().eval()
+
+
+def with_graph(run, tag: str, model, config: dict, epochs: float, exporter: GraphExporter, builder: str | None = None,
+               batch: int = 16) -> None:
+    """A snapshot as the data server keeps one handed over with its graph (weights, graph, constants, stamp)."""
+    spec = {"builder": builder or BUILDER, "config": config}
+    snap = write_snapshot(run / "snapshots", tag, model, spec, epochs, int(epochs * 100), {})
+    program, constants = exporter.export(model, spec, batch, config["seq_len"])
+    (snap.folder / GRAPH).write_bytes(program)
+    save_file(constants, str(snap.folder / GRAPH_CONSTANTS))
+    stamp = json.loads((snap.folder / SPEC).read_text())
+    stamp["graph"] = {"sha256": hashlib.sha256(program).hexdigest(),
+                      "constants_sha256": sha256_file(snap.folder / GRAPH_CONSTANTS)}
+    (snap.folder / SPEC).write_text(json.dumps(stamp))

@@ -3,10 +3,14 @@ every program that is not a pure, static, allow-listed function of weights and t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
+import numpy as np
 import pytest
 import torch
+
+from harness.evaluation import open_eval_data
 
 from harness.graphs.check import ALLOWED_OPS, GraphRefused, check_program, parse_program
 from harness.graphs.load import load_graph
@@ -161,3 +165,35 @@ def test_weights_must_have_the_shapes_the_graph_declares(bigram):
         load_graph(program, {"table.weight": torch.zeros(64, 32)}, constants)
     with pytest.raises(GraphRefused, match="not in the snapshot's weights"):
         load_graph(program, {}, constants)
+
+
+@pytest.mark.parametrize("damage", ["none", "missing", "changed"])
+def test_a_graph_that_cannot_be_used_at_evaluation_falls_back_to_the_method_code(damage, tmp_path, synthetic_data):
+    """A snapshot whose graph files are gone (a bundle packed without them) or changed after intake is
+    run by its own code in the worker instead, with the same numbers; an intact one from its graph."""
+    from q0_reference.model import GPT
+
+    from harness.evaluation import evaluate_run
+    from harness.graphs.export import GraphExporter
+    from harness.probes import ProbeSettings
+    from harness.snapshots import GRAPH
+    from tests.graphs.conftest import with_graph
+
+    config = dataclasses.replace(small_gpts()["cpu_small"], vocab_size=512, seq_len=128)
+    torch.manual_seed(0)
+    model = GPT(config).eval()
+    run = tmp_path / "run"
+    with_graph(run, "s", model, config.to_dict(), 1.0, GraphExporter())
+    graph_file = run / "snapshots" / "s" / GRAPH
+    if damage == "missing":
+        graph_file.unlink()
+    elif damage == "changed":
+        graph_file.write_bytes(graph_file.read_bytes() + b" ")
+    result = evaluate_run(run, synthetic_data, 128, None, None, batch_size=16, progress=False, builder_roots=(),
+                          probes=ProbeSettings(seed=0), fork_server=False)
+    row = result["snapshots"][0]
+    assert row["evaluated_by"] == ("graph" if damage == "none" else "method code")
+    windows = torch.from_numpy(np.asarray(open_eval_data(synthetic_data, 128).val_windows, dtype=np.int64))
+    with torch.no_grad():
+        logp = torch.log_softmax(model(windows[:, :-1]).double(), -1).gather(-1, windows[:, 1:, None])
+    assert abs(row["val_loss"] + float(logp.mean())) < 1e-5
