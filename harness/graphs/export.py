@@ -15,6 +15,7 @@ buffer may change between snapshots).
 from __future__ import annotations
 
 import json
+import warnings
 
 import torch
 
@@ -68,12 +69,14 @@ def _export(module: torch.nn.Module, batch: int, seq_len: int) -> tuple[bytes, d
     was_training = module.training
     module.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # torch.export's own pytree code trips its deprecation of LeafSpec (torch 2.13): not the method's
+            warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*", category=FutureWarning)
             program = torch.export.export(module, (example,), strict=EXPORT_STRICT).run_decompositions({})
+            artifact = serialize(program, serialize_state_dict=False, serialize_constants=False,
+                                 serialize_example_inputs=False)
     finally:
         module.train(was_training)
-    artifact = serialize(program, serialize_state_dict=False, serialize_constants=False,
-                         serialize_example_inputs=False)
     constants = {name: value.detach().to("cpu").contiguous() for name, value in program.constants.items()
                  if isinstance(value, torch.Tensor)}
     return artifact.exported_program, constants
