@@ -88,10 +88,12 @@ def _check_arg(arg, where: str) -> None:
     if kind == "as_tensor" and not (isinstance(value, dict) and NAME.match(str(value.get("name", "")))):
         _fail(f"{where}: a tensor argument must name a tensor by an identifier")
     if kind in ("as_tensors", "as_optional_tensors"):
-        for item in value if isinstance(value, list) else _fail(f"{where}: a malformed list of tensors"):
-            inner = item.get("as_tensor", item) if isinstance(item, dict) else None
+        if not isinstance(value, list):
+            _fail(f"{where}: a malformed list of tensors")
+        for item in value:
             if isinstance(item, dict) and "as_none" in item:
                 continue
+            inner = item.get("as_tensor", item) if isinstance(item, dict) else None
             if not (isinstance(inner, dict) and NAME.match(str(inner.get("name", "")))):
                 _fail(f"{where}: a tensor argument must name a tensor by an identifier")
     if kind == "as_string" and value not in ALLOWED_STRINGS:
