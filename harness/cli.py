@@ -133,6 +133,16 @@ def _status_code(run_dir: Path) -> int:
     return code
 
 
+def _evaluation_options(p) -> None:
+    """How evaluation is bounded and what it runs: the same for `slowrun run` and `slowrun eval`."""
+    p.add_argument("--eval-timeout", type=float, metavar="SECONDS",
+                   help="limit on the whole evaluation; snapshots whose turn comes after it are listed as not scored "
+                   "(default: none; each snapshot has its own limit by the rule of harness/eval_limits.py)")
+    p.add_argument("--no-graphs", action="store_true",
+                   help="run every snapshot by its own code in the sandboxed worker, even one handed over with its "
+                   "exported graph (default: graphs are run by the harness)")
+
+
 def _cmd_eval(args) -> int:
     from harness.runner import evaluate_existing
 
@@ -253,12 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluation precision: bf16 autocast or float32 (default auto: bf16 on CUDA, float32 on CPU)")
     p.add_argument("--eval-workers", type=int, metavar="N",
                    help="snapshots evaluated side by side (default: the job's GPUs on CUDA, 1 on a CPU)")
-    p.add_argument("--eval-timeout", type=float, metavar="SECONDS",
-                   help="limit on the whole evaluation; snapshots whose turn comes after it are listed as not scored "
-                   "(default: none; each snapshot has its own limit by the rule of harness/eval_limits.py)")
-    p.add_argument("--no-graphs", action="store_true",
-                   help="run every snapshot by its own code in the sandboxed worker, even one handed over with its "
-                   "exported graph (default: graphs are run by the harness)")
+    _evaluation_options(p)
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run that was interrupted")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="wall-clock limit of the method's processes; they are all stopped there (default: none)")
@@ -288,12 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-dtype", choices=("auto", "float32", "bfloat16"),
                    help="evaluation precision (default: what the run was started with)")
     p.add_argument("--eval-workers", type=int, metavar="N", help="snapshots evaluated side by side")
-    p.add_argument("--eval-timeout", type=float, metavar="SECONDS",
-                   help="limit on the whole evaluation; snapshots whose turn comes after it are listed as not scored "
-                   "(default: none; each snapshot has its own limit by the rule of harness/eval_limits.py)")
-    p.add_argument("--no-graphs", action="store_true",
-                   help="run every snapshot by its own code in the sandboxed worker, even one handed over with its "
-                   "exported graph (default: graphs are run by the harness)")
+    _evaluation_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)
 

@@ -45,7 +45,7 @@ from harness.snapshots import list_snapshots, load_snapshot_model, write_snapsho
 from harness.tracks import get_track
 from q0_reference.model import BUILDER, build_gpt
 from q0_reference.presets import get_preset
-from tests.bench.timing import report
+from tests.bench.timing import best_interleaved as interleaved, report
 
 ROUNDS = 3
 K = 4
@@ -90,16 +90,6 @@ def through_worker(snapshot, data, cache, worker=None, forked: bool = False) -> 
     finally:
         if server is not None:
             server.close()
-
-
-def interleaved(*fns, rounds: int = ROUNDS) -> list[float]:
-    best = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            best[i] = min(best[i], time.perf_counter() - start)
-    return best
 
 
 def test_one_snapshot_cold_through_the_worker(benchmark, setup):

@@ -20,15 +20,12 @@ Run: pytest tests/bench/test_bench_graph_eval.py -m bench -s
 
 from __future__ import annotations
 
-import hashlib
-import json
 import shutil
-import time
 
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from harness.data.prepare import prepare_track
 from harness.evaluation import EvalData, WorkerOptions, evaluate_run, open_eval_data, snapshot_logprobs
@@ -36,25 +33,15 @@ from harness.graphs.export import GraphExporter
 from harness.graphs.load import load_graph
 from harness.logprobs import token_logprobs
 from harness.probes import ProbeSettings
-from harness.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, list_snapshots, sha256_file, write_snapshot
+from harness.snapshots import GRAPH, GRAPH_CONSTANTS, list_snapshots
 from harness.tracks import get_track
-from q0_reference.model import BUILDER, build_gpt
+from q0_reference.model import build_gpt
 from q0_reference.presets import get_preset
-from tests.bench.timing import report
+from tests.bench.timing import best_interleaved as best, report
 from tests.graphs.conftest import with_graph
 
 ROUNDS = 3
 BATCH = 16
-
-
-def best(*fns, rounds: int = ROUNDS) -> list[float]:
-    times = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            start = time.perf_counter()
-            fn()
-            times[i] = min(times[i], time.perf_counter() - start)
-    return times
 
 
 @pytest.fixture(autouse=True)

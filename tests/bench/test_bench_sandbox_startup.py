@@ -29,7 +29,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import pytest
 
 from harness.data.prepare import prepare_track
 from harness.runner import RunRequest, run_method

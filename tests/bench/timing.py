@@ -16,6 +16,18 @@ def best_time(fn: Callable[[], object], rounds: int = 3) -> float:
     return best
 
 
+def best_interleaved(*fns: Callable[[], object], rounds: int = 3) -> list[float]:
+    """The fastest wall-clock time of each of `fns` over `rounds`, run in turn within each round, so a slow
+    spell of the machine falls on all of them alike."""
+    best = [float("inf")] * len(fns)
+    for _ in range(rounds):
+        for i, fn in enumerate(fns):
+            start = time.perf_counter()
+            fn()
+            best[i] = min(best[i], time.perf_counter() - start)
+    return best
+
+
 def report(benchmark, name: str, value: float, target: float | None = None, unit: str = "x") -> None:
     benchmark.extra_info[name] = round(value, 4)
     suffix = f" (target <= {target}{unit})" if target is not None else ""

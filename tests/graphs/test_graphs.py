@@ -4,7 +4,6 @@ every program that is not a pure, static, allow-listed function of weights and t
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import pytest
