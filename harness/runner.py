@@ -368,10 +368,12 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
             result = supervisor.terminate()
     except BaseException:
         server.processes_stopping()
-        try:
-            supervisor.terminate()
-        except Exception:  # it never started: nothing to stop
-            pass
+        if supervisor.started:  # (one that never started has nothing to stop)
+            try:
+                supervisor.terminate()
+            except Exception as exc:  # the error being raised is the one that counts; this one is said
+                print(f"slowrun: stopping the method's processes failed too ({type(exc).__name__}: {exc})",
+                      file=sys.stderr)
         server.stop()
         for name in (SERVER_FILE, CONNECT_FILE):
             (run_dir / name).unlink(missing_ok=True)

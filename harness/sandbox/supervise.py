@@ -458,6 +458,10 @@ class Supervisor:
         self._result: SupervisedResult | None = None
 
     @property
+    def started(self) -> bool:
+        return self._proc is not None
+
+    @property
     def pid(self) -> int:
         """The supervisor's pid (not the command's)."""
         if self._proc is None:

@@ -40,7 +40,9 @@ def faults_per_forward(mode: str) -> float:
 
 
 def test_forward_passes_reuse_freed_memory_once_the_thresholds_are_raised():
-    # With glibc's defaults this machine measured 2,300 to 7,600 page faults per pass (9 to 30 MB zeroed).
-    kept = faults_per_forward("keep")
-    assert kept < 50, (f"{kept} page faults per forward pass with the thresholds raised "
-                       f"(glibc's defaults: {faults_per_forward('default')})")
+    # With glibc's defaults this machine measured 2,300 to 7,600 page faults per pass (9 to 30 MB zeroed),
+    # and under 50 with the thresholds raised; a loaded machine once gave 192. The two are compared with
+    # each other, measured side by side, not with a fixed count that the machine's load can move.
+    kept, default = faults_per_forward("keep"), faults_per_forward("default")
+    assert kept * 10 < default, (f"{kept} page faults per forward pass with the thresholds raised, "
+                                 f"{default} with glibc's defaults")
