@@ -30,6 +30,7 @@ from harness.data.fitness import carve_fitness
 from harness.data.manifest import MANIFEST, read_manifest
 from harness.distributed import LaunchSpec
 from harness.errors import SlowrunError
+from harness.gpu_nodes import open_gpus_or_warn
 from harness.method_spec import MethodError, MethodSpec, check_method, method_hash
 from harness.provenance import environment
 from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic, write_text_atomic
@@ -328,6 +329,7 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
     launch = _launch_of(spec)
     _warn_if_root()
+    open_gpus_or_warn(spec["device"])  # before the method's processes are sandboxed (harness/gpu_nodes.py)
     server = DataServer(server_spec(run_dir, spec, resume, progress))
     (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session is not this one's
     if launch.nnodes > 1:  # the other nodes' ranks reach the server over TCP, at master_port + 1 of node 0
@@ -441,6 +443,7 @@ def join_run(req: RunRequest) -> Path:
                            "file system every node shares")
     run_dir = Path(req.out).resolve()
     server_file = run_dir / SERVER_FILE
+    open_gpus_or_warn(req.device)  # before this node's ranks are sandboxed (harness/gpu_nodes.py)
     deadline = time.monotonic() + JOIN_WAIT_S
     print(f"node {req.launch.node_rank}: waiting for node 0's data server ({server_file})", file=sys.stderr)
     while not server_file.exists():
@@ -592,6 +595,7 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
             spec["gpt2_ranks"] = str(Path(gpt2_ranks).resolve())
         _write_json(run_dir / RUN_SPEC, spec)
     train_result = json.loads((run_dir / TRAIN_RESULT).read_text(encoding="utf-8"))
+    open_gpus_or_warn(json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))["device"])
     finish_run(run_dir, train_result, wall_s=None, progress=progress)
     return run_dir
 
