@@ -19,8 +19,13 @@ float32):
   projection's input (ed); the MLP's hidden activations (SwiGLU: gate, its SiLU, up and product, 4eh;
   ReLU^2: the ReLU's output, which the square also uses, and the square, 2eh);
 - per model: the embedding's and the final norm's inputs (4d each), the head's input (ed), and the
-  loss's float32 [tokens, V] buffers: soft-cap and log-softmax outputs (8V), or with a teacher the fused
-  loss's gradient, the soft-cap output and the teacher's logits (12V);
+  float32 [tokens, V] buffers live at the loss's peak (4V each): the model's output and, with a logit
+  soft-cap, the tanh output its backward keeps; then cross-entropy's log-softmax, its gradient and a
+  transient (3, measured), or with a teacher the teacher's logits and the fused loss's five (its scaled
+  input, both log-softmaxes, the teacher's probabilities and the gradient; 5.07 measured). With a
+  teacher and a soft-cap that is eight buffers, as measured on a CPU (tests/q0/test_memory.py); what
+  autograd keeps of them for the backward is 8V (12V with a teacher), the rest is the loss's transient
+  (`loss_transient_bytes_per_token`), counted with the activations since both peak at the loss;
 - per forward, not per token: under bf16 autocast the bf16 copies of every weight matrix the forward
   used (2 bytes per matrix weight), kept for the backward pass.
 
@@ -41,6 +46,10 @@ from q0_reference.model import GPTConfig
 GIB = 1 << 30
 RESERVE_BYTES = 3 * GIB
 RESERVE_FRACTION = 0.05
+# float32 [tokens, V] buffers live at the loss's peak besides a soft-cap's saved output (see the docstring):
+# the model's output and cross-entropy's three; or the output, the teacher's logits and the fused loss's five.
+LOSS_BUFFERS = 4
+LOSS_BUFFERS_TEACHER = 7
 
 
 def parameter_counts(config: GPTConfig) -> dict[str, int]:
@@ -63,6 +72,15 @@ def activation_bytes_per_token(config: GPTConfig, *, bf16: bool = True, teacher:
     per_layer = norm + casts_qkv + qk_norm + attention + e * d + norm + casts_mlp + hidden
     loss = (12 if teacher else 8) * v
     return config.n_layer * per_layer + 2 * norm + e * d + loss
+
+
+def loss_transient_bytes_per_token(config: GPTConfig, *, teacher: bool = False) -> int:
+    """What the loss holds at its peak beyond the activations autograd saves for it: its buffers live at
+    once (LOSS_BUFFERS or LOSS_BUFFERS_TEACHER, plus a soft-cap's saved output), less the saved ones
+    counted in activation_bytes_per_token (8V, or 12V with a teacher)."""
+    v = config.vocab_size
+    peak = 4 * v * (LOSS_BUFFERS_TEACHER if teacher else LOSS_BUFFERS) + (4 * v if config.logit_softcap else 0)
+    return max(0, peak - (12 if teacher else 8) * v)
 
 
 def weight_cast_bytes(config: GPTConfig, *, bf16: bool = True) -> int:
@@ -120,7 +138,8 @@ def estimate_memory(config: GPTConfig, *, optimizer: str = "muon", micro_batch: 
     adam = total - counts["matrix"] if optimizer == "muon" else total
     muon = counts["matrix"] if optimizer == "muon" else 0
     teacher_bytes = (2 if (bf16 if teacher_bf16 is None else teacher_bf16) else 4) * total if teacher else 0
-    per_sequence = activation_bytes_per_token(config, bf16=bf16, teacher=teacher) * config.seq_len
+    per_sequence = (activation_bytes_per_token(config, bf16=bf16, teacher=teacher)
+                    + loss_transient_bytes_per_token(config, teacher=teacher)) * config.seq_len
     return MemoryEstimate(micro_batch=micro_batch, seq_len=config.seq_len, weights=4 * total, gradients=4 * total,
                           optimizer=8 * adam + 4 * muon, teacher=teacher_bytes,
                           weight_casts=weight_cast_bytes(config, bf16=bf16),

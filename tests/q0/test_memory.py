@@ -91,3 +91,37 @@ def test_plan_command_prints_placement_and_memory_and_refuses_what_cannot_fit(ca
     assert "3 of 1, 1, 1 rank(s)" in capsys.readouterr().out
     assert slowrun(["plan", "--epochs", "16", "--world-size", "3", "--micro-batch-size", "4"]) == 2  # 256 / (4 x 3)
     assert "no split of 3 ranks" in capsys.readouterr().err
+
+
+_LOSS_PEAK = """
+import resource, sys, torch
+from q0_reference.distill import cross_entropy, distillation_loss
+torch.set_num_threads(1)
+n, v = 2048, 16384
+student = torch.randn(n, v, requires_grad=True)  # the model's output
+teacher = torch.randn(n, v)
+targets = torch.randint(0, v, (n,))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+loss = distillation_loss(student, teacher, targets) if sys.argv[1] == "teacher" else cross_entropy(student, targets)
+loss.backward()
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+inputs = 2 if sys.argv[1] == "teacher" else 1
+print((after - before) / (n * v * 4) + inputs)
+"""
+
+
+@pytest.mark.parametrize("teacher", [False, True])
+def test_the_loss_peak_counts_the_buffers_it_measures(teacher):
+    """The loss's float32 [tokens, V] buffers at their peak, measured in a fresh process (the peak resident
+    memory over the loss's forward and backward, in units of one buffer, plus its inputs), against the
+    estimate's count for a model without a soft-cap."""
+    import subprocess
+    import sys
+
+    from q0_reference.memory import LOSS_BUFFERS, LOSS_BUFFERS_TEACHER
+
+    out = subprocess.run([sys.executable, "-c", _LOSS_PEAK, "teacher" if teacher else "ce"], capture_output=True,
+                         text=True, check=True)
+    measured = float(out.stdout.strip())
+    estimate = LOSS_BUFFERS_TEACHER if teacher else LOSS_BUFFERS
+    assert abs(measured - estimate) <= 0.5, (measured, estimate)
