@@ -199,13 +199,15 @@ def evaluated_by(cache: Path, tag: str) -> str:
     return GRAPH_EVALUATED if isinstance(stamp, dict) and stamp.get("evaluated_by") == GRAPH_EVALUATED else METHOD_CODE
 
 
-def graph_forward(snapshot: Snapshot, device: str, autocast: str | None, templates: dict | None = None):
+def graph_forward(snapshot: Snapshot, device: str, autocast: str | None, templates: dict | None = None,
+                  weights_bytes: bytes | None = None):
     """The snapshot's exported forward, checked, bounded and built here (GraphRefused says why not).
     `templates` keeps each program built once per evaluation (by its hash, device and precision): the
-    snapshots of one architecture share it, and only their weights are bound anew."""
+    snapshots of one architecture share it, and only their weights are bound anew. `weights_bytes`: the
+    weights file as already read (and hashed) by the caller."""
     import hashlib
 
-    from safetensors.torch import load_file
+    from safetensors.torch import load, load_file
 
     from harness.graphs.check import GraphRefused
     from harness.graphs.load import build_graph
@@ -220,7 +222,8 @@ def graph_forward(snapshot: Snapshot, device: str, autocast: str | None, templat
             "constants_sha256"):
         raise GraphRefused("the graph's files changed after the snapshot was taken in")
     try:
-        weights, constants = load_file(str(folder / WEIGHTS)), load_file(str(folder / GRAPH_CONSTANTS))
+        weights = load(weights_bytes) if weights_bytes is not None else load_file(str(folder / WEIGHTS))
+        constants = load_file(str(folder / GRAPH_CONSTANTS))
     except Exception as exc:  # safetensors' own errors: a file the check passed but torch cannot read
         raise GraphRefused(f"the weights or constants cannot be read ({type(exc).__name__}: {exc})") from None
     key = (snapshot.graph["sha256"], str(device), autocast)
@@ -230,6 +233,51 @@ def graph_forward(snapshot: Snapshot, device: str, autocast: str | None, templat
         if templates is not None:
             templates[key] = template
     return template.bind(weights, constants)
+
+
+class GraphHeadStart:
+    """Builds the run's exported program while the method trains, off the evaluation's clock (as the first
+    evaluation worker is started then): it watches the run's snapshots for the first one with a graph,
+    and builds, checks and bounds its program for each evaluation device. Evaluation takes the templates
+    (`evaluate_run(graph_templates=...)`) and binds each snapshot's weights; a program it did not build
+    (another architecture, a refused graph) is built or refused by evaluation as before."""
+
+    POLL_S = 1.0
+
+    def __init__(self, run_dir: Path, devices: Sequence[str], eval_dtype: str):
+        import threading
+
+        self.run_dir = Path(run_dir)
+        self.devices = tuple(dict.fromkeys(devices))  # (CPU lanes share one device)
+        self.autocast = None if eval_dtype == "float32" else eval_dtype
+        self.templates: dict = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="graph-head-start", daemon=True)
+
+    def start(self) -> "GraphHeadStart":
+        self._thread.start()
+        return self
+
+    def finish(self) -> dict:
+        """Stop watching (a build under way is finished) and hand over what was built."""
+        self._stop.set()
+        self._thread.join()
+        return dict(self.templates)
+
+    def _watch(self) -> None:
+        from harness.graphs.check import GraphRefused
+
+        while not self._stop.wait(self.POLL_S):
+            snapshot = next((s for s in list_snapshots(self.run_dir / "snapshots") if s.has_graph), None)
+            if snapshot is None:
+                continue
+            for device in self.devices:
+                try:
+                    graph_forward(snapshot, device, self.autocast, self.templates)
+                except (GraphRefused, OSError) as exc:  # evaluation meets it again and says so there
+                    print(f"slowrun: the graph of snapshot {snapshot.tag} was not built ahead ({exc})",
+                          file=sys.stderr)
+            return
 
 
 def _load_cache(cache: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
@@ -285,7 +333,7 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
             return _load_cache(cache, snapshot.tag)
         if options.clock.passed():
             raise InvalidSnapshot(options.clock.passed_reason())
-        graph = _graph_or_none(snapshot, device, options, progress)
+        graph = _graph_or_none(snapshot, device, options, weights[0])
         if graph is not None:
             by = GRAPH_EVALUATED
             if model is not None:  # a worker started ahead for this snapshot is not needed
@@ -307,7 +355,7 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
     return fit.reshape(-1), val.reshape(-1)
 
 
-def _graph_or_none(snapshot: Snapshot, device: str, options: WorkerOptions, progress: bool):
+def _graph_or_none(snapshot: Snapshot, device: str, options: WorkerOptions, weights_bytes: bytes):
     """The snapshot's graph, built here, or None: no graph, graphs turned off, or one refused now (then its
     own code is run in the worker, and the reason is said)."""
     from harness.graphs.check import GraphRefused
@@ -315,7 +363,7 @@ def _graph_or_none(snapshot: Snapshot, device: str, options: WorkerOptions, prog
     if not (options.graphs and snapshot.has_graph):
         return None
     try:
-        return graph_forward(snapshot, device, options.autocast, options.graph_templates)
+        return graph_forward(snapshot, device, options.autocast, options.graph_templates, weights_bytes)
     except GraphRefused as exc:
         print(f"snapshot {snapshot.tag}: its graph is refused ({exc}); it is evaluated by its own code instead",
               file=sys.stderr, flush=True)
@@ -500,9 +548,11 @@ def _fork_server_for(options: WorkerOptions, first_worker: RemoteModel | None) -
 
 
 def _cached(snapshot: Snapshot, cache: Path, eval_dtype: str = "float32", by: str | None = None) -> bool:
-    """Whether the snapshot's cache will be used (so no worker is needed for it)."""
+    """Whether the snapshot's cache will be used (so no worker is needed for it). The hash stamped at
+    intake stands for the weights here (this only plans workers; scoring hashes the file it reads)."""
     try:
-        return cache_is_trusted(cache, snapshot.tag, sha256_file(Path(snapshot.folder) / WEIGHTS), eval_dtype, by)
+        digest = snapshot.weights_sha256 or sha256_file(Path(snapshot.folder) / WEIGHTS)
+        return cache_is_trusted(cache, snapshot.tag, digest, eval_dtype, by)
     except OSError:
         return False
 
@@ -521,7 +571,8 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
                  probes: ProbeSettings | None = None, prefetch: bool = PREFETCH, require_sandbox: bool = False,
                  first_worker: RemoteModel | None = None, fitness_docs: int | None = None,
                  eval_dtype: str = "float32", devices: Sequence[str] | None = None,
-                 fork_server: bool = FORK_SERVER, graphs: bool = True) -> dict:
+                 fork_server: bool = FORK_SERVER, graphs: bool = True,
+                 graph_templates: Mapping | None = None) -> dict:
     """The evaluation parts of a record: snapshots, ensemble, result, k_sweep, curve, invalid_snapshots.
 
     Each snapshot's model is run from its builder in an evaluation worker: ``method_dir`` is the method's
@@ -543,6 +594,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     which imported torch once, instead of being a fresh process (the same numbers, bit for bit).
     ``graphs``: a snapshot handed over with its exported forward is run from it here (its row says
     ``evaluated_by: graph``); False runs every snapshot by its own code in the worker.
+    ``graph_templates``: programs built ahead (:class:`GraphHeadStart`, while the method trained).
     """
     snapshots = list_snapshots(Path(run_dir) / "snapshots")
     empty = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None, "k_sweep": [],
@@ -559,7 +611,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
                             None if builder_roots is None else tuple(Path(r) for r in builder_roots), clock,
                             replace(probes or ProbeSettings(), eval_dtype=eval_dtype), require_sandbox,
                             autocast=None if eval_dtype == "float32" else eval_dtype, fork_server=fork_server,
-                            graphs=graphs)
+                            graphs=graphs, graph_templates=dict(graph_templates or {}))
     devices = tuple(devices) if devices else (device,)
     setup = {"dtype": eval_dtype, "devices": list(devices),
              "limits": {"per_snapshot_s": timeout_s if timeout_s is not None else "rule", "total_s": eval_timeout_s}}

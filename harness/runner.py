@@ -496,12 +496,17 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
     evaluation) and still writes a record, then raises RunInterrupted."""
     started = time.monotonic()
     spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
-    first_worker = []
+    first_worker, head_start = [], []
 
     def start_first_worker():
-        """The first evaluation worker starts (Python, torch) while the method trains, off evaluation's clock."""
-        from harness.evaluation import start_worker
+        """The first evaluation worker starts (Python, torch) while the method trains, off evaluation's clock,
+        and the first exported graph is built as soon as a snapshot brings one."""
+        from harness.evaluation import GraphHeadStart, resolve_eval_dtype, start_worker
 
+        if spec.get("eval_graphs", True):
+            head_start.append(GraphHeadStart(run_dir, _eval_devices(spec) or (spec["device"],),
+                                             resolve_eval_dtype(spec.get("eval_dtype", "float32"),
+                                                                spec["device"])).start())
         try:
             first_worker.append(start_worker(spec["device"], spec.get("vocab_size"),
                                              method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec)))
@@ -513,6 +518,11 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
         for worker in first_worker:
             worker.close()
         first_worker.clear()
+        for builder in head_start:
+            builder.finish()
+
+    def built_ahead() -> dict:
+        return head_start[0].finish() if head_start else {}
 
     with _Signals():
         try:
@@ -533,7 +543,8 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
         else:
             try:
                 record = finish_run(run_dir, train_result, wall_s=time.monotonic() - started, progress=progress,
-                                    first_worker=first_worker[0] if first_worker else None)
+                                    first_worker=first_worker[0] if first_worker else None,
+                                    graph_templates=built_ahead())
             except _Signals.Received:
                 interrupted = True
                 train_result = {**train_result, "status": "failed", "error": {
@@ -641,7 +652,7 @@ def score_final_predictor(run_dir: Path, spec: dict, evaluation: dict, progress:
 
 
 def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool, evaluate: bool = True,
-               first_worker=None) -> dict:
+               first_worker=None, graph_templates: dict | None = None) -> dict:
     """Evaluate the run's snapshots and write its record; whatever goes wrong, a record is written.
 
     `evaluate=False` (an interrupted run) records the training outcome without scoring anything."""
@@ -660,7 +671,7 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
                                       first_worker=first_worker, fitness_docs=spec.get("fitness_docs"),
                                       eval_dtype=spec.get("eval_dtype", "float32"),
                                       devices=_eval_devices(spec), eval_timeout_s=spec.get("eval_timeout_s"),
-                                      graphs=spec.get("eval_graphs", True))
+                                      graphs=spec.get("eval_graphs", True), graph_templates=graph_templates)
             downstream, downstream_note = score_final_predictor(run_dir, spec, evaluation, progress)
         except Exception as exc:  # the record says what failed instead of there being no record
             import traceback
