@@ -13,7 +13,10 @@ All sides run torch on one thread (as the test suite does), timed interleaved, b
      batch in a fresh fork, single-threaded), beside them.
 2. Sixteen snapshots of the synthetic track (vocabulary 512; 256 validation and 32 fitness windows):
    `evaluate_run` with the prior and the curve, from graphs, against its forward floor (sixteen
-   in-process `token_logprobs` over both splits); target <= 1.1x.
+   in-process `token_logprobs` over both splits): cold (the program built inside the evaluation) and
+   as a run pays it (the program built while the method trained, `GraphHeadStart`); target <= 1.1x.
+   What is left above the floor is mostly the causality probe's one batch per snapshot (1 in 18 here,
+   1 in 305 on fineweb).
 
 Run: pytest tests/bench/test_bench_graph_eval.py -m bench -s
 """
