@@ -21,9 +21,10 @@ float32):
 - per model: the embedding's and the final norm's inputs (4d each), the head's input (ed), and the
   float32 [tokens, V] buffers live at the loss's peak (4V each): the model's output and, with a logit
   soft-cap, the tanh output its backward keeps; then cross-entropy's log-softmax, its gradient and a
-  transient (3, measured), or with a teacher the teacher's logits and the fused loss's five (its scaled
-  input, both log-softmaxes, the teacher's probabilities and the gradient; 5.07 measured). With a
-  teacher and a soft-cap that is eight buffers, as measured on a CPU (tests/q0/test_memory.py); what
+  transient (3), or with a teacher the teacher's logits and the fused loss's five (its scaled input, both
+  log-softmaxes, the teacher's probabilities and the gradient). Counted storage by storage on a CPU
+  (tests/q0/test_memory.py) the peak is 4.0 buffers without a teacher and 7.0 with one (peak resident
+  memory says 4.03 and 7.07); with a soft-cap, one more: eight, as the GPU review found. What
   autograd keeps of them for the backward is 8V (12V with a teacher), the rest is the loss's transient
   (`loss_transient_bytes_per_token`), counted with the activations since both peak at the loss;
 - per forward, not per token: under bf16 autocast the bf16 copies of every weight matrix the forward
