@@ -240,7 +240,9 @@ class GraphHeadStart:
     evaluation worker is started then): it watches the run's snapshots for the first one with a graph,
     and builds, checks and bounds its program for each evaluation device. Evaluation takes the templates
     (`evaluate_run(graph_templates=...)`) and binds each snapshot's weights; a program it did not build
-    (another architecture, a refused graph) is built or refused by evaluation as before."""
+    (another architecture, a refused graph) is built or refused by evaluation as before. The runner uses
+    it on CPU runs only: building binds one snapshot's weights on the device, which on a GPU the training
+    is using. (It saves the build, 0.3 s of the 16-snapshot benchmark: little, but off the clock.)"""
 
     POLL_S = 1.0
 

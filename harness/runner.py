@@ -503,7 +503,9 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
         and the first exported graph is built as soon as a snapshot brings one."""
         from harness.evaluation import GraphHeadStart, resolve_eval_dtype, start_worker
 
-        if spec.get("eval_graphs", True):
+        # Not on a GPU: building binds a snapshot's weights on the device, which the training job is using
+        # (7 GB for the 1.8B model, where q0 plans microbatches to the edge of memory).
+        if spec.get("eval_graphs", True) and not str(spec["device"]).startswith("cuda"):
             head_start.append(GraphHeadStart(run_dir, _eval_devices(spec) or (spec["device"],),
                                              resolve_eval_dtype(spec.get("eval_dtype", "float32"),
                                                                 spec["device"])).start())
