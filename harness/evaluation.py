@@ -235,53 +235,6 @@ def graph_forward(snapshot: Snapshot, device: str, autocast: str | None, templat
     return template.bind(weights, constants)
 
 
-class GraphHeadStart:
-    """Builds the run's exported program while the method trains, off the evaluation's clock (as the first
-    evaluation worker is started then): it watches the run's snapshots for the first one with a graph,
-    and builds, checks and bounds its program for each evaluation device. Evaluation takes the templates
-    (`evaluate_run(graph_templates=...)`) and binds each snapshot's weights; a program it did not build
-    (another architecture, a refused graph) is built or refused by evaluation as before. The runner uses
-    it on CPU runs only: building binds one snapshot's weights on the device, which on a GPU the training
-    is using. (It saves the build, 0.3 s of the 16-snapshot benchmark: little, but off the clock.)"""
-
-    POLL_S = 1.0
-
-    def __init__(self, run_dir: Path, devices: Sequence[str], eval_dtype: str):
-        import threading
-
-        self.run_dir = Path(run_dir)
-        self.devices = tuple(dict.fromkeys(devices))  # (CPU lanes share one device)
-        self.autocast = None if eval_dtype == "float32" else eval_dtype
-        self.templates: dict = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="graph-head-start", daemon=True)
-
-    def start(self) -> "GraphHeadStart":
-        self._thread.start()
-        return self
-
-    def finish(self) -> dict:
-        """Stop watching (a build under way is finished) and hand over what was built."""
-        self._stop.set()
-        self._thread.join()
-        return dict(self.templates)
-
-    def _watch(self) -> None:
-        from harness.graphs.check import GraphRefused
-
-        while not self._stop.wait(self.POLL_S):
-            snapshot = next((s for s in list_snapshots(self.run_dir / "snapshots") if s.has_graph), None)
-            if snapshot is None:
-                continue
-            for device in self.devices:
-                try:
-                    graph_forward(snapshot, device, self.autocast, self.templates)
-                except (GraphRefused, OSError) as exc:  # evaluation meets it again and says so there
-                    print(f"slowrun: the graph of snapshot {snapshot.tag} was not built ahead ({exc})",
-                          file=sys.stderr)
-            return
-
-
 def _load_cache(cache: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
     fit_path, val_path, _ = _cache_paths(cache, tag)
     return np.asarray(load_logprobs(fit_path)).reshape(-1), np.asarray(load_logprobs(val_path)).reshape(-1)
@@ -561,8 +514,8 @@ def _cached(snapshot: Snapshot, cache: Path, eval_dtype: str = "float32", by: st
 
 def _needs_worker(snapshot: Snapshot, cache: Path, options: WorkerOptions) -> bool:
     """Whether scoring the snapshot will start a worker: not when its cache is used or its graph is run."""
-    return not (_cached(snapshot, cache, options.eval_dtype, options.scored_by(snapshot))
-                or options.scored_by(snapshot) == GRAPH_EVALUATED)
+    by = options.scored_by(snapshot)  # (a graph needs no worker: no cache file is hashed to know it)
+    return by != GRAPH_EVALUATED and not _cached(snapshot, cache, options.eval_dtype, by)
 
 
 def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: Mapping[str, float] | str | None,
@@ -573,8 +526,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
                  probes: ProbeSettings | None = None, prefetch: bool = PREFETCH, require_sandbox: bool = False,
                  first_worker: RemoteModel | None = None, fitness_docs: int | None = None,
                  eval_dtype: str = "float32", devices: Sequence[str] | None = None,
-                 fork_server: bool = FORK_SERVER, graphs: bool = True,
-                 graph_templates: Mapping | None = None) -> dict:
+                 fork_server: bool = FORK_SERVER, graphs: bool = True) -> dict:
     """The evaluation parts of a record: snapshots, ensemble, result, k_sweep, curve, invalid_snapshots.
 
     Each snapshot's model is run from its builder in an evaluation worker: ``method_dir`` is the method's
@@ -596,7 +548,6 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     which imported torch once, instead of being a fresh process (the same numbers, bit for bit).
     ``graphs``: a snapshot handed over with its exported forward is run from it here (its row says
     ``evaluated_by: graph``); False runs every snapshot by its own code in the worker.
-    ``graph_templates``: programs built ahead (:class:`GraphHeadStart`, while the method trained).
     """
     snapshots = list_snapshots(Path(run_dir) / "snapshots")
     empty = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None, "k_sweep": [],
@@ -613,7 +564,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
                             None if builder_roots is None else tuple(Path(r) for r in builder_roots), clock,
                             replace(probes or ProbeSettings(), eval_dtype=eval_dtype), require_sandbox,
                             autocast=None if eval_dtype == "float32" else eval_dtype, fork_server=fork_server,
-                            graphs=graphs, graph_templates=dict(graph_templates or {}))
+                            graphs=graphs)
     devices = tuple(devices) if devices else (device,)
     setup = {"dtype": eval_dtype, "devices": list(devices),
              "limits": {"per_snapshot_s": timeout_s if timeout_s is not None else "rule", "total_s": eval_timeout_s}}

@@ -496,19 +496,12 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
     evaluation) and still writes a record, then raises RunInterrupted."""
     started = time.monotonic()
     spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
-    first_worker, head_start = [], []
+    first_worker = []
 
     def start_first_worker():
-        """The first evaluation worker starts (Python, torch) while the method trains, off evaluation's clock,
-        and the first exported graph is built as soon as a snapshot brings one."""
-        from harness.evaluation import GraphHeadStart, resolve_eval_dtype, start_worker
+        """The first evaluation worker starts (Python, torch) while the method trains, off evaluation's clock."""
+        from harness.evaluation import start_worker
 
-        # Not on a GPU: building binds a snapshot's weights on the device, which the training job is using
-        # (7 GB for the 1.8B model, where q0 plans microbatches to the edge of memory).
-        if spec.get("eval_graphs", True) and not str(spec["device"]).startswith("cuda"):
-            head_start.append(GraphHeadStart(run_dir, _eval_devices(spec) or (spec["device"],),
-                                             resolve_eval_dtype(spec.get("eval_dtype", "float32"),
-                                                                spec["device"])).start())
         try:
             first_worker.append(start_worker(spec["device"], spec.get("vocab_size"),
                                              method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec)))
@@ -520,11 +513,6 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
         for worker in first_worker:
             worker.close()
         first_worker.clear()
-        for builder in head_start:
-            builder.finish()
-
-    def built_ahead() -> dict:
-        return head_start[0].finish() if head_start else {}
 
     with _Signals():
         try:
@@ -545,8 +533,7 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
         else:
             try:
                 record = finish_run(run_dir, train_result, wall_s=time.monotonic() - started, progress=progress,
-                                    first_worker=first_worker[0] if first_worker else None,
-                                    graph_templates=built_ahead())
+                                    first_worker=first_worker[0] if first_worker else None)
             except _Signals.Received:
                 interrupted = True
                 train_result = {**train_result, "status": "failed", "error": {
@@ -591,9 +578,9 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
     run_dir = Path(run_dir)
     if not (run_dir / TRAIN_RESULT).exists():
         raise SlowrunError(f"{run_dir}: no {TRAIN_RESULT}; the run never finished training (use --resume)")
+    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
     if (downstream is not None or gpt2_ranks is not None or eval_dtype or eval_workers or eval_timeout_s
             or eval_graphs is not None):
-        spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
         if eval_graphs is not None:
             spec["eval_graphs"] = bool(eval_graphs)
         if eval_timeout_s:
@@ -608,7 +595,7 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
             spec["gpt2_ranks"] = str(Path(gpt2_ranks).resolve())
         _write_json(run_dir / RUN_SPEC, spec)
     train_result = json.loads((run_dir / TRAIN_RESULT).read_text(encoding="utf-8"))
-    open_gpus_or_warn(json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))["device"])
+    open_gpus_or_warn(spec["device"])
     finish_run(run_dir, train_result, wall_s=None, progress=progress)
     return run_dir
 
@@ -654,7 +641,7 @@ def score_final_predictor(run_dir: Path, spec: dict, evaluation: dict, progress:
 
 
 def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool, evaluate: bool = True,
-               first_worker=None, graph_templates: dict | None = None) -> dict:
+               first_worker=None) -> dict:
     """Evaluate the run's snapshots and write its record; whatever goes wrong, a record is written.
 
     `evaluate=False` (an interrupted run) records the training outcome without scoring anything."""
@@ -673,7 +660,7 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
                                       first_worker=first_worker, fitness_docs=spec.get("fitness_docs"),
                                       eval_dtype=spec.get("eval_dtype", "float32"),
                                       devices=_eval_devices(spec), eval_timeout_s=spec.get("eval_timeout_s"),
-                                      graphs=spec.get("eval_graphs", True), graph_templates=graph_templates)
+                                      graphs=spec.get("eval_graphs", True))
             downstream, downstream_note = score_final_predictor(run_dir, spec, evaluation, progress)
         except Exception as exc:  # the record says what failed instead of there being no record
             import traceback

@@ -41,7 +41,7 @@ from harness.server.ledger import Ledger, StreamRefused
 from harness.server.limits import DEFAULT_LIMITS, ProtocolLimits, ProtocolViolation, check_metrics
 from harness.server.peers import in_tree, peer_pid
 from harness.server.wire import Channel, ChannelClosed, FrameRefused
-from harness.graphs.check import MAX_PROGRAM_BYTES
+from harness.graphs.check import MAX_PROGRAM_BYTES, GraphRefused, check_program, parse_program
 from harness.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
 from harness.tracks import Track
 
@@ -654,8 +654,6 @@ class DataServer:
 
         A graph the check refuses is dropped and the reason kept: the snapshot is then evaluated by the
         method's code, as one handed over without a graph. The weights are the snapshot either way."""
-        from harness.graphs.check import GraphRefused, check_program, parse_program
-
         if header.get("graph_file") is None:
             error = header.get("graph_error")
             return {"refused": f"not exported: {str(error)[:500]}"} if error else None

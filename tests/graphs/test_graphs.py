@@ -198,13 +198,11 @@ def test_a_graph_that_cannot_be_used_at_evaluation_falls_back_to_the_method_code
     assert abs(row["val_loss"] + float(logp.mean())) < 1e-5
 
 
-def test_the_program_built_while_the_method_trains_is_the_one_evaluation_uses(tmp_path, synthetic_data, monkeypatch):
-    """GraphHeadStart builds the first graph snapshot's program while training goes on; evaluation binds
-    every snapshot's weights to it and builds nothing itself."""
-    import time
-
+def test_one_architecture_is_built_once_per_evaluation(tmp_path, synthetic_data, monkeypatch):
+    """Snapshots that share a program (one architecture) share its build: it is checked, built and bounded
+    once, and each snapshot's weights are bound to it."""
     import harness.graphs.load as load
-    from harness.evaluation import GraphHeadStart, evaluate_run
+    from harness.evaluation import evaluate_run
     from harness.graphs.export import GraphExporter
     from harness.probes import ProbeSettings
     from tests.graphs.conftest import with_graph
@@ -212,17 +210,13 @@ def test_the_program_built_while_the_method_trains_is_the_one_evaluation_uses(tm
 
     config = dataclasses.replace(small_gpts()["cpu_small"], vocab_size=512, seq_len=128)
     run, exporter = tmp_path / "run", GraphExporter()
-    monkeypatch.setattr(GraphHeadStart, "POLL_S", 0.05)
-    ahead = GraphHeadStart(run, ["cpu"], "float32").start()
-    for i in range(3):  # snapshots arrive while the watcher runs
+    for i in range(3):
         torch.manual_seed(i)
         with_graph(run, f"s{i}", GPT(config).eval(), config.to_dict(), float(i + 1), exporter)
-    deadline = time.monotonic() + 60
-    while not ahead.templates and time.monotonic() < deadline:
-        time.sleep(0.05)
-    templates = ahead.finish()
-    assert len(templates) == 1
-    monkeypatch.setattr(load, "build_graph", lambda *a, **k: pytest.fail("evaluation built a program again"))
+    builds, build = [], load.build_graph
+    monkeypatch.setattr(load, "build_graph", lambda *a, **k: builds.append(1) or build(*a, **k))
     result = evaluate_run(run, synthetic_data, 128, None, None, batch_size=16, progress=False, builder_roots=(),
-                          probes=ProbeSettings(seed=0), fork_server=False, graph_templates=templates)
+                          probes=ProbeSettings(seed=0), fork_server=False)
     assert [row["evaluated_by"] for row in result["snapshots"]] == ["graph"] * 3
+    assert len(builds) == 1
+    assert len({row["val_loss"] for row in result["snapshots"]}) == 3  # each scored with its own weights
