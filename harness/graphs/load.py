@@ -16,8 +16,6 @@ take back by killing a worker.
 
 from __future__ import annotations
 
-import copy
-import json
 import math
 from dataclasses import dataclass
 
@@ -41,8 +39,8 @@ class GraphBounds:
 
 
 def _prepared(program: dict, device: torch.device) -> dict:
-    """The program with its node metadata dropped and every device set to `device`."""
-    program = copy.deepcopy(program)
+    """The program (parsed for this build alone, so changed in place) with its node metadata dropped and
+    every device set to `device`."""
     target = {"type": device.type, "index": device.index}
 
     def walk(value):
@@ -67,9 +65,9 @@ def _prepared(program: dict, device: torch.device) -> dict:
 
 def _deserialize(program: dict, state: dict[str, torch.Tensor], constants: dict[str, torch.Tensor]):
     from torch._export.serde import schema
-    from torch._export.serde.serialize import ExportedProgramDeserializer, _bytes_to_dataclass
+    from torch._export.serde.serialize import ExportedProgramDeserializer, _dict_to_dataclass
 
-    serialized = _bytes_to_dataclass(schema.ExportedProgram, json.dumps(program).encode())
+    serialized = _dict_to_dataclass(schema.ExportedProgram, program)  # (the parsed JSON: not dumped and re-read)
     return ExportedProgramDeserializer().deserialize(serialized, state, constants)
 
 
