@@ -16,7 +16,11 @@ take back by killing a worker.
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import types
+import typing
 from dataclasses import dataclass
 
 import torch
@@ -65,10 +69,66 @@ def _prepared(program: dict, device: torch.device) -> dict:
 
 def _deserialize(program: dict, state: dict[str, torch.Tensor], constants: dict[str, torch.Tensor]):
     from torch._export.serde import schema
-    from torch._export.serde.serialize import ExportedProgramDeserializer, _dict_to_dataclass
+    from torch._export.serde.serialize import ExportedProgramDeserializer
 
-    serialized = _dict_to_dataclass(schema.ExportedProgram, program)  # (the parsed JSON: not dumped and re-read)
+    serialized = _schema_value(schema.ExportedProgram, program)  # (the parsed JSON: not dumped and re-read)
     return ExportedProgramDeserializer().deserialize(serialized, state, constants)
+
+
+@functools.cache
+def _field_types(cls) -> dict:
+    from torch._export.serde import schema
+
+    return typing.get_type_hints(cls, globalns=vars(schema))
+
+
+def _schema_value(cls, data):
+    """The parsed program as torch's schema dataclasses: what torch's own `_dict_to_dataclass` builds, with
+    each class's field types resolved once rather than once per node (there, resolving them was three
+    quarters of building a small model's program: 0.2 of 0.28 s)."""
+    from torch._export.serde import schema
+    from torch._export.serde.union import _Union
+
+    if isinstance(cls, typing.ForwardRef):
+        cls = cls.__forward_arg__
+    if isinstance(cls, str):
+        resolved = getattr(schema, cls, None)
+        if resolved is None:
+            raise GraphRefused(f"the program names an unknown schema type {cls!r}")
+        cls = resolved
+    origin = typing.get_origin(cls)
+    if origin is typing.Annotated:
+        return _schema_value(cls.__origin__, data)
+    if origin in (typing.Union, types.UnionType) and type(None) in typing.get_args(cls):
+        if data is None:
+            return None
+        present = [arg for arg in typing.get_args(cls) if arg is not type(None)]
+        return _schema_value(present[0], data)
+    if isinstance(cls, type) and issubclass(cls, _Union):
+        if not isinstance(data, dict) or len(data) != 1:
+            raise GraphRefused(f"the program has a malformed {cls.__name__} (one field expected)")
+        (name, value), = data.items()
+        types_ = _field_types(cls)
+        if name not in types_:
+            raise GraphRefused(f"the program's {cls.__name__} has no field {name!r}")
+        return cls.create(**{name: _schema_value(types_[name], value)})
+    if dataclasses.is_dataclass(cls):
+        if not isinstance(data, dict):
+            raise GraphRefused(f"the program has a malformed {cls.__name__} (an object expected)")
+        types_ = _field_types(cls)
+        return cls(**{f.name: _schema_value(types_[f.name], data[f.name]) for f in dataclasses.fields(cls)
+                      if f.name in data})  # (keys the schema does not know are ignored, as torch does)
+    if isinstance(data, list):
+        if not data:
+            return data
+        item = typing.get_args(cls)[0]
+        return [_schema_value(item, value) for value in data]
+    if isinstance(data, dict):
+        item = typing.get_args(cls)[1]
+        return {key: _schema_value(item, value) for key, value in data.items()}
+    if cls is float:
+        return float(data)
+    return data
 
 
 def _serialized_dtype(code) -> torch.dtype:
@@ -204,7 +264,7 @@ def build_graph(data: bytes, weights: dict[str, torch.Tensor], constants: dict[s
         raise
     except Exception as exc:  # the deserializer's own refusals: malformed, inconsistent, unknown operators
         raise GraphRefused(f"the exported program could not be built ({type(exc).__name__}: {str(exc)[:300]})") from None
-    module = exported.graph_module
+    module = _without_copies(exported.graph_module)
     order, arguments, input_at = [], [], -1
     for spec in exported.graph_signature.input_specs:
         kind = spec.kind.name
@@ -221,6 +281,44 @@ def build_graph(data: bytes, weights: dict[str, torch.Tensor], constants: dict[s
     bounds = measure(module, arguments, input_at, summary.input_shape, device)
     _check_bounds(bounds, summary.input_shape)
     return GraphTemplate(module, order, metas, summary, bounds, device, autocast)
+
+
+def _without_copies(module):
+    """The module without the nodes that cost time and compute nothing the harness can observe: a copy in
+    the same layout (what `dropout` in eval mode and some views export as) and export's own metadata
+    asserts (the harness casts every weight to its declared dtype itself).
+
+    A copy is only observable if something writes to one side of it, and the check refused every graph
+    that writes; copies the graph returns are kept (the caller may own its logits). A copy into another
+    layout (`memory_format=contiguous_format`) is kept: what follows may depend on its strides. Dropping
+    these made the `cpu_small` GPT's forward 2 to 3% faster on one CPU thread, even with the eager model.
+    """
+    graph = module.graph
+    outputs = {id(arg) for node in graph.nodes if node.op == "output" for arg in _flat(node.args)}
+    changed = False
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is torch.ops.aten._assert_tensor_metadata.default and not node.users:
+            graph.erase_node(node)
+            changed = True
+        elif (node.target is torch.ops.aten.clone.default and id(node) not in outputs
+              and node.kwargs.get("memory_format", torch.preserve_format) is torch.preserve_format):
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+            changed = True
+    if changed:
+        graph.lint()
+        module.recompile()
+    return module
+
+
+def _flat(value):
+    if isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _flat(item)
+    else:
+        yield value
 
 
 def load_graph(data: bytes, weights: dict[str, torch.Tensor], constants: dict[str, torch.Tensor],

@@ -34,6 +34,38 @@ def test_q0_gpts_export_and_match_their_eager_forward(preset):
     assert set(name.split(".")[0] for name in graph.summary.ops) <= ALLOWED_OPS
 
 
+@pytest.mark.parametrize("preset", sorted(small_gpts()))
+def test_the_program_is_read_into_the_same_schema_objects_as_torch_reads_it(preset):
+    """The harness's own reader of the program (field types resolved once per class) against torch's."""
+    from torch._export.serde import schema
+    from torch._export.serde.serialize import _dict_to_dataclass
+
+    from harness.graphs.load import _schema_value
+    from q0_reference.model import GPT
+
+    config = small_gpts()[preset]
+    program, _ = export(GPT(config).eval(), 4, config.seq_len)
+    ours = _schema_value(schema.ExportedProgram, program_of(program))
+    assert ours == _dict_to_dataclass(schema.ExportedProgram, program_of(program))
+    assert len(ours.graph_module.graph.nodes) > 20
+
+
+def test_a_malformed_union_is_refused_by_the_check_and_by_the_reader(bigram):
+    from torch._export.serde import schema
+
+    from harness.graphs.load import _schema_value
+
+    program = program_of(export(bigram)[0])
+    node = program["graph_module"]["graph"]["nodes"][0]
+    node["inputs"][0]["arg"] = {"as_tensor": {"name": "x"}, "as_int": 1}  # a union must hold one field
+    with pytest.raises(GraphRefused, match="malformed argument"):
+        load_graph(forged(program), dict(bigram.state_dict()), {})
+    with pytest.raises(GraphRefused, match="one field"):  # (the reader does not count on the check)
+        _schema_value(schema.Argument, node["inputs"][0]["arg"])
+    with pytest.raises(GraphRefused, match="no field"):
+        _schema_value(schema.Argument, {"as_pickle": "x"})
+
+
 def test_bf16_weights_run_as_the_graph_declares(bigram):
     program, constants = export(bigram)
     weights = {k: v.to(torch.bfloat16) for k, v in bigram.state_dict().items()}
@@ -220,3 +252,33 @@ def test_one_architecture_is_built_once_per_evaluation(tmp_path, synthetic_data,
     assert [row["evaluated_by"] for row in result["snapshots"]] == ["graph"] * 3
     assert len(builds) == 1
     assert len({row["val_loss"] for row in result["snapshots"]}) == 3  # each scored with its own weights
+
+
+def test_copies_nobody_can_observe_are_dropped_and_the_others_kept():
+    """A same-layout copy inside a graph that cannot write is dropped; a copy into another layout, and a
+    copy the graph returns, are kept (the results are compared with the eager forward, bit for bit)."""
+
+    class Copies(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.table = torch.nn.Embedding(64, 8)
+            self.drop = torch.nn.Dropout(0.1)  # eval mode: exported as a copy
+
+        def forward(self, idx):
+            h = self.drop(self.table(idx)).transpose(1, 2).contiguous()  # a copy into another layout
+            logits = torch.nn.functional.linear(h.transpose(1, 2), self.table.weight)
+            return logits.clone()  # a copy that is the output
+
+    torch.manual_seed(0)
+    module = Copies().eval()
+    program, constants = export(module, 4, 16)
+    exported_clones = [n for n in program_of(program)["graph_module"]["graph"]["nodes"]
+                       if n["target"] == "torch.ops.aten.clone.default"]
+    graph = load_graph(program, dict(module.state_dict()), constants)
+    kept = [n for n in graph._module.graph.nodes if n.target is torch.ops.aten.clone.default]
+    assert len(exported_clones) == 3 and len(kept) == 2
+    assert {n.kwargs.get("memory_format") for n in kept} == {torch.contiguous_format, None}
+    assert not [n for n in graph._module.graph.nodes if n.target is torch.ops.aten._assert_tensor_metadata.default]
+    idx = torch.randint(0, 64, (4, 16))
+    with torch.no_grad():
+        assert torch.equal(graph(idx), module(idx))
