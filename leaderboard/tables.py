@@ -58,6 +58,11 @@ class TrackTable:
         return self.ranked + self.unranked
 
     @property
+    def has_method_code(self) -> bool:
+        """Whether an entry was scored by the method's own code (the board then offers to hide them)."""
+        return any(entry.by_method_code for entry in self.entries)
+
+    @property
     def rows(self) -> tuple[Row, ...]:
         """Every run of the table, ranked entries first, each entry's runs together."""
         return tuple(row for entry in self.entries for row in entry.runs)

@@ -343,3 +343,24 @@ def test_runs_scored_by_method_code_say_so(tmp_path):
     build_site(tmp_path / "records", tmp_path / "site", workers=1)
     board = parse_boards((tmp_path / "site" / "index.html").read_text(encoding="utf-8"))[0]
     assert board.column("Status") == ["ok", "ok method code", "ok method code"]
+
+
+def test_the_board_can_show_only_entries_evaluated_from_graphs(tmp_path):
+    """Rows scored by method code carry a marker that the checkbox's stylesheet rule hides; a board whose
+    entries were all scored from graphs offers no such view."""
+    graph, mixed = make_record(0, method__name="graphs"), make_record(1, method__name="mixed")
+    mixed["snapshots"][0]["evaluated_by"] = "method code"
+    write_board(tmp_path / "records", [graph, mixed])
+    build_site(tmp_path / "records", tmp_path / "site", workers=1)
+    html = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    rows = {row.split('href="e/')[1].split(".html")[0]: row for row in html.split("<tr")[1:] if 'href="e/' in row}
+    assert len(rows) == 2
+    marked = [page for page, row in rows.items() if "data-method-code" in row.split(">")[0]]
+    assert len(marked) == 1 and "mixed" in rows[marked[0]] and "method code" in rows[marked[0]]
+    assert 'id="graph-only"' in html
+    css = (tmp_path / "site" / "static" / "style.css").read_text(encoding="utf-8")
+    assert "body:has(#graph-only:checked) tr[data-method-code] { display: none; }" in css
+
+    write_board(tmp_path / "only-graphs", [make_record(0, method__name="graphs")])
+    build_site(tmp_path / "only-graphs", tmp_path / "site2", workers=1)
+    assert 'id="graph-only"' not in (tmp_path / "site2" / "index.html").read_text(encoding="utf-8")
