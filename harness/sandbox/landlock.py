@@ -271,17 +271,23 @@ def apply_landlock(
     devices: Iterable[str] = (),
     list_only: Iterable[str] = (),
     scope_abstract_sockets: bool = True,
+    as_abi: int | None = None,
 ) -> Confinement:
     """Confine this process, and everything it starts later, to the given paths; irreversible.
 
     Read-only paths may be read and executed, read-write paths are fully usable, devices may be read,
     written and (ABI 5+) ioctl'ed, list-only directories may only be listed. Paths that do not exist are
-    skipped. Must be called while the process has a single thread.
+    skipped. Must be called while the process has a single thread. `as_abi` applies the ruleset an older
+    kernel would (its rights and scopes only): how the tests reproduce ABI 1's refusals on a newer kernel.
     """
     ensure_single_threaded()
     abi, reason = probe()
     if abi < 1:
         raise SandboxError(f"Landlock is unavailable: {reason}")
+    if as_abi is not None:
+        if not 1 <= as_abi <= abi:
+            raise SandboxError(f"cannot apply Landlock ABI {as_abi} rules on a kernel with ABI {abi}")
+        abi = as_abi
     handled = handled_access_fs(abi)
     scoped = scopes(abi)
     if not scope_abstract_sockets:
