@@ -265,16 +265,22 @@ class RunContext:
                 item.unlink(missing_ok=True)  # gone already when the server took it
         return reply["snapshot"]
 
-    def _export_graph(self, module, build: dict, tag: str, written: list) -> dict:
-        """The snapshot header's graph fields: the exported forward's files in the outbox, or why not."""
-        from safetensors.torch import save_file
+    def prepare_snapshot(self, model, spec: dict | None = None) -> bool:
+        """Export `model`'s forward now, as `save_snapshot(model, ..., graph=True)` would at the first
+        snapshot of its build spec: during warm-up, before the first real batch, that cost (seconds for a
+        small model, more for a large one) is outside the training clock. Later snapshots of the same build
+        spec reuse the export. True when the forward could be exported."""
+        build = build_spec_of(model, spec)
+        return "graph_error" not in self._exported(model, build, "(prepared)")
 
+    def _exported(self, module, build: dict, tag: str):
+        """The exported program and constants for `build` (exported once), or {"graph_error": why}."""
         from harness.graphs.export import GraphExporter
 
         if self._exporter is None:
             self._exporter = GraphExporter()
         try:
-            program, constants = self._exporter.export(module, build, self.eval_batch_size, self.seq_len)
+            return self._exporter.export(module, build, self.eval_batch_size, self.seq_len)
         except Exception as exc:  # noqa: BLE001 - any failure to trace means: evaluate by the method's code
             reason = f"{type(exc).__name__}: {exc}".strip()[:500]
             if not self._export_warned:
@@ -282,6 +288,15 @@ class RunContext:
                 print(f"slowrun: snapshot {tag!r}: the forward pass could not be exported ({reason}); snapshots "
                       "are evaluated by the method's own code in the sandboxed worker", file=sys.stderr, flush=True)
             return {"graph_error": reason}
+
+    def _export_graph(self, module, build: dict, tag: str, written: list) -> dict:
+        """The snapshot header's graph fields: the exported forward's files in the outbox, or why not."""
+        from safetensors.torch import save_file
+
+        exported = self._exported(module, build, tag)
+        if isinstance(exported, dict):
+            return exported
+        program, constants = exported
         graph_path = self._outbox_path("graph").with_suffix(".json")
         graph_path.write_bytes(program)
         written.append(graph_path)

@@ -17,9 +17,9 @@ continues with identical losses on CPU.
 from __future__ import annotations
 
 import copy
-import math
+import time
 from dataclasses import dataclass, field
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import torch
 
@@ -31,7 +31,8 @@ from q0_reference.errors import Q0ConfigError
 from q0_reference.model import GPT, GPTConfig, build_on_device
 from q0_reference.optim import OptimizerSpec, build_optimizer, set_multipliers
 from q0_reference.perturb import PerturbationSchedule, cycle_progress, perturb_weights, seeded_generator
-from q0_reference.placement import Placement, place
+from q0_reference import timed
+from q0_reference.placement import Placement, choose_group_count, group_sizes, place
 from q0_reference.planner import Plan, PlannerThresholds, naive_ensemble_members, plan
 from q0_reference.runtime import Runtime
 from q0_reference.schedule import WarmupDecaySchedule, block_triangular_batches, steps_for_epochs
@@ -380,8 +381,9 @@ class Q0Layout:
         return self.batches[0 if cycle is None else cycle]
 
 
-def q0_layout(ctx, recipe: Recipe, settings: Q0Settings) -> Q0Layout:
-    allocation = q0_plan(ctx.budget, settings)
+def q0_layout(ctx, recipe: Recipe, settings: Q0Settings, budget: float | None = None) -> Q0Layout:
+    """The layout for `budget` epochs (the run's budget unless the clock allows less)."""
+    allocation = q0_plan(ctx.budget if budget is None else budget, settings)
     globals_ = settings.cycle_batches(recipe.batch_size, allocation.cycles_per_trajectory)
     placement = place(ctx, allocation.n_trajectories, globals_, recipe.micro_batch_size, recipe.rank_groups)
     micro = recipe.micro_batch_size or auto_micro_batch(globals_, placement.size)
@@ -418,6 +420,68 @@ def _finish_q0(ctx, settings: Q0Settings, placement: Placement, fitness: Mapping
         ctx.set_ensemble(weights)
 
 
+def _steps_to_cycle_end(schedule, step: int) -> int:
+    """Steps from `step` (the next to run) to the end of its cycle, that step included."""
+    ends = [end for end in schedule.cycle_end_steps() if end >= step]
+    return (ends[0] if ends else schedule.total_steps - 1) - step + 1
+
+
+def _out_of_time(ctx, guard: "timed.CapGuard", schedule, allocation: Plan, trajectory: int, step: int,
+                 log_every: int, cut: bool) -> bool:
+    """Whether the group must stop now, before the cap: the steps up to its next check point (the next log
+    point or cycle end) and a snapshot would not fit. Every rank of the group gets its leader's answer."""
+    cycle = schedule.cycle_index(step)
+    to_next = min(log_every - step % log_every, _steps_to_cycle_end(schedule, step))
+    if not guard.should_stop(to_next, cycle is not None and allocation.has_teacher(cycle)):
+        return False
+    ctx.log(event="stopped for the cap", trajectory=trajectory, step=step,
+            steps_to_cycle_end=_steps_to_cycle_end(schedule, step), cut_mid_cycle=cut,
+            remaining_s=ctx.remaining_seconds)
+    return True
+
+
+def _clock_plan(ctx, recipe: Recipe, settings: Q0Settings, runtime: Runtime, state: Mapping[str, Any],
+                teacher_dtype) -> tuple[float, "timed.StepCost"]:
+    """The epoch budget the training clock allows, and the step cost it was planned with (q0_reference.timed).
+
+    A first trajectory's student is built where the run's budget would place it and warmed up on random
+    batches (compiling outside the cap); a resumed run warms up the same way but keeps the budget its
+    checkpoint carries, so its schedule is the one it started."""
+    first = q0_layout(ctx, recipe, settings)
+    placement = first.placement
+    jobs = placement.jobs(first.allocation.n_trajectories) or [0]
+    student = _Student(ctx, recipe, runtime, placement, ctx.seed * 1000 + jobs[0])
+    cost = timed.measure_step_cost(
+        ctx, student, first.batches[0], runtime, settings.distill,
+        lambda: Teacher(student.model, dtype=teacher_dtype, autocast=runtime.autocast, compile_fn=runtime.compiled))
+    prepare = getattr(ctx, "prepare_snapshot", None)  # the first snapshot's graph export, outside the clock too
+    exported = None
+    if prepare is not None and placement.is_leader:
+        started = time.perf_counter()
+        exported = {"graph_ready": bool(prepare(student.model)), "export_s": round(time.perf_counter() - started, 6)}
+    world = getattr(ctx, "world_size", 1)
+
+    def time_of(epochs: float) -> float:
+        allocation = q0_plan(epochs, settings)
+        if world <= 1:
+            n_groups, size = 1, 1
+        else:
+            batches = settings.cycle_batches(recipe.batch_size, allocation.cycles_per_trajectory)
+            n_groups = choose_group_count(allocation.n_trajectories, world, batches, recipe.micro_batch_size,
+                                          recipe.rank_groups)
+            size = min(group_sizes(world, n_groups))
+        return timed.plan_seconds(allocation, ctx.epoch_tokens, cost, n_groups, size)
+
+    kept = state.get("clock_budget")
+    left = ctx.remaining_seconds
+    budget = float(kept) if kept is not None else timed.clock_budget(ctx.budget, left, time_of)
+    if world > 1:  # rank 0's plan for every rank: the layout (and the rank groups it makes) must be one
+        budget = float(ctx.gather("q0-clock-budget", budget)[0])
+    ctx.log(event="clock plan", budget_epochs=ctx.budget, planned_epochs=budget, seconds_left=left,
+            planned_seconds=time_of(budget), resumed=kept is not None, **cost.to_log(), **(exported or {}))
+    return budget, cost
+
+
 def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] | None = None) -> Plan:
     """Hyper-epoch pretraining: cyclic trajectories, a snapshot per cycle, chain distillation.
 
@@ -430,8 +494,14 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
     """
     runtime = recipe.runtime(ctx)
     runtime.configure_backends()
-    layout = q0_layout(ctx, recipe, settings)
+    state = ctx.resume_state() or {}
+    teacher_dtype = torch.bfloat16 if runtime.bf16 else None
+    budget, cost = ctx.budget, None
+    if getattr(ctx, "time_limit_s", None) is not None:
+        budget, cost = _clock_plan(ctx, recipe, settings, runtime, state, teacher_dtype)
+    layout = q0_layout(ctx, recipe, settings, budget)
     allocation, placement, schedule = layout.allocation, layout.placement, layout.schedule
+    guard = None if cost is None else timed.CapGuard(ctx, cost, placement, runtime.device)
     ctx.log(event="plan", trajectories=allocation.n_trajectories, cycles=allocation.cycles_per_trajectory,
             cycle_epochs=allocation.cycle_epochs, warmup_cycles=allocation.warmup_cycles, mode=allocation.mode,
             steps_per_trajectory=schedule.total_steps, rank_groups=placement.n_groups, group_size=placement.size,
@@ -440,7 +510,6 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
             accumulation=sorted({b.accumulation for b in layout.batches}))
     if trajectories is None:
         trajectories = placement.jobs(allocation.n_trajectories)
-    state = ctx.resume_state() or {}
     done = set(state.get("done", []))
     fitness: dict[str, torch.Tensor] = {}
     if state:
@@ -449,7 +518,8 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
             fitness.update(state.get("fitness", {}))
     windows = _fitness_windows(ctx, settings, placement)
     snapshot_dtype = recipe.snapshot_torch_dtype(runtime)
-    teacher_dtype = torch.bfloat16 if runtime.bf16 else None
+    plan_state = {} if cost is None else {"clock_budget": budget}  # (a resumed run keeps its plan)
+    stop = False  # the clock: this group stops after the snapshot it takes now
     total_steps = schedule.total_steps * allocation.n_trajectories
     n_cycles = allocation.cycles_per_trajectory
     clock = CheckpointClock(recipe.checkpoint, placement)
@@ -493,6 +563,10 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
                     perturb(finished, step)
         stream = None
         micro = None
+        if guard is not None and step < schedule.total_steps:  # a trajectory whose next cycle cannot end in time
+            stop = _out_of_time(ctx, guard, schedule, allocation, t, step, recipe.log_every, cut=False)
+            if stop:
+                break
         while step < schedule.total_steps:
             batch = layout.batch_at(step)
             if batch.micro_batch != micro:
@@ -507,19 +581,28 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
             throughput.add(batch.tokens_per_step(ctx.seq_len))
             is_end = schedule.is_cycle_end(step)
             step += 1
-            if step % recipe.log_every == 0 or is_end:
+            checking = step % recipe.log_every == 0 or is_end
+            if checking:
                 _log_point(ctx, throughput, stream=f"trajectory{t}", step=step, loss=loss, lr_mult=mult.lr,
                            wd_mult=mult.weight_decay, distilled=use_teacher)
-            if not is_end:
+            if guard is not None:
+                guard.stepped()
+                if checking and step < schedule.total_steps:
+                    stop = _out_of_time(ctx, guard, schedule, allocation, t, step, recipe.log_every,
+                                        cut=not is_end)
+            cut = stop and not is_end
+            if not (is_end or cut):
                 continue
-            tag = f"t{t}-c{cycle:03d}"
+            tag = f"t{t}-c{cycle:03d}" + ("-cut" if cut else "")
             ctx.save_snapshot(_snapshot(model, snapshot_dtype), tag, meta={
-                "trajectory": t, "cycle": cycle, "distilled": use_teacher, "step": step}, graph=model,
-                **placement.snapshot_args)
+                "trajectory": t, "cycle": cycle, "distilled": use_teacher, "step": step,
+                **({"cut_at_cap": True} if cut else {})}, graph=model, **placement.snapshot_args)
             if windows is not None:
                 from q0_reference.selection import target_logprobs
 
                 fitness[tag] = target_logprobs(model, windows, to_device=runtime.to_device, autocast=runtime.autocast)
+            if stop:
+                break
             more = step < schedule.total_steps
             if more and allocation.has_teacher(cycle + 1):
                 if teacher is None:
@@ -530,14 +613,17 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
             perturbing = more and settings.perturbation is not None
             if clock.due() and more:
                 _write_checkpoint(ctx.checkpoint, placement,
-                                  {"done": sorted(done), "trajectory": t, "step": step, "perturb_pending": perturbing},
+                                  {"done": sorted(done), "trajectory": t, "step": step, "perturb_pending": perturbing,
+                                   **plan_state},
                                   {**student.shared_state(), "generator": generator.get_state(), "fitness": fitness})
                 clock.taken()
             if perturbing:
                 perturb(cycle, step)
+        if stop:  # the clock ends this group's training here: no more trajectories, no checkpoint to resume
+            break
         done.add(t)
         state = {}
-        _write_checkpoint(ctx.checkpoint, placement, {"done": sorted(done), "trajectory": None},
+        _write_checkpoint(ctx.checkpoint, placement, {"done": sorted(done), "trajectory": None, **plan_state},
                           {"fitness": fitness})
         clock.taken()
         del student, model, optimizer, teacher

@@ -36,6 +36,9 @@ class FakeContext:
     streams: dict = field(default_factory=dict)
     served_targets: int = 0
     groups_asked: list = field(default_factory=list)
+    time_limit_s: float | None = None  # a compute class's cap
+    train_clock: object = None  # () -> training seconds so far (the harness's clock); None: 0
+    warmup_served: int = 0  # warm-up batches handed out (never metered)
 
     def __post_init__(self):
         self.hparams = MappingProxyType(dict(self.hparams))
@@ -64,6 +67,19 @@ class FakeContext:
 
         return windows()
 
+    @property
+    def remaining_seconds(self):
+        if self.time_limit_s is None:
+            return None
+        return max(0.0, self.time_limit_s - (self.train_clock() if self.train_clock else 0.0))
+
+    def warmup_batches(self, n, batch_size=8):
+        generator = torch.Generator().manual_seed(self.seed ^ 0x5EED)
+        for _ in range(n):
+            self.warmup_served += 1
+            tokens = torch.randint(0, self.vocab_size, (batch_size, self.seq_len + 1), generator=generator)
+            yield tokens[:, :-1], tokens[:, 1:]
+
     def gather(self, key, value):
         """This rank's value alone: the fake plays one rank and has no peers (real ranks gather in
         tests/runner/test_distributed.py and tests/accounting)."""
@@ -87,6 +103,10 @@ class FakeContext:
         assert graph is True or isinstance(graph, torch.nn.Module)  # what the harness's context accepts
         self.snapshots.append((tag, {k: v.detach().clone() for k, v in model.state_dict().items()}, dict(meta or {})))
         return {"tag": tag}
+
+    def prepare_snapshot(self, model, spec=None):
+        self.prepared = getattr(self, "prepared", 0) + 1
+        return True
 
     def snapshot_tags(self):
         return [tag for tag, _, _ in self.snapshots]

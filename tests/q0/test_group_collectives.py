@@ -7,6 +7,7 @@ with the same computation in this single process."""
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -19,13 +20,15 @@ from q0_reference.model import build_gpt
 from q0_reference.muon import BatchedMuon
 from q0_reference.placement import Placement
 from q0_reference.trainer import accumulated_step
-from q0_reference.recipes import Recipe, train_single
+from q0_reference.recipes import Q0Settings, Recipe, train_q0, train_single
 from harness.distributed import RankGroup
 from tests.q0.fakes import FakeContext
 from tests.q0.fakes import GradientRecorder as Recorder
 
 SINGLE = dict(d_model=32, n_layer=1, n_head=2, batch_size=8, micro_batch_size=2, warmup_steps=2, log_every=1,
               compile="off", autocast="fp32")
+TIMED = dict(d_model=32, n_layer=1, n_head=2, batch_size=12, micro_batch_size=2, warmup_steps=2, log_every=2,
+             compile="off", autocast="fp32", snapshot_dtype="float32")
 CONFIG = dict(vocab_size=64, seq_len=16, n_layer=2, n_head=2, d_model=32, mlp="swiglu")
 WORLD = 2
 
@@ -110,8 +113,26 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
     ctx.rank_groups = lambda n: group
     train_single(ctx, Recipe.from_hparams(SINGLE), epochs=1.0, seed=4, snapshot_every_epochs=0)
     out["single"] = (ctx.snapshots, [e["loss"] for e in ctx.logs if "loss" in e], dict(ctx.streams))
+
+    # 6. q0 under a cap on the group, 3 microbatches a step: the leader's clock alone says when the group
+    # stops (rank 1's clock is skewed to say there is all the time in the world)
+    ctx = FakeContext(world_size=WORLD, rank=rank, budget=8.0, seed=5, time_limit_s=100.0)
+    ctx.rank_groups = lambda n: group
+    ctx.gather = _all_gather
+    ctx.train_clock = (lambda: ctx.served_targets / (6 * 16) * 10.0) if rank == 0 else (lambda: 0.0)
+    if rank == 1:
+        time.sleep(0.05)  # and it starts late
+    train_q0(ctx, Recipe.from_hparams(TIMED), Q0Settings.from_hparams(TIMED))
+    out["timed"] = ([tag for tag, _, _ in ctx.snapshots], dict(ctx.streams),
+                    [e for e in ctx.logs if e.get("event") in ("clock plan", "stopped for the cap")], ctx.ensemble)
     torch.save(out, Path(out_dir) / f"rank{rank}.pt")
     dist.destroy_process_group()
+
+
+def _all_gather(key, value):
+    values = [None] * WORLD
+    dist.all_gather_object(values, value)
+    return values
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +194,19 @@ def test_single_model_on_two_ranks_matches_one_process_with_the_same_global_batc
     (_, got, _), = snapshots
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+
+
+def test_q0_under_a_cap_stops_its_group_together_on_the_leaders_clock(ranks):
+    (tags, streams, events, ensemble), (follower_tags, follower_streams, follower_events, _) = (
+        ranks[0]["timed"], ranks[1]["timed"])
+    plan_log = [e for e in events if e["event"] == "clock plan"]
+    assert plan_log and plan_log[0]["planned_epochs"] == 8.0  # the warm-up found it fast: the clock decides later
+    stops, follower_stops = ([e for e in x if e["event"] == "stopped for the cap"] for x in (events, follower_events))
+    same = [{k: v for k, v in e.items() if k != "remaining_s"} for e in stops]  # (each rank's own clock)
+    assert len(stops) == 1 and [{k: v for k, v in e.items() if k != "remaining_s"} for e in follower_stops] == same
+    assert tags and follower_tags == [] and ensemble == "prior"
+    (key, count), = streams.items()
+    (follower_key, follower_count), = follower_streams.items()
+    assert key[1] == (0, 2) and follower_key[1] == (1, 2) and count == follower_count
+    assert count % 3 == 0  # whole steps of 3 microbatches
+    assert count // 3 * 10.0 <= 100.0  # 10 s a step on the leader's clock: stopped within the cap
