@@ -11,8 +11,15 @@
 #   5. the same for PR #90's preset;
 #   6. evaluation from exported graphs: every snapshot of step 2 was scored from its graph on the GPU,
 #      and one 1.8B `fineweb` snapshot's graph is exported, built, bounded and timed against the eager
-#      forward (the estimate per fineweb snapshot on this GPU is printed).
-# Any failure stops the check with a non-zero status; nothing is skipped.
+#      forward (the estimate per fineweb snapshot on this GPU is printed);
+#   7. with more than one GPU (or GPU_CHECK_RANKS > 1; 2 on a CPU, over gloo): q0 by torchrun on every
+#      rank, inside the sandbox: one trajectory over all ranks (DDP, compiled, 3 microbatches per step
+#      with no_sync, Muon's orthogonalisation sharded over the group), then two trajectories on two rank
+#      groups; each run's metered tokens must be its ranks' shards, none past the budget.
+# It begins with a doctor (benchmarks/doctor.py: torch and its CUDA, driver, GPUs, NCCL, device nodes,
+# Landlock ABI; a CPU-only torch asked for CUDA is refused with the install command). Any failure, and
+# any run whose status is not ok, stops the check with a non-zero status; nothing is skipped. Each stage
+# prints how long it took.
 #
 #   benchmarks/gpu_check.sh                  # from the repository root, with the venv active
 #
@@ -33,22 +40,36 @@ TRACKS=benchmarks/gpt2_webtext.toml
 started=$(date +%s)
 
 fail() { echo "GPU CHECK FAILED: $*" >&2; exit 1; }
-step() { echo; echo "== $* ($(( $(date +%s) - started )) s)"; }
+stage_started=$started
+stage_name=""
+stage_done() {
+  [[ -n "$stage_name" ]] && echo "-- stage ${stage_name%%.*} took $(( $(date +%s) - stage_started )) s"
+  return 0
+}
+step() { stage_done; stage_name="$*"; stage_started=$(date +%s); echo; echo "== $* ($(( stage_started - started )) s)"; }
+# A run that did not end `ok` stops the check here, with the record's error.
+check_ok() {
+  python - "$1" <<'PY' || fail "run $1 did not end ok"
+import json, sys
+record = json.load(open(f"{sys.argv[1]}/record.json"))
+if record["status"] != "ok":
+    raise SystemExit(f"{sys.argv[1]}: status {record['status']}: {record.get('error')}")
+PY
+}
 
 for file in "$RANKS" "$DATA_ROOT/webtext/webtext.valid.jsonl" "$DATA_ROOT/webtext/webtext.test.jsonl"; do
   [[ -f "$file" ]] || fail "$file not found (set SLOWRUN_DATA_ROOT or SLOWRUN_GPT2_RANKS)"
 done
 command -v slowrun >/dev/null || fail "slowrun is not on PATH (activate the venv: . .venv/bin/activate)"
-python - "$DEVICE" <<'EOF' || fail "device $DEVICE is not usable"
-import sys, torch
-device = sys.argv[1]
-if device.startswith("cuda"):
-    assert torch.cuda.is_available(), "CUDA is not available to this PyTorch"
-    print(f"torch {torch.__version__}, CUDA {torch.version.cuda}, {torch.cuda.get_device_name(device)}, "
-          f"{torch.cuda.get_device_properties(device).total_memory / 2**30:.0f} GiB")
-else:
-    print(f"torch {torch.__version__} on {device}")
-EOF
+step "0. doctor"
+python -m benchmarks.doctor --device "$DEVICE" || fail "the doctor found a problem (above)"
+if [[ -z "${GPU_CHECK_RANKS:-}" ]]; then
+  if [[ "$DEVICE" == cuda* ]]; then
+    GPU_CHECK_RANKS=$(python -c "import torch; print(torch.cuda.device_count())")
+  else
+    GPU_CHECK_RANKS=2
+  fi
+fi
 
 if [[ "$TINY" == 1 ]]; then
   TRACK=webtext_gpt2_tiny; COPIES=1; EPOCHS=1; AUTOCAST=fp32
@@ -58,6 +79,7 @@ if [[ "$TINY" == 1 ]]; then
   PROBE=(--tiny --micro 1 2)
   PROBE_PR90=(--tiny --micro 1)
   GRAPH=(--tiny --windows 32 --batch 8)
+  LEG_MICRO=2
 else
   TRACK=webtext_gpt2; COPIES=3; EPOCHS=8; AUTOCAST=bf16
   MODEL=(--set d_model=768 --set n_layer=12 --set n_head=12)
@@ -66,6 +88,7 @@ else
   PROBE=(--micro 1 2 3 4)
   PROBE_PR90=(--micro 1)
   GRAPH=(--windows 64 --batch 16)
+  LEG_MICRO=8
 fi
 rm -rf "$OUT"
 mkdir -p "$OUT"
@@ -83,6 +106,7 @@ COMMON=(--track "$TRACK" --tracks "$TRACKS" --data "$OUT/data" --epochs "$EPOCHS
 for method in single_model q0; do
   step "2. $method: train $EPOCHS epoch(s) compiled, autocast $AUTOCAST, then evaluate"
   slowrun run "submissions/$method" "${COMMON[@]}" --out "$OUT/$method"
+  check_ok "$OUT/$method"
 done
 
 step "3. bare PyTorch loop of the same model and batch"
@@ -107,6 +131,24 @@ for run in sys.argv[1:]:
     assert by == ["graph"], by
 EOF
 python -m benchmarks.graph_eval --preset fineweb "${GRAPH[@]}" --device "$DEVICE" --json "$OUT/graph_eval.json"
+
+if (( GPU_CHECK_RANKS > 1 )); then
+  LEG=(--track "$TRACK" --tracks "$TRACKS" --data "$OUT/data" --epochs 1 --device "$DEVICE" --quiet
+       --nproc-per-node "$GPU_CHECK_RANKS" "${MODEL[@]}" --set compile=on --set "autocast=$AUTOCAST"
+       --set log_every=5 --set optimizer=muon --set "micro_batch_size=$LEG_MICRO")
+  for trajectories in 1 2; do
+    groups=$(( trajectories < GPU_CHECK_RANKS ? trajectories : GPU_CHECK_RANKS ))
+    batch=$(( GPU_CHECK_RANKS * LEG_MICRO * 3 ))  # at least 3 microbatches a step on every rank of a group
+    step "7. $GPU_CHECK_RANKS ranks: q0, $trajectories trajectory(ies) on $groups rank group(s), batch $batch in microbatches of $LEG_MICRO"
+    slowrun run submissions/q0 "${LEG[@]}" --set "batch_size=$batch" --set "n_trajectories=$trajectories" \
+      --set small_budget_epochs=0 \
+      --out "$OUT/q0_ranks_t$trajectories"
+    check_ok "$OUT/q0_ranks_t$trajectories"
+    python -m benchmarks.rank_shards "$OUT/q0_ranks_t$trajectories" --ranks "$GPU_CHECK_RANKS" --streams "$trajectories" \
+      || fail "the ranks' metered data do not add up"
+  done
+fi
+stage_done
 
 elapsed=$(( $(date +%s) - started ))
 echo

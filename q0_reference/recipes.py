@@ -342,7 +342,8 @@ class Q0Settings:
         if hp.get("perturb_start", 0.0) > 0:
             perturb = PerturbationSchedule(hp["perturb_start"], hp.get("perturb_end", 0.05))
         thresholds = PlannerThresholds(cycle_epochs=hp.get("cycle_epochs", 2.0) or 2.0,
-                                       warmup_cycles=hp.get("warmup_cycles", 8))
+                                       warmup_cycles=hp.get("warmup_cycles", 8),
+                                       small_budget_epochs=hp.get("small_budget_epochs", 8.0))
         return cls(lr_floor=hp.get("lr_floor", 0.08), wd_floor=hp.get("wd_floor", 0.7),
                    distill=DistillSpec(hp.get("alpha", 0.45), hp.get("temperature", 1.2)), perturbation=perturb,
                    thresholds=thresholds, n_trajectories=hp.get("n_trajectories", 0),

@@ -82,3 +82,58 @@ def test_summary_fails_loudly_on_a_run_that_did_not_train_and_evaluate(tmp_path,
     run = write_run(tmp_path / "run", **change)
     assert summary.main([str(run)]) == 1
     assert message in capsys.readouterr().err
+
+
+def test_the_doctor_passes_a_cpu_and_refuses_cuda_on_a_cpu_build(monkeypatch, capsys):
+    from benchmarks import doctor
+
+    monkeypatch.setattr(torch.version, "cuda", None)
+    assert doctor.main(["--device", "cpu"]) == 0
+    assert doctor.main(["--device", "cuda"]) == 1
+    out = capsys.readouterr().out
+    torch_line = next(line for line in out.splitlines() if "[FAIL] torch" in line)
+    assert "CPU only" in torch_line
+    assert doctor.CUDA_INSTALL in out and "--index-url https://download.pytorch.org/whl/cu" in doctor.CUDA_INSTALL
+
+
+def test_the_doctor_wants_the_uvm_node_and_explains_landlock(tmp_path, monkeypatch):
+    from benchmarks import doctor
+
+    (tmp_path / "nvidia0").touch()
+    (tmp_path / "nvidiactl").touch()
+    missing = doctor._device_node_finding("cuda", str(tmp_path))
+    assert missing.verdict == "FAIL" and "nvidia-uvm" in missing.advice
+    (tmp_path / "nvidia-uvm").touch()
+    assert doctor._device_node_finding("cuda", str(tmp_path)).verdict == "ok"
+    assert doctor._device_node_finding("cpu", str(tmp_path)) is None
+    import harness.sandbox.landlock as landlock
+
+    monkeypatch.setattr(landlock, "probe", lambda: (1, ""))
+    assert "triton_cache" in doctor._landlock_finding().advice
+    monkeypatch.setattr(landlock, "probe", lambda: (0, "disabled at boot"))
+    finding = doctor._landlock_finding()
+    assert finding.verdict == "note" and "disabled at boot" in finding.value
+
+
+def _ranked_record(shards: dict, epochs: float = 0.9, budget: float = 1.0) -> dict:
+    return {"budget_epochs": budget, "metered": {"epochs": epochs, "per_stream": shards,
+                                                 "train_tokens": sum(shards.values())}}
+
+
+def test_rank_shards_accepts_balanced_groups_and_names_what_is_wrong():
+    from benchmarks.rank_shards import ShardsDoNotAddUp, check_shards
+
+    two_groups = {"trajectory0[0/2]": 96, "trajectory0[1/2]": 96, "trajectory1[0/2]": 64, "trajectory1[1/2]": 64}
+    assert "4 shard(s)" in check_shards(_ranked_record(two_groups), 4, streams=2)
+    with pytest.raises(ShardsDoNotAddUp, match="2 stream"):
+        check_shards(_ranked_record(two_groups), 4, streams=3)
+    with pytest.raises(ShardsDoNotAddUp, match="unequal"):
+        check_shards(_ranked_record({**two_groups, "trajectory1[1/2]": 80}), 4)
+    with pytest.raises(ShardsDoNotAddUp, match="past the budget"):
+        check_shards(_ranked_record(two_groups, epochs=1.01), 4)
+    with pytest.raises(ShardsDoNotAddUp, match="a rank read nothing"):
+        check_shards(_ranked_record({"trajectory0[0/2]": 96, "trajectory0[1/2]": 96}), 4)
+    record = _ranked_record(two_groups)
+    record["metered"]["train_tokens"] += 1
+    with pytest.raises(ShardsDoNotAddUp, match="sum to"):
+        check_shards(record, 4)
