@@ -35,6 +35,8 @@ from typing import Callable
 
 import torch
 
+from q0_reference.checkpointing import _comm_device, to_cpu
+
 WARMUP_STEPS = 2  # steps that compile and touch memory first: not timed
 TIMED_STEPS = 3  # steps timed after them (their median)
 MARGIN = 0.05  # of the seconds left: kept free for checkpoints, logging and estimates that run short
@@ -65,16 +67,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize(device)
 
 
-def _to_host(tree):
-    if isinstance(tree, torch.Tensor):
-        return tree.detach().to("cpu", copy=True)
-    if isinstance(tree, dict):
-        return {key: _to_host(value) for key, value in tree.items()}
-    if isinstance(tree, (list, tuple)):
-        return type(tree)(_to_host(value) for value in tree)
-    return tree
-
-
 def measure_step_cost(ctx, student, batch, runtime, distill, make_teacher: Callable[[], object]) -> StepCost:
     """Time plain and distilled steps of `student` on warm-up batches, leaving its state as it found it.
 
@@ -82,7 +74,7 @@ def measure_step_cost(ctx, student, batch, runtime, distill, make_teacher: Calla
     teacher a distilled cycle would use (from the student's current weights)."""
     started = time.perf_counter()
     _sync(runtime.device)
-    saved = _to_host({"model": student.model.state_dict(), "optimizer": student.optimizer.state_dict()})
+    saved = to_cpu({"model": student.model.state_dict(), "optimizer": student.optimizer.state_dict()})
     _sync(runtime.device)
     snapshot_s = time.perf_counter() - started
     per_kind = WARMUP_STEPS + TIMED_STEPS
@@ -173,10 +165,6 @@ class CapGuard:
             return cut
         import torch.distributed as dist
 
-        flag = torch.tensor([1 if cut else 0], device=_comm_device(self.device))
+        flag = torch.tensor([1 if cut else 0], device=_comm_device(self.placement))
         dist.broadcast(flag, src=self.placement.leader_rank, group=self.placement.process_group)
         return bool(flag.item())
-
-
-def _comm_device(device: str) -> str:
-    return device if torch.device(device).type == "cuda" else "cpu"
