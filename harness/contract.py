@@ -119,7 +119,13 @@ class RunContext:
 
     # ---- the wire -------------------------------------------------------------------------------
     def _call(self, header: dict):
-        self._channel.send(header)
+        try:
+            self._channel.send(header)
+        except (BrokenPipeError, ConnectionResetError):
+            # The server closes a channel after its last word (it stops the run on a protocol violation and
+            # says why first, even to a request that wanted no answer). A request sent after that close
+            # meets a broken pipe; the reason is still waiting in the socket, so it is read and raised below.
+            pass
         reply, payload = self._channel.recv()
         if not reply.get("ok"):
             error = reply.get("error") or {}

@@ -100,6 +100,22 @@ def test_a_malformed_unanswered_line_ends_the_run_and_keeps_what_was_written(ser
     assert [line.get("step") for line in _metrics(server)] == [1]  # the line before it is kept
 
 
+def test_a_request_sent_after_the_server_closed_the_channel_still_reads_why(served):
+    """The worst interleaving of the test above: the server has stopped the run and closed this channel before
+    the method's next request leaves, so the send meets a broken pipe. The reason must still reach the method."""
+    import time
+
+    server, channel, ctx = served
+    channel.send({"op": "log", "entry": [1, 2], "reply": False})
+    assert server.stop_requested.wait(10)
+    deadline = time.monotonic() + 10
+    while any(c.sock.fileno() != -1 for c in server._channels) and time.monotonic() < deadline:
+        time.sleep(0.01)  # until the server's end is closed
+    assert all(c.sock.fileno() == -1 for c in server._channels)
+    with pytest.raises(ContractError, match="a log entry must be a mapping"):
+        ctx._call({"op": "status"})
+
+
 def _two_ranks(synthetic_data, tmp_path):
     from harness.distributed import RankInfo
 
