@@ -143,10 +143,11 @@ class Placement:
     def batch_plan(self, global_batch: int, micro_batch: int) -> BatchPlan:
         return BatchPlan.resolve(global_batch, micro_batch, self.size)
 
-    def wrap(self, model: torch.nn.Module, device: str) -> torch.nn.Module:
+    def wrap(self, model: torch.nn.Module, device: str, compiled: bool = False) -> torch.nn.Module:
         """DDP over the group's ranks (gradients all-reduced after the last microbatch); the model itself
         in a group of one. Gradients live in DDP's buckets (no second copy); the rotary tables are
-        constants, so buffers are not re-broadcast every step."""
+        constants, so buffers are not re-broadcast every step. ``compiled``: the wrapper will be compiled,
+        which sizes its buckets (see :func:`ddp_bucket_cap_mb`)."""
         if not self.distributed:
             return model
         from torch.nn.parallel import DistributedDataParallel
@@ -154,7 +155,28 @@ class Placement:
         index = torch.device(device).index
         device_ids = [index if index is not None else torch.cuda.current_device()] if device.startswith("cuda") else None
         return DistributedDataParallel(model, process_group=self.process_group, device_ids=device_ids,
-                                       gradient_as_bucket_view=True, broadcast_buffers=False)
+                                       gradient_as_bucket_view=True, broadcast_buffers=False,
+                                       bucket_cap_mb=ddp_bucket_cap_mb(model, compiled))
+
+
+COMPILED_DDP_BUCKETS = 8
+"""Gradient buckets of a compiled DDP model. Dynamo's DDP optimizer cuts the compiled graph at every
+bucket boundary so each bucket's all-reduce can start while the backward goes on. A bucket closes at the
+first graph node that takes it past the cap, so with DDP's default 25 MB a GPT compiles as one graph per
+25 to 40 MB of gradients (20 graphs for 580 MiB, counted in tests/q0/test_ddp_compile.py): 170 to 260
+separate Inductor graphs for the 1.72B preset's 6.9 GB, and a first compile far longer than a run can
+afford. Eight buckets keep seven all-reduces overlapping the backward (the last one, as in any DDP step,
+does not) and compile as nine graphs (DDP's small first bucket is the ninth)."""
+
+
+def ddp_bucket_cap_mb(model: torch.nn.Module, compiled: bool) -> float:
+    """DDP's bucket size in MB: the default 25 when the model runs eagerly (buckets cost nothing there
+    but overlap), else the model's gradient bytes over :data:`COMPILED_DDP_BUCKETS`, never below 25."""
+    default = 25.0
+    if not compiled:
+        return default
+    grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters() if p.requires_grad)
+    return max(default, grad_bytes / COMPILED_DDP_BUCKETS / 2**20)
 
 
 def place(ctx, n_jobs: int, global_batches: Sequence[int], micro_batch: int = 0, requested: int = 0) -> Placement:

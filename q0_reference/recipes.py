@@ -136,7 +136,8 @@ class _Student:
         self.model = build_on_device(recipe.model_config(ctx), runtime.device)
         self.optimizer = build_optimizer(self.model, recipe.optimizer,
                                          process_group=placement.process_group if placement.distributed else None)
-        self.forward = runtime.compiled(placement.wrap(self.model, runtime.device))
+        self.forward = runtime.compiled(placement.wrap(self.model, runtime.device,
+                                                           compiled=runtime.compiles))
         self.runtime, self.recipe = runtime, recipe
 
     def step(self, batches, teacher=None, *, step: int, distill: DistillSpec | None = None) -> float:

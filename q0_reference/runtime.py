@@ -108,9 +108,14 @@ class Runtime:
             return tensor
         return tensor.to(self.device)
 
+    @property
+    def compiles(self) -> bool:
+        """Whether :meth:`compiled` compiles (not on the meta device, where nothing runs)."""
+        return self.compile and not self.is_meta
+
     def compiled(self, fn):
         """``torch.compile(fn)`` when compiling, else ``fn`` unchanged. Shapes are static within a run
         (one microbatch size, one sequence length), so ``dynamic=False`` avoids slower dynamic kernels."""
-        if not self.compile or self.is_meta:
+        if not self.compiles:
             return fn
         return torch.compile(fn, dynamic=False)
