@@ -68,21 +68,58 @@ class RemoteStream:
         self.epoch = 0.0
 
     def next_batch(self):
+        """The next (inputs, targets) batch, each [batch_size, seq_len]."""
+        tokens = self.next_tokens()[0]
+        return tokens[:, :-1], tokens[:, 1:]
+
+    def next_tokens(self, n_batches: int = 1):
+        """The next ``n_batches`` batches in one round trip to the data server, as one contiguous int64
+        tensor of token windows [n_batches, batch_size, seq_len + 1] (batch i's inputs are
+        ``[i, :, :-1]``, its targets ``[i, :, 1:]``).
+
+        Metered exactly as ``n_batches`` calls of :meth:`next_batch`: when the budget or the clock runs
+        out part-way, the batches granted before it are charged and the refusal is raised. One request
+        per optimizer step instead of one per microbatch, and one block to pin and copy to the device."""
         import torch
 
-        header, payload = self._ctx._call(self._request)
+        if isinstance(n_batches, bool) or not isinstance(n_batches, int) or n_batches < 1:
+            raise SlowrunError(f"n_batches must be a positive integer, got {n_batches!r}")
+        header, payload = self._ctx._call({**self._request, "count": n_batches})
         array = np.frombuffer(payload, dtype=np.dtype(header["dtype"])).reshape(header["shape"])
         # One copy, the widening itself: the payload's bytes live in the channel's buffer, which the next
         # message overwrites, so the int64 array is the method's own.
-        tensor = torch.from_numpy(array.astype(np.int64))
+        tokens = torch.from_numpy(array.astype(np.int64))
         self.windows_served, self.epoch = header["windows_served"], header["epoch"]
-        return tensor[:, :-1], tensor[:, 1:]
+        return tokens
 
     def __iter__(self):
         return self
 
     def __next__(self):
         return self.next_batch()
+
+
+def _cuda_rng_states():
+    """The generator state of this process's GPU (its current device: a rank trains on one), or None where
+    CUDA was never initialised (then nothing has drawn from it). Dropout on a GPU draws from it, so without
+    it a resumed run's masks differ from an uninterrupted run's from the first step on."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    device = torch.cuda.current_device()
+    return {"device": device, "state": torch.cuda.get_rng_state(device)}
+
+
+def _restore_cuda_rng_states(saved) -> None:
+    import torch
+
+    if saved is None:
+        return
+    if not torch.cuda.is_available() or saved["device"] >= torch.cuda.device_count():
+        raise ContractError(f"this checkpoint holds the random-number state of GPU {saved['device']}, which this "
+                            "process does not see: resume a GPU run with the same visible devices")
+    torch.cuda.set_rng_state(saved["state"], saved["device"])
 
 
 class RunContext:
@@ -378,7 +415,7 @@ class RunContext:
 
         payload = {"method_state": dict(state),
                    "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(),
-                           "python": random.getstate()}}
+                           "python": random.getstate(), "cuda": _cuda_rng_states()}}
         path = self._outbox_path("checkpoint").with_suffix(".pt")
         torch.save(payload, path)
         with open(path, "rb") as f:
@@ -403,6 +440,7 @@ class RunContext:
         torch.set_rng_state(rng["torch"])
         np.random.set_state(rng["numpy"])
         random.setstate(rng["python"])
+        _restore_cuda_rng_states(rng.get("cuda"))
         return payload["method_state"]
 
     def close(self) -> None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Iterator, Sequence
+from typing import Iterable, Sequence
 
 import torch
 
@@ -91,10 +91,15 @@ def auto_micro_batch(global_batches: Iterable[int], group_size: int) -> int:
     return math.gcd(*shares)
 
 
-def microbatches(stream: Iterator, plan: BatchPlan, to_device) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The ``plan.accumulation`` microbatches of one optimizer step from this rank's stream, moved to the
-    device. Every call to the stream is metered; a group's ranks draw their shards in step."""
-    return [tuple(to_device(t) for t in next(stream)) for _ in range(plan.accumulation)]
+def microbatches(stream, plan: BatchPlan, to_device) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """The ``plan.accumulation`` microbatches of one optimizer step from this rank's stream, on the device.
+
+    One request brings the whole step (``next_tokens``: metered as that many batches), one contiguous
+    block crosses to the device, and the microbatches are views of it there: per step one round trip to
+    the data server and one pinned copy, where one per microbatch (two pinned strided views each) kept
+    the host busy between the GPU's forwards. A group's ranks draw their shards in step."""
+    tokens = to_device(stream.next_tokens(plan.accumulation))
+    return [(tokens[i, :, :-1], tokens[i, :, 1:]) for i in range(plan.accumulation)]
 
 
 def steps_per_epoch(epoch_tokens: int, global_batch: int, seq_len: int) -> float:

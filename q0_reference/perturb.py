@@ -44,7 +44,11 @@ class PerturbationSchedule:
 
 @torch.no_grad()
 def perturb_weights(model: nn.Module, scale: float, generator: torch.Generator) -> None:
-    """Add N(0, (scale * std(W))^2) noise to every floating-point parameter W with at least 2 elements."""
+    """Add N(0, (scale * std(W))^2) noise to every floating-point parameter W with at least 2 elements.
+
+    The noise is drawn where ``generator`` lives, which should be the weights' device (see
+    :func:`seeded_generator`): drawn on one host thread, the 1.72B preset's noise took about 10 s a cycle.
+    The std stays on the device too, so perturbing never waits for the device."""
     if not scale >= 0:
         raise Q0ConfigError(f"perturbation scale must be >= 0, got {scale!r}")
     if scale == 0:
@@ -53,11 +57,15 @@ def perturb_weights(model: nn.Module, scale: float, generator: torch.Generator) 
         if not param.is_floating_point() or param.numel() < 2:
             continue
         noise = torch.randn(param.shape, generator=generator, dtype=torch.float32, device=generator.device)
-        param.add_(noise.to(device=param.device, dtype=param.dtype), alpha=scale * param.float().std().item())
+        noise = noise.to(param.device)
+        param.add_((noise * (param.float().std() * scale)).to(param.dtype))
 
 
 def seeded_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    generator = torch.Generator(device=device)
+    """A generator on ``device`` (the host's for the meta device, which has none), seeded. Its state is a
+    host tensor whatever the device, so checkpoints keep it alike."""
+    device = torch.device(device)
+    generator = torch.Generator(device="cpu" if device.type == "meta" else device)
     generator.manual_seed(seed)
     return generator
 

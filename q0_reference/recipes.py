@@ -531,7 +531,7 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
             continue
         student = _Student(ctx, recipe, runtime, placement, ctx.seed * 1000 + t)
         model, optimizer = student.model, student.optimizer
-        generator = seeded_generator(ctx.seed * 1000 + t + 7)
+        generator = seeded_generator(ctx.seed * 1000 + t + 7, runtime.device)  # noise drawn beside the weights
         teacher: Teacher | None = None
         step = 0
 

@@ -101,9 +101,11 @@ class Runtime:
         return torch.autocast(device_type=self.device_type, dtype=torch.bfloat16)
 
     def to_device(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Move a CPU batch to the device; to CUDA through pinned memory, without blocking the host."""
+        """Move a CPU batch to the device; to CUDA through pinned memory, without blocking the host. The
+        block is made contiguous first, so pinning is one copy of the bytes that cross (a strided view
+        would be pinned element by element)."""
         if self.is_cuda:
-            return tensor.pin_memory().to(self.device, non_blocking=True)
+            return tensor.contiguous().pin_memory().to(self.device, non_blocking=True)
         if self.device_type == "cpu":
             return tensor
         return tensor.to(self.device)

@@ -6,9 +6,9 @@ accumulated gradient is the gradient of the mean loss over the whole batch, exac
 all of it would give. Under DDP the gradient all-reduce is skipped (``no_sync``) on all but the last
 microbatch, so a step communicates once, however many microbatches it takes.
 
-The step refuses to apply a non-finite loss: with one microbatch it raises before ``backward``, with
-several before the optimizer step, so the weights and optimizer state stay as they were and the caller
-can save them or report the failure. On the meta device a step is a dry run: every tensor has a shape
+The step refuses to apply a non-finite loss: it raises before the optimizer step, so the weights and
+optimizer state stay as they were and the caller can save them or report the failure. That check is the
+step's only read from the device (one per step, after the last backward, whatever the accumulation). On the meta device a step is a dry run: every tensor has a shape
 and a device but no value, so the loss it returns is NaN and is not checked.
 """
 
@@ -72,7 +72,6 @@ def accumulated_step(model: nn.Module, optimizer, batches: Sequence[tuple[torch.
     n = len(batches)
     ddp = _ddp_of(model)
     losses = []
-    value = math.nan
     mtp_weight = _mtp_weight(model)
     for i, (inputs, targets) in enumerate(batches):
         sync = ddp.no_sync() if ddp is not None and i < n - 1 else contextlib.nullcontext()
@@ -89,14 +88,13 @@ def accumulated_step(model: nn.Module, optimizer, batches: Sequence[tuple[torch.
                 loss = distillation_loss(logits, guide, targets, alpha=alpha, temperature=temperature)
             if mtp_weight:  # on the label side of the distillation mix, as PR #90 folds it in
                 loss = loss + (1.0 if guide is None else 1.0 - alpha) * mtp_weight * mtp_loss
-            if n == 1:
-                value = _checked_value(loss, step)
-                loss.backward()
-            else:
-                losses.append(loss.detach())
-                (loss / n).backward()
-    if n > 1:
-        value = _checked_value(torch.stack(losses).mean(), step)
+            losses.append(loss.detach())
+            (loss / n if n > 1 else loss).backward()
+    # The one host read of the step, after every backward is queued and before the update: on a GPU the
+    # host waits here once per step, for work already in flight (a read before the backward left the GPU
+    # idle while the host queued it). A non-finite loss has by now written only gradients, which the next
+    # step's zero_grad discards; the weights and optimizer state are untouched.
+    value = _checked_value(losses[0] if n == 1 else torch.stack(losses).mean(), step)
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(model.parameters(), max_grad_norm)
     optimizer.step()

@@ -48,6 +48,7 @@ from harness.tracks import Track
 BUILDER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 OUTBOX_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 MAX_SAFETENSORS_HEADER = 100 << 20
+MAX_BATCHES_PER_REQUEST = 4096  # a whole optimizer step's microbatches in one round trip, with room to spare
 SESSIONS = "sessions.json"  # training seconds of every session of this run, in order
 SEVERITY = ("ok", "budget-exceeded", "over-time", "invalid", "diverged", "failed", "timeout")
 STOPS_THE_JOB = frozenset({"invalid", "diverged", "failed"})  # a rank ending so leaves its peers waiting
@@ -535,14 +536,24 @@ class DataServer:
         stream_id = header.get("stream")
         if not isinstance(stream_id, str) or not stream_id or len(stream_id) > 200:
             raise RequestError("stream_id must be a non-empty string of at most 200 characters")
-        grant = self.ledger.draw(rank, stream_id, header.get("batch_size"), header.get("shard"))
+        count = header.get("count", 1)
+        if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= MAX_BATCHES_PER_REQUEST:
+            raise RequestError(f"a batch request's count must be an integer from 1 to {MAX_BATCHES_PER_REQUEST}, "
+                               f"got {count!r}")
         reader = self._readers.get(stream_id)
-        if reader is None:  # once per stream; every later batch reads the dict without the lock
-            with self._lock:
-                reader = self._readers.setdefault(stream_id, StreamReader(self._train, self.spec.track.seq_len,
-                                                                          self.spec.seed, stream_id))
-        array = reader.batch(grant.first_window, grant.windows)
-        self._progress.advance(grant.windows * self.spec.track.seq_len)
+        arrays = []
+        grant = None
+        for _ in range(count):
+            # one draw per batch, exactly as `count` requests would make them: a refusal after some were
+            # granted leaves those charged, as it would have, and raises for the rest
+            grant = self.ledger.draw(rank, stream_id, header.get("batch_size"), header.get("shard"))
+            if reader is None:  # once per stream; every later batch reads the dict without the lock
+                with self._lock:
+                    reader = self._readers.setdefault(stream_id, StreamReader(
+                        self._train, self.spec.track.seq_len, self.spec.seed, stream_id))
+            arrays.append(reader.batch(grant.first_window, grant.windows))
+            self._progress.advance(grant.windows * self.spec.track.seq_len)
+        array = arrays[0][None] if count == 1 else np.stack(arrays)  # [count, batch_size, seq_len + 1]
         return ({"ok": True, "dtype": array.dtype.str, "shape": list(array.shape),
                  "windows_served": grant.windows_served, "epoch": grant.stream_targets / self.epoch_tokens,
                  "total_targets": grant.total_targets}, array)

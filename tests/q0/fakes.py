@@ -17,6 +17,41 @@ import torch
 from harness.distributed import RankGroup
 
 
+class FakeStream:
+    """A metered stream as RunContext.train_stream gives it: ``next(stream)`` is one (inputs, targets)
+    batch, ``next_tokens(n)`` n batches at once as [n, batch, seq_len + 1] windows. Shard (i, n) is part i
+    of each n-fold batch of the stream's one order, as the harness serves it."""
+
+    def __init__(self, ctx: "FakeContext", stream_id: str, batch_size: int, shard):
+        self.ctx, self.batch_size = ctx, batch_size
+        self.key = (stream_id, shard)
+        self.index, self.count = shard if shard else (0, 1)
+        self.generator = torch.Generator().manual_seed(zlib.crc32(repr((stream_id, ctx.seed)).encode()))
+        skip = (ctx.resume or {}).get("streams", {}).get(self.key, 0)  # the harness keeps stream positions
+        ctx.streams[self.key] = skip
+        for _ in range(skip):
+            self._whole()
+
+    def _whole(self) -> torch.Tensor:
+        return torch.randint(0, self.ctx.vocab_size, (self.batch_size * self.count, self.ctx.seq_len + 1),
+                             generator=self.generator)
+
+    def next_tokens(self, n_batches: int = 1) -> torch.Tensor:
+        blocks = []
+        for _ in range(n_batches):
+            blocks.append(self._whole()[self.index * self.batch_size:(self.index + 1) * self.batch_size])
+            self.ctx.served_targets += self.batch_size * self.ctx.seq_len
+            self.ctx.streams[self.key] = self.ctx.streams.get(self.key, 0) + 1
+        return torch.stack(blocks)
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        tokens = self.next_tokens(1)[0]
+        return tokens[:, :-1], tokens[:, 1:]
+
+
 @dataclass
 class FakeContext:
     vocab_size: int = 64
@@ -48,24 +83,7 @@ class FakeContext:
         return self.served_targets / self.epoch_tokens
 
     def train_stream(self, stream_id="main", batch_size=8, shard=None):
-        key = (stream_id, shard)
-        # shard (i, n) is part i of each n-fold batch of the stream's one order, as the harness serves it
-        index, count = shard if shard else (0, 1)
-        generator = torch.Generator().manual_seed(zlib.crc32(repr((stream_id, self.seed)).encode()))
-        skip = (self.resume or {}).get("streams", {}).get(key, 0)  # the harness keeps stream positions
-        self.streams[key] = skip
-        for _ in range(skip):
-            torch.randint(0, self.vocab_size, (batch_size * count, self.seq_len + 1), generator=generator)
-
-        def windows():
-            while True:
-                whole = torch.randint(0, self.vocab_size, (batch_size * count, self.seq_len + 1), generator=generator)
-                batch = whole[index * batch_size:(index + 1) * batch_size]
-                self.served_targets += batch_size * self.seq_len
-                self.streams[key] = self.streams.get(key, 0) + 1
-                yield batch[:, :-1], batch[:, 1:]
-
-        return windows()
+        return FakeStream(self, stream_id, batch_size, shard)
 
     @property
     def remaining_seconds(self):

@@ -108,3 +108,31 @@ def test_every_trajectory_trains_with_the_same_global_batch_on_uneven_groups():
                           layout.schedule.total_steps)
     assert per_rank[0] == per_rank[1] == (0, 2, 3, per_rank[2][3])
     assert per_rank[2] == (1, 1, 6, per_rank[0][3])
+
+
+def test_a_step_is_one_request_and_one_copy_to_the_device_whatever_the_accumulation():
+    """The step's microbatches come from one ``next_tokens`` request and cross to the device as one block; each
+    microbatch is a view of it (what one request per microbatch and two pinned views each used to cost)."""
+    from q0_reference.batching import microbatches
+
+    ctx = FakeContext(seq_len=16)
+    stream = ctx.train_stream("main", 2)
+    requests, copies = [], []
+    next_tokens = stream.next_tokens
+    stream.next_tokens = lambda n: (requests.append(n), next_tokens(n))[1]
+    plan = BatchPlan(6, 2)  # accumulation 3
+
+    def to_device(tensor):
+        copies.append((tuple(tensor.shape), tensor.is_contiguous()))
+        return tensor.clone()
+
+    batches = microbatches(stream, plan, to_device)
+    assert requests == [3] and copies == [((3, 2, 17), True)]
+    assert len(batches) == 3 and {b[0].untyped_storage().data_ptr() for b in batches} == {
+        batches[0][1].untyped_storage().data_ptr()}
+    # the same windows, in the same order, as three single-batch reads of a fresh stream
+    fresh = FakeContext(seq_len=16).train_stream("main", 2)
+    for inputs, targets in batches:
+        want_inputs, want_targets = next(fresh)
+        assert torch.equal(inputs, want_inputs) and torch.equal(targets, want_targets)
+    assert ctx.served_targets == 3 * 2 * 16

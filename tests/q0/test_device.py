@@ -113,3 +113,14 @@ def test_teacher_is_a_frozen_copy_on_the_students_device_in_its_own_dtype():
     exact = Teacher(student)  # float32: the same numbers as a deep copy
     with torch.no_grad():
         assert torch.equal(exact(x), student.eval()(x))
+
+
+def test_q0_draws_its_perturbation_noise_on_the_run_device(seen, monkeypatch):
+    devices = []
+    real = recipes.seeded_generator
+    monkeypatch.setattr(recipes, "seeded_generator", lambda seed, device="cpu": (devices.append(str(device)),
+                                                                                 real(seed, device))[1])
+    ctx = FakeContext(device="meta", budget=4.0, hparams={"perturb_start": 0.25})
+    train_q0(ctx, Recipe.from_hparams({**SMALL, "optimizer": "muon"}), Q0Settings.from_hparams(ctx.hparams))
+    assert devices and set(devices) == {"meta"}
+    assert seen["off_meta"] == [] and seen["devices"] == {"meta"}

@@ -58,3 +58,21 @@ def test_zero_scale_is_a_no_op_and_negative_is_an_error():
     assert torch.equal(before, model.weight)
     with pytest.raises(Q0ConfigError):
         perturb_weights(model, -0.1, seeded_generator(0))
+
+
+def test_perturbing_never_reads_from_the_device_and_draws_beside_the_weights(monkeypatch):
+    """No host read per tensor (the std stays on the device), and the noise comes from a generator on the
+    weights' device; the meta device has no generator, so its noise is drawn on the host and moved."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 8), torch.nn.Linear(8, 4))
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda self: (reads.append(1), item(self))[1])
+    perturb_weights(model, 0.1, seeded_generator(0, "cpu"))
+    assert reads == []
+    assert seeded_generator(0, "cpu").device.type == "cpu"
+    assert seeded_generator(0, "meta").device.type == "cpu"
+    with torch.device("meta"):
+        on_meta = torch.nn.Linear(8, 8)
+    perturb_weights(on_meta, 0.1, seeded_generator(0, "meta"))
+    assert on_meta.weight.is_meta

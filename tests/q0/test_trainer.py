@@ -1,4 +1,5 @@
 import copy
+import traceback
 
 import pytest
 import torch
@@ -92,3 +93,29 @@ def test_two_short_cycles_with_chain_distillation_learn_a_repeating_sequence():
             teacher = frozen_teacher(model)
     assert model.training
     assert len(snapshots) == 2 and snapshots[0] < start - 2.0 and snapshots[1] < start - 2.0
+
+
+@pytest.mark.parametrize("n_micro", [1, 3])
+def test_a_step_reads_from_the_device_once_and_only_after_every_backward(monkeypatch, n_micro):
+    """A host read (``.item()``) waits for the device; one per step, after the last backward is queued, so the
+    device never idles while the host queues a backward behind it. Counted, with the order of the calls."""
+    from q0_reference.trainer import accumulated_step
+
+    model, opt, x, y = setup()
+    events = []
+    item, backward = torch.Tensor.item, torch.Tensor.backward
+
+    def read(self):
+        # torch's Adam keeps its step counters on the host (unless capturable) and reads them there; those
+        # reads wait for nothing and are not counted
+        if "torch/optim/" not in traceback.extract_stack(limit=2)[0].filename:
+            events.append("read")
+        return item(self)
+
+    monkeypatch.setattr(torch.Tensor, "item", read)
+    monkeypatch.setattr(torch.Tensor, "backward",
+                        lambda self, *a, **k: (events.append("backward"), backward(self, *a, **k))[1])
+    batches = [(x[i::n_micro], y[i::n_micro]) for i in range(n_micro)] if n_micro > 1 else [(x, y)]
+    for step in range(2):
+        accumulated_step(model, opt, batches, step=step)
+    assert events == (["backward"] * n_micro + ["read"]) * 2

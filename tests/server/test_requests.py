@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from harness.contract import ContractError, Diverged, RunContext
+from harness.meter import BudgetExhausted
 from harness.data.store import TokenStore
 from harness.meter import StreamReader
 from harness.server import DataServer, ServerSpec
@@ -52,6 +53,37 @@ def test_batches_are_the_meters_own_and_metered_before_they_arrive(served, synth
         assert ctx.epochs == k * BATCH * seq_len / store.n_tokens  # charged by the time it arrived
     inputs[0, 0] = -1  # the method's tensors are its own: the next batch does not land in them
     assert np.array_equal(next(stream)[0].numpy(), reference.batch(5 * BATCH, BATCH)[:, :-1])
+
+
+def test_a_whole_step_in_one_request_is_the_same_batches_metered_the_same(served, synthetic_data):
+    """``next_tokens(3)``: one round trip for three microbatches, the windows three ``next_batch`` calls get,
+    charged as three batches; a request the budget cannot fully grant charges what it granted and raises."""
+    server, channel, ctx = served
+    seq_len = get_track("synthetic").seq_len
+    store = TokenStore.open(synthetic_data, "train")
+    reference = StreamReader(store, seq_len, 3, "main")
+    stream = ctx.train_stream("main", BATCH)
+    sent = []
+    send = channel.send
+    channel.send = lambda header, payload=b"": (sent.append(header.get("op")), send(header, payload))[1]
+    tokens = stream.next_tokens(3)
+    assert sent == ["batch"]  # one round trip
+    assert tokens.shape == (3, BATCH, seq_len + 1) and str(tokens.dtype) == "torch.int64"
+    assert tokens.is_contiguous()
+    for k in range(3):
+        assert np.array_equal(tokens[k].numpy(), reference.batch(k * BATCH, BATCH).astype(np.int64))
+    assert ctx.epochs == 3 * BATCH * seq_len / store.n_tokens
+    assert stream.windows_served == 3 * BATCH
+    inputs, _ = next(stream)  # the single-batch path continues where the step left off
+    assert np.array_equal(inputs.numpy(), reference.batch(3 * BATCH, BATCH)[:, :-1])
+    # the budget (4 epochs) holds a whole number of batches; ask for more than remain in one request
+    per_batch = BATCH * seq_len
+    left = (int(4.0 * store.n_tokens) - 4 * per_batch) // per_batch
+    with pytest.raises(BudgetExhausted):
+        stream.next_tokens(left + 5)
+    assert ctx.epochs * store.n_tokens == (4 + left) * per_batch  # the granted ones are charged, no more
+    with pytest.raises(ContractError, match="count must be an integer from 1"):
+        ctx._call({"op": "batch", "stream": "main", "batch_size": BATCH, "shard": None, "count": 0})
 
 
 def test_unanswered_log_lines_are_written_in_order_between_batches(served):
@@ -340,3 +372,37 @@ def test_emptying_the_outbox_follows_no_link(served, tmp_path):
     server._clear_outbox()
     assert list(outbox.iterdir()) == []
     assert (outside / "keep" / "file").read_text() == "kept"
+
+
+def test_a_checkpoint_keeps_the_gpus_generator_and_resume_restores_it(synthetic_data, tmp_path, monkeypatch):
+    """Dropout on a GPU draws from the CUDA generator: a checkpoint without its state resumes with other
+    masks. The CUDA calls are stood in for (no GPU here); the file goes through the real server."""
+    import torch
+
+    server = DataServer(ServerSpec(run_dir=tmp_path / "run", data_dir=synthetic_data, track=get_track("synthetic"),
+                                   budget=4.0, seed=3, hparams={}, device="cpu", method_dir=tmp_path,
+                                   entry="train:main", fitness_docs=0, progress=False))
+    channel = Channel(connect(server.start()))
+    channel.send({"op": "hello", "token": server.token, "rank": 0, "pid": os.getpid()})
+    reply, _ = channel.recv()
+    ctx = RunContext(channel, reply["run"])
+    cuda_state = torch.arange(16, dtype=torch.uint8)
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device: cuda_state.clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device: restored.append((state, device)))
+    try:
+        ctx.checkpoint({"step": 7})
+        index = json.loads(server.layout.checkpoint_index(0).read_text())
+        run = {**reply["run"], "resume_file": str(server.layout.checkpoints / index["state_file"])}
+        resumed = RunContext(channel, run)
+        assert resumed.resume_state() == {"step": 7}
+        assert len(restored) == 1 and restored[0][1] == 1 and torch.equal(restored[0][0], cuda_state)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # the same checkpoint where GPU 1 is not visible
+        with pytest.raises(ContractError, match="GPU 1, which this process does not see"):
+            RunContext(channel, run).resume_state()
+    finally:
+        server.stop()
