@@ -186,6 +186,16 @@ def request_client(address: str, token: str, requests: int) -> dict:
         inputs, targets = next(stream)
     costs["batch"] = (time.perf_counter() - start) / requests
     assert inputs.dtype == torch.int64 and inputs.shape == (8, 128)
+    # an optimizer step of 8 microbatches: 8 requests, as before `next_tokens`, against one
+    start = time.perf_counter()
+    for _ in range(requests // 8):
+        [next(stream) for _ in range(8)]
+    costs["step_of_8_by_batch"] = (time.perf_counter() - start) / (requests // 8)
+    start = time.perf_counter()
+    for _ in range(requests // 8):
+        tokens = stream.next_tokens(8)
+    costs["step_of_8_in_one"] = (time.perf_counter() - start) / (requests // 8)
+    assert tokens.shape == (8, 8, 129)
     start = time.perf_counter()
     for step in range(requests):
         ctx.log(step=step, loss=2.5, lr_mult=0.5, tokens_per_s=5600.0)
@@ -231,6 +241,10 @@ def test_request_costs(benchmark, tmp_path):
     report(benchmark, "in-process batch (us)", 1e6 * in_process, unit="")
     report(benchmark, "batch through the server (us)", 1e6 * best["batch"], unit="")
     report(benchmark, "per-batch overhead (us)", 1e6 * (best["batch"] - in_process), unit="")
+    report(benchmark, "a step of 8 microbatches, 8 requests (us)", 1e6 * best["step_of_8_by_batch"], unit="")
+    report(benchmark, "a step of 8 microbatches, one next_tokens (us)", 1e6 * best["step_of_8_in_one"], unit="")
+    report(benchmark, "one request per step / one per microbatch",
+           best["step_of_8_in_one"] / best["step_of_8_by_batch"], unit="x")
     report(benchmark, "ctx.log (us)", 1e6 * best["log"], unit="")
     report(benchmark, "ctx.epochs status call (us)", 1e6 * best["status"], unit="")
 
