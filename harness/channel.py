@@ -72,6 +72,26 @@ def send(sock: socket.socket, header: dict, payload=b"", *, fds: tuple[int, ...]
     sock.sendall(body)
 
 
+def send_chunks(sock: socket.socket, header: dict, nbytes: int, chunks) -> None:
+    """Send one message whose ``nbytes`` payload bytes arrive as successive ``chunks`` (buffers), for a
+    payload that never exists whole in host memory (a GPU's logits through small staging buffers). The
+    receiver sees an ordinary message. Chunks that add up to anything but ``nbytes`` leave the channel out
+    of step, so that raises and the sender must close it."""
+    head = json.dumps(header, separators=(",", ":"), allow_nan=False).encode("utf-8")
+    if len(head) > MAX_HEADER_BYTES:
+        raise ChannelError(f"channel header of {len(head)} bytes exceeds {MAX_HEADER_BYTES}")
+    sock.sendall(PREFIX.pack(MAGIC, len(head), nbytes) + head)
+    sent = 0
+    for chunk in chunks:
+        body = _as_bytes_view(chunk)
+        if sent + body.nbytes > nbytes:
+            raise ChannelError(f"chunks of more than the {nbytes} payload bytes announced")
+        sock.sendall(body)
+        sent += body.nbytes
+    if sent != nbytes:
+        raise ChannelError(f"chunks of {sent} bytes where {nbytes} were announced")
+
+
 def _recv_exact(sock: socket.socket, view: memoryview, started: bool = True) -> None:
     got = 0
     while got < view.nbytes:

@@ -36,6 +36,7 @@ import sys
 import traceback
 
 from harness import channel
+from harness.weights_view import tensor_views
 
 # The dtypes logits may come back in; float64 logits are sent as float32 (the harness normalises in
 # float32 anyway), anything else is refused.
@@ -153,10 +154,48 @@ def resolve_builder(builder: str, roots: list[str]):
 
 
 # ---------------------------------------------------------------------------------------------- serving
+STAGE_BYTES = 32 << 20
+"""Each of the two page-locked buffers a GPU model's logits pass through. One buffer the size of a batch's
+logits (6.6 GB of float32 for a fineweb batch, 8 GiB once rounded) stayed locked for the worker's life, in
+each of a node's eight lanes; two of 32 MiB keep the copy from the GPU going while the last chunk is sent,
+at 64 MiB a lane."""
+
+
+def staged_chunks(flat, buffers):
+    """The bytes of ``flat`` (a uint8 tensor, typically on a GPU) as successive views of ``buffers`` (two
+    equal host buffers, page-locked for a GPU): chunk k+1 is being copied into one buffer while the caller
+    sends chunk k from the other, and a buffer is refilled only after its last chunk was handed on (the
+    caller sends each chunk before asking for the next)."""
+    import torch
+
+    size, total = buffers[0].numel(), flat.numel()
+    cuda = flat.device.type == "cuda"
+
+    def start(k: int):
+        lo = k * size
+        hi = min(total, lo + size)
+        target = buffers[k % 2][: hi - lo]
+        target.copy_(flat[lo:hi], non_blocking=cuda)
+        done = None
+        if cuda:
+            done = torch.cuda.Event()
+            done.record()
+        return target, done
+
+    chunks = -(-total // size)
+    pending = start(0) if chunks else None
+    for k in range(chunks):
+        target, done = pending
+        if k + 1 < chunks:
+            pending = start(k + 1)
+        if done is not None:
+            done.synchronize()
+        yield target.numpy()
+
+
 class _Server:
     def __init__(self, sock: socket.socket, roots: list[str], sandbox: dict):
-        import safetensors.torch  # noqa: F401 - imported now, before the method directory is on sys.path
-        import torch
+        import torch  # imported now, before the method directory is on sys.path
 
         self.torch = torch
         self.sock = sock
@@ -165,18 +204,20 @@ class _Server:
         self.model = None
         self.device = None
         self.autocast = None  # torch dtype to autocast forwards to (bf16 evaluation), or None
-        self.staging = None  # page-locked host buffer the logits of a GPU model are copied into (kept)
+        self.staging = None  # two page-locked buffers a GPU model's logits pass through (kept)
 
     def load(self, header: dict, payload: memoryview) -> dict:
         torch = self.torch
-        from safetensors.torch import load as load_safetensors
-
         build = resolve_builder(str(header["builder"]), self.roots)
         self.device = torch.device(str(header.get("device") or "cpu"))
-        model = build(header["config"])
+        # Built where it will run: on a GPU the float32 model never exists in host memory (the 1.8B preset
+        # built on the host was 7.2 GB a lane, eight lanes to a node) and its initialisation runs there.
+        with self.device:
+            model = build(header["config"])
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"builder {header['builder']!r} returned {type(model).__name__}, not a torch.nn.Module")
-        state = load_safetensors(bytes(payload))
+        # Views of the payload, copied once, straight into the model's tensors (harness.weights_view)
+        state = tensor_views(payload)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
             raise ValueError(f"the weights do not fit the rebuilt model (missing {sorted(missing)[:5]}, "
@@ -214,22 +255,19 @@ class _Server:
         if name not in LOGIT_DTYPES:
             raise TypeError(f"the model returned logits of dtype {name}; use one of {', '.join(LOGIT_DTYPES)}")
         shape = list(logits.shape)
-        return {"ok": True, "shape": shape, "dtype": name}, memoryview(self._host_bytes(logits.detach()))
+        return {"ok": True, "shape": shape, "dtype": name}, logits.detach()
 
-    def _host_bytes(self, logits):
-        """The logits' bytes in host memory, to send. From a GPU they are copied into one page-locked
-        buffer kept across batches (a GPT-2 batch is gigabytes, copied ~3x faster to page-locked memory);
-        it is reused only after the reply has been sent, since sending copies it out."""
-        torch = self.torch
-        flat = logits.contiguous().reshape(-1).view(torch.uint8)
-        if flat.device.type != "cuda":
-            return flat.to("cpu").numpy()
-        if self.staging is None or self.staging.numel() < flat.numel():
-            self.staging = None
-            self.staging = torch.empty(flat.numel(), dtype=torch.uint8, pin_memory=True)
-        host = self.staging[: flat.numel()]
-        host.copy_(flat)
-        return host.numpy()
+    def answer_forward(self, header: dict, payload: memoryview) -> None:
+        """One forward, its logits sent back: from host memory as they are, from a GPU through two small
+        page-locked buffers (see :func:`staged_chunks`)."""
+        reply, logits = self.forward(header, payload)
+        flat = logits.contiguous().reshape(-1).view(self.torch.uint8)
+        if flat.device.type == "cpu":
+            channel.send(self.sock, reply, flat.numpy())
+            return
+        if self.staging is None:
+            self.staging = [self.torch.empty(STAGE_BYTES, dtype=self.torch.uint8, pin_memory=True) for _ in range(2)]
+        channel.send_chunks(self.sock, reply, flat.numel(), staged_chunks(flat, self.staging))
 
     def serve(self) -> int:
         requests = self._read_ahead()
@@ -247,8 +285,7 @@ class _Server:
                     if self._forward_in_fork(header, payload) != 0:
                         return 1  # the fork reported its failure itself
                 elif op == "forward":
-                    reply, body = self.forward(header, payload)
-                    channel.send(self.sock, reply, body)
+                    self.answer_forward(header, payload)
                 else:
                     raise ValueError(f"unknown operation {op!r}")
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the harness as text
@@ -262,8 +299,7 @@ class _Server:
             code = 1
             try:
                 self.torch.set_num_threads(1)  # the inherited OpenMP pool would hang here
-                reply, body = self.forward(header, payload)
-                channel.send(self.sock, reply, body)
+                self.answer_forward(header, payload)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the harness as text
                 _report(self.sock, exc)
@@ -335,7 +371,7 @@ def main(argv: list[str] | None = None) -> int:
         from harness.threads import apply_thread_setting
 
         keep_freed_memory()  # forward passes reuse freed memory instead of faulting it in again
-        # Torch and safetensors are imported before the method directory goes on sys.path, so a file of
+        # Torch and the weights reader are imported before the method directory goes on sys.path, so a file of
         # the method cannot stand in for them; in a prefetched worker this import overlaps the scoring of
         # the previous snapshot.
         server = _Server(sock, _roots(args), sandbox)
