@@ -20,6 +20,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from harness.paths import PROJECT_ROOT
 from harness.data.manifest import read_manifest
 from harness.data.prepare import prepare_track
 from harness.efficiency import (CURVES_DIR, DownstreamCurves, downstream_curve_path, downstream_metric_stderrs,
@@ -30,7 +31,7 @@ from harness.errors import DataError, SlowrunError
 from harness.runner import RunRequest, ensure_prepared, run_method
 from harness.tracks import get_track
 
-DEFAULT_METHOD = Path(__file__).resolve().parents[1] / "submissions" / "single_model"
+DEFAULT_METHOD = PROJECT_ROOT / "submissions" / "single_model"
 
 
 @dataclass(frozen=True)

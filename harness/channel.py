@@ -31,6 +31,7 @@ from harness.errors import SlowrunError
 MAGIC = b"SRC1"
 PREFIX = struct.Struct("!4sIQ")  # magic, header length, payload length
 MAX_HEADER_BYTES = 1 << 20  # headers are small JSON objects; a bigger one is a broken or hostile peer
+STATUS_DIR = "status"  # in the zygote's scratch: keepers write their workers' outcomes there, workers cannot
 SMALL_PAYLOAD = 1 << 16  # payloads up to this size are joined to the header in one send
 
 Allocate = Callable[[dict, int], "memoryview | bytearray"]

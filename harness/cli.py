@@ -176,9 +176,9 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_plan(args) -> int:
-    from q0_reference.planner import plan_main
+    from q0_reference.plan_report import plan_report
 
-    print(plan_main(args.epochs, preset=args.preset, world_size=args.world_size, gpu_memory_gib=args.gpu_memory,
+    print(plan_report(args.epochs, preset=args.preset, world_size=args.world_size, gpu_memory_gib=args.gpu_memory,
                     micro_batch_size=args.micro_batch_size))
     return 0
 

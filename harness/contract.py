@@ -24,8 +24,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from harness.distributed import RankGroup, RankInfo, make_rank_groups
-from harness.errors import SlowrunError
-from harness.meter import BudgetExhausted, TimeExhausted
+from harness.errors import BudgetExhausted, SlowrunError, TimeExhausted
 from harness.server.limits import LOSS_KEYS, ProtocolViolation, check_metrics
 from harness.server.wire import Channel
 from harness.snapshots import build_spec_of

@@ -16,7 +16,7 @@ from pathlib import Path
 from harness.runner import RunRequest, ensure_prepared, run_method
 from harness.tracks import DEFAULT_TRACK, get_track
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from harness.paths import PROJECT_ROOT  # noqa: E402
 DEMO_METHODS = ("single_model", "naive_ensemble", "q0")
 
 

@@ -17,12 +17,14 @@ import sys
 import tempfile
 from pathlib import Path
 
+from harness.paths import PROJECT_ROOT
+
 IMPORT_TIMEOUT_S = 300.0
 
 
 def check_entry_sandboxed(folder: Path, entry: str, allow_read: tuple[str, ...] = ()) -> list[str]:
     """Problems with importing `entry` from `folder`, found in a sandboxed child process."""
-    from harness.runner import _env_allow_read
+    from harness.allow_read import env_allow_read
     from harness.sandbox import sandbox_env
     from harness.sandbox.supervise import Supervisor
 
@@ -31,8 +33,8 @@ def check_entry_sandboxed(folder: Path, entry: str, allow_read: tuple[str, ...] 
         scratch.mkdir()
         out = Path(tmp) / "problems.json"
         env = {**os.environ, **sandbox_env(scratch),
-               "PYTHONPATH": str(Path(__file__).resolve().parents[1]) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               "SLOWRUN_CHECK_READ": os.pathsep.join((*allow_read, *_env_allow_read())),
+               "PYTHONPATH": str(PROJECT_ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               "SLOWRUN_CHECK_READ": os.pathsep.join((*allow_read, *env_allow_read())),
                "SLOWRUN_CHECK_OUT_FD": ""}
         read_fd, write_fd = os.pipe()
         env["SLOWRUN_CHECK_OUT_FD"] = str(write_fd)
@@ -62,11 +64,11 @@ def _main(folder: str, entry: str) -> int:
 
     extra = tuple(p for p in os.environ.pop("SLOWRUN_CHECK_READ", "").split(os.pathsep) if p)
     read_only = (folder, *extra)
-    list_only = tuple(sorted({str(Path(p).parent) for p in read_only} | {str(Path(__file__).resolve().parents[1])}))
+    list_only = tuple(sorted({str(Path(p).parent) for p in read_only} | {str(PROJECT_ROOT)}))
     enter_sandbox(SandboxPolicy(read_only=tuple(base_read_only_paths()) + read_only,
                                 read_write=(os.environ.get("TMPDIR", os.getcwd()),), devices=tuple(default_devices()),
                                 list_only=list_only))
-    from harness.method_spec import entry_problems
+    from harness.entry_import import entry_problems
 
     problems = entry_problems(Path(folder), entry)
     out.write(json.dumps(problems) + "\n")

@@ -1,7 +1,9 @@
-"""Errors the harness raises for bad input.
+"""Errors the harness raises for bad input, and the two a method meets when its data runs out.
 
 Every message says what is wrong and what to fix, naming the file (and line) where there is one, so the
-CLI can print it as is and exit non-zero instead of showing a traceback.
+CLI can print it as is and exit non-zero instead of showing a traceback. The module imports nothing, so
+both sides of the trust boundary share it: the method's process raises ``BudgetExhausted`` and
+``TimeExhausted`` without importing the meter that decides them.
 """
 
 from __future__ import annotations
@@ -25,3 +27,14 @@ class RecordError(SlowrunError):
 
 class LeaderboardError(SlowrunError):
     """The leaderboard cannot build, accept a record or publish as asked."""
+
+
+class BudgetExhausted(SlowrunError):
+    """The method asked for training data past its epoch budget."""
+
+
+class TimeExhausted(BudgetExhausted):
+    """The method asked for training data after its compute class's training-time cap.
+
+    A kind of BudgetExhausted: a method that stops on its epoch budget (and then saves its final snapshot)
+    stops on the clock the same way."""

@@ -23,10 +23,8 @@ evaluation's zygote; both answer the same messages and give the same logits bit 
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from collections import deque
@@ -35,15 +33,14 @@ from typing import Sequence
 
 import torch
 
-from harness.sandbox.environment import allowed_environment
 from harness import channel
 from harness.errors import SlowrunError
+from harness.eval_spawn import all_builder_roots, supervised_process
 from harness.snapshots import WEIGHTS, Snapshot
 
 # A RemoteModel used on its own (not by an evaluation, which sets each snapshot's limit by the rule of
 # harness/eval_limits.py before loading it): from sending the weights to the last reply.
 DEFAULT_TIMEOUT_S = 6 * 3600.0
-ALLOW_READ_ENV = "SLOWRUN_ALLOW_READ"  # harness.runner.ALLOW_READ_ENV, not imported: the runner is heavy
 QUIT_WAIT_S = 5.0  # how long a worker told to quit may take before the supervisor kills it
 MAX_VOCAB = 1 << 20  # logits per position accepted when the vocabulary is not known
 MAX_REASON_CHARS = 4000  # of an error message the worker sends back
@@ -64,31 +61,6 @@ def all_finite(tensor: torch.Tensor) -> bool:
     return bool(torch.isfinite(low)) and bool(torch.isfinite(high))
 
 
-def project_root() -> Path:
-    """The folder holding the harness package (on sys.path of the worker, even without installation)."""
-    return Path(__file__).resolve().parent.parent
-
-
-def trusted_builder_roots() -> tuple[Path, ...]:
-    """The harness's own model packages, from which a builder may always come: ``q0_reference``."""
-    import q0_reference
-
-    return (Path(q0_reference.__file__).resolve().parent,)
-
-
-def env_builder_roots() -> tuple[Path, ...]:
-    """The folders in $SLOWRUN_ALLOW_READ (the runner's extra read-only folders for the method, e.g. the
-    test suite's ``tests``): where builders may come from when the caller names no folders itself."""
-    return tuple(Path(p) for p in os.environ.get(ALLOW_READ_ENV, "").split(os.pathsep) if p)
-
-
-def all_builder_roots(builder_roots: Sequence[Path] | None) -> tuple[Path, ...]:
-    """Every folder a builder may come from besides the method directory: :func:`trusted_builder_roots`
-    and ``builder_roots`` (None: :func:`env_builder_roots`), resolved, without repeats."""
-    extra = env_builder_roots() if builder_roots is None else builder_roots
-    return tuple(dict.fromkeys((*trusted_builder_roots(), *(Path(r).resolve() for r in extra))))
-
-
 def read_weights(snapshot: Snapshot) -> tuple[bytes, str]:
     """The weights file's bytes and their sha256; refused when the snapshot's stamped hash differs."""
     path = Path(snapshot.folder) / WEIGHTS
@@ -103,55 +75,16 @@ def read_weights(snapshot: Snapshot) -> tuple[bytes, str]:
     return data, digest
 
 
-def worker_command(module: str, fd: int, scratch: Path, method_dir: Path | None, builder_roots: Sequence[Path],
-                   require_sandbox: bool) -> list[str]:
-    """The command line of an evaluation process (a worker, or the fork server's zygote): `module` run with
-    its socket's descriptor, its scratch folder and where snapshot builders may come from."""
-    command = [sys.executable, "-s", "-m", module, "--fd", str(fd), "--scratch", str(scratch)]
-    if method_dir is not None:
-        command += ["--method-dir", str(method_dir)]
-    for root in builder_roots:
-        command += ["--builder-root", str(root)]
-    if require_sandbox:
-        command.append("--require-sandbox")
-    return command
-
-
-def supervised_process(module: str, private: Path, scratch: Path, method_dir: Path | None,
-                       builder_roots: Sequence[Path], require_sandbox: bool):
-    """An evaluation process (a worker, or the zygote) under the supervisor, not started yet, with the two
-    ends of its socket: (supervisor, ours, theirs); close `theirs` once it started, so that the process's
-    exit reads as end-of-file here. The status file sits in `private`, beside scratch, not in it: the
-    process must not be able to forge its outcome. The supervisor has no timeout of its own: the limits
-    run from load() and are enforced by the harness, which then tells the supervisor to stop."""
-    from harness.sandbox import Supervisor
-
-    ours, theirs = socket.socketpair()
-    command = worker_command(module, theirs.fileno(), scratch, method_dir, builder_roots, require_sandbox)
-    supervisor = Supervisor(command, env=_worker_env(scratch), timeout_s=None, status_file=private / "status.json",
-                            pass_fds=(theirs.fileno(),), cwd=scratch, private_network=True)  # no network at all
-    return supervisor, ours, theirs
-
-
-def _worker_env(scratch: Path) -> dict[str, str]:
-    from harness.sandbox import sandbox_env
-
-    env = allowed_environment()  # the allow-list the method's own processes get, nothing more
-    env.update(sandbox_env(scratch))
-    env["PYTHONPATH"] = str(project_root())  # the harness package, also when it is not installed
-    return env
-
-
 class RemoteModel:
     """A snapshot's model in an evaluation worker; use as a context manager (``with RemoteModel(...) as m``).
 
     ``start()`` only spawns the worker (its torch import can then overlap other work: prefetch; the
     snapshot may even be unknown then: ``RemoteModel(None, ...).start()``, and ``load(snapshot=...)``);
     ``load()`` (or entering the context) sends the weights; ``timeout_s`` counts from there. Builders may
-    come from ``method_dir``, from :func:`trusted_builder_roots` and from ``builder_roots`` (more trusted
-    folders, e.g. the run's --allow-read folders: a package, or a folder of modules; None:
-    :func:`env_builder_roots`). ``model(inputs)`` sends int token ids [B, T] and returns the checked
-    logits [B, T, V] on the inputs' device. ``vocab_size``, when given, is the smallest V accepted.
+    come from ``method_dir``, from the harness's own model packages and from ``builder_roots`` (more
+    trusted folders, e.g. the run's --allow-read folders: a package, or a folder of modules; None: those
+    in $SLOWRUN_ALLOW_READ; see :mod:`harness.eval_spawn`). ``model(inputs)`` sends int token ids [B, T]
+    and returns the checked logits [B, T, V] on the inputs' device. ``vocab_size``, when given, is the smallest V accepted.
     ``close()`` stops the worker, makes sure its process tree is gone and removes its scratch folder.
     With ``fork_server`` (a started :class:`harness.fork_server.ForkServer` made for the same method
     directory, builder roots and sandbox requirement) the worker is forked from that server's zygote
@@ -533,5 +466,4 @@ class _WorkerFailed(Exception):
         super().__init__(self.message)
 
 
-__all__ = ["DEFAULT_TIMEOUT_S", "InvalidSnapshot", "RemoteModel", "all_finite", "env_builder_roots",
-           "read_weights", "trusted_builder_roots"]
+__all__ = ["DEFAULT_TIMEOUT_S", "InvalidSnapshot", "RemoteModel", "all_finite", "read_weights"]

@@ -48,7 +48,6 @@ import time
 from harness import channel
 from harness.eval_worker import _report, _roots, worker_policy
 
-STATUS_DIR = "status"  # in the zygote's scratch: keepers write there, their workers cannot
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
@@ -197,9 +196,9 @@ def _spawn(sock: socket.socket, header: dict, fds: list[int], args: argparse.Nam
     zygote_scratch = os.path.realpath(args.scratch)
     if (len(fds) != 1 or not isinstance(scratch, str) or not isinstance(status, str) or not isinstance(env, dict)
             or not _directly_in(scratch, zygote_scratch) or not os.path.isdir(scratch)
-            or not _directly_in(status, os.path.join(zygote_scratch, STATUS_DIR))):
+            or not _directly_in(status, os.path.join(zygote_scratch, channel.STATUS_DIR))):
         raise ValueError(f"spawn needs one socket, a scratch folder in the zygote's scratch and a status file in "
-                         f"its {STATUS_DIR}/ folder")
+                         f"its {channel.STATUS_DIR}/ folder")
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -259,7 +258,6 @@ def main(argv: list[str] | None = None) -> int:
         enter_sandbox(args.policy, required=args.require_sandbox)
         # Imported once here, before the method directory is on anyone's sys.path; no torch operation
         # runs in the zygote, so no thread pool or device state reaches a fork.
-        import safetensors.torch  # noqa: F401
         import torch  # noqa: F401
 
         import harness.threads  # noqa: F401

@@ -30,7 +30,7 @@ from typing import Sequence
 
 from harness import channel
 from harness.errors import SlowrunError
-from harness.eval_zygote import STATUS_DIR
+from harness.channel import STATUS_DIR
 
 FORK_AVAILABLE = (sys.platform.startswith("linux") and hasattr(socket, "send_fds") and hasattr(os, "pidfd_open")
                   and hasattr(signal, "pidfd_send_signal"))
@@ -102,7 +102,7 @@ class ForkServer:
 
     def __init__(self, *, method_dir: Path | None = None, builder_roots: Sequence[Path] | None = None,
                  require_sandbox: bool = False):
-        from harness.eval_client import all_builder_roots
+        from harness.eval_spawn import all_builder_roots
 
         self.method_dir = Path(method_dir).resolve() if method_dir is not None else None
         self.builder_roots = all_builder_roots(builder_roots)  # as RemoteModel takes them
@@ -118,7 +118,7 @@ class ForkServer:
     def matches(self, method_dir: Path | None, builder_roots: Sequence[Path] | None, require_sandbox: bool) -> bool:
         """Whether this server's workers run with these settings (its zygote's sandbox is built from them);
         ``builder_roots`` as :class:`harness.eval_client.RemoteModel` takes them."""
-        from harness.eval_client import all_builder_roots
+        from harness.eval_spawn import all_builder_roots
 
         return (self.method_dir, self.builder_roots, self.require_sandbox) == (
             Path(method_dir).resolve() if method_dir is not None else None, all_builder_roots(builder_roots),
@@ -129,7 +129,7 @@ class ForkServer:
         return self.broken is None
 
     def start(self) -> "ForkServer":
-        from harness.eval_client import supervised_process
+        from harness.eval_spawn import supervised_process
 
         if self._supervisor is not None or self.broken is not None:
             return self

@@ -21,18 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.data.store import TokenStore
-from harness.errors import SlowrunError
-
-
-class BudgetExhausted(SlowrunError):
-    """The method asked for training data past its epoch budget."""
-
-
-class TimeExhausted(BudgetExhausted):
-    """The method asked for training data after its compute class's training-time cap.
-
-    A kind of BudgetExhausted: a method that stops on its epoch budget (and then saves its final snapshot)
-    stops on the clock the same way."""
+from harness.errors import BudgetExhausted, SlowrunError, TimeExhausted  # noqa: F401 - also named here
 
 
 def stream_seed(run_seed: int, stream_id: str) -> int:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from harness import __version__
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from harness.paths import PROJECT_ROOT  # noqa: E402
 
 
 def cpu_model() -> str:

@@ -26,12 +26,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from harness.allow_read import env_allow_read
 from harness.data.fitness import carve_fitness
 from harness.data.manifest import MANIFEST, read_manifest
 from harness.distributed import LaunchSpec
 from harness.errors import SlowrunError
 from harness.gpu_nodes import open_gpus_or_warn
 from harness.method_spec import MethodError, MethodSpec, check_method, method_hash
+from harness.paths import PROJECT_ROOT
 from harness.provenance import environment
 from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic, write_text_atomic
 from harness.sandbox.environment import check_pass_env
@@ -50,7 +52,6 @@ SERVER_FILE = "server.json"  # node 0's data server address and token, for the o
 CONNECT_FILE = "connect.json"  # this node's data server address and the token, read by each rank's worker
 STOP_GRACE_S = 2.0  # after the server asks for a stop: time for a dying tree to end on its own
 JOIN_WAIT_S = 600.0  # how long another node waits for node 0's server, and node 0 for the other nodes' ranks
-ALLOW_READ_ENV = "SLOWRUN_ALLOW_READ"  # extra read-only folders for the method (os.pathsep-separated)
 
 
 class RunInterrupted(SlowrunError):
@@ -139,7 +140,7 @@ def prepare_run(req: RunRequest) -> Path:
     run_dir = Path(req.out) if req.out else Path(req.runs_root) / run_id
     if run_dir.exists() and any(run_dir.iterdir()):
         raise SlowrunError(f"{run_dir}: already exists; choose another --out or use --resume {run_dir}")
-    allow_read = [str(Path(p).resolve()) for p in (*req.allow_read, *_env_allow_read())]
+    allow_read = [str(Path(p).resolve()) for p in (*req.allow_read, *env_allow_read())]
     check_allow_read(allow_read, {"the prepared data": data_dir, "the run folder": run_dir.resolve()})
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_json(run_dir / RUN_SPEC, {
@@ -234,16 +235,12 @@ def check_allow_read(folders: list[str], protected: dict[str, Path]) -> None:
                            "or runs; name a folder that holds neither")
 
 
-def _env_allow_read() -> list[str]:
-    return [p for p in os.environ.get(ALLOW_READ_ENV, "").split(os.pathsep) if p]
-
-
 def _sandbox_paths(spec: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(read-only, list-only) folders the method needs beyond the Python installation: its own directory
     and any --allow-read folder; the parents of those are listable (names only) so that their packages
     import through PYTHONPATH."""
     read_only = (spec["method_dir"], *spec.get("allow_read", []))
-    list_only = tuple(sorted({str(Path(p).parent) for p in read_only} | {str(Path(__file__).resolve().parents[1])}))
+    list_only = tuple(sorted({str(Path(p).parent) for p in read_only} | {str(PROJECT_ROOT)}))
     return tuple(read_only), list_only
 
 
@@ -277,7 +274,7 @@ def _worker_env(connect_file: Path, scratch: Path, launch: LaunchSpec, pass_env:
     from harness.sandbox.environment import CONNECT_ENV, allowed_environment
 
     env = allowed_environment(pass_env)
-    project_root = str(Path(__file__).resolve().parents[1])
+    project_root = str(PROJECT_ROOT)
     env["PYTHONPATH"] = project_root + (os.pathsep + os.environ["PYTHONPATH"] if os.environ.get("PYTHONPATH") else "")
     env.update(sandbox_env(scratch))
     env[CONNECT_ENV] = str(connect_file)

@@ -32,7 +32,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
+from harness.paths import PROJECT_ROOT  # noqa: E402 - beside the other module constants
 TRACKS_ENV = "SLOWRUN_TRACKS"
 DATA_ROOT_ENV = "SLOWRUN_DATA_ROOT"
 DEFAULT_TRACK = "synthetic"

@@ -33,7 +33,8 @@ def reverify_run(run_dir: str | Path, record: dict, *, method_dir: str | Path | 
     data hash must be the record's. `method_dir` is needed when the snapshots' builders live in the
     method's own directory."""
     from harness.evaluation import evaluate_run
-    from harness.runner import _env_allow_read, default_data_dir
+    from harness.allow_read import env_allow_read
+    from harness.runner import default_data_dir
 
     run_dir = Path(run_dir)
     snapshots = run_dir / "snapshots"
@@ -63,7 +64,7 @@ def reverify_run(run_dir: str | Path, record: dict, *, method_dir: str | Path | 
         evaluation = evaluate_run(copy, data_dir, int(track["seq_len"]), choice, None, batch_size=batch_size,
                                   device=device, progress=progress, fitness_docs=carve.get("documents"),
                                   method_dir=Path(method_dir) if method_dir else None,
-                                  builder_roots=tuple(Path(p) for p in (*allow_read, *_env_allow_read())))
+                                  builder_roots=tuple(Path(p) for p in (*allow_read, *env_allow_read())))
     return compare(record, evaluation, tolerance)
 
 

@@ -90,8 +90,8 @@ def run_worker() -> int:
 
     from harness.contract import ContractError, Diverged, RunContext
     from harness.distributed import init_process_group
-    from harness.meter import BudgetExhausted, TimeExhausted
-    from harness.method_spec import import_entry
+    from harness.errors import BudgetExhausted, TimeExhausted
+    from harness.entry_import import import_entry
     from harness.threads import apply_thread_setting
 
     device = run["device"]

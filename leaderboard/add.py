@@ -73,11 +73,6 @@ def _board(records_dir: Path) -> list[LoadedRecord]:
     return collect_records(records_dir)[0] if records_dir.is_dir() else []
 
 
-def board_track_hashes(records_dir: Path) -> dict[str, set[str]]:
-    """Data hashes per track name among the valid records already on the board."""
-    return _track_hashes(_board(records_dir))
-
-
 def _track_hashes(board: list[LoadedRecord]) -> dict[str, set[str]]:
     hashes: dict[str, set[str]] = {}
     for loaded in board:

@@ -239,20 +239,3 @@ def format_plan(p: Plan) -> str:
     ]
     width = max(len(name) for name, _ in rows)
     return "\n".join(["q0 allocation plan"] + [f"  {name:<{width}}  {value}" for name, value in rows])
-
-
-def plan_main(epochs: float, thresholds: PlannerThresholds = PlannerThresholds(), *, preset: str | None = None,
-              world_size: int | None = None, gpu_memory_gib: float | None = None,
-              micro_batch_size: int | None = None) -> str:
-    """Text for ``slowrun plan --epochs E``. With a preset, a world size, a GPU memory or a microbatch it
-    also lays the preset's run out on the machine (q0_reference.capacity: placement, batch arithmetic,
-    per-GPU memory) and refuses a microbatch that cannot fit."""
-    hardware = (preset, world_size, gpu_memory_gib, micro_batch_size)
-    if all(value is None for value in hardware):
-        return format_plan(plan(epochs, thresholds))
-    from q0_reference.capacity import capacity, format_capacity  # the presets import this module
-    from q0_reference.presets import get_preset
-
-    name = preset or "fineweb"
-    layout = capacity(epochs, name, world_size or 1, gpu_memory_gib, micro_batch_size)
-    return format_plan(plan(epochs, get_preset(name).planner)) + "\n" + format_capacity(layout)

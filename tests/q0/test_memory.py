@@ -12,7 +12,7 @@ from q0_reference.distill import cross_entropy
 from q0_reference.errors import Q0ConfigError
 from q0_reference.memory import GIB, activation_bytes_per_token, estimate_memory, largest_micro_batch, weight_cast_bytes
 from q0_reference.model import GPTConfig, build_gpt
-from q0_reference.planner import plan_main
+from q0_reference.plan_report import plan_report
 from q0_reference.presets import get_preset
 
 
@@ -79,11 +79,11 @@ def test_capacity_refuses_a_microbatch_that_cannot_fit_and_names_one_that_does()
 
 
 def test_plan_command_prints_placement_and_memory_and_refuses_what_cannot_fit(capsys):
-    text = plan_main(16, world_size=8, gpu_memory_gib=80)
+    text = plan_report(16, world_size=8, gpu_memory_gib=80)
     for fragment in ("q0 allocation plan", "1 of 8 rank(s)", "8 x 4 x 8", "activations (4 x 2048 tokens",
                      "teacher", "optimizer state", "(fits)"):
         assert fragment in text, fragment
-    assert "per-GPU" not in plan_main(16)
+    assert "per-GPU" not in plan_report(16)
     assert slowrun(["plan", "--epochs", "16", "--world-size", "8", "--gpu-memory", "80"]) == 0
     assert "per-GPU memory estimate" in capsys.readouterr().out
     assert slowrun(["plan", "--epochs", "16", "--world-size", "8", "--gpu-memory", "40", "--micro-batch-size", "4"]) == 2

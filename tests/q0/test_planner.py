@@ -3,7 +3,8 @@ import math
 import pytest
 
 from q0_reference.errors import Q0ConfigError
-from q0_reference.planner import Plan, PlannerThresholds, format_plan, plan, plan_main
+from q0_reference.plan_report import plan_report
+from q0_reference.planner import Plan, PlannerThresholds, format_plan, plan
 from q0_reference.schedule import steps_for_epochs
 
 
@@ -88,7 +89,7 @@ def test_trajectory_schedule_in_steps_fits_the_plan():
 
 
 def test_format_plan_states_the_numbers():
-    text = plan_main(960)
+    text = plan_report(960)
     for fragment in ("trajectories", "5", "96 of 2 epochs", "8 cycle(s)", "480", "960 of 960"):
         assert fragment in text
     packed = format_plan(plan(4))
