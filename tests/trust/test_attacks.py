@@ -182,3 +182,19 @@ def test_a_model_defined_in_the_method_directory_is_evaluated(synthetic_data, tm
     assert record["status"] == "ok", record["error"]
     assert record["invalid_snapshots"] == []
     assert 2.1 < record["result"]["val_loss"] < 6.238  # learned something; above the track's floor
+
+
+def test_the_method_process_holds_only_the_confined_side(synthetic_data, tmp_path):
+    """What the import contracts say statically (pyproject.toml, tests/test_layers.py), seen at run time:
+    none of the modules forbidden to confined code is loaded in the process that runs the method."""
+    import tomllib
+
+    run_dir, record = run("list_modules", synthetic_data, tmp_path)
+    assert record["status"] == "ok"
+    line = next(m for m in metrics(run_dir) if m.get("event") == "modules")
+    loaded = set(",".join(v for k, v in sorted(line.items()) if k.startswith("part")).split(","))
+    assert {"harness.contract", "harness.errors"} <= loaded  # the report is real (the worker runs as __main__)
+    contracts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    forbidden = next(c for c in contracts if c["id"] == "confined")["forbidden_modules"]
+    held = sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden))
+    assert held == [], f"the method's process holds harness-side modules: {held}"
