@@ -30,13 +30,13 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from harness.atomic import write_text_atomic
 from harness.errors import SlowrunError
 
 CURVES_DIR = Path(__file__).resolve().parent / "reference_curves"
@@ -301,18 +301,7 @@ def write_reference_curve(
         train_tokens=_check_train_tokens(train_tokens, where),
         baseline_tokens=_check_baseline_tokens(baseline_tokens, where),
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(curve.to_dict(), handle, indent=2)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    write_text_atomic(target, json.dumps(curve.to_dict(), indent=2) + "\n")
     return curve
 
 
@@ -383,12 +372,7 @@ def load_downstream_curves(name_or_path: str | os.PathLike) -> DownstreamCurves 
 
 
 def write_downstream_curves(path: str | os.PathLike, curves: DownstreamCurves) -> Path:
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp")
-    tmp.write_text(json.dumps(curves.to_dict(), indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, target)
-    return target
+    return write_text_atomic(path, json.dumps(curves.to_dict(), indent=2) + "\n")
 
 
 def downstream_metric_values(scores: dict, average: dict | None = None) -> dict[str, float]:

@@ -75,7 +75,8 @@ def _members(logps) -> list[np.ndarray]:
 
 
 def normalise_weights(weights, n_members: int) -> np.ndarray:
-    """Mixture weights as float64 summing to one; bad weights are refused rather than patched."""
+    """Mixture weights as float64 summing to one; bad weights are refused rather than patched. The one
+    normalisation of the harness: the data server's ``set_ensemble`` uses it too."""
     w = np.asarray(weights, dtype=np.float64).reshape(-1)
     if w.shape[0] != n_members:
         raise SlowrunError(f"got {w.shape[0]} weights for {n_members} ensemble members")
@@ -84,6 +85,9 @@ def normalise_weights(weights, n_members: int) -> np.ndarray:
     total = float(w.sum())
     if total <= 0:
         raise SlowrunError("mixture weights must not all be zero")
+    if not np.isfinite(total):  # huge weights ({a: 1e308, b: 1e308}) overflow the sum: scale them first
+        w = w / w.max()
+        total = float(w.sum())
     return w / total
 
 

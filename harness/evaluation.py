@@ -19,9 +19,7 @@ fitness data only.
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -31,6 +29,7 @@ import numpy as np
 from harness.data.manifest import read_manifest
 from harness.data.store import TokenStore
 from harness.efficiency import ReferenceCurveError, curve_path, data_efficiency, load_reference_curve
+from harness.atomic import write_json_atomic
 from harness.ensemble import bits_per_byte, mean_nll, mixture_logp
 from harness.errors import SlowrunError
 from harness.eval_client import InvalidSnapshot, RemoteModel, read_weights
@@ -179,15 +178,7 @@ def _write_cache(cache: Path, tag: str, fit: np.ndarray, val: np.ndarray, weight
     save_logprobs(fit_path, fit)
     stamp = {"weights_sha256": weights_sha256, "fit_sha256": sha256_file(fit_path),
              "val_sha256": sha256_file(val_path), "eval_dtype": eval_dtype, "evaluated_by": evaluated_by}
-    fd, tmp = tempfile.mkstemp(prefix=f".{sidecar.name}.", suffix=".tmp", dir=cache)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(stamp, handle, sort_keys=True)
-            handle.write("\n")
-        os.replace(tmp, sidecar)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_json_atomic(sidecar, stamp, indent=None)
 
 
 def evaluated_by(cache: Path, tag: str) -> str:

@@ -11,12 +11,12 @@ full-split softmax never exists.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from harness.atomic import atomic_output
 from harness.errors import SlowrunError
 
 # Upper bound on the number of logits normalised at once when no time chunk is given: 16M float32
@@ -170,17 +170,8 @@ def save_logprobs(path: str | os.PathLike, logp: np.ndarray) -> Path:
     array = np.asarray(logp)
     if not np.issubdtype(array.dtype, np.floating):
         raise SlowrunError(f"log-probabilities must be floating point, got dtype {array.dtype}")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, target)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    with atomic_output(target) as handle:
+        np.save(handle, np.ascontiguousarray(array, dtype=np.float32))
     return target
 
 

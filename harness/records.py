@@ -16,13 +16,13 @@ import json
 import math
 import os
 import re
-import tempfile
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Mapping
 
+from harness.atomic import write_text_atomic
 from harness.errors import RecordError
 
 # Version 2 adds each snapshot's `evaluated_by` (`graph`: from its exported forward, in a harness process;
@@ -345,40 +345,6 @@ def write_record_atomic(path: str | os.PathLike, record: Mapping[str, Any], *, v
     text = record_to_json(normalized)
     write_text_atomic(path, text)
     return path
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    """Temporary file beside `path`, fsync, rename over it; the temporary file never outlives a failure."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=path.parent, prefix=f".{path.name}.",
-                                         suffix=".tmp", delete=False)
-    try:
-        with handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        try:
-            os.unlink(handle.name)
-        except FileNotFoundError:
-            pass
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    """Make the rename itself durable where the platform allows opening a folder."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def _refuse_constant(name: str) -> None:

@@ -35,7 +35,8 @@ from harness.gpu_nodes import open_gpus_or_warn
 from harness.method_spec import MethodError, MethodSpec, check_method, method_hash
 from harness.paths import PROJECT_ROOT
 from harness.provenance import environment
-from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic, write_text_atomic
+from harness.atomic import write_text_atomic
+from harness.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic
 from harness.sandbox.environment import check_pass_env
 from harness.tracks import Track, get_track
 from harness.server.dataserver import STOP_FILE, RunLayout, TrainOutcome
@@ -205,9 +206,7 @@ def _gpu_name(device: str) -> str | None:
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _launch_of(spec: dict) -> LaunchSpec:

@@ -26,7 +26,8 @@ from typing import Callable, Iterable, Mapping
 
 from harness.errors import LeaderboardError
 from harness.official_hashes import KNOWN_FLOORS, official_hashes
-from harness.records import RECORD_FILENAME, STATUSES, load_record, record_to_json, write_text_atomic
+from harness.atomic import write_text_atomic
+from harness.records import RECORD_FILENAME, STATUSES, load_record, record_to_json
 from leaderboard.bundle import is_bundle, read_bundle
 from leaderboard.collect import LoadedRecord, collect_records
 from leaderboard.naming import DEFAULT_RECORDS_DIR, hash_prefix, slug

@@ -23,13 +23,14 @@ import math
 import os
 import subprocess
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from functools import cached_property, lru_cache
 from html import escape
 from pathlib import Path
 from typing import Iterable
+
+from harness.atomic import write_text_atomic
 
 RENDERER_VERSION = "1"
 PARALLEL_MIN_PLOTS = 200  # below this, starting workers (importing matplotlib) costs more than it saves
@@ -277,11 +278,7 @@ class PlotCache:
 
     def put(self, key: str, svg: str) -> None:
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile("w", encoding="utf-8", dir=self.folder, suffix=".tmp",
-                                             delete=False) as handle:
-                handle.write(svg)
-            os.replace(handle.name, self.folder / f"{key}.svg")
+            write_text_atomic(self.folder / f"{key}.svg", svg)
         except OSError:
             pass  # a cache that cannot be written only costs time
 

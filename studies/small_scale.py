@@ -92,7 +92,8 @@ def run_study(spec: StudySpec) -> list[Path]:
 def refresh_study(spec: StudySpec, downstream_data: Path | None = None, pattern: str = "*") -> list[Path]:
     """Re-evaluate every finished cell from its snapshots (cached log-probabilities make this cheap) and
     replace its record on the board: after a reference curve changes, or to add downstream scores."""
-    from harness.records import load_record, record_to_json, write_text_atomic
+    from harness.atomic import write_text_atomic
+    from harness.records import load_record, record_to_json
     from harness.runner import evaluate_existing
     from leaderboard.add import record_destination
 

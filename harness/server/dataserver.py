@@ -33,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from harness.atomic import write_json_atomic
 from harness.data.store import TokenStore
 from harness.errors import SlowrunError
 from harness.meter import BudgetExhausted, StreamReader, TimeExhausted
@@ -161,12 +162,6 @@ class RequestError(SlowrunError):
 
 def _error(kind: str, message: str, tb: str = "") -> dict:
     return {"type": kind, "message": message, "traceback": tb}
-
-
-def _write_json_atomic(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def check_safetensors(path: Path, size: int) -> None:
@@ -445,7 +440,7 @@ class DataServer:
                 self._incident("stopped", rank, f"rank {rank} ended with status {status}: the job is stopped")
                 if self.spec.world_size > 1:
                     try:  # the other nodes' runners stop their ranks when they see it (a shared run folder)
-                        _write_json_atomic(self.layout.root / STOP_FILE, self._stop)
+                        write_json_atomic(self.layout.root / STOP_FILE, self._stop)
                     except OSError as exc:
                         print(f"slowrun: could not write {STOP_FILE}: {exc}", file=sys.stderr)
             self.stop_requested.set()
@@ -651,7 +646,7 @@ class DataServer:
                           "builder": spec["builder"], "config": spec["config"], "meta": meta,
                           "weights_sha256": sha256_file(weights), "weights_bytes": info.st_size,
                           "train_s": self.train_seconds(), "rank": rank, "graph": graph}
-                _write_json_atomic(tmp / SPEC, record)
+                write_json_atomic(tmp / SPEC, record)
                 os.replace(tmp, final)
                 self._snapshot_count += 1
             finally:
@@ -769,7 +764,7 @@ class DataServer:
                      "snapshots": [s.tag for s in list_snapshots(self.layout.snapshots)],
                      "ensemble": self.ensemble, "metrics_lines": self._ranks[rank].metrics_lines,
                      "train_s": self.train_seconds()}
-            _write_json_atomic(index_path, index)
+            write_json_atomic(index_path, index)
             if previous and previous.get("state_file") and previous["state_file"] != state_name:
                 (self.layout.checkpoints / previous["state_file"]).unlink(missing_ok=True)
         return {"ok": True}
@@ -858,7 +853,7 @@ class DataServer:
         path = self.layout.root / SESSIONS
         earlier = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"train_s": []}
         earlier["train_s"].append(self.clock.session_seconds())
-        _write_json_atomic(path, earlier)
+        write_json_atomic(path, earlier)
 
     def train_seconds(self) -> float:
         return self.clock.seconds()
@@ -939,25 +934,19 @@ class DataServer:
 
 
 def normalise_weights(weights: dict) -> dict:
-    """Weights divided by their sum, checked before and after: finite, non-negative, not all zero.
+    """``{tag: weight}`` divided by their sum (harness.ensemble.normalise_weights: finite, non-negative,
+    not all zero, huge ones scaled before summing), as the request error a method gets."""
+    from harness.ensemble import normalise_weights as normalise
 
-    Dividing by the largest weight first keeps huge weights ({a: 1e308, b: 1e308}) from overflowing the
-    sum to infinity and every normalised weight to zero."""
     try:
         values = {str(tag): float(w) for tag, w in weights.items()}
     except (TypeError, ValueError):
         raise RequestError("ensemble weights must be numbers") from None
-    if any(not math.isfinite(w) or w < 0 for w in values.values()):
-        raise RequestError("ensemble weights must be finite and non-negative")
-    largest = max(values.values())
-    if largest <= 0:
-        raise RequestError("ensemble weights must not all be zero")
-    scaled = {tag: w / largest for tag, w in values.items()}
-    total = math.fsum(scaled.values())
-    result = {tag: w / total for tag, w in scaled.items()}
-    if not all(math.isfinite(w) and 0 <= w <= 1 for w in result.values()) or abs(math.fsum(result.values()) - 1) > 1e-9:
-        raise RequestError("ensemble weights do not normalise to a distribution")
-    return result
+    try:
+        normalised = normalise(list(values.values()), len(values))
+    except SlowrunError as exc:
+        raise RequestError(f"ensemble {exc}") from None
+    return {tag: float(w) for tag, w in zip(values, normalised)}
 
 
 def _finite_json(value) -> bool:

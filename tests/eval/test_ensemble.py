@@ -91,3 +91,14 @@ def test_bad_inputs_are_refused():
         mixture_logp([logp, logp[:1]], [0.5, 0.5])
     with pytest.raises(SlowrunError, match="at least one"):
         mixture_logp([], [])
+
+
+def test_huge_weights_are_scaled_before_they_are_summed():
+    """1e308 + 1e308 overflows: divided by that sum every weight was 0. The data server's set_ensemble and the
+    mixture share this one normalisation."""
+    from harness.ensemble import normalise_weights
+    from harness.server.dataserver import normalise_weights as normalise_request
+
+    assert normalise_weights([1e308, 1e308, 0.0], 3).tolist() == [0.5, 0.5, 0.0]
+    assert normalise_request({"a": 1e308, "b": 3e307}) == pytest.approx({"a": 1 / 1.3, "b": 0.3 / 1.3})
+    assert normalise_weights([1.0, 3.0], 2).tolist() == [0.25, 0.75]
