@@ -68,7 +68,7 @@ def _main(folder: str, entry: str) -> int:
     enter_sandbox(SandboxPolicy(read_only=tuple(base_read_only_paths()) + read_only,
                                 read_write=(os.environ.get("TMPDIR", os.getcwd()),), devices=tuple(default_devices()),
                                 list_only=list_only))
-    from harness.entry_import import entry_problems
+    from harness.confined.entry_import import entry_problems
 
     problems = entry_problems(Path(folder), entry)
     out.write(json.dumps(problems) + "\n")

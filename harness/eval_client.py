@@ -1,6 +1,6 @@
 """The harness's side of the evaluation worker: a snapshot's model, run in a sandboxed process of its own.
 
-:class:`RemoteModel` starts ``python -m harness.eval_worker`` under the sandbox supervisor (which kills
+:class:`RemoteModel` starts ``python -m harness.confined.eval_worker`` under the sandbox supervisor (which kills
 the whole process tree the model's code leaves behind when the worker is stopped), sends it the
 snapshot's builder, config and weights *bytes*, and then, within a time limit per snapshot, stands in
 for the ``torch.nn.Module`` that :func:`harness.logprobs.token_logprobs` and
@@ -154,7 +154,7 @@ class RemoteModel:
         scratch.mkdir()
         # A worker started ahead (prefetch) waits for its turn for as long as the snapshot before it takes,
         # so the per-snapshot limit runs from load() and is enforced here, on every send and receive.
-        self._supervisor, ours, theirs = supervised_process("harness.eval_worker", self._private, scratch,
+        self._supervisor, ours, theirs = supervised_process("harness.confined.eval_worker", self._private, scratch,
                                                             self.method_dir, self.builder_roots,
                                                             self.require_sandbox)
         for end in (ours, theirs):

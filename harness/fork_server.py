@@ -1,10 +1,10 @@
 """The harness's side of the fork server: one zygote per evaluation, a forked worker per snapshot.
 
-:class:`ForkServer` starts ``python -m harness.eval_zygote`` under the sandbox supervisor (so the zygote
+:class:`ForkServer` starts ``python -m harness.confined.eval_zygote`` under the sandbox supervisor (so the zygote
 and every process below it die with the evaluation, when the harness dies, or at ``close()``); the
 zygote imports torch once. :meth:`ForkServer.spawn` hands it one end of a fresh socket pair (SCM_RIGHTS;
 the harness passes descriptors, it never accepts any) and gets back the pid of the new child's keeper,
-which owns that worker's process tree (see :mod:`harness.eval_zygote`). :class:`ForkedChild` stops it:
+which owns that worker's process tree (see :mod:`harness.confined.eval_zygote`). :class:`ForkedChild` stops it:
 SIGTERM to the keeper through a pidfd (never a reused pid), which SIGKILLs the worker and everything it
 left, writes the worker's outcome and exits; if the keeper does not, its process group is SIGKILLed.
 Stopping one child leaves the zygote and every other child running.
@@ -136,7 +136,7 @@ class ForkServer:
         self._private = Path(tempfile.mkdtemp(prefix="slowrun-zygote-"))
         scratch = self._private / "scratch"  # the zygote writes here; each child, in its own subfolder
         (scratch / STATUS_DIR).mkdir(parents=True)
-        self._supervisor, ours, theirs = supervised_process("harness.eval_zygote", self._private, scratch,
+        self._supervisor, ours, theirs = supervised_process("harness.confined.eval_zygote", self._private, scratch,
                                                             self.method_dir, self.builder_roots,
                                                             self.require_sandbox)
         try:

@@ -337,8 +337,8 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     # This node's ranks are the supervisor's processes: its Unix socket serves nobody else (admit_tree below).
     # write_text_atomic creates its file with mode 0600 (tempfile's): the token is never readable by others
     write_text_atomic(run_dir / CONNECT_FILE, json.dumps({"address": address, "token": server.token}))
-    command = (launch.torchrun_command("harness.worker", []) if launch.is_distributed
-               else [sys.executable, "-m", "harness.worker"])
+    command = (launch.torchrun_command("harness.confined.worker", []) if launch.is_distributed
+               else [sys.executable, "-m", "harness.confined.worker"])
     layout = RunLayout(run_dir)
     private = launch.nnodes == 1  # one node: the method's tree gets a network of its own (only loopback)
     supervisor = Supervisor(command, env=_worker_env(run_dir / CONNECT_FILE, layout.scratch, launch,
@@ -453,7 +453,7 @@ def join_run(req: RunRequest) -> Path:
         raise SlowrunError(f"node 0 started {planned.nnodes} node(s) x {planned.nproc_per_node} process(es); this "
                            f"node was given {req.launch.nnodes} x {req.launch.nproc_per_node}")
     layout = RunLayout(run_dir)
-    command = req.launch.torchrun_command("harness.worker", [])
+    command = req.launch.torchrun_command("harness.confined.worker", [])
     supervisor = Supervisor(command, env=_worker_env(server_file, layout.scratch, req.launch,
                                                      tuple(spec.get("pass_env", ()))),
                             timeout_s=spec.get("timeout_s"),

@@ -37,8 +37,8 @@ def test_the_tree_keeps_every_layer_contract():
 
 
 @pytest.mark.parametrize("module, planted, contract", [
-    ("harness/worker.py", "import harness.meter", "Confined code imports nothing of the harness's side"),
-    ("harness/eval_client.py", "import harness.eval_zygote", "Evaluation imports nothing confined"),
+    ("harness/confined/worker.py", "import harness.meter", "Confined code imports nothing of the harness's side"),
+    ("harness/eval_client.py", "import harness.confined.eval_zygote", "Evaluation imports nothing confined"),
     ("harness/tracks.py", "import harness.runner", "No import cycles"),
 ])
 def test_a_planted_import_breaks_its_contract(tmp_path, module, planted, contract):

@@ -52,7 +52,7 @@ def client(address: str, token: str, batches: int) -> float:
     """Connect as rank 0, take `batches` batches through the RunContext, return tokens/s."""
     from harness.contract import RunContext
     from harness.server.wire import Channel
-    from harness.worker import connect
+    from harness.confined.worker import connect
 
     channel = Channel(connect(address))
     channel.send({"op": "hello", "token": token, "rank": 0, "pid": os.getpid()})

@@ -172,7 +172,7 @@ def request_client(address: str, token: str, requests: int) -> dict:
     per request)."""
     from harness.contract import RunContext
     from harness.server.wire import Channel
-    from harness.worker import connect
+    from harness.confined.worker import connect
 
     channel = Channel(connect(address))
     channel.send({"op": "hello", "token": token, "rank": 0, "pid": os.getpid()})

@@ -16,7 +16,7 @@ SCRIPT = """
 import resource, sys, torch
 torch.set_num_threads(1)
 if sys.argv[1] == "keep":
-    from harness.allocator import keep_freed_memory
+    from harness.confined.allocator import keep_freed_memory
     assert keep_freed_memory()
 from q0_reference.model import build_gpt
 from q0_reference.presets import get_preset

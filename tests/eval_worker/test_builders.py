@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from harness.eval_worker import BuilderRefused, resolve_builder
+from harness.confined.eval_worker import BuilderRefused, resolve_builder
 
 
 @pytest.fixture

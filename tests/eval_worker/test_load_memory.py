@@ -32,7 +32,7 @@ def measure(device: str) -> dict:
     import torch
     from safetensors.torch import save
 
-    from harness.eval_worker import _Server
+    from harness.confined.eval_worker import _Server
     from q0_reference.model import BUILDER, build_gpt
 
     torch.manual_seed(0)

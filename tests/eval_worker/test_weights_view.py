@@ -1,5 +1,5 @@
-"""Weights as views of the payload (harness.weights_view), and logits streamed through two small buffers
-(harness.eval_worker.staged_chunks with harness.channel.send_chunks)."""
+"""Weights as views of the payload (harness.confined.weights_view), and logits streamed through two small buffers
+(harness.confined.eval_worker.staged_chunks with harness.channel.send_chunks)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from safetensors.torch import load, save
 
 from harness import channel
-from harness.eval_worker import staged_chunks
-from harness.weights_view import WeightsFormatError, tensor_views
+from harness.confined.eval_worker import staged_chunks
+from harness.confined.weights_view import WeightsFormatError, tensor_views
 
 
 def _state():

@@ -50,8 +50,8 @@ def test_launch_spec_rejects_bad_placement():
         LaunchSpec(nproc_per_node=2, nnodes=2, node_rank=2)
     with pytest.raises(DistributedError, match="--nproc-per-node"):
         LaunchSpec(nproc_per_node=0)
-    command = LaunchSpec(nproc_per_node=2, master_port=1234).torchrun_command("harness.worker", ["RUN"])
-    assert command[1:3] == ["-m", "torch.distributed.run"] and command[-3:] == ["-m", "harness.worker", "RUN"]
+    command = LaunchSpec(nproc_per_node=2, master_port=1234).torchrun_command("harness.confined.worker", ["RUN"])
+    assert command[1:3] == ["-m", "torch.distributed.run"] and command[-3:] == ["-m", "harness.confined.worker", "RUN"]
 
 
 def test_q0_two_trajectories_on_two_ranks_match_one_process(synthetic_data, tmp_path, monkeypatch):

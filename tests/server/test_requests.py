@@ -17,7 +17,7 @@ from harness.meter import StreamReader
 from harness.server import DataServer, ServerSpec
 from harness.server.wire import Channel
 from harness.tracks import get_track
-from harness.worker import connect
+from harness.confined.worker import connect
 
 BATCH = 8
 
@@ -293,7 +293,7 @@ def test_snapshots_past_the_runs_limit_are_refused(synthetic_data, tmp_path):
 _TREE_MEMBER = """
 import json, sys
 from harness.server.wire import Channel
-from harness.worker import connect
+from harness.confined.worker import connect
 channel = Channel(connect(sys.argv[1]))
 channel.send({"op": "hello", "token": sys.argv[2], "rank": 0, "pid": 0})
 reply, _ = channel.recv()

@@ -133,7 +133,7 @@ def test_other_processes_environments_and_runs_tokens_are_out_of_reach(synthetic
     assert seen["connect_files_opened"] == 0
     # its own PID namespace: the victim, the runner and pytest are not even listed
     assert not any(c.startswith("sleep") or "pytest" in c for c in seen["commands_seen"]), seen["commands_seen"]
-    assert any("harness.worker" in c for c in seen["commands_seen"])
+    assert any("harness.confined.worker" in c for c in seen["commands_seen"])
 
 
 def test_another_runs_server_serves_no_stranger(synthetic_data, tmp_path):

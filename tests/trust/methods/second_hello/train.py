@@ -6,7 +6,7 @@ channel is connected to, with the best token it can make up. Both must be refuse
 import os
 
 from harness.server.wire import Channel
-from harness.worker import connect
+from harness.confined.worker import connect
 from tests.trust.methods.common import train_and_snapshot
 
 

@@ -8,7 +8,7 @@ import json
 import os
 
 from harness.server.wire import Channel
-from harness.worker import connect
+from harness.confined.worker import connect
 from tests.trust.methods.common import train_and_snapshot
 
 

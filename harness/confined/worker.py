@@ -1,7 +1,7 @@
 """The method's own process: connect to the data server, sandbox, then run the method.
 
 Started by the runner (through the sandbox supervisor, and torchrun when distributed) as
-`python -m harness.worker`, with the path of a file holding the server's address and the run's token in
+`python -m harness.confined.worker`, with the path of a file holding the server's address and the run's token in
 its environment (the file is in the run folder, which the sandbox closes; the token itself is never in
 the environment, where /proc/self/environ would keep it for the method to read). The order
 matters: this harness code first connects to the server (the one channel the method will have), then
@@ -61,7 +61,7 @@ def run_worker() -> int:
 
     connect_file = os.environ.get(CONNECT_ENV)
     if not connect_file:
-        print(f"harness.worker: ${CONNECT_ENV} is set by slowrun run; this module is not meant to be started by "
+        print(f"harness.confined.worker: ${CONNECT_ENV} is set by slowrun run; this module is not meant to be started by "
               "hand", file=sys.stderr)
         return 2
     info = rank_from_env()
@@ -71,7 +71,7 @@ def run_worker() -> int:
     del token  # the method runs in this frame's callee: leave it nothing to find by walking the stack
     reply, _ = channel.recv()
     if not reply.get("ok"):
-        print(f"harness.worker: the data server refused this process: {reply.get('error')}", file=sys.stderr)
+        print(f"harness.confined.worker: the data server refused this process: {reply.get('error')}", file=sys.stderr)
         return 2
     run = reply["run"]
 
@@ -91,7 +91,7 @@ def run_worker() -> int:
     from harness.contract import ContractError, Diverged, RunContext
     from harness.distributed import init_process_group
     from harness.errors import BudgetExhausted, TimeExhausted
-    from harness.entry_import import import_entry
+    from harness.confined.entry_import import import_entry
     from harness.threads import apply_thread_setting
 
     device = run["device"]

@@ -4,7 +4,7 @@ A fresh evaluation worker spends ~1.5 s starting Python and importing torch, whi
 costs more than scoring them. This process does that once per evaluation: started by the harness
 (:class:`harness.fork_server.ForkServer`) as
 
-    python -m harness.eval_zygote --fd N --scratch DIR [--method-dir DIR] [--builder-root DIR ...]
+    python -m harness.confined.eval_zygote --fd N --scratch DIR [--method-dir DIR] [--builder-root DIR ...]
 
 under the sandbox supervisor, it confines itself exactly as a worker does (Landlock while it has one
 thread: read-only Python, packages, method directory and builder roots; read-write its scratch), then
@@ -23,7 +23,7 @@ operation (no OpenMP or CUDA state that a fork would break). For every snapshot 
   zygote's: writes only to its scratch folder, signals and abstract sockets scoped to itself and what it
   starts. So it cannot write another child's scratch nor the zygote's, and cannot signal or ptrace the
   zygote, its keeper or another snapshot's worker (Landlock allows both only into one's own domain or
-  a nested one). Then it is an ordinary evaluation worker (:mod:`harness.eval_worker`): method directory
+  a nested one). Then it is an ordinary evaluation worker (:mod:`harness.confined.eval_worker`): method directory
   on sys.path, the snapshot's builder, weights as bytes, logits back.
 
 Every worker is a copy of the zygote, which has never seen a snapshot's code, weights or windows, so it
@@ -46,7 +46,7 @@ import sys
 import time
 
 from harness import channel
-from harness.eval_worker import _report, _roots, worker_policy
+from harness.confined.eval_worker import _report, _roots, worker_policy
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
@@ -54,7 +54,7 @@ PR_SET_CHILD_SUBREAPER = 36
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m harness.eval_zygote",
+    parser = argparse.ArgumentParser(prog="python -m harness.confined.eval_zygote",
                                      description="Fork evaluation workers for the harness (started by it).")
     parser.add_argument("--fd", type=int, required=True, help="inherited socket file descriptor")
     parser.add_argument("--method-dir", default=None, help="the method's directory (read-only)")
@@ -88,7 +88,7 @@ def _become_worker(fd: int, scratch: str, env: dict, args: argparse.Namespace) -
     """In the forked worker: a nested sandbox of its own, then serve one snapshot like a fresh worker."""
     import tempfile
 
-    from harness.eval_worker import _Server, serve_method
+    from harness.confined.eval_worker import _Server, serve_method
     from harness.sandbox import enter_sandbox
 
     sock = socket.socket(fileno=fd)
@@ -107,7 +107,7 @@ def _become_worker(fd: int, scratch: str, env: dict, args: argparse.Namespace) -
     try:
         if "numpy" in sys.modules:  # a fresh process seeds numpy's global generator from the OS: so here
             sys.modules["numpy"].random.seed()
-        from harness.allocator import keep_freed_memory
+        from harness.confined.allocator import keep_freed_memory
         from harness.threads import apply_thread_setting
 
         keep_freed_memory()

@@ -4,7 +4,7 @@ A snapshot's builder is code the method chose, so it must never run in the harne
 holds the validation split: there it could read the windows off the call stack, open the token files,
 or run a shell. This process is started by the harness (:mod:`harness.eval_client`) as
 
-    python -m harness.eval_worker --fd N --method-dir DIR --scratch DIR [--builder-root DIR ...]
+    python -m harness.confined.eval_worker --fd N --method-dir DIR --scratch DIR [--builder-root DIR ...]
 
 and, before it imports torch or anything of the method, it confines itself (Landlock while it still has
 one thread): read-only Python, the installed packages, the method directory and the harness's model
@@ -36,7 +36,7 @@ import sys
 import traceback
 
 from harness import channel
-from harness.weights_view import tensor_views
+from harness.confined.weights_view import tensor_views
 
 # The dtypes logits may come back in; float64 logits are sent as float32 (the harness normalises in
 # float32 anyway), anything else is refused.
@@ -51,7 +51,7 @@ class BuilderRefused(Exception):
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m harness.eval_worker",
+    parser = argparse.ArgumentParser(prog="python -m harness.confined.eval_worker",
                                      description="Run one snapshot's model for the harness (started by it).")
     parser.add_argument("--fd", type=int, required=True, help="inherited socket file descriptor")
     parser.add_argument("--method-dir", default=None, help="the method's directory (read-only, first on sys.path)")
@@ -216,7 +216,7 @@ class _Server:
             model = build(header["config"])
         if not isinstance(model, torch.nn.Module):
             raise TypeError(f"builder {header['builder']!r} returned {type(model).__name__}, not a torch.nn.Module")
-        # Views of the payload, copied once, straight into the model's tensors (harness.weights_view)
+        # Views of the payload, copied once, straight into the model's tensors (harness.confined.weights_view)
         state = tensor_views(payload)
         missing, unexpected = model.load_state_dict(state, strict=False)
         if missing or unexpected:
@@ -342,7 +342,7 @@ class _Server:
 def _report(sock: socket.socket, exc: BaseException) -> None:
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     message = f"{type(exc).__name__}: {exc}"
-    print(f"harness.eval_worker: {message}" if isinstance(exc, BuilderRefused) else trace, file=sys.stderr, flush=True)
+    print(f"harness.confined.eval_worker: {message}" if isinstance(exc, BuilderRefused) else trace, file=sys.stderr, flush=True)
     try:
         channel.send(sock, {"ok": False, "error": message[:MAX_ERROR_CHARS], "type": type(exc).__name__,
                             "traceback": trace[-MAX_ERROR_CHARS:]})
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         _report(sock, exc)
         return 1
     try:
-        from harness.allocator import keep_freed_memory
+        from harness.confined.allocator import keep_freed_memory
         from harness.threads import apply_thread_setting
 
         keep_freed_memory()  # forward passes reuse freed memory instead of faulting it in again
