@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import argparse
 import sys
 from pathlib import Path
@@ -90,34 +91,77 @@ def _parse_sets(items: list[str]) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def _run_request(args, launch):
+    from harness.runner import RunRequest
+
+    return RunRequest(
+        method_dir=Path(args.dir), track=args.track, epochs=args.epochs, seed=args.seed,
+        overrides=_parse_sets(args.set), out=Path(args.out) if args.out else None,
+        data_dir=Path(args.data) if args.data else None, device=args.device, progress=not args.quiet,
+        track_files=tuple(args.tracks), compute_class=args.compute_class, eval_batch_size=args.eval_batch_size,
+        eval_dtype=args.eval_dtype, eval_workers=args.eval_workers,
+        downstream=args.downstream, downstream_data=Path(args.downstream_data) if args.downstream_data else None,
+        downstream_limit=_downstream_limits(args), downstream_files=_downstream_files(args), launch=launch,
+        timeout_s=args.timeout if args.timeout and args.timeout > 0 else None, time_limit_s=args.time_limit,
+        allow_read=tuple(Path(p) for p in args.allow_read),
+        pass_env=tuple(args.pass_env),
+        max_snapshots=args.max_snapshots, eval_timeout_s=args.eval_timeout, eval_graphs=not args.no_graphs,
+        gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None)
+
+
 def _cmd_run(args) -> int:
     from harness.distributed import LaunchSpec
-    from harness.runner import RunRequest, resume_run, run_method
+    from harness.runner import resume_run, run_method
 
     launch = LaunchSpec(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
                         master_addr=args.master_addr, master_port=args.master_port)
+    if args.slurm:
+        return _submit_to_slurm(args, launch)
     if args.resume:
         run_dir = resume_run(Path(args.resume), progress=not args.quiet)
     else:
         if not args.dir:
             raise SlowrunError("give a method directory (slowrun run DIR) or --resume RUN_DIR")
-        run_dir = run_method(RunRequest(
-            method_dir=Path(args.dir), track=args.track, epochs=args.epochs, seed=args.seed,
-            overrides=_parse_sets(args.set), out=Path(args.out) if args.out else None,
-            data_dir=Path(args.data) if args.data else None, device=args.device, progress=not args.quiet,
-            track_files=tuple(args.tracks), compute_class=args.compute_class, eval_batch_size=args.eval_batch_size,
-            eval_dtype=args.eval_dtype, eval_workers=args.eval_workers,
-            downstream=args.downstream, downstream_data=Path(args.downstream_data) if args.downstream_data else None,
-            downstream_limit=_downstream_limits(args), downstream_files=_downstream_files(args), launch=launch,
-            timeout_s=args.timeout if args.timeout and args.timeout > 0 else None, time_limit_s=args.time_limit,
-            allow_read=tuple(Path(p) for p in args.allow_read),
-            pass_env=tuple(args.pass_env),
-            max_snapshots=args.max_snapshots, eval_timeout_s=args.eval_timeout, eval_graphs=not args.no_graphs,
-            gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None))
+        run_dir = run_method(_run_request(args, launch))
     print(run_dir)
     if launch.nnodes > 1 and launch.node_rank > 0 and not args.resume:
         return 0  # another node: node 0 writes the record, and its exit code is the run's
     return _status_code(run_dir)
+
+
+def _submit_to_slurm(args, launch) -> int:
+    """Prepare the run folder here and hand its training to Slurm (harness.cluster)."""
+    from harness.cluster.slurm import SlurmOptions, submit
+    from harness.paths import PROJECT_ROOT
+    from harness.runner import prepare_run
+
+    options = SlurmOptions(partition=args.partition, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+                           time=args.time, account=args.account, grace_s=args.grace)
+    if args.resume:
+        run_dir = Path(args.resume).resolve()
+    else:
+        if not args.dir:
+            raise SlowrunError("give a method directory (slowrun run DIR --slurm) or --resume RUN_DIR")
+        run_dir = prepare_run(_run_request(args, launch)).resolve()
+    job_id = submit(run_dir, options, launch.nproc_per_node, pythonpath=str(PROJECT_ROOT))
+    print(f"submitted Slurm job {job_id} for {run_dir}; follow it with: slowrun status {run_dir}", file=sys.stderr)
+    print(run_dir)
+    return 0
+
+
+def _cmd_status(args) -> int:
+    from harness.cluster.slurm import status
+
+    state = status(Path(args.run_dir))
+    print(json.dumps(state, indent=2))
+    return 0
+
+
+def _cmd_cancel(args) -> int:
+    from harness.cluster.slurm import cancel
+
+    print(f"cancelled Slurm job {cancel(Path(args.run_dir))}", file=sys.stderr)
+    return 0
 
 
 def _status_code(run_dir: Path) -> int:
@@ -283,9 +327,27 @@ def build_parser() -> argparse.ArgumentParser:
     dist.add_argument("--master-port", type=int, default=29512,
                       help="multi-node jobs: the rendezvous port on node 0 (its data server listens on it + 1); one "
                       "node runs standalone on a free port")
+    slurm = p.add_argument_group("Slurm (the run folder is prepared here, on a file system the nodes share, and "
+                                 "trained by a job that resumes it by itself after a requeue)")
+    slurm.add_argument("--slurm", action="store_true", help="submit the run (or --resume RUN_DIR) as a Slurm job")
+    slurm.add_argument("--partition")
+    slurm.add_argument("--nodes", type=int, default=1, help="nodes (one for now)")
+    slurm.add_argument("--gpus-per-node", type=int, default=0)
+    slurm.add_argument("--time", help="the job's time limit, in Slurm's format (e.g. 3:00:00)")
+    slurm.add_argument("--account")
+    slurm.add_argument("--grace", type=int, default=120, metavar="SECONDS",
+                       help="warning before the time limit or a pre-emption (USR1): the job stops and requeues itself")
     _downstream_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="a Slurm run's job state, starts and record status")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_status)
+
+    p = sub.add_parser("cancel", help="cancel a Slurm run's job")
+    p.add_argument("run_dir")
+    p.set_defaults(func=_cmd_cancel)
 
     p = sub.add_parser("eval", help="recompute a run's evaluation and record from its snapshots")
     p.add_argument("run_dir")

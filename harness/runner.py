@@ -544,6 +544,25 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
     return record
 
 
+def train_prepared(run_dir: Path, progress: bool = True) -> Path:
+    """Train, evaluate and record a run folder that prepare_run made (a scheduler's job runs this on the
+    compute node; the folder was prepared where the job was submitted)."""
+    _train_and_finish(Path(run_dir), resume=False, progress=progress)
+    return Path(run_dir)
+
+
+def _scheduler_section(run_dir: Path) -> dict | None:
+    """The record's account of a scheduler's job: its id, how often it started, how often a start resumed
+    an interrupted run (pre-emptions, requeues, node failures). None for a run started by hand."""
+    path = run_dir / "slurm" / "job.json"
+    if not path.exists():
+        return None
+    job = json.loads(path.read_text(encoding="utf-8"))
+    starts = job.get("starts", [])
+    return {"kind": "slurm", "job_id": job.get("job_id"), "starts": len(starts),
+            "preemptions": sum(1 for s in starts if s.get("resumed"))}
+
+
 def _harness_failure(exc: BaseException, tb: str, resume: bool) -> dict:
     return {"status": "failed", "error": {"type": "HarnessError", "message": f"the harness could not train this run: "
                                           f"{type(exc).__name__}: {exc}", "traceback": tb},
@@ -677,6 +696,9 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
             record["downstream_efficiency"] = efficiency
     if downstream_note:
         record["downstream_note"] = downstream_note
+    scheduler = _scheduler_section(run_dir)
+    if scheduler is not None:
+        record["scheduler"] = scheduler
     write_record_atomic(run_dir / RECORD, record)
     _print_summary(run_dir, record)
     return record

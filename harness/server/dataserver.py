@@ -764,9 +764,14 @@ class DataServer:
                      "snapshots": [s.tag for s in list_snapshots(self.layout.snapshots)],
                      "ensemble": self.ensemble, "metrics_lines": self._ranks[rank].metrics_lines,
                      "train_s": self.train_seconds()}
+            # The rank's previous checkpoint stays until the next one: a job killed after one rank of a
+            # group checkpointed and before its peer did resumes the ahead rank from it (`_restore`).
+            earlier = {k: v for k, v in (previous or {}).items() if k != "previous"} or None
+            index["previous"] = earlier
             write_json_atomic(index_path, index)
-            if previous and previous.get("state_file") and previous["state_file"] != state_name:
-                (self.layout.checkpoints / previous["state_file"]).unlink(missing_ok=True)
+            dropped = (previous or {}).get("previous") or {}
+            if dropped.get("state_file") and dropped["state_file"] not in (state_name, (earlier or {}).get("state_file")):
+                (self.layout.checkpoints / dropped["state_file"]).unlink(missing_ok=True)
         return {"ok": True}
 
     def _op_end(self, rank: int, header: dict, payload) -> dict:
@@ -812,15 +817,25 @@ class DataServer:
         them had seen, their metrics lines. Snapshots taken after a checkpoint are removed (the resumed
         run takes them again)."""
         kept: set[str] = set()
+        latest = {}
         for rank in range(self.spec.world_size):
             index_path = self.layout.checkpoint_index(rank)
             if index_path.exists():
-                index = json.loads(index_path.read_text(encoding="utf-8"))
-                self._restored[rank] = index
-                kept.update(index["snapshots"])
-                if index.get("ensemble") is not None and self.ensemble is None:
-                    self.ensemble = index["ensemble"]
-                self._previous_train_s = max(self._previous_train_s, float(index.get("train_s", 0.0)))
+                latest[rank] = json.loads(index_path.read_text(encoding="utf-8"))
+        chosen = consistent_checkpoints(latest)
+        for rank, index in latest.items():  # a checkpoint given up is forgotten: the next one follows the chosen
+            if chosen.get(rank) is not index:
+                if chosen.get(rank) is None:
+                    self.layout.checkpoint_index(rank).unlink()
+                else:
+                    write_json_atomic(self.layout.checkpoint_index(rank), chosen[rank])
+                (self.layout.checkpoints / index["state_file"]).unlink(missing_ok=True)
+        for rank, index in chosen.items():
+            self._restored[rank] = index
+            kept.update(index["snapshots"])
+            if index.get("ensemble") is not None and self.ensemble is None:
+                self.ensemble = index["ensemble"]
+            self._previous_train_s = max(self._previous_train_s, float(index.get("train_s", 0.0)))
         sessions = self.layout.root / SESSIONS
         if sessions.exists():  # every earlier session that ended under a runner, crashed or not
             earlier = json.loads(sessions.read_text(encoding="utf-8"))
@@ -975,6 +990,38 @@ def _method_error(error) -> dict | None:
         return None
     return {"type": str(error.get("type", ""))[:200], "message": str(error.get("message", ""))[:4000],
             "traceback": str(error.get("traceback", ""))[-32000:]}
+
+
+def consistent_checkpoints(latest: dict[int, dict]) -> dict[int, dict]:
+    """The checkpoint each rank resumes from: its latest, unless that puts it ahead of a rank it reads a
+    stream with in shards (a DDP group steps together); then its previous one, or none.
+
+    The ranks of a group checkpoint at the same steps, but each writes its own file: a job killed between
+    two ranks' writes leaves one a checkpoint ahead. Resumed as they are, the two would disagree on the step
+    and on the stream's position. Ranks ahead fall back until every sharded stream's shards stand at one
+    step (a shard no checkpoint holds stands at step 0)."""
+    chosen: dict[int, dict | None] = dict(latest)
+    for _ in range(2 * len(chosen) + 2):
+        steps: dict[str, dict[int, tuple[int, int]]] = {}  # stream -> shard -> (step, rank)
+        shards_of: dict[str, int] = {}
+        for rank, index in chosen.items():
+            if index is None:
+                continue
+            for stream, raw in _ledger_state(index).get("streams", {}).items():
+                if int(raw["shards"]) > 1:
+                    shards_of[stream] = int(raw["shards"])
+                    for shard, windows in raw["windows"].items():
+                        steps.setdefault(stream, {})[int(shard)] = (int(windows) // int(raw["batch_size"]), rank)
+        ahead: set[int] = set()
+        for stream, count in shards_of.items():
+            at = steps.get(stream, {})
+            low = 0 if len(at) < count else min(step for step, _ in at.values())
+            ahead.update(rank for step, rank in at.values() if step > low)
+        if not ahead:
+            return {rank: index for rank, index in chosen.items() if index is not None}
+        for rank in ahead:
+            chosen[rank] = (chosen[rank] or {}).get("previous")
+    raise SlowrunError("the ranks' checkpoints cannot be brought to one step; start the run again")
 
 
 def _ledger_state(index: dict) -> dict:

@@ -1,0 +1,7 @@
+"""Placing a run on a cluster's scheduler: Slurm today.
+
+The scheduler only places the run; the harness's own path stays the engine. ``slowrun run --slurm`` prepares
+the run folder where it is called (on a file system the compute nodes share), writes an ``sbatch`` script
+into it and submits it; the job runs :mod:`harness.cluster.job`, which trains the run, or resumes it when it
+was started before (a requeue after pre-emption or a node failure), meter and training clock continuing.
+Harness-side code: nothing here runs beside the method."""

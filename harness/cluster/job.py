@@ -1,0 +1,91 @@
+"""The body of a run's Slurm job: train the run, or resume it, and requeue on the scheduler's warning.
+
+    python -m harness.cluster.job RUN_DIR
+
+Started again after a requeue (a pre-emption, a node failure, ``scontrol requeue``), it finds the run
+started and resumes it from its last checkpoint: the data server restores the meter, the snapshots and
+the training clock from the run folder, so the record is that of one run, with every start listed. A run
+whose record is final (anything but an interruption) is left as it is.
+
+Slurm warns a job before its time limit or a pre-emption with the signal the script asks for (USR1, the
+grace before). The job then stops the method's processes as on SIGTERM (the run's record says
+``Interrupted``; work since the last checkpoint is lost) and requeues itself, so the run continues in its
+next start without anyone resubmitting it. A SIGTERM from Slurm itself (``scontrol requeue``, ``scancel``)
+stops the run the same way; Slurm then decides whether the job starts again."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from harness.atomic import write_json_atomic
+from harness.cluster.slurm import JOB_FILE, JOB_FOLDER
+from harness.records import utc_timestamp
+
+
+def run_state(run_dir: Path) -> str:
+    """'new' (prepared, never started), 'started' (to resume) or 'final' (its record is final)."""
+    record_path = run_dir / "record.json"
+    if record_path.exists():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        if (record.get("error") or {}).get("type") != "Interrupted":
+            return "final"
+        return "started"
+    if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoint").exists() or (run_dir / "snapshots").exists():
+        return "started"
+    return "new"
+
+
+def _note_start(run_dir: Path, resumed: bool) -> dict:
+    path = run_dir / JOB_FOLDER / JOB_FILE
+    job = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {"job_id": None, "starts": []}
+    start = {"job_id": os.environ.get("SLURM_JOB_ID"), "restart_count": int(os.environ.get("SLURM_RESTART_COUNT", 0)),
+             "node": os.environ.get("SLURMD_NODENAME"), "started": utc_timestamp(), "resumed": resumed}
+    job["starts"] = [*job.get("starts", []), start]
+    path.parent.mkdir(exist_ok=True)
+    write_json_atomic(path, job)
+    return job
+
+
+def main(run_dir: str) -> int:
+    from harness.runner import RunInterrupted, resume_run, train_prepared
+
+    folder = Path(run_dir).resolve()
+    state = run_state(folder)
+    if state == "final":
+        print(f"slowrun: {folder} already has its record; nothing to do", file=sys.stderr)
+        return 0
+    job = _note_start(folder, resumed=state == "started")
+    warned = []
+
+    def on_warning(signum, frame):  # the scheduler's warning: stop as on SIGTERM, then requeue (below)
+        warned.append(signum)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    signal.signal(signal.SIGUSR1, on_warning)
+    try:
+        if state == "started":
+            resume_run(folder, progress=False)
+        else:
+            train_prepared(folder, progress=False)
+    except RunInterrupted as exc:
+        print(f"slowrun: {exc}", file=sys.stderr)
+        job_id = os.environ.get("SLURM_JOB_ID") or job.get("job_id")
+        if warned and job_id:
+            done = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True)
+            print(f"slowrun: requeued job {job_id} after the scheduler's warning"
+                  + ("" if done.returncode == 0 else f" (scontrol: {done.stderr.strip()})"), file=sys.stderr)
+        return 143
+    from harness.records import exit_code, load_record
+
+    return exit_code(load_record(folder / "record.json")["status"])
+
+
+if __name__ == "__main__":
+    from harness.fast_exit import exit_now
+
+    exit_now(main(sys.argv[1]))

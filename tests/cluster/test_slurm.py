@@ -1,0 +1,103 @@
+"""`slowrun run --slurm` on a real one-node Slurm: a 2-rank CPU job requeued mid-run resumes by itself and
+ends with the record of a run that was never interrupted, saying how often it was pre-empted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.cluster.job import run_state
+from harness.cluster.slurm import SlurmError, SlurmOptions, job_script
+from harness.distributed import LaunchSpec
+from harness.runner import RunRequest, run_method
+
+PROJECT = Path(__file__).resolve().parents[2]
+TINY = (("d_model", "32"), ("n_layer", "1"), ("n_head", "2"), ("batch_size", "8"), ("log_every", "1"),
+        ("warmup_steps", "5"), ("micro_batch_size", "2"))
+
+
+def test_the_job_script_asks_for_requeue_the_warning_and_the_resources(tmp_path):
+    script = job_script(tmp_path / "run", SlurmOptions(partition="gpu", gpus_per_node=8, time="3:00:00",
+                                                       account="lab", grace_s=300), nproc_per_node=8,
+                        python="/venv/bin/python")
+    for line in ("#SBATCH --requeue", "#SBATCH --signal=B:USR1@300", "#SBATCH --gpus-per-node=8",
+                 "#SBATCH --partition=gpu", "#SBATCH --time=3:00:00", "#SBATCH --account=lab",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --nodes=1"):
+        assert line in script.splitlines()
+    assert script.rstrip().endswith(f"exec /venv/bin/python -m harness.cluster.job {(tmp_path / 'run').resolve()}")
+    with pytest.raises(SlurmError, match="one node for now"):
+        SlurmOptions(nodes=2)
+
+
+def test_a_run_is_new_started_or_final_by_what_its_folder_holds(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")
+    assert run_state(run) == "new"
+    (run / "metrics.jsonl").write_text("")
+    assert run_state(run) == "started"
+    (run / "record.json").write_text(json.dumps({"status": "failed", "error": {"type": "Interrupted"}}))
+    assert run_state(run) == "started"
+    (run / "record.json").write_text(json.dumps({"status": "ok", "error": None}))
+    assert run_state(run) == "final"
+
+
+def _losses(run_dir: Path) -> list[float]:
+    return [line["loss"] for line in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())
+            if "loss" in line]
+
+
+def _wait(predicate, seconds: float, what: str):
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_a_requeued_job_resumes_by_itself_to_the_uninterrupted_record(slurm_cluster, synthetic_data, tmp_path):
+    common = ["--track", "synthetic", "--epochs", "3", "--seed", "3", "--data", str(synthetic_data),
+              "--nproc-per-node", "2", "--quiet"] + [a for k, v in TINY for a in ("--set", f"{k}={v}")]
+    straight = run_method(RunRequest(method_dir=PROJECT / "submissions" / "single_model", epochs=3.0, seed=3,
+                                     overrides=TINY, data_dir=synthetic_data, progress=False,
+                                     out=tmp_path / "straight", launch=LaunchSpec(nproc_per_node=2)))
+    out = tmp_path / "slurm-run"
+    submitted = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(PROJECT / "submissions" / "single_model"),
+                                *common, "--out", str(out), "--slurm", "--grace", "30"],
+                               capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads((out / "slurm" / "job.json").read_text())["job_id"]
+    # pre-empt it once it has a checkpoint and a snapshot: Slurm stops it (SIGTERM) and starts it again
+    _wait(lambda: (out / "checkpoint").exists() and any((out / "checkpoint").glob("rank*.json"))
+          and (out / "snapshots").exists() and any((out / "snapshots").iterdir()), 240, "the first checkpoint")
+    requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
+    assert requeue.returncode == 0, requeue.stderr
+    record_path = out / "record.json"
+
+    def final():
+        if not record_path.exists():
+            return None
+        record = json.loads(record_path.read_text())
+        return record if (record.get("error") or {}).get("type") != "Interrupted" else None
+
+    record = _wait(final, 300, "the requeued job's final record")
+    log = "\n".join(p.read_text() for p in (out / "slurm").glob("slurm-*.out"))
+    a = json.loads((straight / "record.json").read_text())
+    assert record["status"] == a["status"] == "ok", log[-3000:]
+    assert record["resumed"] and record["scheduler"]["preemptions"] == 1 and record["scheduler"]["starts"] == 2
+    assert record["scheduler"]["job_id"] == job_id
+    assert record["metered"] == a["metered"]
+    assert [s["tag"] for s in record["snapshots"]] == [s["tag"] for s in a["snapshots"]]
+    assert _losses(out) == _losses(straight)  # bitwise: the contract's resume is exact
+    assert record["result"]["val_loss"] == a["result"]["val_loss"]
+    assert record["timings"]["train_s"] > 0  # the training time of both starts together
+    status = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(out)], capture_output=True,
+                            text=True, cwd=PROJECT, timeout=60)
+    assert status.returncode == 0 and json.loads(status.stdout)["preemptions"] == 1
