@@ -22,16 +22,22 @@ from harness.confined.worker import connect
 BATCH = 8
 
 
-@pytest.fixture
-def served(synthetic_data, tmp_path):
-    """A data server in this process (its own threads) and the method's side of one rank's connection."""
+def _serve(synthetic_data, tmp_path):
+    """A data server in this process (its own threads), one rank's connection to it, and the run it sent."""
     server = DataServer(ServerSpec(run_dir=tmp_path / "run", data_dir=synthetic_data, track=get_track("synthetic"),
                                    budget=4.0, seed=3, hparams={}, device="cpu", method_dir=tmp_path,
                                    entry="train:main", fitness_docs=0, progress=False))
     channel = Channel(connect(server.start()))
     channel.send({"op": "hello", "token": server.token, "rank": 0, "pid": os.getpid()})
     reply, _ = channel.recv()
-    yield server, channel, RunContext(channel, reply["run"])
+    return server, channel, reply["run"]
+
+
+@pytest.fixture
+def served(synthetic_data, tmp_path):
+    """A data server and the method's side of one rank's connection."""
+    server, channel, run = _serve(synthetic_data, tmp_path)
+    yield server, channel, RunContext(channel, run)
     server.stop()
 
 
@@ -379,13 +385,8 @@ def test_a_checkpoint_keeps_the_gpus_generator_and_resume_restores_it(synthetic_
     masks. The CUDA calls are stood in for (no GPU here); the file goes through the real server."""
     import torch
 
-    server = DataServer(ServerSpec(run_dir=tmp_path / "run", data_dir=synthetic_data, track=get_track("synthetic"),
-                                   budget=4.0, seed=3, hparams={}, device="cpu", method_dir=tmp_path,
-                                   entry="train:main", fitness_docs=0, progress=False))
-    channel = Channel(connect(server.start()))
-    channel.send({"op": "hello", "token": server.token, "rank": 0, "pid": os.getpid()})
-    reply, _ = channel.recv()
-    ctx = RunContext(channel, reply["run"])
+    server, channel, run = _serve(synthetic_data, tmp_path)
+    ctx = RunContext(channel, run)
     cuda_state = torch.arange(16, dtype=torch.uint8)
     restored = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -397,7 +398,7 @@ def test_a_checkpoint_keeps_the_gpus_generator_and_resume_restores_it(synthetic_
     try:
         ctx.checkpoint({"step": 7})
         index = json.loads(server.layout.checkpoint_index(0).read_text())
-        run = {**reply["run"], "resume_file": str(server.layout.checkpoints / index["state_file"])}
+        run = {**run, "resume_file": str(server.layout.checkpoints / index["state_file"])}
         resumed = RunContext(channel, run)
         assert resumed.resume_state() == {"step": 7}
         assert len(restored) == 1 and restored[0][1] == 1 and torch.equal(restored[0][0], cuda_state)
