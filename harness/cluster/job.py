@@ -32,9 +32,11 @@ def run_state(run_dir: Path) -> str:
     record_path = run_dir / "record.json"
     if record_path.exists():
         record = json.loads(record_path.read_text(encoding="utf-8"))
-        if (record.get("error") or {}).get("type") != "Interrupted":
-            return "final"
-        return "started"
+        job_path = run_dir / JOB_FOLDER / JOB_FILE
+        starts = json.loads(job_path.read_text(encoding="utf-8")).get("starts", []) if job_path.exists() else []
+        if (record.get("error") or {}).get("type") == "Interrupted" or (starts and starts[-1].get("interrupted")):
+            return "started"  # the last start was stopped (whatever its record says of how): resume
+        return "final"
     if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoint").exists() or (run_dir / "snapshots").exists():
         return "started"
     return "new"
@@ -74,6 +76,8 @@ def main(run_dir: str) -> int:
             train_prepared(folder, progress=False)
     except RunInterrupted as exc:
         print(f"slowrun: {exc}", file=sys.stderr)
+        job["starts"][-1]["interrupted"] = True
+        write_json_atomic(folder / JOB_FOLDER / JOB_FILE, job)
         job_id = os.environ.get("SLURM_JOB_ID") or job.get("job_id")
         if warned and job_id:
             done = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True)

@@ -45,6 +45,11 @@ def test_a_run_is_new_started_or_final_by_what_its_folder_holds(tmp_path):
     assert run_state(run) == "started"
     (run / "record.json").write_text(json.dumps({"status": "ok", "error": None}))
     assert run_state(run) == "final"
+    (run / "record.json").write_text(json.dumps({"status": "failed", "error": {"type": "WorkerDied"}}))
+    assert run_state(run) == "final"
+    (run / "slurm").mkdir()
+    (run / "slurm" / "job.json").write_text(json.dumps({"starts": [{"interrupted": True}]}))
+    assert run_state(run) == "started"  # the job's last start was stopped, whatever the record says of how
 
 
 def _losses(run_dir: Path) -> list[float]:

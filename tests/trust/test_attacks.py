@@ -198,3 +198,62 @@ def test_the_method_process_holds_only_the_confined_side(synthetic_data, tmp_pat
     forbidden = next(c for c in contracts if c["id"] == "confined")["forbidden_modules"]
     held = sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden))
     assert held == [], f"the method's process holds harness-side modules: {held}"
+
+
+def _descendants(pid: int) -> list[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(ppid, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def test_sigterm_to_every_process_of_the_run_records_an_interruption(synthetic_data, tmp_path):
+    """A scheduler stops a job by signalling every process in it: the method's processes may die of the signal
+    before the runner has handled its own. The record must still say Interrupted (so the run resumes), not
+    that a worker died."""
+    marker = f"slowrun-all-{uuid.uuid4().hex}"
+    out = tmp_path / "run-all"
+    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
+    runner = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(METHODS / "sleep_forever"),
+                               "--track", "synthetic", "--epochs", "1", "--data", str(synthetic_data),
+                               "--out", str(out), "--set", f"target={marker}", "--quiet"], env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not processes_with(marker):
+        time.sleep(0.1)
+    assert processes_with(marker), "the method never reached its hang"
+    for pid in [*reversed(_descendants(runner.pid)), runner.pid]:  # the method's processes first
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    runner.wait(timeout=60)
+    record = json.loads((out / "record.json").read_text())
+    assert record["status"] == "failed" and record["error"]["type"] == "Interrupted", record["error"]
+
+
+def test_a_worker_that_died_of_the_runners_signal_reads_as_an_interruption():
+    """The race the test above cannot force on one rank (seen with two torchrun ranks under Slurm): the
+    server saw a rank's connection drop before the runner handled SIGTERM."""
+    from harness.runner import interrupted_outcome
+    from harness.server.dataserver import TrainOutcome
+
+    def outcome(status, kind):
+        return TrainOutcome(status=status, error=None if kind is None else {"type": kind, "message": "m"},
+                            meter={}, epochs=0.5, epoch_tokens=1, train_tokens=0, ensemble=None, snapshots=[],
+                            train_s=1.0, resumed=False)
+
+    assert interrupted_outcome(outcome("failed", "WorkerDied"), True).error["type"] == "Interrupted"
+    assert interrupted_outcome(outcome("failed", "WorkerDied"), False).error["type"] == "WorkerDied"
+    assert interrupted_outcome(outcome("diverged", "Diverged"), True).error["type"] == "Diverged"
+    assert interrupted_outcome(outcome("ok", None), True).error is None
