@@ -132,18 +132,24 @@ def test_a_hanging_method_is_stopped_at_the_timeout_with_its_children(synthetic_
     assert record["result"] is not None
 
 
-def test_sigterm_to_slowrun_run_leaves_no_process_and_a_record(synthetic_data, tmp_path):
-    marker = f"slowrun-term-{uuid.uuid4().hex}"
-    out = tmp_path / "run-term"
+def _hanging_run(marker: str, out: Path, data: Path) -> subprocess.Popen:
+    """`slowrun run` of the sleep_forever method, returned once the method hangs (its process carries `marker`)."""
     env = {**os.environ, "PYTHONPATH": str(PROJECT)}
     runner = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(METHODS / "sleep_forever"),
-                               "--track", "synthetic", "--epochs", "1", "--data", str(synthetic_data),
+                               "--track", "synthetic", "--epochs", "1", "--data", str(data),
                                "--out", str(out), "--set", f"target={marker}", "--quiet"], env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and not processes_with(marker):
         time.sleep(0.1)
     assert processes_with(marker), "the method never reached its hang"
+    return runner
+
+
+def test_sigterm_to_slowrun_run_leaves_no_process_and_a_record(synthetic_data, tmp_path):
+    marker = f"slowrun-term-{uuid.uuid4().hex}"
+    out = tmp_path / "run-term"
+    runner = _hanging_run(marker, out, synthetic_data)
     runner.send_signal(signal.SIGTERM)
     runner.wait(timeout=60)
     assert runner.returncode != 0
@@ -223,15 +229,7 @@ def test_sigterm_to_every_process_of_the_run_records_an_interruption(synthetic_d
     that a worker died."""
     marker = f"slowrun-all-{uuid.uuid4().hex}"
     out = tmp_path / "run-all"
-    env = {**os.environ, "PYTHONPATH": str(PROJECT)}
-    runner = subprocess.Popen([sys.executable, "-m", "harness.cli", "run", str(METHODS / "sleep_forever"),
-                               "--track", "synthetic", "--epochs", "1", "--data", str(synthetic_data),
-                               "--out", str(out), "--set", f"target={marker}", "--quiet"], env=env,
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not processes_with(marker):
-        time.sleep(0.1)
-    assert processes_with(marker), "the method never reached its hang"
+    runner = _hanging_run(marker, out, synthetic_data)
     for pid in [*reversed(_descendants(runner.pid)), runner.pid]:  # the method's processes first
         try:
             os.kill(pid, signal.SIGTERM)
