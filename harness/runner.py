@@ -380,22 +380,9 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     for name in (SERVER_FILE, CONNECT_FILE):
         (run_dir / name).unlink(missing_ok=True)
     server.record_session()
-    outcome = server.outcome(asdict(result), stopped_at_cap=stopped_at_cap)
-    outcome = interrupted_outcome(outcome, interrupted)
+    outcome = server.outcome(asdict(result), stopped_at_cap=stopped_at_cap, interrupted=interrupted)
     _write_json(run_dir / TRAIN_RESULT, outcome.to_dict())
     return outcome, interrupted
-
-
-def interrupted_outcome(outcome, interrupted: bool):
-    """The outcome of a run whose runner was interrupted: a worker that died first died of the same signal
-    (a scheduler signals every process of its job, so the method's processes may go before the runner has
-    handled its own), so the run was interrupted, not crashed, and resumes like one."""
-    if interrupted and outcome.status == "failed" and (outcome.error or {}).get("type") == "WorkerDied":
-        died = (outcome.error or {}).get("message", "")
-        outcome.error = {"type": "Interrupted", "traceback": "", "message": (
-            f"the run was interrupted (SIGTERM or SIGINT to slowrun run; the signal reached the method's "
-            f"processes first: {died}); resume it with slowrun run --resume")}
-    return outcome
 
 
 def _warn_if_root() -> None:

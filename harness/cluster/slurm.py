@@ -39,7 +39,6 @@ class SlurmOptions:
     gpus_per_node: int = 0
     time: str | None = None  # Slurm's format: "HH:MM:SS", "D-HH:MM", minutes
     account: str | None = None
-    cpus_per_task: int | None = None
     grace_s: int = 120  # the warning before the end of the time limit or a pre-emption
 
     def __post_init__(self):
@@ -65,7 +64,7 @@ def job_script(run_dir: Path, options: SlurmOptions, nproc_per_node: int, python
     lines = ["#!/bin/bash", f"#SBATCH --job-name=slowrun-{run_dir.name[:60]}",
              f"#SBATCH --output={folder}/slurm-%j.out", "#SBATCH --open-mode=append",
              "#SBATCH --nodes=1", "#SBATCH --ntasks=1",
-             f"#SBATCH --cpus-per-task={options.cpus_per_task or max(1, nproc_per_node)}",
+             f"#SBATCH --cpus-per-task={max(1, nproc_per_node)}",
              "#SBATCH --requeue", f"#SBATCH --signal=B:USR1@{options.grace_s}"]
     if options.gpus_per_node:
         lines.append(f"#SBATCH --gpus-per-node={options.gpus_per_node}")

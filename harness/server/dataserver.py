@@ -164,6 +164,11 @@ def _error(kind: str, message: str, tb: str = "") -> dict:
     return {"type": kind, "message": message, "traceback": tb}
 
 
+def _interrupted(how: str = "") -> dict:
+    return _error("Interrupted", f"the run was interrupted (SIGTERM or SIGINT to slowrun run{'; ' + how if how else ''}); "
+                  "resume it with slowrun run --resume")
+
+
 def check_safetensors(path: Path, size: int) -> None:
     """Refuse a weights file that is not a well-formed safetensors file (read without torch: the header
     is JSON, and every tensor's byte range must lie inside the file)."""
@@ -885,12 +890,15 @@ class DataServer:
             done = len(self._ranks) == self.spec.world_size and all(r.ended for r in self._ranks.values())
         return not done and self.clock.past_grace()
 
-    def outcome(self, supervised: dict | None = None, stopped_at_cap: bool = False) -> TrainOutcome:
+    def outcome(self, supervised: dict | None = None, stopped_at_cap: bool = False,
+                interrupted: bool = False) -> TrainOutcome:
         """The training part of the record, from the server's state alone.
 
         `supervised` is how the method's process tree ended (the supervisor's status): a timeout or an
         interruption is the run's status for every rank that had not ended by then. `stopped_at_cap`: the
-        runner stopped the processes because they trained past the compute class's cap."""
+        runner stopped the processes because they trained past the compute class's cap. `interrupted`: the
+        runner got SIGTERM or SIGINT; a rank whose connection dropped first died of the same signal (a
+        scheduler signals every process of its job), so the run was interrupted, not crashed."""
         with self._lock:
             reason = (supervised or {}).get("reason")
             ranks = []
@@ -902,6 +910,8 @@ class DataServer:
                     continue  # stopped because another rank failed: that rank's status is the run's
                 elif self._stop is not None and reason == "terminated":
                     status, error = self._stop["status"], self._stop["error"]  # its connection dropped first
+                    if interrupted and (error or {}).get("type") == "WorkerDied":
+                        status, error = "failed", _interrupted("the signal reached the method's processes first")
                 elif stopped_at_cap:
                     status, error = "over-time", _error("OverTime", f"still training {self.clock.seconds():.1f} s "
                                                         f"into the {self.spec.time_limit_s:g} s cap (grace "
@@ -910,8 +920,7 @@ class DataServer:
                     status, error = "timeout", _error("Timeout", f"stopped by --timeout after "
                                                       f"{supervised.get('elapsed_s', 0):.1f} s of wall time")
                 elif reason == "terminated":
-                    status, error = "failed", _error("Interrupted", "the run was interrupted (SIGTERM or SIGINT to "
-                                                     "slowrun run); resume it with slowrun run --resume")
+                    status, error = "failed", _interrupted()
                 elif not state.connected and rank not in self._ranks:
                     status, error = "failed", _error("WorkerDied", "the method's process never reached the data "
                                                      f"server (exit code {(supervised or {}).get('exit_code')})")

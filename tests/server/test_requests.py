@@ -407,3 +407,20 @@ def test_a_checkpoint_keeps_the_gpus_generator_and_resume_restores_it(synthetic_
             RunContext(channel, run).resume_state()
     finally:
         server.stop()
+
+
+def test_a_rank_that_died_of_the_runners_signal_is_an_interruption(synthetic_data, tmp_path):
+    """A scheduler signals every process of its job: a rank's connection may drop before the runner has
+    handled its own SIGTERM (seen with two torchrun ranks under Slurm). Only when the runner was
+    interrupted is that drop an interruption; otherwise the worker died."""
+    server, channel, _ = _serve(synthetic_data, tmp_path)
+    try:
+        channel.close()  # the rank's process is gone without reporting
+        assert server.stop_requested.wait(10)
+        terminated = {"reason": "terminated"}
+        assert server.outcome(terminated).error["type"] == "WorkerDied"
+        interrupted = server.outcome(terminated, interrupted=True)
+        assert interrupted.status == "failed" and interrupted.error["type"] == "Interrupted"
+        assert "reached the method's processes first" in interrupted.error["message"]
+    finally:
+        server.stop()
