@@ -8,7 +8,7 @@
 - the driver (`nvidia-smi`), the GPUs torch sees, their memory, and NCCL's version;
 - the device nodes the sandbox passes through (`/dev/nvidia*`): `/dev/nvidia-uvm` must exist already,
   because CUDA's setuid helper cannot create it under the sandbox's `no_new_privs` (the harness opens the
-  GPUs before sandboxing, `harness/gpu_nodes.py`, but a node nobody has used since boot may lack it);
+  GPUs before sandboxing, `harness/common/gpu_nodes.py`, but a node nobody has used since boot may lack it);
 - the kernel's Landlock ABI: 0 runs unsandboxed (recorded, never ranked), 1 renames Triton's cache within
   its folder (`harness/sandbox/triton_cache.py`), 6 and later also scope signals and abstract sockets.
 

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from benchmarks.hardware import device_name, peak_memory_gib, reset_peak_memory, synchronize
-from harness.graphs.export import GraphExporter
-from harness.graphs.load import build_graph
-from harness.logprobs import token_logprobs
+from harness.confined.graph_export import GraphExporter
+from harness.eval.graph_load import build_graph
+from harness.eval.logprobs import token_logprobs
 from q0_reference.model import build_on_device
 from q0_reference.presets import get_preset
 

@@ -17,7 +17,7 @@ def default_prepared_dir(track: str) -> Path:
 
 def _cmd_prepare(args) -> int:
     from harness.data.prepare import prepare_track
-    from harness.tracks import get_track
+    from harness.rules.tracks import get_track
 
     track = get_track(args.track, args.tracks)
     out = Path(args.out) if args.out else default_prepared_dir(track.name)
@@ -57,7 +57,7 @@ def _cmd_data_info(args) -> int:
 
 
 def _cmd_tracks(args) -> int:
-    from harness.tracks import DEFAULT_TRACK, available_tracks
+    from harness.rules.tracks import DEFAULT_TRACK, available_tracks
 
     for name, track in sorted(available_tracks(args.tracks).items()):
         marker = " (default)" if name == DEFAULT_TRACK else ""
@@ -68,7 +68,7 @@ def _cmd_tracks(args) -> int:
 
 
 def _cmd_check(args) -> int:
-    from harness.method_spec import check_method
+    from harness.run.entry_check import check_method
 
     spec, problems = check_method(args.dir, args.tracks)
     if problems:
@@ -92,7 +92,7 @@ def _parse_sets(items: list[str]) -> tuple[tuple[str, str], ...]:
 
 
 def _run_request(args, launch):
-    from harness.runner import RunRequest
+    from harness.run.runner import RunRequest
 
     return RunRequest(
         method_dir=Path(args.dir), track=args.track, epochs=args.epochs, seed=args.seed,
@@ -110,8 +110,8 @@ def _run_request(args, launch):
 
 
 def _cmd_run(args) -> int:
-    from harness.distributed import LaunchSpec
-    from harness.runner import resume_run, run_method
+    from harness.common.distributed import LaunchSpec
+    from harness.run.runner import resume_run, run_method
 
     launch = LaunchSpec(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
                         master_addr=args.master_addr, master_port=args.master_port)
@@ -132,8 +132,8 @@ def _cmd_run(args) -> int:
 def _submit_to_slurm(args, launch) -> int:
     """Prepare the run folder here and hand its training to Slurm (harness.cluster)."""
     from harness.cluster.slurm import SlurmOptions, submit
-    from harness.paths import PROJECT_ROOT
-    from harness.runner import prepare_run
+    from harness.common.paths import PROJECT_ROOT
+    from harness.run.runner import prepare_run
 
     options = SlurmOptions(partition=args.partition, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
                            time=args.time, account=args.account, grace_s=args.grace)
@@ -165,8 +165,8 @@ def _cmd_cancel(args) -> int:
 
 
 def _status_code(run_dir: Path) -> int:
-    """The run's status as the exit code (harness.records.EXIT_CODES), told on stderr when it is not ok."""
-    from harness.records import exit_code, load_record
+    """The run's status as the exit code (harness.formats.records.EXIT_CODES), told on stderr when it is not ok."""
+    from harness.formats.records import exit_code, load_record
 
     record = load_record(Path(run_dir) / "record.json")
     code = exit_code(record["status"])
@@ -181,14 +181,14 @@ def _evaluation_options(p) -> None:
     """How evaluation is bounded and what it runs: the same for `slowrun run` and `slowrun eval`."""
     p.add_argument("--eval-timeout", type=float, metavar="SECONDS",
                    help="limit on the whole evaluation; snapshots whose turn comes after it are listed as not scored "
-                   "(default: none; each snapshot has its own limit by the rule of harness/eval_limits.py)")
+                   "(default: none; each snapshot has its own limit by the rule of harness/rules/eval_limits.py)")
     p.add_argument("--no-graphs", action="store_true",
                    help="run every snapshot by its own code in the sandboxed worker, even one handed over with its "
                    "exported graph (default: graphs are run by the harness)")
 
 
 def _cmd_eval(args) -> int:
-    from harness.runner import evaluate_existing
+    from harness.run.runner import evaluate_existing
 
     print(evaluate_existing(Path(args.run_dir), progress=not args.quiet, downstream=True if args.downstream else None,
                             downstream_data=Path(args.downstream_data) if args.downstream_data else None,
@@ -200,7 +200,7 @@ def _cmd_eval(args) -> int:
 
 
 def _cmd_calibrate(args) -> int:
-    from harness.calibrate import CalibrationRequest, calibrate
+    from harness.run.calibrate import CalibrationRequest, calibrate
 
     factors = tuple(int(f) for f in args.factors.split(","))
     calibrate(CalibrationRequest(
@@ -213,7 +213,7 @@ def _cmd_calibrate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from harness.demo import DemoRequest, run_demo
+    from harness.run.demo import DemoRequest, run_demo
 
     print(run_demo(DemoRequest(out=Path(args.out), epochs=args.epochs, seed=args.seed, progress=not args.quiet)))
     return 0
@@ -228,13 +228,13 @@ def _cmd_plan(args) -> int:
 
 
 def _downstream_limits(args):
-    from harness.downstream.limits import DocumentLimits
+    from harness.eval.downstream.limits import DocumentLimits
 
     return DocumentLimits.parse(args.downstream_limit)
 
 
 def _downstream_files(args) -> tuple:
-    from harness.downstream.splits import SplitFile
+    from harness.eval.downstream.splits import SplitFile
 
     return tuple(SplitFile.parse(item) for item in args.downstream_file)
 
@@ -359,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_eval)
 
-    from harness.calibrate import DEFAULT_METHOD
+    from harness.run.calibrate import DEFAULT_METHOD
 
     p = sub.add_parser("calibrate", help="measure a small track's reference curve on growing fresh data")
     p.add_argument("--track", required=True)
@@ -371,7 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
     p.add_argument("--data", help="the track's prepared folder (default prepared/TRACK)")
     p.add_argument("--work-dir", default="calibration", help="where the larger preparations and runs go")
-    p.add_argument("--out", help="curve file (default: the track's curve in harness/reference_curves/)")
+    p.add_argument("--out", help="curve file (default: the track's curve in harness/eval/reference_curves/)")
     p.add_argument("--downstream", action="store_true",
                    help="also score ARC-Easy, PIQA and SciQ and write the downstream curves (text tracks)")
     p.add_argument("--downstream-data", metavar="DIR", help="local task data (arc_easy/, piqa/, sciq/); else the Hub")
@@ -420,8 +420,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """The `slowrun` console script: `main`, then a fast exit (see harness.fast_exit)."""
-    from harness.fast_exit import exit_now
+    """The `slowrun` console script: `main`, then a fast exit (see harness.common.fast_exit)."""
+    from harness.common.fast_exit import exit_now
 
     exit_now(main())
 

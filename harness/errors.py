@@ -38,3 +38,11 @@ class TimeExhausted(BudgetExhausted):
 
     A kind of BudgetExhausted: a method that stops on its epoch budget (and then saves its final snapshot)
     stops on the clock the same way."""
+
+
+class Diverged(SlowrunError):
+    """The training loss became NaN or infinite."""
+
+
+class ContractError(SlowrunError):
+    """The method used the context in a way the contract does not allow."""

@@ -5,7 +5,7 @@ What is checked before a record joins, all before anything is written:
   numbers a real run could have produced (leaderboard/verify.py: losses above the track's floor, data
   within the budget, scores in [0, 1], a past date, ensembles of its own snapshots weighing 1);
 - with a method folder given, the folder hashes to the record's `method.hash`;
-- its track's data hash is official (harness/official_hashes.py) for a track that has official data,
+- its track's data hash is official (harness/rules/official_hashes.py) for a track that has official data,
   else one the board knows for that track (given by the maintainer, or carried by records already on
   the board), because a record on other data would otherwise sit in the board under the same name. A
   track the board has never seen needs an explicit `new_track`;
@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
 from harness.errors import LeaderboardError
-from harness.official_hashes import KNOWN_FLOORS, official_hashes
-from harness.atomic import write_text_atomic
-from harness.records import RECORD_FILENAME, STATUSES, load_record, record_to_json
+from harness.rules.official_hashes import KNOWN_FLOORS, official_hashes
+from harness.common.atomic import write_text_atomic
+from harness.formats.records import RECORD_FILENAME, STATUSES, load_record, record_to_json
 from leaderboard.bundle import is_bundle, read_bundle
 from leaderboard.collect import LoadedRecord, collect_records
 from leaderboard.naming import DEFAULT_RECORDS_DIR, hash_prefix, slug
@@ -88,7 +88,7 @@ def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DI
                verify: Verifier | None = None, dry_run: bool = False) -> Path:
     """File RUN_DIR/record.json (or a record file given directly) into the board; return where it went.
 
-    A track with official data (harness/official_hashes.py) must be on one of its official hashes.
+    A track with official data (harness/rules/official_hashes.py) must be on one of its official hashes.
     For other tracks, hashes given in `known_tracks` take precedence over the ones found on the board.
     `floors` adds or replaces per-track loss floors over the built-in ones. `method_dir`, when given,
     must hash to the record's `method.hash`. `verify(run folder, record)` returns problems that refuse
@@ -176,7 +176,7 @@ def _check_data_hash(source: Path, record: dict, board: list[LoadedRecord],
             shown = ", ".join(sorted(hash_prefix(h) for h in official))
             raise LeaderboardError(
                 f"{source}: track {track!r} ran on data {hash_prefix(data_hash)}, which is not the track's official "
-                f"data ({shown}, listed in harness/official_hashes.py); re-run on the data `slowrun prepare "
+                f"data ({shown}, listed in harness/rules/official_hashes.py); re-run on the data `slowrun prepare "
                 f"--track {track}` gives (check `slowrun data info`)")
         return
     given = {name: set(hashes) for name, hashes in (known_tracks or {}).items()}

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import LeaderboardError
-from harness.method_spec import method_files, method_hash
-from harness.records import RECORD_FILENAME, load_record
-from harness.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, WEIGHTS, sha256_file
+from harness.formats.method_toml import method_files, method_hash
+from harness.formats.records import RECORD_FILENAME, load_record
+from harness.formats.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, WEIGHTS, sha256_file
 from leaderboard.naming import slug
 
 BUNDLE_FILE = "bundle.json"

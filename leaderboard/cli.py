@@ -34,12 +34,12 @@ def _cmd_add(args) -> int:
 
     verify = None
     if args.verify:
-        if importlib.util.find_spec("harness.verify") is None:
-            print("error: --verify needs harness.verify, which this installation does not have", file=sys.stderr)
+        if importlib.util.find_spec("harness.run.reverify") is None:
+            print("error: --verify needs harness.run.reverify, which this installation does not have", file=sys.stderr)
             return 2
         import functools
 
-        verify = functools.partial(importlib.import_module("harness.verify").reverify_run,
+        verify = functools.partial(importlib.import_module("harness.run.reverify").reverify_run,
                                    method_dir=args.method_dir, data_dir=args.data,
                                    allow_read=tuple(Path(p) for p in args.allow_read))
     paths = add_submission(args.run_dir, args.records, known_tracks=parse_known_tracks(args.known_tracks),
@@ -110,7 +110,7 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
                    help="the method folder the run used: it must hash to the record's method.hash")
     p.add_argument("--verify", action="store_true",
                    help="re-evaluate the run folder's snapshots in the sandbox and compare with the record "
-                        "(harness.verify; tolerance 1e-4 nats)")
+                        "(harness.run.reverify; tolerance 1e-4 nats)")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="with --verify: your prepared copy of the record's track (default prepared/TRACK)")
     p.add_argument("--allow-read", action="append", default=[], metavar="DIR",

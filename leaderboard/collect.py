@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from harness.errors import LeaderboardError, RecordError
-from harness.records import parse_record
+from harness.formats.records import parse_record
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 
 import pandas as pd
 
-from harness.records import SCHEMA_VERSION
+from harness.formats.records import SCHEMA_VERSION
 from leaderboard.collect import LoadedRecord
 from leaderboard.tables import TrackTable
 

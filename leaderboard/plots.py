@@ -30,7 +30,7 @@ from html import escape
 from pathlib import Path
 from typing import Iterable
 
-from harness.atomic import write_text_atomic
+from harness.common.atomic import write_text_atomic
 
 RENDERER_VERSION = "1"
 PARALLEL_MIN_PLOTS = 200  # below this, starting workers (importing matplotlib) costs more than it saves

@@ -5,7 +5,7 @@ leaderboard/published/slowrun.json is a copy of the four World Record History ta
 those numbers. Each row becomes a record in memory when the site is built: it passes the record schema
 so the board can show it like any run, but it carries `provenance.kind = "reported"`, the published row
 under `reported`, and nothing that only a measurement could give (no snapshots, no metered data, no
-environment). Its data efficiency is computed here by the harness (harness.efficiency) from the loss as
+environment). Its data efficiency is computed here by the harness (harness.eval.efficiency) from the loss as
 published, on the track's reference curve; where the curve cannot place the loss the bound and flag say so.
 """
 
@@ -17,7 +17,7 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from harness.efficiency import data_efficiency, load_reference_curve
+from harness.eval.efficiency import data_efficiency, load_reference_curve
 from harness.errors import LeaderboardError
 from leaderboard.collect import LoadedRecord
 from leaderboard.naming import PACKAGE_DIR

@@ -11,7 +11,7 @@ import math
 import re
 from dataclasses import dataclass, field
 
-from harness.records import evaluated_by, parse_created
+from harness.formats.records import evaluated_by, parse_created
 from leaderboard.collect import LoadedRecord
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")

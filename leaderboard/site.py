@@ -23,7 +23,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness.records import RECORD_FIELDS, SCHEMA_VERSION, parse_created
+from harness.formats.records import RECORD_FIELDS, SCHEMA_VERSION, parse_created
 from harness.errors import LeaderboardError
 from leaderboard.board_plots import frontier_plot_spec, frontier_points, progression_plot_spec
 from leaderboard.collect import LoadedRecord, SkippedFile, collect_records

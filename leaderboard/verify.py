@@ -1,6 +1,6 @@
 """What a record must satisfy, beyond the schema, before the board files it.
 
-The schema (harness/records.py) says a record has the right shape; these checks say its numbers could
+The schema (harness/formats/records.py) says a record has the right shape; these checks say its numbers could
 have come from a real run: losses no model can reach, more data than the budget allows, scores outside
 [0, 1], a date in the future or ensemble weights that do not add up mean the record was edited or the
 run is broken, and either way it must not be ranked. Names carrying Unicode bidirectional controls are
@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.errors import LeaderboardError
-from harness.method_spec import method_hash
-from harness.official_hashes import KNOWN_FLOORS
-from harness.records import parse_created
+from harness.formats.method_toml import method_hash
+from harness.rules.official_hashes import KNOWN_FLOORS
+from harness.formats.records import parse_created
 
 CLOCK_SKEW = timedelta(minutes=5)
 EPOCH_SLACK = 1e-9  # relative: the meter's own float arithmetic, nothing more

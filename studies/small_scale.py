@@ -61,8 +61,8 @@ def _filed(records_dir: Path, track: str, method: str, run_id: str) -> bool:
 
 def run_study(spec: StudySpec) -> list[Path]:
     """Train every cell that has no record yet, cheapest budgets first; return the records filed."""
-    from harness.runner import RunRequest, ensure_prepared, run_method
-    from harness.tracks import get_track
+    from harness.run.runner import RunRequest, ensure_prepared, run_method
+    from harness.rules.tracks import get_track
     from leaderboard.add import add_record
 
     filed = []
@@ -92,9 +92,9 @@ def run_study(spec: StudySpec) -> list[Path]:
 def refresh_study(spec: StudySpec, downstream_data: Path | None = None, pattern: str = "*") -> list[Path]:
     """Re-evaluate every finished cell from its snapshots (cached log-probabilities make this cheap) and
     replace its record on the board: after a reference curve changes, or to add downstream scores."""
-    from harness.atomic import write_text_atomic
-    from harness.records import load_record, record_to_json
-    from harness.runner import evaluate_existing
+    from harness.common.atomic import write_text_atomic
+    from harness.formats.records import load_record, record_to_json
+    from harness.run.runner import evaluate_existing
     from leaderboard.add import record_destination
 
     refreshed = []
@@ -116,7 +116,7 @@ def refresh_study(spec: StudySpec, downstream_data: Path | None = None, pattern:
 def tuning_grid(method_dir: Path) -> list[tuple[tuple[str, str], ...]]:
     """The same grid for every method around its own defaults: the defaults, learning rate x2 and /2,
     weight decay x3 and /3, batch size x2 and /2 (one change at a time)."""
-    from harness.method_spec import check_method
+    from harness.run.entry_check import check_method
 
     spec, problems = check_method(method_dir)
     if problems:
@@ -133,8 +133,8 @@ def tuning_grid(method_dir: Path) -> list[tuple[tuple[str, str], ...]]:
 def run_tuning(track_name: str, budget: float, methods: tuple[str, ...], work_dir: Path,
                progress: bool) -> list[dict]:
     """Train each method's grid at one budget; rows of (method, overrides, val loss), best first."""
-    from harness.runner import RunRequest, ensure_prepared, run_method
-    from harness.tracks import get_track
+    from harness.run.runner import RunRequest, ensure_prepared, run_method
+    from harness.rules.tracks import get_track
 
     track = get_track(track_name)
     data_dir = ensure_prepared(track, work_dir / "prepared" / track_name, progress)

@@ -11,7 +11,7 @@ import pytest
 # variable reaches the method processes the runner starts.
 os.environ.setdefault("SLOWRUN_NUM_THREADS", "1")
 
-from harness.threads import apply_thread_setting  # noqa: E402
+from harness.common.threads import apply_thread_setting  # noqa: E402
 
 apply_thread_setting()
 
@@ -39,7 +39,7 @@ def shared_data():
 def synthetic_data(tmp_path_factory) -> Path:
     """The offline default track, prepared once per test session."""
     from harness.data.prepare import prepare_track
-    from harness.tracks import get_track
+    from harness.rules.tracks import get_track
 
     out = tmp_path_factory.mktemp("prepared") / "synthetic"
     prepare_track(get_track("synthetic"), out, progress=False)

@@ -1,4 +1,4 @@
-"""harness.atomic: a reader sees the old file or the whole new one; nothing is left behind on failure."""
+"""harness.common.atomic: a reader sees the old file or the whole new one; nothing is left behind on failure."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import stat
 import numpy as np
 import pytest
 
-from harness.atomic import atomic_output, write_json_atomic, write_text_atomic
+from harness.common.atomic import atomic_output, write_json_atomic, write_text_atomic
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):

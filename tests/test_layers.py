@@ -1,6 +1,7 @@
-"""The import layers of pyproject.toml's [tool.importlinter] contracts: no cycles, confined code (what runs
-beside the method's untrusted code) importing nothing of the harness's side, evaluation importing nothing
-confined. Checked with import-linter on the real tree, and shown to catch a planted violation."""
+"""The import layers of pyproject.toml's [tool.importlinter] contracts: no cycles, the harness's packages in
+layers, confined code (what runs beside the method's untrusted code) importing nothing of the harness's side,
+and the harness's side importing nothing confined. Checked with import-linter on the real tree, and shown to
+catch a planted violation of each."""
 
 from __future__ import annotations
 
@@ -33,13 +34,17 @@ def _copy_tree(tmp_path: Path) -> Path:
 def test_the_tree_keeps_every_layer_contract():
     result = _lint(ROOT)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert "3 kept, 0 broken" in result.stdout
+    assert "4 kept, 0 broken" in result.stdout
 
 
 @pytest.mark.parametrize("module, planted, contract", [
-    ("harness/confined/worker.py", "import harness.meter", "Confined code imports nothing of the harness's side"),
-    ("harness/eval_client.py", "import harness.confined.eval_zygote", "Evaluation imports nothing confined"),
-    ("harness/tracks.py", "import harness.runner", "No import cycles"),
+    ("harness/confined/method_process.py", "import harness.server.meter", "Confined code imports nothing of the harness's side"),
+    ("harness/confined/context.py", "import harness.data.store", "Confined code imports nothing of the harness's side"),
+    ("harness/eval/remote_model.py", "import harness.confined.eval_zygote", "Nothing of the harness's side imports confined"),
+    ("harness/run/runner.py", "import harness.contract", "Nothing of the harness's side imports confined"),
+    ("harness/rules/tracks.py", "import harness.run.runner", "No import cycles"),
+    ("harness/data/store.py", "import harness.eval.ensemble", "The harness's side is layered"),
+    ("q0_reference/model.py", "import q0_reference.recipes", "No import cycles"),
 ])
 def test_a_planted_import_breaks_its_contract(tmp_path, module, planted, contract):
     root = _copy_tree(tmp_path)

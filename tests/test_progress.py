@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from harness.progress import PlainProgress, progress
+from harness.common.progress import PlainProgress, progress
 
 
 class FakeClock:
@@ -17,7 +17,7 @@ class FakeClock:
 
 def test_a_log_gets_a_line_per_interval_and_one_at_the_end(monkeypatch):
     clock = FakeClock()
-    monkeypatch.setattr("harness.progress.time.monotonic", clock)
+    monkeypatch.setattr("harness.common.progress.time.monotonic", clock)
     out = io.StringIO()  # not a terminal
     bar = progress(1000, desc="train t", unit="tok", stream=out, interval=10)
     assert isinstance(bar, PlainProgress)
@@ -46,7 +46,7 @@ def test_disabled_progress_prints_nothing():
 def test_prepare_writes_lines_into_a_log(tmp_path, capsys, monkeypatch):
     """The same through a real command: `slowrun prepare` with its output going to a file, not a terminal."""
     from harness.data.prepare import prepare_track
-    from harness.tracks import get_track
+    from harness.rules.tracks import get_track
 
     monkeypatch.setenv("SLOWRUN_PROGRESS_INTERVAL", "0")
     prepare_track(get_track("synthetic"), tmp_path / "synthetic", progress=True)

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from harness.errors import RecordError, SlowrunError
-from harness.records import (SCHEMA_VERSION, load_record, normalize_for_json, record_to_json, utc_timestamp,
+from harness.formats.records import (SCHEMA_VERSION, load_record, normalize_for_json, record_to_json, utc_timestamp,
                              validate_record, write_record_atomic)
 from tests.leaderboard.factory import failed_record, make_record
 

@@ -22,9 +22,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.atomic import write_json_atomic
+from harness.common.atomic import write_json_atomic
 from harness.cluster.slurm import JOB_FILE, JOB_FOLDER
-from harness.records import utc_timestamp
+from harness.formats.records import utc_timestamp
 
 
 def run_state(run_dir: Path) -> str:
@@ -54,7 +54,7 @@ def _note_start(run_dir: Path, resumed: bool) -> dict:
 
 
 def main(run_dir: str) -> int:
-    from harness.runner import RunInterrupted, resume_run, train_prepared
+    from harness.run.runner import RunInterrupted, resume_run, train_prepared
 
     folder = Path(run_dir).resolve()
     state = run_state(folder)
@@ -84,12 +84,12 @@ def main(run_dir: str) -> int:
             print(f"slowrun: requeued job {job_id} after the scheduler's warning"
                   + ("" if done.returncode == 0 else f" (scontrol: {done.stderr.strip()})"), file=sys.stderr)
         return 143
-    from harness.records import exit_code, load_record
+    from harness.formats.records import exit_code, load_record
 
     return exit_code(load_record(folder / "record.json")["status"])
 
 
 if __name__ == "__main__":
-    from harness.fast_exit import exit_now
+    from harness.common.fast_exit import exit_now
 
     exit_now(main(sys.argv[1]))

@@ -20,7 +20,7 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from harness.atomic import write_json_atomic, write_text_atomic
+from harness.common.atomic import write_json_atomic, write_text_atomic
 from harness.errors import SlowrunError
 
 JOB_FOLDER = "slurm"

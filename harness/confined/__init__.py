@@ -1,11 +1,17 @@
-"""Everything that runs beside untrusted code: the method's own process (``worker``, with the entry import of
-``entry_import``), the evaluation worker that runs a snapshot's model code (``eval_worker``, and the
-``eval_zygote`` it is forked from, with ``allocator`` and ``weights_view``).
+"""Everything that runs beside untrusted code, one module per confined process or its parts:
+
+- the method's own process: ``method_process`` (connect to the data server, enter the sandbox, import the
+  method through ``entry_import``, run it), ``context`` (the :class:`RunContext` it is handed, a client of
+  the data server) and ``graph_export`` (a snapshot's forward exported as a graph);
+- the entry check's child: ``entry_import`` (``python -m harness.confined.entry_import``);
+- the evaluation of a snapshot that has no exported graph: ``eval_zygote`` (the fork server process that
+  imports torch once), ``eval_worker`` (a sandboxed process per snapshot that runs its model code),
+  ``allocator`` and ``weights_view``.
 
 These modules run inside the sandbox, next to code the harness does not trust, so they hold nothing the run's
-numbers depend on: they import no module of the harness's side (the runner, the data server's ledger and clock,
-the meter, the data store, evaluation, records, the CLI), only what both sides share (``harness.errors``,
-``harness.contract``, ``harness.tracks``, ``harness.snapshots``, the framings ``harness.server.wire`` and
-``harness.channel``, ``harness.sandbox``). The rule is an import-linter contract in pyproject.toml, checked by
-tests/test_layers.py. Harness-side code starts these modules as processes (``python -m harness.confined.worker``)
-and never imports them."""
+numbers depend on. They import only what both sides share (:mod:`harness.errors`, :mod:`harness.common`,
+:mod:`harness.rules`, :mod:`harness.formats`, :mod:`harness.wire`, :mod:`harness.sandbox`), never the data,
+the server, evaluation, the runner or the CLI; and nothing of the harness's side imports them (only
+:mod:`harness.contract` names the context for methods). Harness-side code starts them as processes
+(``python -m harness.confined.method_process``). Both rules are import-linter contracts in pyproject.toml,
+checked by tests/test_layers.py."""

@@ -1,13 +1,16 @@
 """Importing a method's entry point: the half that runs beside the method's code.
 
-The method's own process imports its entry here, and so does the entry check's sandboxed child
-(``harness.entry_check`` starts it). Importing runs the method's code, so this module is only ever used
+The method's own process imports its entry here, and the entry check's sandboxed child runs this module
+(``python -m harness.confined.entry_import METHOD_DIR ENTRY``, started by ``harness.run.entry_check``): it
+enters the sandbox, imports, and writes one JSON line of problems to the descriptor it was given. Importing runs the method's code, so this module is only ever used
 inside a sandbox, and it imports nothing of the harness's own side."""
 
 from __future__ import annotations
 
 import importlib
 import inspect
+import json
+import os
 import sys
 from pathlib import Path
 
@@ -57,3 +60,26 @@ def entry_problems(folder: Path, entry: str) -> list[str]:
     except ValueError:
         pass  # builtins without a signature: let the run decide
     return []
+
+
+def _check_in_sandbox(folder: str, entry: str) -> int:
+    out = os.fdopen(int(os.environ.pop("SLOWRUN_CHECK_OUT_FD")), "w")
+    from harness.common.paths import PROJECT_ROOT
+    from harness.sandbox import SandboxPolicy, base_read_only_paths, default_devices, enter_sandbox
+
+    extra = tuple(p for p in os.environ.pop("SLOWRUN_CHECK_READ", "").split(os.pathsep) if p)
+    read_only = (folder, *extra)
+    list_only = tuple(sorted({str(Path(p).parent) for p in read_only} | {str(PROJECT_ROOT)}))
+    enter_sandbox(SandboxPolicy(read_only=tuple(base_read_only_paths()) + read_only,
+                                read_write=(os.environ.get("TMPDIR", os.getcwd()),), devices=tuple(default_devices()),
+                                list_only=list_only))
+    problems = entry_problems(Path(folder), entry)
+    out.write(json.dumps(problems) + "\n")
+    out.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    from harness.common.fast_exit import exit_now
+
+    exit_now(_check_in_sandbox(sys.argv[1], sys.argv[2]))

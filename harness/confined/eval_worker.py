@@ -2,7 +2,7 @@
 
 A snapshot's builder is code the method chose, so it must never run in the harness's process, which
 holds the validation split: there it could read the windows off the call stack, open the token files,
-or run a shell. This process is started by the harness (:mod:`harness.eval_client`) as
+or run a shell. This process is started by the harness (:mod:`harness.eval.remote_model`) as
 
     python -m harness.confined.eval_worker --fd N --method-dir DIR --scratch DIR [--builder-root DIR ...]
 
@@ -12,7 +12,7 @@ packages (the builder roots); read-write its scratch folder; the usual devices. 
 the data nor to the weights: the weights arrive as bytes over the socket (fd N), inputs arrive as token
 ids, and all it sends back is logits, which the harness checks and turns into log-probabilities itself.
 
-Messages (see :mod:`harness.channel`): ``load`` {builder, config, device, dtype} + safetensors bytes ->
+Messages (see :mod:`harness.wire.channel`): ``load`` {builder, config, device, dtype} + safetensors bytes ->
 {ok, parameters, sandbox}; ``forward`` {shape, dtype} + token ids -> {ok, shape, dtype} + logits;
 ``quit``. Any failure is answered with {ok: false, error} and ends the process: a snapshot whose code
 fails once is not trusted with another call.
@@ -22,7 +22,7 @@ exits: whatever the model's code remembers during a batch (a table of prefixes i
 tokens that followed, a counter, a module global) is gone before the next one, so it can score a window
 only from the window. The fork computes on one thread: OpenMP's thread pool does not survive a fork (a
 second thread hangs), so this path is slower than the parent's threads would be; snapshots with an
-exported graph do not take it at all (harness/graphs). CUDA cannot be used in a forked child, so on a
+exported graph do not take it at all (harness/eval/graph_load). CUDA cannot be used in a forked child, so on a
 GPU the forwards run in the worker itself, and only the probes stand between the model's memory and
 its score.
 """
@@ -35,7 +35,7 @@ import socket
 import sys
 import traceback
 
-from harness import channel
+from harness.wire import channel
 from harness.confined.weights_view import tensor_views
 
 # The dtypes logits may come back in; float64 logits are sent as float32 (the harness normalises in
@@ -368,7 +368,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         from harness.confined.allocator import keep_freed_memory
-        from harness.threads import apply_thread_setting
+        from harness.common.threads import apply_thread_setting
 
         keep_freed_memory()  # forward passes reuse freed memory instead of faulting it in again
         # Torch and the weights reader are imported before the method directory goes on sys.path, so a file of
@@ -395,6 +395,6 @@ def serve_method(server: _Server, method_dir: str | None, builder_roots: list[st
 
 
 if __name__ == "__main__":
-    from harness.fast_exit import exit_now
+    from harness.common.fast_exit import exit_now
 
     exit_now(main())

@@ -2,7 +2,7 @@
 
 A fresh evaluation worker spends ~1.5 s starting Python and importing torch, which for small models
 costs more than scoring them. This process does that once per evaluation: started by the harness
-(:class:`harness.fork_server.ForkServer`) as
+(:class:`harness.eval.fork_server.ForkServer`) as
 
     python -m harness.confined.eval_zygote --fd N --scratch DIR [--method-dir DIR] [--builder-root DIR ...]
 
@@ -29,7 +29,7 @@ operation (no OpenMP or CUDA state that a fork would break). For every snapshot 
 Every worker is a copy of the zygote, which has never seen a snapshot's code, weights or windows, so it
 starts as clean as a new process (the statelessness guarantee holds by construction).
 
-Messages (see :mod:`harness.channel`): ``spawn`` {scratch, env, status, release} + one descriptor ->
+Messages (see :mod:`harness.wire.channel`): ``spawn`` {scratch, env, status, release} + one descriptor ->
 {ok, pid} (the keeper's pid, which is its process group); ``quit``. ``release`` lists keepers the harness
 is done with, reaped only then so that a pid the harness may still signal is never reused.
 """
@@ -45,7 +45,7 @@ import socket
 import sys
 import time
 
-from harness import channel
+from harness.wire import channel
 from harness.confined.eval_worker import _report, _roots, worker_policy
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -108,7 +108,7 @@ def _become_worker(fd: int, scratch: str, env: dict, args: argparse.Namespace) -
         if "numpy" in sys.modules:  # a fresh process seeds numpy's global generator from the OS: so here
             sys.modules["numpy"].random.seed()
         from harness.confined.allocator import keep_freed_memory
-        from harness.threads import apply_thread_setting
+        from harness.common.threads import apply_thread_setting
 
         keep_freed_memory()
         server = _Server(sock, _roots(args), sandbox)
@@ -153,7 +153,7 @@ def _keep(fd: int, scratch: str, env: dict, status: str, args: argparse.Namespac
 
                 traceback.print_exc()
             finally:
-                from harness.fast_exit import exit_now
+                from harness.common.fast_exit import exit_now
 
                 exit_now(code)
         reaper.child_pid = worker
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         # runs in the zygote, so no thread pool or device state reaches a fork.
         import torch  # noqa: F401
 
-        import harness.threads  # noqa: F401
+        import harness.common.threads  # noqa: F401
         from harness.sandbox import supervise  # noqa: F401 - the keeper's
     except Exception as exc:  # noqa: BLE001 - the harness records why the zygote could not start
         _report(sock, exc)
@@ -269,6 +269,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    from harness.fast_exit import exit_now
+    from harness.common.fast_exit import exit_now
 
     exit_now(main())

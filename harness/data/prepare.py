@@ -41,7 +41,7 @@ from harness.data.manifest import (
 from harness.data.synthetic import SyntheticLanguage, SyntheticSource
 from harness.data.tokenizers import ByteBpeTokenizer, Gpt2Tokenizer, IdentityTokenizer, Tokenizer
 from harness.errors import DataError
-from harness.tracks import Track
+from harness.rules.tracks import Track
 
 ENCODE_BATCH = 512
 BPE_FIXED_POINT_ROUNDS = 6
@@ -312,7 +312,7 @@ def _build_tokenizer(track: Track, source: DocumentSource, gpt2_ranks: str | Non
 
 
 def _progress(total: int, desc: str, enabled: bool):
-    from harness.progress import progress
+    from harness.common.progress import progress
 
     return progress(total, desc=desc, unit="tok", enabled=enabled, stream=sys.stderr)
 

@@ -58,9 +58,9 @@ from harness.data.prepare import (
     prepare_request,
 )
 from harness.errors import DataError
-from harness.official_hashes import official_hashes
-from harness.snapshots import sha256_file
-from harness.tracks import Track
+from harness.rules.official_hashes import official_hashes
+from harness.formats.snapshots import sha256_file
+from harness.rules.tracks import Track
 
 SLOWRUN_REPOSITORY = "qlabs-eng/slowrun"
 CURRENT, CHUNKED = "current", "chunked"
@@ -345,7 +345,7 @@ def import_slowrun_files(track: Track, folder: str | Path, out: str | Path, *,
 
 
 def official_status(track_name: str, manifest: dict) -> str:
-    """What the official-data table (harness/official_hashes.py) says about an imported folder."""
+    """What the official-data table (harness/rules/official_hashes.py) says about an imported folder."""
     data_hash = manifest["data_hash"]
     official = official_hashes(track_name)
     if official is not None:
@@ -354,7 +354,7 @@ def official_status(track_name: str, manifest: dict) -> str:
     files = manifest["imported_from"]["files"].values()
     if manifest["imported_from"]["layout"] == CURRENT and all(f["published"] for f in files):
         return (f"data hash {data_hash}: the published slowrun files; track {track_name!r} lists no official "
-                "data yet, and this is the hash to list for it in harness/official_hashes.py")
+                "data yet, and this is the hash to list for it in harness/rules/official_hashes.py")
     return f"data hash {data_hash}; track {track_name!r} lists no official data yet"
 
 

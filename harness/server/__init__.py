@@ -2,12 +2,11 @@
 
 The method's process holds no prepared data, no meter and no records. It asks this server for every
 training batch, fitness window, snapshot, log line and checkpoint over a socket, and the server (threads
-in the runner's process) meters, stamps and stores them. See docs/threat-model.md.
+in the runner's process) meters (``meter``, ``ledger``), keeps the training clock (``clock``), stamps and
+stores them (``dataserver``). See docs/threat-model.md.
 
-The package imports nothing heavy: the worker imports `harness.server.wire` before it enters the
-sandbox, which must happen while the process has a single thread (numpy's and torch's thread pools
-start at import).
-"""
+Who may import it: :mod:`harness.run` (which starts it). Confined code may not; its side of the socket
+is :mod:`harness.confined.context` with :mod:`harness.wire`."""
 
 __all__ = ["DataServer", "ServerSpec", "TrainOutcome"]
 

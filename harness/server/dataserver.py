@@ -33,18 +33,18 @@ from typing import Any
 
 import numpy as np
 
-from harness.atomic import write_json_atomic
+from harness.common.atomic import write_json_atomic
 from harness.data.store import TokenStore
 from harness.errors import SlowrunError
-from harness.meter import BudgetExhausted, StreamReader, TimeExhausted
+from harness.server.meter import BudgetExhausted, StreamReader, TimeExhausted
 from harness.server.clock import TrainClock
 from harness.server.ledger import Ledger, StreamRefused
-from harness.server.limits import DEFAULT_LIMITS, ProtocolLimits, ProtocolViolation, check_metrics
+from harness.wire.limits import DEFAULT_LIMITS, ProtocolLimits, ProtocolViolation, check_metrics
 from harness.server.peers import in_tree, peer_pid
-from harness.server.wire import Channel, ChannelClosed, FrameRefused
-from harness.graphs.check import MAX_PROGRAM_BYTES, GraphRefused, check_program, parse_program
-from harness.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
-from harness.tracks import Track
+from harness.wire.framing import Channel, ChannelClosed, FrameRefused
+from harness.eval.graph_check import MAX_PROGRAM_BYTES, GraphRefused, check_program, parse_program
+from harness.formats.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
+from harness.rules.tracks import Track
 
 BUILDER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
 OUTBOX_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
@@ -661,7 +661,7 @@ class DataServer:
                                          "meta": meta}}
 
     def _take_graph(self, header: dict, folder: Path) -> dict | None:
-        """Take the snapshot's exported forward into `folder` and check it (harness/graphs/check.py).
+        """Take the snapshot's exported forward into `folder` and check it (harness/eval/graph_check.py).
 
         A graph the check refuses is dropped and the reason kept: the snapshot is then evaluated by the
         method's code, as one handed over without a graph. The weights are the snapshot either way."""
@@ -958,9 +958,9 @@ class DataServer:
 
 
 def normalise_weights(weights: dict) -> dict:
-    """``{tag: weight}`` divided by their sum (harness.ensemble.normalise_weights: finite, non-negative,
+    """``{tag: weight}`` divided by their sum (harness.eval.ensemble.normalise_weights: finite, non-negative,
     not all zero, huge ones scaled before summing), as the request error a method gets."""
-    from harness.ensemble import normalise_weights as normalise
+    from harness.eval.ensemble import normalise_weights as normalise
 
     try:
         values = {str(tag): float(w) for tag, w in weights.items()}
@@ -1057,7 +1057,7 @@ class _Progress:
     bar on a terminal, plain lines in a log)."""
 
     def __init__(self, total: int, initial: int, epoch_tokens: int, label: str, enabled: bool):
-        from harness.progress import progress
+        from harness.common.progress import progress
 
         self.epoch_tokens = epoch_tokens
         self.bar = progress(total, desc=label, unit="tok", initial=initial, enabled=enabled)

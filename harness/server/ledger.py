@@ -29,7 +29,7 @@ import threading
 from dataclasses import dataclass, field
 
 from harness.errors import SlowrunError
-from harness.meter import BudgetExhausted, MeterState, TimeExhausted, meter_key
+from harness.server.meter import BudgetExhausted, MeterState, TimeExhausted, meter_key
 from harness.server.clock import TrainClock
 
 

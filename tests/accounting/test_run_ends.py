@@ -14,9 +14,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from harness.distributed import COLLECTIVE_TIMEOUT_ENV, LaunchSpec
-from harness.records import EXIT_CODES
-from harness.runner import RunRequest, run_method
+from harness.common.distributed import COLLECTIVE_TIMEOUT_ENV, LaunchSpec
+from harness.formats.records import EXIT_CODES
+from harness.run.runner import RunRequest, run_method
 
 METHODS = Path(__file__).parent / "methods"
 PROJECT = Path(__file__).resolve().parents[2]

@@ -24,8 +24,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.distributed import LaunchSpec
-from harness.runner import RunRequest, run_method
+from harness.common.distributed import LaunchSpec
+from harness.run.runner import RunRequest, run_method
 
 METHOD = Path(__file__).parent / "methods" / "lockstep"
 MICRO = 2

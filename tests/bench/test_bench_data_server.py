@@ -50,9 +50,9 @@ def fake_prepared(folder: Path) -> Path:
 
 def client(address: str, token: str, batches: int) -> float:
     """Connect as rank 0, take `batches` batches through the RunContext, return tokens/s."""
-    from harness.contract import RunContext
-    from harness.server.wire import Channel
-    from harness.confined.worker import connect
+    from harness.confined.context import RunContext
+    from harness.wire.framing import Channel
+    from harness.confined.method_process import connect
 
     channel = Channel(connect(address))
     channel.send({"op": "hello", "token": token, "rank": 0, "pid": os.getpid()})
@@ -71,7 +71,7 @@ def client(address: str, token: str, batches: int) -> float:
 def test_data_server_throughput(benchmark, tmp_path):
     from harness.data.store import TokenStore
     from harness.server import DataServer, ServerSpec
-    from harness.tracks import get_track
+    from harness.rules.tracks import get_track
 
     data = fake_prepared(tmp_path / "data")
     track = dataclasses.replace(get_track("synthetic"), seq_len=SEQ_LEN)

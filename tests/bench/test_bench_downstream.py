@@ -26,8 +26,8 @@ import pytest
 import torch
 
 from harness.data.tokenizers import ByteBpeTokenizer
-from harness.downstream import DEFAULT_TASKS, load_tasks, run_tasks
-from harness.downstream.lm import MixtureLM
+from harness.eval.downstream import DEFAULT_TASKS, load_tasks, run_tasks
+from harness.eval.downstream.lm import MixtureLM
 from q0_reference.model import build_gpt
 from tests.bench.timing import report
 from tests.conftest import shared_path

@@ -24,11 +24,11 @@ from __future__ import annotations
 import shutil
 import time
 
-from harness.evaluation import evaluate_run, start_worker
-from harness.logprobs import token_logprobs
-from harness.probes import ProbeSettings
-from harness.snapshots import list_snapshots, load_snapshot_model
-from harness.tracks import get_track
+from harness.eval.evaluation import evaluate_run, start_worker
+from harness.eval.logprobs import token_logprobs
+from harness.eval.probes import ProbeSettings
+from harness.formats.snapshots import list_snapshots, load_snapshot_model
+from harness.rules.tracks import get_track
 from tests.bench.test_bench_eval_worker import interleaved, synthetic_run
 from tests.bench.timing import report
 

@@ -10,7 +10,7 @@ synthetic track's validation split (256 windows) and fitness windows (32), batch
   weights, score both splits through it with the causality probe's batches slipped in, run the
   statelessness probe, write the caches and their sidecar. Each case is measured twice in the same run:
   "fresh" (every worker a fresh process, as before the fork server) and "forked" (workers forked from
-  the evaluation's zygote, `harness.fork_server`).
+  the evaluation's zygote, `harness.eval.fork_server`).
 
 1. One snapshot, cold: the worker's start (a fresh Python importing torch, ~1.5 s here; forked: the
    zygote's start, then one fork) is paid in full.
@@ -38,11 +38,11 @@ import pytest
 import torch
 
 from harness.data.prepare import prepare_track
-from harness.evaluation import WorkerOptions, evaluate_run, open_eval_data, snapshot_logprobs, start_worker
-from harness.logprobs import token_logprobs
-from harness.probes import ProbeSettings
-from harness.snapshots import list_snapshots, load_snapshot_model, write_snapshot
-from harness.tracks import get_track
+from harness.eval.evaluation import WorkerOptions, evaluate_run, open_eval_data, snapshot_logprobs, start_worker
+from harness.eval.logprobs import token_logprobs
+from harness.eval.probes import ProbeSettings
+from harness.formats.snapshots import list_snapshots, load_snapshot_model, write_snapshot
+from harness.rules.tracks import get_track
 from q0_reference.model import BUILDER, build_gpt
 from q0_reference.presets import get_preset
 from tests.bench.timing import best_interleaved as interleaved, report

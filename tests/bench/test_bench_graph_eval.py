@@ -32,13 +32,13 @@ import torch
 from safetensors.torch import load_file
 
 from harness.data.prepare import prepare_track
-from harness.evaluation import EvalData, WorkerOptions, evaluate_run, open_eval_data, snapshot_logprobs
-from harness.graphs.export import GraphExporter
-from harness.graphs.load import load_graph
-from harness.logprobs import token_logprobs
-from harness.probes import ProbeSettings
-from harness.snapshots import GRAPH, GRAPH_CONSTANTS, list_snapshots
-from harness.tracks import get_track
+from harness.eval.evaluation import EvalData, WorkerOptions, evaluate_run, open_eval_data, snapshot_logprobs
+from harness.confined.graph_export import GraphExporter
+from harness.eval.graph_load import load_graph
+from harness.eval.logprobs import token_logprobs
+from harness.eval.probes import ProbeSettings
+from harness.formats.snapshots import GRAPH, GRAPH_CONSTANTS, list_snapshots
+from harness.rules.tracks import get_track
 from q0_reference.model import build_gpt
 from q0_reference.presets import get_preset
 from tests.bench.timing import best_interleaved as best, report

@@ -49,7 +49,7 @@ import torch
 
 from harness.data.prepare import prepare_track
 from harness.data.store import TokenStore
-from harness.tracks import get_track
+from harness.rules.tracks import get_track
 from q0_reference.recipes import Recipe
 from q0_reference.optim import build_optimizer, set_multipliers
 from q0_reference.schedule import WarmupDecaySchedule, steps_for_epochs
@@ -170,9 +170,9 @@ def test_harness_overhead_vs_bare_loop(benchmark, tmp_path):
 def request_client(address: str, token: str, requests: int) -> dict:
     """As the method: connect as rank 0, then time each kind of request through the RunContext (seconds
     per request)."""
-    from harness.contract import RunContext
-    from harness.server.wire import Channel
-    from harness.confined.worker import connect
+    from harness.confined.context import RunContext
+    from harness.wire.framing import Channel
+    from harness.confined.method_process import connect
 
     channel = Channel(connect(address))
     channel.send({"op": "hello", "token": token, "rank": 0, "pid": os.getpid()})
@@ -253,7 +253,7 @@ if __name__ == "__main__":
     if sys.argv[1] == "--requests":
         print(json.dumps(request_client(sys.argv[2], sys.argv[3], int(sys.argv[4]))))
     else:
-        from harness.threads import apply_thread_setting
+        from harness.common.threads import apply_thread_setting
 
         apply_thread_setting()
         print(bare_loop(Path(sys.argv[1]), int(sys.argv[2]), json.loads(sys.argv[3])))

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from harness.ensemble import ensemble_nll
-from harness.logprobs import token_logprobs
-from harness.prior import default_ks, fit_prior, k_sweep
+from harness.eval.ensemble import ensemble_nll
+from harness.eval.logprobs import token_logprobs
+from harness.eval.prior import default_ks, fit_prior, k_sweep
 
 MEMBERS = 8
 VOCAB = 2048

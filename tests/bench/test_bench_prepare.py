@@ -9,7 +9,7 @@ import json
 import shutil
 
 from harness.data.prepare import prepare_track
-from harness.tracks import TokenizerSpec
+from harness.rules.tracks import TokenizerSpec
 from tests.bench.timing import best_time, report
 from tests.conftest import shared_path
 from tests.data.helpers import local_track

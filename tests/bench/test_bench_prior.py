@@ -28,7 +28,7 @@ Hessians over the support (|W|^2 N multiply-adds) dominate the time, where one f
 drops most members in its first steps.
 
 The record's curve: evaluation reports at most CURVE_POINTS (32) stamps of a run, spread evenly over
-log(epochs) (`harness.prior.curve_stamps`), since each point is a certified fit. Measured the same
+log(epochs) (`harness.eval.prior.curve_stamps`), since each point is a certified fit. Measured the same
 way: 81.6 weighted passes = 2.15x one fit's passes, 28.9 s = 11.7x one fit's 2.5 s.
 
 Asserted (regression guards at the levels reached): the every-stamp curve's weighted passes within 7x
@@ -45,7 +45,7 @@ import time
 import numpy as np
 import pytest
 
-from harness.prior import CURVE_POINTS, curve_stamps, fit_prior, loss_curve
+from harness.eval.prior import CURVE_POINTS, curve_stamps, fit_prior, loss_curve
 from tests.bench.timing import best_time, report
 from tests.eval.test_prior_warm_start import record_fits
 

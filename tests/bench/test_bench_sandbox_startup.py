@@ -31,10 +31,10 @@ from pathlib import Path
 
 
 from harness.data.prepare import prepare_track
-from harness.runner import RunRequest, run_method
+from harness.run.runner import RunRequest, run_method
 from harness.sandbox.supervise import Supervisor
 from harness.server.dataserver import DataServer
-from harness.tracks import get_track
+from harness.rules.tracks import get_track
 from tests.bench.timing import report
 
 ROUNDS = int(os.environ.get("SLOWRUN_BENCH_ROUNDS", "5"))

@@ -41,7 +41,7 @@ def in_process_stream(store, seq_len: int, batch: int):
     import numpy as np
     import torch
 
-    from harness.meter import StreamReader
+    from harness.server.meter import StreamReader
     from harness.server.clock import TrainClock
     from harness.server.ledger import Ledger
 

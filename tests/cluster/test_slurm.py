@@ -13,8 +13,8 @@ import pytest
 
 from harness.cluster.job import run_state
 from harness.cluster.slurm import SlurmError, SlurmOptions, job_script
-from harness.distributed import LaunchSpec
-from harness.runner import RunRequest, run_method
+from harness.common.distributed import LaunchSpec
+from harness.run.runner import RunRequest, run_method
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY = (("d_model", "32"), ("n_layer", "1"), ("n_head", "2"), ("batch_size", "8"), ("log_every", "1"),

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.compute import (COMPUTE_CLASSES, ComputeClassError, Hardware, check_time_limit, default_compute_class,
+from harness.rules.compute import (COMPUTE_CLASSES, ComputeClassError, Hardware, check_time_limit, default_compute_class,
                              get_compute_class, hardware_of, snapshot_grace_s, unranked_reasons)
-from harness.tracks import get_track
+from harness.rules.tracks import get_track
 
 H100_NODE = Hardware("NVIDIA H100 80GB HBM3", 8, 1)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from harness.tracks import SourceSpec, TokenizerSpec, Track
+from harness.rules.tracks import SourceSpec, TokenizerSpec, Track
 
 
 def local_track(paths, *, val_tokens=2_000, train_tokens=6_000, tokenizer=None, seq_len=32, fitness_tokens=0,

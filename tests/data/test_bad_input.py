@@ -120,7 +120,7 @@ def test_cli_prints_one_clear_error(tmp_path, capsys):
 
 
 def gpt2_track(files, **kwargs):
-    from harness.tracks import TokenizerSpec
+    from harness.rules.tracks import TokenizerSpec
     from tests.conftest import shared_path
 
     ranks = str(shared_path("gpt2", "r50k_base.tiktoken"))

@@ -10,7 +10,7 @@ import pytest
 from harness.data.prepare import prepare_track
 from harness.data.store import TokenStore
 from harness.data.tokenizers import Gpt2Tokenizer
-from harness.tracks import TokenizerSpec
+from harness.rules.tracks import TokenizerSpec
 from tests.conftest import shared_path
 from tests.data.helpers import local_track
 

@@ -19,7 +19,7 @@ import pytest
 from harness.data.long_documents import PIECE_CHARS, encode_prefix, is_long, text_pieces
 from harness.data.prepare import prepare_track
 from harness.data.tokenizers import ByteBpeTokenizer, Gpt2Tokenizer
-from harness.tracks import TokenizerSpec
+from harness.rules.tracks import TokenizerSpec
 from tests.conftest import REPO_ROOT, shared_path
 from tests.data.helpers import local_track
 from tests.data.test_gpt2_prepare import _reference_encoding

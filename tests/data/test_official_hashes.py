@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 
 from harness.data.prepare import prepare_track
-from harness.official_hashes import KNOWN_FLOORS, OFFICIAL_DATA_HASHES, official_hashes
-from harness.tracks import BUILTIN_TRACKS
+from harness.rules.official_hashes import KNOWN_FLOORS, OFFICIAL_DATA_HASHES, official_hashes
+from harness.rules.tracks import BUILTIN_TRACKS
 from tests.conftest import shared_path
 
 

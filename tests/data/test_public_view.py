@@ -17,7 +17,7 @@ from harness.data.manifest import MANIFEST, public_manifest
 from harness.data.prepare import prepare_track
 from harness.data.store import TokenStore
 from harness.errors import DataError
-from harness.tracks import BUILTIN_TRACKS, SourceSpec, Track
+from harness.rules.tracks import BUILTIN_TRACKS, SourceSpec, Track
 
 SECRET_SEED = 918273645
 SECRET_SPEC = SourceSpec(kind="synthetic", synthetic=(("n_states", 48), ("seed", SECRET_SEED)))

@@ -25,7 +25,7 @@ from harness.data.slowrun_files import (
     unshuffle_sequences,
 )
 from harness.errors import DataError
-from harness.tracks import BUILTIN_TRACKS, TokenizerSpec
+from harness.rules.tracks import BUILTIN_TRACKS, TokenizerSpec
 from tests.conftest import shared_path
 from tests.data.test_gpt2_prepare import _reference_encoding
 
@@ -258,7 +258,7 @@ def test_an_unexpected_layout_says_what_is_wrong(data, message, tmp_path):
 
 
 def test_the_import_says_what_the_official_table_makes_of_it(monkeypatch):
-    import harness.official_hashes as table
+    import harness.rules.official_hashes as table
     from harness.data.slowrun_files import official_status
 
     def manifest(layout, published):
@@ -267,7 +267,7 @@ def test_the_import_says_what_the_official_table_makes_of_it(monkeypatch):
 
     assert table.OFFICIAL_DATA_HASHES["fineweb"] == frozenset()
     listed = official_status("fineweb", manifest("current", True))
-    assert "the hash to list for it in harness/official_hashes.py" in listed
+    assert "the hash to list for it in harness/rules/official_hashes.py" in listed
     for layout, published in (("current", False), ("chunked", True)):
         message = official_status("fineweb", manifest(layout, published))
         assert message.endswith("lists no official data yet")

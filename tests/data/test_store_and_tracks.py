@@ -14,7 +14,7 @@ from harness.data.local_files import LocalFilesSource, expand_paths
 from harness.data.prepare import prepare_track
 from harness.data.store import TokenStore
 from harness.errors import TrackError
-from harness.tracks import get_track, load_track_file
+from harness.rules.tracks import get_track, load_track_file
 from tests.conftest import shared_path
 from tests.data.test_bad_input import write_docs
 

@@ -11,7 +11,7 @@ import pytest
 from harness.data.prepare import prepare_track
 from harness.data.store import TokenStore
 from harness.data.synthetic import SyntheticLanguage
-from harness.tracks import BUILTIN_TRACKS
+from harness.rules.tracks import BUILTIN_TRACKS
 
 TINY = SyntheticLanguage(seed=3, vocab_size=5, n_states=2, transition_concentration=0.5,
                          emission_concentration=0.5, mean_doc_tokens=4.0)

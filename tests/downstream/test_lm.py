@@ -10,8 +10,8 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 
-from harness.downstream.lm import MixtureLM
-from harness.downstream.mixing import member_positions, mix_target_logprobs, settle_greedy
+from harness.eval.downstream.lm import MixtureLM
+from harness.eval.downstream.mixing import member_positions, mix_target_logprobs, settle_greedy
 from harness.errors import SlowrunError
 from tests.downstream.conftest import (SEQ_LEN, brute_force_score, greedy_continuation, make_model, token_pair,
                                        window_score)

@@ -10,12 +10,12 @@ import pytest
 
 from harness.data.manifest import FORMAT, MANIFEST
 from harness.data.tokenizers import ByteBpeTokenizer, Gpt2Tokenizer
-from harness.downstream import (DownstreamNotApplicable, downstream_average, score_downstream, score_snapshots,
+from harness.eval.downstream import (DownstreamNotApplicable, downstream_average, score_downstream, score_snapshots,
                                 track_tokenizer)
-from harness.downstream.limits import DocumentLimits
-from harness.downstream.splits import DownstreamData, SplitFile
+from harness.eval.downstream.limits import DocumentLimits
+from harness.eval.downstream.splits import DownstreamData, SplitFile
 from harness.errors import DataError, SlowrunError
-from harness.snapshots import list_snapshots, write_snapshot
+from harness.formats.snapshots import list_snapshots, write_snapshot
 from tests.downstream.conftest import SEQ_LEN, brute_force_score, token_pair
 
 
@@ -121,7 +121,7 @@ def test_scoring_uses_the_tracks_own_gpt2_ranks_or_the_flag(tmp_path, shared_dat
     """Offline, with no $SLOWRUN_GPT2_RANKS: the ranks file that prepared the track (its ranks_path) is the one
     downstream scoring loads; `--gpt2-ranks` of slowrun run/eval overrides it."""
     from harness.cli import build_parser
-    from harness.runner import downstream_gpt2_ranks
+    from harness.run.runner import downstream_gpt2_ranks
 
     monkeypatch.delenv("SLOWRUN_GPT2_RANKS", raising=False)
     ranks = shared_data("gpt2", "r50k_base.tiktoken")
@@ -138,8 +138,8 @@ def test_run_with_downstream_puts_scores_into_the_record(shared_data, tmp_path, 
     """slowrun run --downstream on a small text track: the final predictor's scores reach the record,
     equal to scoring the same snapshot directly."""
     from harness.data.prepare import prepare_track
-    from harness.records import validate_record
-    from harness.runner import RunRequest, run_method
+    from harness.formats.records import validate_record
+    from harness.run.runner import RunRequest, run_method
     from tests.data.helpers import local_track
 
     monkeypatch.setenv("SLOWRUN_NUM_THREADS", "1")

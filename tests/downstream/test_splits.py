@@ -10,9 +10,9 @@ import warnings
 import pytest
 
 from harness.cli import _downstream_files, _downstream_limits, build_parser
-from harness.downstream import run_tasks
-from harness.downstream.limits import DocumentLimits
-from harness.downstream.splits import DownstreamData, DownstreamSplitWarning, SplitFile
+from harness.eval.downstream import run_tasks
+from harness.eval.downstream.limits import DocumentLimits
+from harness.eval.downstream.splits import DownstreamData, DownstreamSplitWarning, SplitFile
 from harness.errors import DataError, SlowrunError
 from tests.conftest import shared_path
 from tests.downstream.test_tasks import OracleLM

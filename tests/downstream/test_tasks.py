@@ -12,8 +12,8 @@ from lm_eval.api.model import LM
 from lm_eval.api.task import ConfigurableTask
 from lm_eval.tasks._yaml_loader import load_yaml
 
-from harness.downstream import DEFAULT_TASKS, load_tasks, run_tasks
-from harness.downstream.tasks import task_manager, task_specs
+from harness.eval.downstream import DEFAULT_TASKS, load_tasks, run_tasks
+from harness.eval.downstream.tasks import task_manager, task_specs
 from harness.errors import DataError, SlowrunError
 from tests.conftest import shared_path
 
@@ -193,8 +193,8 @@ def test_bad_task_selection_is_refused(tmp_path):
 
 @pytest.mark.parametrize("name", DEFAULT_TASKS)
 def test_hub_source_and_scored_split_are_lm_evals(name):
-    from harness.downstream.splits import scored_split
-    from harness.downstream.tasks import task_config
+    from harness.eval.downstream.splits import scored_split
+    from harness.eval.downstream.tasks import task_config
 
     mine, theirs = task_config(name), load_yaml(BUILTIN_YAML[name])
     assert (mine["dataset_path"], mine.get("dataset_name")) == (theirs["dataset_path"], theirs.get("dataset_name"))

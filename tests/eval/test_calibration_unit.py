@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from harness.calibrate import CalibrationRequest, calibrate
-from harness.efficiency import data_efficiency, load_reference_curve
+from harness.run.calibrate import CalibrationRequest, calibrate
+from harness.eval.efficiency import data_efficiency, load_reference_curve
 from tests.runner.test_calibrate import TINY, write_tracks
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from harness.errors import SlowrunError
-from harness.prior import CURVE_POINTS, curve_stamps, fit_prior, loss_curve
+from harness.eval.prior import CURVE_POINTS, curve_stamps, fit_prior, loss_curve
 
 
 def test_every_stamp_is_reported_up_to_the_limit():

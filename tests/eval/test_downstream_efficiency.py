@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from harness.efficiency import (BELOW_TABLE, DownstreamCurves, downstream_curve_path, downstream_efficiency,
+from harness.eval.efficiency import (BELOW_TABLE, DownstreamCurves, downstream_curve_path, downstream_efficiency,
                                 downstream_metric_values, load_downstream_curves, write_downstream_curves)
-from harness.runner import _downstream_efficiency
+from harness.run.runner import _downstream_efficiency
 
 CURVES = DownstreamCurves(
     track="t", description="", source="", train_tokens=100,
@@ -58,7 +58,7 @@ def test_an_improvement_within_two_standard_errors_gets_no_curve():
 
 
 def test_standard_error_of_the_task_average():
-    from harness.efficiency import downstream_metric_stderrs
+    from harness.eval.efficiency import downstream_metric_stderrs
 
     scores = {"a": {"acc": 0.5, "acc_stderr": 0.03, "acc_norm": 0.5, "acc_norm_stderr": None},
               "b": {"acc": 0.3, "acc_stderr": 0.04, "acc_norm": 0.3, "acc_norm_stderr": 0.01}}

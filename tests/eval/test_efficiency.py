@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from harness.efficiency import (
+from harness.eval.efficiency import (
     ABOVE_TABLE,
     BELOW_TABLE,
     ReferenceCurve,
@@ -19,7 +19,7 @@ from harness.efficiency import (
     write_reference_curve,
 )
 from harness.errors import SlowrunError
-from harness.prior import CurvePoint
+from harness.eval.prior import CurvePoint
 
 FINEWEB_TABLE = [(200e6, 3.703), (400e6, 3.370), (600e6, 3.200), (800e6, 3.123), (1e9, 3.046), (2e9, 2.892)]
 
@@ -215,7 +215,7 @@ def test_loader_refuses_a_bad_baseline_tokens(tmp_path, value):
 
 
 def test_downstream_curves_divide_by_the_same_unit(tmp_path):
-    from harness.efficiency import (DownstreamCurves, downstream_curve_path, downstream_efficiency,
+    from harness.eval.efficiency import (DownstreamCurves, downstream_curve_path, downstream_efficiency,
                                     load_downstream_curves, write_downstream_curves)
 
     curves = DownstreamCurves("t", "", "", 1_000, (("piqa/acc", ((900, 0.3), (1_900, 0.5))),), baseline_tokens=900)
@@ -226,7 +226,7 @@ def test_downstream_curves_divide_by_the_same_unit(tmp_path):
 
 
 def test_calibrate_needs_the_1x_run(tmp_path):
-    from harness.calibrate import CalibrationRequest, calibrate
+    from harness.run.calibrate import CalibrationRequest, calibrate
 
     with pytest.raises(SlowrunError, match=r"--factors 2,4 lacks 1: .* add it, e.g. --factors 1,2,4"):
         calibrate(CalibrationRequest(track="synthetic", factors=(4, 2), data_dir=tmp_path / "prepared",

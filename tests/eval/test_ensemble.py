@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.ensemble import bits_per_byte, ensemble_bits_per_byte, ensemble_nll, mean_nll, mixture_logp
+from harness.eval.ensemble import bits_per_byte, ensemble_bits_per_byte, ensemble_nll, mean_nll, mixture_logp
 from harness.errors import SlowrunError
 
 
@@ -96,7 +96,7 @@ def test_bad_inputs_are_refused():
 def test_huge_weights_are_scaled_before_they_are_summed():
     """1e308 + 1e308 overflows: divided by that sum every weight was 0. The data server's set_ensemble and the
     mixture share this one normalisation."""
-    from harness.ensemble import normalise_weights
+    from harness.eval.ensemble import normalise_weights
     from harness.server.dataserver import normalise_weights as normalise_request
 
     assert normalise_weights([1e308, 1e308, 0.0], 3).tolist() == [0.5, 0.5, 0.0]

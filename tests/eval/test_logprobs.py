@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from harness.errors import SlowrunError
-from harness.logprobs import load_logprobs, save_logprobs, token_logprobs
+from harness.eval.logprobs import load_logprobs, save_logprobs, token_logprobs
 
 VOCAB = 97
 SEQ = 12

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from harness.errors import SlowrunError
-from harness.prior import default_ks, fit_prior, k_sweep, loss_curve, top_k
+from harness.eval.prior import default_ks, fit_prior, k_sweep, loss_curve, top_k
 
 
 def mixture_nll_brute(logp: np.ndarray, weights) -> float:

@@ -1,7 +1,7 @@
 """The Newton (SQP) prior fit against independent solvers: optimum, certified gap, pass counts, numerics,
 and the guarantee never to return a mixture worse on fitness than a single member or a top-K truncation.
 
-Expectations come from code written here, not from harness.prior: scipy's SLSQP on the simplex in
+Expectations come from code written here, not from harness.eval.prior: scipy's SLSQP on the simplex in
 float64, a plain EM loop, brute-force probability-space NLLs and gradients.
 """
 
@@ -12,9 +12,9 @@ import warnings
 import numpy as np
 import pytest
 
-import harness.prior as prior_module
+import harness.eval.prior as prior_module
 from harness.errors import SlowrunError
-from harness.prior import default_ks, fit_prior, k_sweep
+from harness.eval.prior import default_ks, fit_prior, k_sweep
 
 optimize = pytest.importorskip("scipy.optimize")
 

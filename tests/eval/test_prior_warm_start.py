@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import harness.prior as prior_module
-from harness.prior import fit_prior, loss_curve
+import harness.eval.prior as prior_module
+from harness.eval.prior import fit_prior, loss_curve
 
 from tests.eval.test_prior_newton import brute_nll, slsqp_optimum, trajectory
 

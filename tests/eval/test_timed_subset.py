@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from harness.timed_subset import subset_loss, subset_summary, timed_subset
+from harness.eval.timed_subset import subset_loss, subset_summary, timed_subset
 
 
 def test_at_b_x_w_32_the_last_16_windows_of_the_permutation_are_dropped():

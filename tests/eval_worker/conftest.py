@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harness.data.store import TokenStore
-from harness.snapshots import SPEC, list_snapshots, load_snapshot_model, write_snapshot
+from harness.formats.snapshots import SPEC, list_snapshots, load_snapshot_model, write_snapshot
 
 SEQ_LEN = 128  # the synthetic track's
 VOCAB = 512

@@ -20,7 +20,7 @@ def test_a_builder_defined_in_the_method_folder_is_resolved(method_dir, roots):
 
 
 @pytest.mark.parametrize("builder", ["builtins:eval", "os:system", "subprocess:run", "json:loads",
-                                     "torch:load", "harness.snapshots:load_snapshot_model"])
+                                     "torch:load", "harness.formats.snapshots:load_snapshot_model"])
 def test_code_outside_the_method_and_trusted_folders_is_refused(roots, builder):
     with pytest.raises(BuilderRefused, match="outside the method directory"):
         resolve_builder(builder, roots)

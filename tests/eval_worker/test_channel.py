@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from harness import channel
+from harness.wire import channel
 
 
 @pytest.fixture

@@ -8,8 +8,8 @@ import hashlib
 import pytest
 import torch
 
-from harness.eval_client import InvalidSnapshot, all_finite, read_weights
-from harness.snapshots import WEIGHTS
+from harness.eval.remote_model import InvalidSnapshot, all_finite, read_weights
+from harness.formats.snapshots import WEIGHTS
 from tests.eval_worker.conftest import add_snapshot, causal_model
 
 

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from harness.eval_client import InvalidSnapshot, RemoteModel
-from harness.evaluation import evaluate_run, start_worker
-from harness.logprobs import save_logprobs
-from harness.probes import ProbeSettings
+from harness.eval.remote_model import InvalidSnapshot, RemoteModel
+from harness.eval.evaluation import evaluate_run, start_worker
+from harness.eval.logprobs import save_logprobs
+from harness.eval.probes import ProbeSettings
 from harness.sandbox import landlock_abi
-from harness.snapshots import WEIGHTS, list_snapshots
+from harness.formats.snapshots import WEIGHTS, list_snapshots
 from tests.eval_worker.conftest import (SEQ_LEN, VOCAB, add_snapshot, causal_model, reference_logp,
                                         stamp_weights_hash, val_windows)
 
@@ -236,9 +236,9 @@ def test_a_worker_started_ahead_is_closed_when_there_is_nothing_to_score(run_dir
 
 def test_a_run_with_more_snapshots_than_curve_points_reports_a_thinned_curve(run_dir, method_dir, synthetic_data,
                                                                            monkeypatch):
-    import harness.prior
+    import harness.eval.prior
 
-    monkeypatch.setattr(harness.prior, "CURVE_POINTS", 3)
+    monkeypatch.setattr(harness.eval.prior, "CURVE_POINTS", 3)
     for i in range(5):
         add_snapshot(run_dir, f"s{i}", causal_model(i), train_tokens=100 * (i + 1))
     result = evaluate(run_dir, synthetic_data, method_dir, "prior")
@@ -257,8 +257,8 @@ def test_a_run_with_more_snapshots_than_curve_points_reports_a_thinned_curve(run
 def test_a_model_slow_in_forward_meets_the_limit_of_the_rule(run_dir, method_dir, synthetic_data, monkeypatch):
     """With no fixed limit, a snapshot's limit is the rule's: START_S plus 4 FLOPs per parameter and token
     (a quarter more for the probes) at the device's floor. START_S is shrunk so the test waits seconds."""
-    import harness.eval_limits as eval_limits
-    from harness.evaluation import open_eval_data
+    import harness.rules.eval_limits as eval_limits
+    from harness.eval.evaluation import open_eval_data
 
     monkeypatch.setattr(eval_limits, "START_S", 3.0)
     model = causal_model(1)
@@ -295,7 +295,7 @@ def test_eval_limits_count_parameters_and_cut_to_what_is_left():
     on the whole cuts each snapshot's to what is left of it."""
     from safetensors.torch import save
 
-    from harness.eval_limits import EvalLimits, parameter_count, snapshot_limit_s
+    from harness.rules.eval_limits import EvalLimits, parameter_count, snapshot_limit_s
 
     tensors = {"w": torch.zeros(3, 5), "b": torch.zeros(7, dtype=torch.bfloat16), "s": torch.zeros(())}
     blob = save(tensors)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-import harness.fork_server as fork_server
-from harness.eval_client import InvalidSnapshot, RemoteModel
-from harness.fork_server import ForkServer
+import harness.eval.fork_server as fork_server
+from harness.eval.remote_model import InvalidSnapshot, RemoteModel
+from harness.eval.fork_server import ForkServer
 from harness.sandbox import landlock_abi
 from harness.sandbox.supervise import descendants
-from harness.snapshots import list_snapshots
+from harness.formats.snapshots import list_snapshots
 from tests.eval_worker.conftest import VOCAB, add_snapshot, causal_model
 from tests.eval_worker.test_evaluate import evaluate
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.eval_client import InvalidSnapshot, RemoteModel
-from harness.logprobs import model_outputs, token_logprobs
+from harness.eval.remote_model import InvalidSnapshot, RemoteModel
+from harness.eval.logprobs import model_outputs, token_logprobs
 from tests.eval_worker.conftest import VOCAB, add_snapshot, causal_model, float64_logp
 
 
@@ -81,7 +81,7 @@ def test_requests_and_replies_bigger_than_the_socket_buffers_do_not_wait_on_each
     # of logits per reply: the second request can only go out while the worker still sends the first reply.
     import socket
 
-    from harness import channel
+    from harness.wire import channel
 
     def narrow(sock, nbytes=0):
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):

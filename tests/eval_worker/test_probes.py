@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from harness.logprobs import token_logprobs
-from harness.probes import (FLOAT32_TOLERANCE, HALF_TOLERANCE, CausalityProbe, ProbedModel, ProbeFailed,
+from harness.eval.logprobs import token_logprobs
+from harness.eval.probes import (FLOAT32_TOLERANCE, HALF_TOLERANCE, CausalityProbe, ProbedModel, ProbeFailed,
                             ProbeSettings, logprob_tolerance, statelessness_probe)
 from tests.eval_worker.conftest import VOCAB
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from harness.errors import SlowrunError
-from harness.evaluation import eval_devices, resolve_eval_dtype
+from harness.eval.evaluation import eval_devices, resolve_eval_dtype
 from tests.eval_worker.conftest import add_snapshot, causal_model, float64_logp, val_windows
 from tests.eval_worker.test_evaluate import evaluate
 

@@ -1,5 +1,5 @@
 """Weights as views of the payload (harness.confined.weights_view), and logits streamed through two small buffers
-(harness.confined.eval_worker.staged_chunks with harness.channel.send_chunks)."""
+(harness.confined.eval_worker.staged_chunks with harness.wire.channel.send_chunks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from harness import channel
+from harness.wire import channel
 from harness.confined.eval_worker import staged_chunks
 from harness.confined.weights_view import WeightsFormatError, tensor_views
 

@@ -11,9 +11,9 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from harness.graphs.export import GraphExporter
+from harness.confined.graph_export import GraphExporter
 from q0_reference.model import BUILDER
-from harness.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, sha256_file, write_snapshot
+from harness.formats.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, sha256_file, write_snapshot
 
 
 def small_gpts():

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from harness.evaluation import open_eval_data
+from harness.eval.evaluation import open_eval_data
 
-from harness.graphs.check import ALLOWED_OPS, GraphRefused, check_program, parse_program
-from harness.graphs.load import load_graph
+from harness.eval.graph_check import ALLOWED_OPS, GraphRefused, check_program, parse_program
+from harness.eval.graph_load import load_graph
 from tests.graphs.conftest import export, forged, program_of, small_gpts
 
 
@@ -40,7 +40,7 @@ def test_the_program_is_read_into_the_same_schema_objects_as_torch_reads_it(pres
     from torch._export.serde import schema
     from torch._export.serde.serialize import _dict_to_dataclass
 
-    from harness.graphs.load import _schema_value
+    from harness.eval.graph_load import _schema_value
     from q0_reference.model import GPT
 
     config = small_gpts()[preset]
@@ -53,7 +53,7 @@ def test_the_program_is_read_into_the_same_schema_objects_as_torch_reads_it(pres
 def test_a_malformed_union_is_refused_by_the_check_and_by_the_reader(bigram):
     from torch._export.serde import schema
 
-    from harness.graphs.load import _schema_value
+    from harness.eval.graph_load import _schema_value
 
     program = program_of(export(bigram)[0])
     node = program["graph_module"]["graph"]["nodes"][0]
@@ -204,10 +204,10 @@ def test_a_graph_that_cannot_be_used_at_evaluation_falls_back_to_the_method_code
     run by its own code in the worker instead, with the same numbers; an intact one from its graph."""
     from q0_reference.model import GPT
 
-    from harness.evaluation import evaluate_run
-    from harness.graphs.export import GraphExporter
-    from harness.probes import ProbeSettings
-    from harness.snapshots import GRAPH
+    from harness.eval.evaluation import evaluate_run
+    from harness.confined.graph_export import GraphExporter
+    from harness.eval.probes import ProbeSettings
+    from harness.formats.snapshots import GRAPH
     from tests.graphs.conftest import with_graph
 
     config = dataclasses.replace(small_gpts()["cpu_small"], vocab_size=512, seq_len=128)
@@ -233,10 +233,10 @@ def test_a_graph_that_cannot_be_used_at_evaluation_falls_back_to_the_method_code
 def test_one_architecture_is_built_once_per_evaluation(tmp_path, synthetic_data, monkeypatch):
     """Snapshots that share a program (one architecture) share its build: it is checked, built and bounded
     once, and each snapshot's weights are bound to it."""
-    import harness.graphs.load as load
-    from harness.evaluation import evaluate_run
-    from harness.graphs.export import GraphExporter
-    from harness.probes import ProbeSettings
+    import harness.eval.graph_load as load
+    from harness.eval.evaluation import evaluate_run
+    from harness.confined.graph_export import GraphExporter
+    from harness.eval.probes import ProbeSettings
     from tests.graphs.conftest import with_graph
     from q0_reference.model import GPT
 

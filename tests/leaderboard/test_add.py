@@ -11,12 +11,12 @@ import json
 import pytest
 
 from harness.errors import LeaderboardError, RecordError
-from harness.records import load_record, record_to_json, write_record_atomic
+from harness.formats.records import load_record, record_to_json, write_record_atomic
 from leaderboard.add import add_record, parse_known_tracks
 from tests.leaderboard import factory
 from tests.leaderboard.factory import DATA_HASH, OTHER_DATA_HASH
 
-TRACK = "lab"  # not in harness/official_hashes.py
+TRACK = "lab"  # not in harness/rules/official_hashes.py
 
 
 def make_record(index: int = 0, **overrides) -> dict:

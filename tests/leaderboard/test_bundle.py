@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from harness.errors import LeaderboardError
-from harness.method_spec import method_hash
+from harness.formats.method_toml import method_hash
 from leaderboard.add import add_submission
 from leaderboard.bundle import create_bundle, parse_size, read_bundle
 from leaderboard.cli import main

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from harness.records import write_record_atomic
+from harness.formats.records import write_record_atomic
 from leaderboard.cli import add_subcommands, main
 from tests.leaderboard.factory import make_record
 

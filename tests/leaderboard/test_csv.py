@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 
-from harness.records import record_to_json
+from harness.formats.records import record_to_json
 from leaderboard.collect import LoadedRecord
 from leaderboard.downloads import records_csv
 from leaderboard.naming import page_names

@@ -7,7 +7,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from harness.records import record_to_json
+from harness.formats.records import record_to_json
 from leaderboard.collect import LoadedRecord
 from leaderboard.history import NOT_TESTED
 from leaderboard.naming import page_names

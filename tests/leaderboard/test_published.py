@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.efficiency import data_efficiency
+from harness.eval.efficiency import data_efficiency
 from harness.errors import LeaderboardError
-from harness.records import validate_record
+from harness.formats.records import validate_record
 from leaderboard.published import DEFAULT_PUBLISHED, load_published, published_records, published_time_seconds
 from leaderboard.site import build_site
 from tests.leaderboard.factory import make_record, write_board

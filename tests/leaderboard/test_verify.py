@@ -13,15 +13,15 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from harness.errors import LeaderboardError, RecordError
-from harness.method_spec import method_hash
-from harness.records import record_to_json, utc_timestamp, write_record_atomic
+from harness.formats.method_toml import method_hash
+from harness.formats.records import record_to_json, utc_timestamp, write_record_atomic
 from leaderboard.add import add_record, parse_floors
 from leaderboard.cli import main
 from leaderboard.verify import verify_record_bounds
 from tests.leaderboard.factory import DATA_HASH, make_record, write_board
 
 # What `slowrun prepare --track synthetic` gives, and its true language's loss on those validation windows
-# (written out here: the table in harness/official_hashes.py is checked against preparation in tests/data).
+# (written out here: the table in harness/rules/official_hashes.py is checked against preparation in tests/data).
 SYNTHETIC_HASH = "1a9a8fd7bf3f017004ddd833eb370eb8e9b308a77dd3b52cbb8f4f4cf63b68a0"
 SYNTHETIC_FLOOR = 2.1370458
 
@@ -248,24 +248,24 @@ def test_the_verify_hook_sees_the_run_and_its_problems_refuse(tmp_path):
 
 def without_harness_verify(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.delitem(sys.modules, "harness.verify", raising=False)
+    monkeypatch.delitem(sys.modules, "harness.run.reverify", raising=False)
     monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *rest: None if name == "harness.verify" else real(name, *rest))
+                        lambda name, *rest: None if name == "harness.run.reverify" else real(name, *rest))
 
 
 def test_cli_verify_without_the_module_exits_2(tmp_path, capsys, monkeypatch):
     without_harness_verify(monkeypatch)
     run = run_dir_with(tmp_path, official(0))
     assert main(["leaderboard", "add", str(run), "--records", str(tmp_path / "records"), "--verify"]) == 2
-    assert "--verify needs harness.verify" in capsys.readouterr().err
+    assert "--verify needs harness.run.reverify" in capsys.readouterr().err
     assert not (tmp_path / "records").exists()
 
 
 def test_cli_verify_calls_reverify_run(tmp_path, capsys, monkeypatch):
-    module = types.ModuleType("harness.verify")
-    module.__spec__ = importlib.machinery.ModuleSpec("harness.verify", None)
+    module = types.ModuleType("harness.run.reverify")
+    module.__spec__ = importlib.machinery.ModuleSpec("harness.run.reverify", None)
     module.reverify_run = lambda run_dir, record, **options: [f"{run_dir.name}: snapshot files missing"]
-    monkeypatch.setitem(sys.modules, "harness.verify", module)
+    monkeypatch.setitem(sys.modules, "harness.run.reverify", module)
     run = run_dir_with(tmp_path, official(0))
     assert main(["leaderboard", "add", str(run), "--records", str(tmp_path / "records"), "--verify"]) == 2
     assert "run: snapshot files missing" in capsys.readouterr().err

@@ -14,7 +14,7 @@ import zlib
 
 import torch
 
-from harness.distributed import RankGroup
+from harness.common.distributed import RankGroup
 
 
 class FakeStream:

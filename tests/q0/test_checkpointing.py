@@ -9,7 +9,7 @@ from q0_reference.checkpointing import CheckpointClock, CheckpointPolicy
 from q0_reference.errors import Q0ConfigError
 from q0_reference.placement import Placement
 from q0_reference.recipes import Q0Settings, Recipe, train_q0, train_single
-from harness.distributed import RankGroup
+from harness.common.distributed import RankGroup
 from tests.q0.fakes import FakeContext
 
 TINY = dict(d_model=32, n_layer=1, n_head=2, batch_size=4, warmup_steps=2, log_every=1, compile="off",

@@ -16,7 +16,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from harness.distributed import RankGroup
+from harness.common.distributed import RankGroup
 from q0_reference.model import build_gpt
 from q0_reference.placement import COMPILED_DDP_BUCKETS, Placement, ddp_bucket_cap_mb
 

@@ -21,7 +21,7 @@ from q0_reference.muon import BatchedMuon
 from q0_reference.placement import Placement
 from q0_reference.trainer import accumulated_step
 from q0_reference.recipes import Q0Settings, Recipe, train_q0, train_single
-from harness.distributed import RankGroup
+from harness.common.distributed import RankGroup
 from tests.q0.fakes import FakeContext
 from tests.q0.fakes import GradientRecorder as Recorder
 

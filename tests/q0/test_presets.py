@@ -160,7 +160,7 @@ def test_pr90_perturbation_scale_per_trajectory():
 def test_submissions_pick_the_fineweb_preset_on_the_fineweb_track():
     from pathlib import Path
 
-    from harness.method_spec import check_method
+    from harness.run.entry_check import check_method
     from q0_reference.presets import preset_hparams
     from q0_reference.recipes import Q0Settings, Recipe
 

@@ -60,7 +60,7 @@ PROJECT = Path(__file__).resolve().parents[2]
 def train_in_subprocess(run_dir: Path) -> subprocess.Popen:
     """Train a prepared run folder in a process of its own (data server, supervisor, method), so a test can
     kill the whole runner with SIGKILL as a crash or a lost machine would."""
-    code = ("import sys; from pathlib import Path; from harness.runner import train; "
+    code = ("import sys; from pathlib import Path; from harness.run.runner import train; "
             "train(Path(sys.argv[1]), resume=False, progress=False)")
     env = {**os.environ, "PYTHONPATH": str(PROJECT), "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, "-c", code, str(run_dir)], env=env, stdout=subprocess.DEVNULL,

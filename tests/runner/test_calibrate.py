@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from harness.calibrate import CalibrationRequest, calibrate
-from harness.efficiency import data_efficiency, load_reference_curve
+from harness.run.calibrate import CalibrationRequest, calibrate
+from harness.eval.efficiency import data_efficiency, load_reference_curve
 from harness.errors import SlowrunError
 from tests.data.test_bad_input import write_docs
 

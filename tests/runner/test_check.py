@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from harness.cli import main
-from harness.method_spec import check_method, method_hash
+from harness.formats.method_toml import method_hash
+from harness.run.entry_check import check_method
 
 BROKEN = """
 [method]
@@ -53,7 +54,7 @@ def test_the_shipped_methods_pass(capsys):
 def test_hparam_overrides_are_typed_by_their_defaults(tmp_path):
     import pytest
 
-    from harness.method_spec import MethodError
+    from harness.formats.method_toml import MethodError
 
     spec, _ = check_method("submissions/single_model")
     values = spec.resolved_hparams("synthetic", {"lr": "0.01", "batch_size": "4", "mlp": "swiglu"})

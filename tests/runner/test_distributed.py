@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from harness.distributed import DistributedError, LaunchSpec, split_ranks
-from harness.runner import RunRequest, prepare_run, resume_run, run_method
+from harness.common.distributed import DistributedError, LaunchSpec, split_ranks
+from harness.run.runner import RunRequest, prepare_run, resume_run, run_method
 from tests.runner.conftest import train_in_subprocess, wait_until_gone
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -50,8 +50,8 @@ def test_launch_spec_rejects_bad_placement():
         LaunchSpec(nproc_per_node=2, nnodes=2, node_rank=2)
     with pytest.raises(DistributedError, match="--nproc-per-node"):
         LaunchSpec(nproc_per_node=0)
-    command = LaunchSpec(nproc_per_node=2, master_port=1234).torchrun_command("harness.confined.worker", ["RUN"])
-    assert command[1:3] == ["-m", "torch.distributed.run"] and command[-3:] == ["-m", "harness.confined.worker", "RUN"]
+    command = LaunchSpec(nproc_per_node=2, master_port=1234).torchrun_command("harness.confined.method_process", ["RUN"])
+    assert command[1:3] == ["-m", "torch.distributed.run"] and command[-3:] == ["-m", "harness.confined.method_process", "RUN"]
 
 
 def test_q0_two_trajectories_on_two_ranks_match_one_process(synthetic_data, tmp_path, monkeypatch):

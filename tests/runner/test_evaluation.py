@@ -11,8 +11,8 @@ import torch
 
 from harness.cli import main
 from harness.data.store import TokenStore
-from harness.evaluation import open_eval_data
-from harness.snapshots import list_snapshots, load_snapshot_model
+from harness.eval.evaluation import open_eval_data
+from harness.formats.snapshots import list_snapshots, load_snapshot_model
 from tests.runner.test_runs import TRAIN_ONE_EPOCH, run
 
 TWO_SNAPSHOTS = TRAIN_ONE_EPOCH + """

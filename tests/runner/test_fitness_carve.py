@@ -11,14 +11,14 @@ import pytest
 
 from harness.data.fitness import plan_carve
 from harness.errors import DataError
-from harness.method_spec import check_method
-from harness.runner import RunRequest, run_method
+from harness.run.entry_check import check_method
+from harness.run.runner import RunRequest, run_method
 
 PROJECT = Path(__file__).resolve().parents[2]
 
 PROBE = '''
 import torch
-from harness.contract import ContractError
+from harness.confined.context import ContractError
 from tests.runner.tiny_model import Bigram
 
 

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-import harness.runner as runner
-from harness.distributed import LaunchSpec
-from harness.gpu_nodes import open_gpus
+import harness.run.runner as runner
+from harness.common.distributed import LaunchSpec
+from harness.common.gpu_nodes import open_gpus
 
 
 def test_cpu_runs_touch_no_cuda(monkeypatch):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from harness.data.store import TokenStore
-from harness.meter import BudgetExhausted, StreamReader, stream_seed
+from harness.server.meter import BudgetExhausted, StreamReader, stream_seed
 from harness.server.clock import TrainClock
 from harness.server.ledger import Ledger
 

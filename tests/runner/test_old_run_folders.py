@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.runner import evaluate_existing, resume_run
-from harness.verify import reverify_run
+from harness.run.runner import evaluate_existing, resume_run
+from harness.run.reverify import reverify_run
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "runs-6d94ceb.tar.gz"
 PROJECT = Path(__file__).resolve().parents[2]

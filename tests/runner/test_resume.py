@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.runner import RunRequest, prepare_run, resume_run, run_method
+from harness.run.runner import RunRequest, prepare_run, resume_run, run_method
 from tests.runner.conftest import train_in_subprocess, wait_until_gone
 
 TINY = (("d_model", "32"), ("n_layer", "1"), ("n_head", "2"), ("batch_size", "8"), ("log_every", "1"),

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from harness.records import validate_record
-from harness.runner import RunRequest, run_method
+from harness.formats.records import validate_record
+from harness.run.runner import RunRequest, run_method
 
 TRAIN_ONE_EPOCH = """
 torch.manual_seed(ctx.seed)
@@ -124,8 +124,8 @@ pathlib.Path(ctx.scratch_dir / "seen.json").write_text(json.dumps(seen))
 def test_record_carries_provenance(make_method, synthetic_data):
     method = make_method(TRAIN_ONE_EPOCH)
     _, record = run(method, synthetic_data, epochs=2.0)
-    from harness.method_spec import method_hash
-    from harness.provenance import git_commit
+    from harness.formats.method_toml import method_hash
+    from harness.common.provenance import git_commit
 
     assert record["method"]["hash"] == method_hash(method)
     manifest = json.loads((synthetic_data / "manifest.json").read_text())
@@ -142,7 +142,7 @@ def test_record_carries_provenance(make_method, synthetic_data):
 def test_a_harness_failure_still_ends_in_a_record(make_method, synthetic_data, tmp_path):
     import shutil
 
-    from harness.runner import prepare_run, resume_run
+    from harness.run.runner import prepare_run, resume_run
 
     data = tmp_path / "data"
     shutil.copytree(synthetic_data, data)

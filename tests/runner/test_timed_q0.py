@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.compute import snapshot_grace_s
-from harness.runner import RunRequest, run_method
+from harness.rules.compute import snapshot_grace_s
+from harness.run.runner import RunRequest, run_method
 
 PROJECT = Path(__file__).resolve().parents[2]
 LIMIT_S = 20.0

@@ -10,14 +10,14 @@ import os
 import numpy as np
 import pytest
 
-from harness.contract import ContractError, Diverged, RunContext
-from harness.meter import BudgetExhausted
+from harness.confined.context import ContractError, Diverged, RunContext
+from harness.server.meter import BudgetExhausted
 from harness.data.store import TokenStore
-from harness.meter import StreamReader
+from harness.server.meter import StreamReader
 from harness.server import DataServer, ServerSpec
-from harness.server.wire import Channel
-from harness.tracks import get_track
-from harness.confined.worker import connect
+from harness.wire.framing import Channel
+from harness.rules.tracks import get_track
+from harness.confined.method_process import connect
 
 BATCH = 8
 
@@ -155,7 +155,7 @@ def test_a_request_sent_after_the_server_closed_the_channel_still_reads_why(serv
 
 
 def _two_ranks(synthetic_data, tmp_path):
-    from harness.distributed import RankInfo
+    from harness.common.distributed import RankInfo
 
     server = DataServer(ServerSpec(run_dir=tmp_path / "run2", data_dir=synthetic_data, track=get_track("synthetic"),
                                    budget=4.0, seed=3, hparams={}, device="cpu", method_dir=tmp_path,
@@ -298,8 +298,8 @@ def test_snapshots_past_the_runs_limit_are_refused(synthetic_data, tmp_path):
 
 _TREE_MEMBER = """
 import json, sys
-from harness.server.wire import Channel
-from harness.confined.worker import connect
+from harness.wire.framing import Channel
+from harness.confined.method_process import connect
 channel = Channel(connect(sys.argv[1]))
 channel.send({"op": "hello", "token": sys.argv[2], "rank": 0, "pid": 0})
 reply, _ = channel.recv()
@@ -314,7 +314,7 @@ def test_socket_serves_only_the_runs_process_tree(synthetic_data, tmp_path):
     import sys
     from pathlib import Path
 
-    from harness.server.wire import ChannelClosed
+    from harness.wire.framing import ChannelClosed
 
     server = DataServer(ServerSpec(run_dir=tmp_path / "run", data_dir=synthetic_data, track=get_track("synthetic"),
                                    budget=4.0, seed=3, hparams={}, device="cpu", method_dir=tmp_path,

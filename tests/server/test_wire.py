@@ -9,7 +9,7 @@ import threading
 import numpy as np
 import pytest
 
-from harness.server.wire import FrameRefused, MAX_HEADER, Channel, ChannelClosed
+from harness.wire.framing import FrameRefused, MAX_HEADER, Channel, ChannelClosed
 
 
 def _pair() -> tuple[Channel, Channel]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.runner import RunRequest, evaluate_existing, run_method
+from harness.run.runner import RunRequest, evaluate_existing, run_method
 
 PROJECT = Path(__file__).resolve().parents[2]
 

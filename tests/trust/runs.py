@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from harness.records import validate_record
-from harness.runner import RunRequest, run_method
+from harness.formats.records import validate_record
+from harness.run.runner import RunRequest, run_method
 
 METHODS = Path(__file__).parent / "methods"
 

@@ -9,9 +9,9 @@ import resource
 
 import pytest
 
-from harness.distributed import LaunchSpec
+from harness.common.distributed import LaunchSpec
 from harness.errors import SlowrunError
-from harness.runner import RunRequest, run_method
+from harness.run.runner import RunRequest, run_method
 from tests.trust.runs import metrics, run
 
 

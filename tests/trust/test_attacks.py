@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.records import validate_record
-from harness.runner import RunRequest, run_method
+from harness.formats.records import validate_record
+from harness.run.runner import RunRequest, run_method
 
 METHODS = Path(__file__).parent / "methods"
 PROJECT = Path(__file__).resolve().parents[2]
@@ -170,7 +170,7 @@ def test_forbidden_results_are_refused_and_huge_weights_normalised(synthetic_dat
 
 def test_slowrun_check_imports_the_method_in_the_sandbox(tmp_path):
     """Importing a submission runs its code: `slowrun check` must not give that code the maintainer's rights."""
-    from harness.method_spec import check_method
+    from harness.run.entry_check import check_method
 
     victim = tmp_path / "maintainer-file.txt"
     victim.write_text("keep me")
@@ -199,7 +199,7 @@ def test_the_method_process_holds_only_the_confined_side(synthetic_data, tmp_pat
     assert record["status"] == "ok"
     line = next(m for m in metrics(run_dir) if m.get("event") == "modules")
     loaded = set(",".join(v for k, v in sorted(line.items()) if k.startswith("part")).split(","))
-    assert {"harness.contract", "harness.errors"} <= loaded  # the report is real (the worker runs as __main__)
+    assert {"harness.confined.context", "harness.errors"} <= loaded  # the report is real (the worker runs as __main__)
     contracts = tomllib.loads((PROJECT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
     forbidden = next(c for c in contracts if c["id"] == "confined")["forbidden_modules"]
     held = sorted(m for m in loaded if any(m == f or m.startswith(f + ".") for f in forbidden))

@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from harness.evaluation import open_eval_data
+from harness.eval.evaluation import open_eval_data
 from tests.trust.runs import run
 
 # attack -> (how it is evaluated, what the graph check said (a phrase, or None: the graph was accepted or

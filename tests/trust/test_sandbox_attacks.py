@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from harness.errors import SlowrunError
-from harness.runner import RunRequest, run_method
+from harness.run.runner import RunRequest, run_method
 from tests.trust.runs import METHODS, metrics, run
 
 
 def test_resume_writes_nothing_where_the_method_could_point_it(synthetic_data, tmp_path):
-    from harness.runner import resume_run
+    from harness.run.runner import resume_run
 
     victim = tmp_path / "outside" / "victim.pth"
     victim.parent.mkdir()
@@ -48,7 +48,7 @@ def test_allow_read_refuses_the_data_and_the_run_folder(which, synthetic_data, t
 
 @pytest.mark.parametrize("ranks", [1, 2])
 def test_the_method_finds_no_secret_and_no_token(ranks, synthetic_data, tmp_path, monkeypatch):
-    from harness.distributed import LaunchSpec
+    from harness.common.distributed import LaunchSpec
 
     monkeypatch.setenv("HF_TOKEN", "hf_not_for_the_method")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "aws_not_for_the_method")
@@ -81,7 +81,7 @@ def test_the_method_has_no_network(ranks, synthetic_data, tmp_path, monkeypatch,
     loopback (the ranks of a distributed run share it), and raw sockets need a capability it dropped."""
     import socket
 
-    from harness.distributed import LaunchSpec
+    from harness.common.distributed import LaunchSpec
 
     monkeypatch.setenv("SLOWRUN_NUM_THREADS", "1")
     tcp = socket.create_server(("127.0.0.1", 0))
@@ -133,7 +133,7 @@ def test_other_processes_environments_and_runs_tokens_are_out_of_reach(synthetic
     assert seen["connect_files_opened"] == 0
     # its own PID namespace: the victim, the runner and pytest are not even listed
     assert not any(c.startswith("sleep") or "pytest" in c for c in seen["commands_seen"]), seen["commands_seen"]
-    assert any("harness.confined.worker" in c for c in seen["commands_seen"])
+    assert any("harness.confined.method_process" in c for c in seen["commands_seen"])
 
 
 def test_another_runs_server_serves_no_stranger(synthetic_data, tmp_path):
@@ -143,7 +143,7 @@ def test_another_runs_server_serves_no_stranger(synthetic_data, tmp_path):
     import sys
 
     from harness.server import DataServer, ServerSpec
-    from harness.tracks import get_track
+    from harness.rules.tracks import get_track
 
     victim = DataServer(ServerSpec(run_dir=tmp_path / "victim", data_dir=synthetic_data,
                                    track=get_track("synthetic"), budget=4.0, seed=3, hparams={}, device="cpu",

@@ -11,7 +11,7 @@ import json
 
 import pytest
 
-from harness.compute import snapshot_grace_s
+from harness.rules.compute import snapshot_grace_s
 from tests.trust.test_attacks import metrics, run
 
 LIMIT_S = 2.0

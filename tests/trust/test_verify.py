@@ -6,7 +6,7 @@ import copy
 import json
 import shutil
 
-from harness.verify import TOLERANCE, compare, reverify_run
+from harness.run.reverify import TOLERANCE, compare, reverify_run
 from tests.trust.test_attacks import run
 
 

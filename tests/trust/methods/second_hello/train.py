@@ -5,8 +5,8 @@ channel is connected to, with the best token it can make up. Both must be refuse
 
 import os
 
-from harness.server.wire import Channel
-from harness.confined.worker import connect
+from harness.wire.framing import Channel
+from harness.confined.method_process import connect
 from tests.trust.methods.common import train_and_snapshot
 
 

@@ -7,8 +7,8 @@ the connection: its process is not one of that run's. Then it trains its own run
 import json
 import os
 
-from harness.server.wire import Channel
-from harness.confined.worker import connect
+from harness.wire.framing import Channel
+from harness.confined.method_process import connect
 from tests.trust.methods.common import train_and_snapshot
 
 
