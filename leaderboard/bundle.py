@@ -31,12 +31,12 @@ from harness.errors import LeaderboardError
 from harness.formats.method_toml import method_files, method_hash
 from harness.formats.records import RECORD_FILENAME, load_record
 from harness.formats.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, WEIGHTS, sha256_file
+from harness.formats.run_spec import RUN_SPEC
 from leaderboard.naming import slug
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "slowrun-bundle"
 BUNDLE_VERSION = 1
-RUN_SPEC = "run.json"
 METRICS = "metrics.jsonl"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?B?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12}

@@ -509,37 +509,55 @@ def _needs_worker(snapshot: Snapshot, cache: Path, options: WorkerOptions) -> bo
     return by != GRAPH_EVALUATED and not _cached(snapshot, cache, options.eval_dtype, by)
 
 
+@dataclass(frozen=True)
+class EvaluationOptions:
+    """How a run's snapshots are scored; what is scored (the run, its data, its ensemble) are arguments.
+
+    ``method_dir`` is the method's directory (builders defined there, e.g. 'mymodel:build'),
+    ``builder_roots`` more trusted folders a builder may come from besides the method directory and
+    ``q0_reference`` (the run's --allow-read folders; the test suite's ``tests``; None: those in
+    $SLOWRUN_ALLOW_READ). ``timeout_s`` is a fixed limit per snapshot (None: the rule of
+    harness/rules/eval_limits.py, from its size and the windows), ``eval_timeout_s`` a limit on the whole
+    evaluation (a snapshot whose turn comes after it is listed as not scored). ``eval_dtype`` is float32
+    (exact) or bfloat16 (forwards under bf16 autocast; the probes then allow bf16's tolerance).
+    ``devices`` shares the snapshots out over several workers at once, one per device (every GPU of the
+    job; or several CPU workers): each snapshot is scored whole by one worker, so the numbers are the same
+    as with one device; None: ``device`` alone. ``fork_server``: each snapshot's worker is forked from one
+    zygote started for this evaluation (or the one a first worker brought), which imported torch once,
+    instead of being a fresh process (the same numbers, bit for bit). ``graphs``: a snapshot handed over
+    with its exported forward is run from it here (its row says ``evaluated_by: graph``); False runs every
+    snapshot by its own code in the worker."""
+
+    batch_size: int = 16
+    device: str = "cpu"
+    devices: tuple[str, ...] | None = None
+    eval_dtype: str = "float32"
+    graphs: bool = True
+    method_dir: Path | None = None
+    builder_roots: tuple[Path, ...] | None = None
+    timeout_s: float | None = None
+    eval_timeout_s: float | None = None
+    probes: ProbeSettings | None = None
+    prefetch: bool = PREFETCH
+    require_sandbox: bool = False
+    fork_server: bool = FORK_SERVER
+    progress: bool = True
+
+
 def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: Mapping[str, float] | str | None,
-                 reference_curve: str | None, batch_size: int = 16, device: str = "cpu",
-                 progress: bool = True, *, method_dir: Path | None = None,
-                 builder_roots: Sequence[Path] | None = None,
-                 timeout_s: float | None = None, eval_timeout_s: float | None = None,
-                 probes: ProbeSettings | None = None, prefetch: bool = PREFETCH, require_sandbox: bool = False,
-                 first_worker: RemoteModel | None = None, fitness_docs: int | None = None,
-                 eval_dtype: str = "float32", devices: Sequence[str] | None = None,
-                 fork_server: bool = FORK_SERVER, graphs: bool = True) -> dict:
+                 reference_curve: str | None, options: EvaluationOptions = EvaluationOptions(), *,
+                 fitness_docs: int | None = None, first_worker: RemoteModel | None = None) -> dict:
     """The evaluation parts of a record: snapshots, ensemble, result, k_sweep, curve, invalid_snapshots.
 
-    Each snapshot's model is run from its builder in an evaluation worker: ``method_dir`` is the method's
-    directory (builders defined there, e.g. 'mymodel:build'), ``builder_roots`` more trusted folders a
-    builder may come from besides the method directory and ``q0_reference`` (the run's --allow-read
-    folders; the test suite's ``tests``; None: those in $SLOWRUN_ALLOW_READ), ``timeout_s`` a fixed limit
-    per snapshot (None: the rule of harness/rules/eval_limits.py, from its size and the windows), and
-    ``eval_timeout_s`` a limit on the whole evaluation (a snapshot whose turn comes after it is listed
-    as not scored). Invalid snapshots are listed with their reason and left out of everything else; a
-    method ensemble naming one is renormalised over the rest (no valid member left: result None).
+    ``options`` says how snapshots are scored (:class:`EvaluationOptions`). Invalid snapshots are listed with
+    their reason and left out of everything else; a method ensemble naming one is renormalised over the
+    rest (no valid member left: result None). ``fitness_docs`` is the run's fitness carve in documents
+    (None: the prepared data's default, for runs from before methods declared their carve).
     ``first_worker`` (from :func:`start_worker`, e.g. started while the method trained) is used for the
-    first snapshot to score, and closed in any case. ``fitness_docs`` is the run's fitness carve in
-    documents (None: the prepared data's default, for runs from before methods declared their carve).
-    ``eval_dtype`` is float32 (exact) or bfloat16 (forwards under bf16 autocast; the probes then allow
-    bf16's tolerance). ``devices`` shares the snapshots out over several workers at once, one per device
-    (every GPU of the job; or several CPU workers): each snapshot is scored whole by one worker, so the
-    numbers are the same as with one device; None: ``device`` alone. ``fork_server``: each snapshot's
-    worker is forked from one zygote started for this evaluation (or the one ``first_worker`` brought),
-    which imported torch once, instead of being a fresh process (the same numbers, bit for bit).
-    ``graphs``: a snapshot handed over with its exported forward is run from it here (its row says
-    ``evaluated_by: graph``); False runs every snapshot by its own code in the worker.
+    first snapshot to score, and closed in any case.
     """
+    o = options
+    batch_size, device, progress, prefetch = o.batch_size, o.device, o.progress, o.prefetch
     snapshots = list_snapshots(Path(run_dir) / "snapshots")
     empty = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None, "k_sweep": [],
              "curve": [], "prior": None, "invalid_snapshots": []}
@@ -549,16 +567,17 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
         return empty
     apply_thread_setting()
     data = open_eval_data(data_dir, seq_len, fitness_docs)
-    eval_dtype = resolve_eval_dtype(eval_dtype, device)
-    clock = EvalLimits(per_snapshot_s=timeout_s, total_s=eval_timeout_s).start()
-    options = WorkerOptions(Path(method_dir) if method_dir is not None else None,
-                            None if builder_roots is None else tuple(Path(r) for r in builder_roots), clock,
-                            replace(probes or ProbeSettings(), eval_dtype=eval_dtype), require_sandbox,
-                            autocast=None if eval_dtype == "float32" else eval_dtype, fork_server=fork_server,
-                            graphs=graphs)
-    devices = tuple(devices) if devices else (device,)
+    eval_dtype = resolve_eval_dtype(o.eval_dtype, device)
+    clock = EvalLimits(per_snapshot_s=o.timeout_s, total_s=o.eval_timeout_s).start()
+    options = WorkerOptions(Path(o.method_dir) if o.method_dir is not None else None,
+                            None if o.builder_roots is None else tuple(Path(r) for r in o.builder_roots), clock,
+                            replace(o.probes or ProbeSettings(), eval_dtype=eval_dtype), o.require_sandbox,
+                            autocast=None if eval_dtype == "float32" else eval_dtype, fork_server=o.fork_server,
+                            graphs=o.graphs)
+    devices = tuple(o.devices) if o.devices else (device,)
     setup = {"dtype": eval_dtype, "devices": list(devices),
-             "limits": {"per_snapshot_s": timeout_s if timeout_s is not None else "rule", "total_s": eval_timeout_s}}
+             "limits": {"per_snapshot_s": o.timeout_s if o.timeout_s is not None else "rule",
+                        "total_s": o.eval_timeout_s}}
     empty["evaluation"] = setup
     cache = Path(run_dir) / "eval"
     server = None

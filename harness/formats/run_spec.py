@@ -83,7 +83,7 @@ class RunSpec:
     created: str | None = None
     fitness_docs: Any = None
     fitness_carve: Mapping[str, Any] | None = None
-    launch: Mapping[str, Any] = MappingProxyType({})
+    launch: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     timeout_s: float | None = None
     allow_read: tuple[str, ...] = ()
     pass_env: tuple[str, ...] = ()
@@ -95,7 +95,11 @@ class RunSpec:
     eval_graphs: bool = True
     gpt2_ranks: str | None = None
     downstream: Mapping[str, Any] | None = None
-    extra: Mapping[str, Any] = field(default=MappingProxyType({}), compare=False)
+    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):  # however it was made, nested values are read-only
+            object.__setattr__(self, f.name, _frozen(getattr(self, f.name)))
 
     @property
     def track_spec(self) -> Track:
@@ -122,8 +126,7 @@ class RunSpec:
         values = {k: v for k, v in values.items() if k in names}
         if values.get("eval_workers") is None:
             values["eval_workers"] = 1
-        return cls(**{k: _frozen(v) for k, v in values.items()},
-                   extra=_frozen({k: v for k, v in data.items() if k not in names}))
+        return cls(**values, extra={k: v for k, v in data.items() if k not in names})
 
     def to_json(self) -> dict[str, Any]:
         out = {f.name: _thawed(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
@@ -131,7 +134,7 @@ class RunSpec:
         return out
 
     def replace(self, **changes: Any) -> "RunSpec":
-        return dataclasses.replace(self, **{k: _frozen(v) for k, v in changes.items()})
+        return dataclasses.replace(self, **changes)
 
 
 def read_run_spec(run_dir: Path) -> RunSpec:

@@ -32,7 +32,7 @@ def reverify_run(run_dir: str | Path, record: dict, *, method_dir: str | Path | 
     `data_dir` is the maintainer's prepared folder of the record's track (default `prepared/<track>`); its
     data hash must be the record's. `method_dir` is needed when the snapshots' builders live in the
     method's own directory."""
-    from harness.eval.evaluation import evaluate_run
+    from harness.eval.evaluation import EvaluationOptions, evaluate_run
     from harness.rules.allow_read import env_allow_read
     from harness.run.runner import default_data_dir
 
@@ -61,10 +61,11 @@ def reverify_run(run_dir: str | Path, record: dict, *, method_dir: str | Path | 
         for tag in recorded:  # only what the record claims; nothing of the submitter's caches
             shutil.copytree(snapshots / tag, copy / "snapshots" / tag)
         carve = record.get("fitness_carve") or {}
-        evaluation = evaluate_run(copy, data_dir, int(track["seq_len"]), choice, None, batch_size=batch_size,
-                                  device=device, progress=progress, fitness_docs=carve.get("documents"),
-                                  method_dir=Path(method_dir) if method_dir else None,
-                                  builder_roots=tuple(Path(p) for p in (*allow_read, *env_allow_read())))
+        options = EvaluationOptions(batch_size=batch_size, device=device, progress=progress,
+                                    method_dir=Path(method_dir) if method_dir else None,
+                                    builder_roots=tuple(Path(p) for p in (*allow_read, *env_allow_read())))
+        evaluation = evaluate_run(copy, data_dir, int(track["seq_len"]), choice, None, options,
+                                  fitness_docs=carve.get("documents"))
     return compare(record, evaluation, tolerance)
 
 

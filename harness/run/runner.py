@@ -9,7 +9,7 @@ meter, the clock, snapshot intake, checkpoints, metrics) in its own process, and
 tree under the sandbox supervisor, which enforces `--timeout` and kills every process the method
 started when it ends. The method's process reaches the server only through its socket.
 
-The run folder holds harness storage: `run.json` (the full spec), `snapshots/`, `metrics.jsonl`,
+The run folder holds harness storage: `run.json` (the full spec: harness/formats/run_spec.py), `snapshots/`, `metrics.jsonl`,
 `checkpoint/`, `train_result.json` (the server's account of training), `eval/` (per-token caches) and
 `record.json`; and `sandbox/scratch`, `sandbox/outbox`, the only places the method may write.
 """
@@ -37,6 +37,7 @@ from harness.common.paths import PROJECT_ROOT
 from harness.common.provenance import environment
 from harness.common.atomic import write_text_atomic
 from harness.formats.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic
+from harness.formats.run_spec import RunSpec, as_json, read_run_spec, write_run_spec
 from harness.sandbox.environment import check_pass_env
 from harness.rules.tracks import Track, get_track
 from harness.server.dataserver import STOP_FILE, RunLayout, TrainOutcome
@@ -45,7 +46,6 @@ if TYPE_CHECKING:  # the downstream package is imported only when scoring starts
     from harness.eval.downstream.limits import DocumentLimits
     from harness.eval.downstream.splits import SplitFile
 
-RUN_SPEC = "run.json"
 RECORD = "record.json"
 TRAIN_RESULT = "train_result.json"
 SUPERVISOR_STATUS = "supervisor.json"
@@ -144,7 +144,7 @@ def prepare_run(req: RunRequest) -> Path:
     allow_read = [str(Path(p).resolve()) for p in (*req.allow_read, *env_allow_read())]
     check_allow_read(allow_read, {"the prepared data": data_dir, "the run folder": run_dir.resolve()})
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_json(run_dir / RUN_SPEC, {
+    write_run_spec(run_dir, RunSpec.from_json({
         "track": track.to_dict(), "budget": float(req.epochs), "seed": int(req.seed), "hparams": hparams,
         "device": req.device, "method_dir": str(spec.folder.resolve()), "entry": spec.entry,
         "fitness_docs": carve.documents, "fitness_carve": carve.to_dict(),
@@ -167,7 +167,7 @@ def prepare_run(req: RunRequest) -> Path:
         "eval_graphs": bool(req.eval_graphs),
         "gpt2_ranks": str(Path(req.gpt2_ranks).resolve()) if req.gpt2_ranks else None,
         "downstream": downstream_spec(req.downstream, req.downstream_data, req.downstream_files, req.downstream_limit),
-    })
+    }))
     return run_dir
 
 
@@ -209,9 +209,6 @@ def _write_json(path: Path, obj: dict) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
-def _launch_of(spec: dict) -> LaunchSpec:
-    return LaunchSpec(**spec.get("launch", {}))
-
 
 def _positive(value, flag: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -234,35 +231,34 @@ def check_allow_read(folders: list[str], protected: dict[str, Path]) -> None:
                            "or runs; name a folder that holds neither")
 
 
-def _sandbox_paths(spec: dict) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _sandbox_paths(spec: RunSpec) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """(read-only, list-only) folders the method needs beyond the Python installation: its own directory
     and any --allow-read folder; the parents of those are listable (names only) so that their packages
     import through PYTHONPATH."""
-    read_only = (spec["method_dir"], *spec.get("allow_read", []))
+    read_only = spec.read_only_paths
     list_only = tuple(sorted({str(Path(p).parent) for p in read_only} | {str(PROJECT_ROOT)}))
-    return tuple(read_only), list_only
+    return read_only, list_only
 
 
-def _builder_roots(spec: dict) -> tuple[Path, ...]:
+def _builder_roots(spec: RunSpec) -> tuple[Path, ...]:
     """Where a snapshot's builder may live besides the method directory: the --allow-read folders (the
     harness adds its own model packages)."""
-    return tuple(Path(p) for p in spec.get("allow_read", []))
+    return tuple(Path(p) for p in spec.allow_read)
 
 
-def server_spec(run_dir: Path, spec: dict, resume: bool, progress: bool):
+def server_spec(run_dir: Path, spec: RunSpec, resume: bool, progress: bool):
     from harness.rules.compute import snapshot_grace_s
     from harness.server import ServerSpec
 
     read_only, list_only = _sandbox_paths(spec)
-    limit = spec.get("time_limit_s")
-    return ServerSpec(run_dir=run_dir, data_dir=Path(spec["data_dir"]), track=Track.from_dict(spec["track"]),
-                      budget=spec["budget"], seed=spec["seed"], hparams=spec["hparams"], device=spec["device"],
-                      method_dir=Path(spec["method_dir"]), entry=spec["entry"], fitness_docs=spec["fitness_docs"],
-                      world_size=_launch_of(spec).world_size, resume=resume, progress=progress,
+    limit = spec.time_limit_s
+    return ServerSpec(run_dir=run_dir, data_dir=Path(spec.data_dir), track=spec.track_spec,
+                      budget=spec.budget, seed=spec.seed, hparams=as_json(spec.hparams), device=spec.device,
+                      method_dir=Path(spec.method_dir), entry=spec.entry, fitness_docs=spec.fitness_docs,
+                      world_size=spec.launch_spec.world_size, resume=resume, progress=progress,
                       sandbox_read_only=read_only, sandbox_list_only=list_only, time_limit_s=limit,
                       snapshot_grace_s=snapshot_grace_s(limit) if limit else 0.0,
-                      max_snapshots=int(spec.get("max_snapshots", 4096)),
-                      eval_batch_size=int(spec.get("eval_batch_size", 16)))
+                      max_snapshots=int(spec.max_snapshots), eval_batch_size=int(spec.eval_batch_size))
 
 
 def _worker_env(connect_file: Path, scratch: Path, launch: LaunchSpec, pass_env: tuple[str, ...] = (),
@@ -322,10 +318,10 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     from harness.server import DataServer
 
     run_dir = Path(run_dir).resolve()
-    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
-    launch = _launch_of(spec)
+    spec = read_run_spec(run_dir)
+    launch = spec.launch_spec
     _warn_if_root()
-    open_gpus_or_warn(spec["device"])  # before the method's processes are sandboxed (harness/common/gpu_nodes.py)
+    open_gpus_or_warn(spec.device)  # before the method's processes are sandboxed (harness/common/gpu_nodes.py)
     server = DataServer(server_spec(run_dir, spec, resume, progress))
     (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop of an earlier session is not this one's
     if launch.nnodes > 1:  # the other nodes' ranks reach the server over TCP, at master_port + 1 of node 0
@@ -342,9 +338,9 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     layout = RunLayout(run_dir)
     private = launch.nnodes == 1  # one node: the method's tree gets a network of its own (only loopback)
     supervisor = Supervisor(command, env=_worker_env(run_dir / CONNECT_FILE, layout.scratch, launch,
-                                                     tuple(spec.get("pass_env", ())), private),
+                                                     spec.pass_env, private),
                             private_network=private, private_pids=True,
-                            timeout_s=spec.get("timeout_s"), status_file=run_dir / SUPERVISOR_STATUS,
+                            timeout_s=spec.timeout_s, status_file=run_dir / SUPERVISOR_STATUS,
                             cwd=layout.scratch)
     interrupted = stopped_at_cap = False
     try:
@@ -447,16 +443,15 @@ def join_run(req: RunRequest) -> Path:
             raise SlowrunError(f"{server_file} did not appear within {JOIN_WAIT_S:.0f} s: start node 0 with the "
                                "same --out, --nnodes and --master-addr first")
         time.sleep(0.5)
-    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
-    planned = _launch_of(spec)
+    spec = read_run_spec(run_dir)
+    planned = spec.launch_spec
     if (planned.nnodes, planned.nproc_per_node) != (req.launch.nnodes, req.launch.nproc_per_node):
         raise SlowrunError(f"node 0 started {planned.nnodes} node(s) x {planned.nproc_per_node} process(es); this "
                            f"node was given {req.launch.nnodes} x {req.launch.nproc_per_node}")
     layout = RunLayout(run_dir)
     command = req.launch.torchrun_command("harness.confined.method_process", [])
-    supervisor = Supervisor(command, env=_worker_env(server_file, layout.scratch, req.launch,
-                                                     tuple(spec.get("pass_env", ()))),
-                            timeout_s=spec.get("timeout_s"),
+    supervisor = Supervisor(command, env=_worker_env(server_file, layout.scratch, req.launch, spec.pass_env),
+                            timeout_s=spec.timeout_s,
                             status_file=run_dir / f"supervisor-node{req.launch.node_rank}.json", cwd=layout.scratch)
     stop_file = run_dir / STOP_FILE
     with _Signals():
@@ -491,7 +486,7 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
     """Train, evaluate, record. SIGTERM or SIGINT at any point stops the method's processes (or the
     evaluation) and still writes a record, then raises RunInterrupted."""
     started = time.monotonic()
-    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
+    spec = read_run_spec(run_dir)
     first_worker = []
 
     def start_first_worker():
@@ -499,8 +494,8 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
         from harness.eval.evaluation import start_worker
 
         try:
-            first_worker.append(start_worker(spec["device"], spec.get("vocab_size"),
-                                             method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec)))
+            first_worker.append(start_worker(spec.device, spec.vocab_size, method_dir=Path(spec.method_dir),
+                                             builder_roots=_builder_roots(spec)))
         except Exception as exc:  # evaluation starts its own workers; this one is only a head start
             print(f"slowrun: the first evaluation worker did not start ahead ({type(exc).__name__}: {exc}); "
                   "evaluation will start its own", file=sys.stderr)
@@ -573,8 +568,7 @@ def _harness_failure(exc: BaseException, tb: str, resume: bool) -> dict:
 
 def resume_run(run_dir: Path, progress: bool = True) -> Path:
     run_dir = Path(run_dir)
-    if not (run_dir / RUN_SPEC).exists():
-        raise SlowrunError(f"{run_dir}: not a run folder (no {RUN_SPEC})")
+    read_run_spec(run_dir)  # a clear error before anything of the folder is touched
     (run_dir / TRAIN_RESULT).unlink(missing_ok=True)
     (run_dir / RECORD).unlink(missing_ok=True)
     _train_and_finish(run_dir, resume=True, progress=progress)
@@ -593,24 +587,25 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
     run_dir = Path(run_dir)
     if not (run_dir / TRAIN_RESULT).exists():
         raise SlowrunError(f"{run_dir}: no {TRAIN_RESULT}; the run never finished training (use --resume)")
-    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
-    if (downstream is not None or gpt2_ranks is not None or eval_dtype or eval_workers or eval_timeout_s
-            or eval_graphs is not None):
-        if eval_graphs is not None:
-            spec["eval_graphs"] = bool(eval_graphs)
-        if eval_timeout_s:
-            spec["eval_timeout_s"] = _eval_timeout(eval_timeout_s)
-        if eval_dtype:
-            spec["eval_dtype"] = eval_dtype
-        if eval_workers:
-            spec["eval_workers"] = eval_workers
-        if downstream is not None:
-            spec["downstream"] = downstream_spec(downstream, downstream_data, downstream_files, downstream_limit)
-        if gpt2_ranks is not None:
-            spec["gpt2_ranks"] = str(Path(gpt2_ranks).resolve())
-        _write_json(run_dir / RUN_SPEC, spec)
+    spec = read_run_spec(run_dir)
+    changes = {}
+    if eval_graphs is not None:
+        changes["eval_graphs"] = bool(eval_graphs)
+    if eval_timeout_s:
+        changes["eval_timeout_s"] = _eval_timeout(eval_timeout_s)
+    if eval_dtype:
+        changes["eval_dtype"] = eval_dtype
+    if eval_workers:
+        changes["eval_workers"] = eval_workers
+    if downstream is not None:
+        changes["downstream"] = downstream_spec(downstream, downstream_data, downstream_files, downstream_limit)
+    if gpt2_ranks is not None:
+        changes["gpt2_ranks"] = str(Path(gpt2_ranks).resolve())
+    if changes:
+        spec = spec.replace(**changes)
+        write_run_spec(run_dir, spec)
     train_result = json.loads((run_dir / TRAIN_RESULT).read_text(encoding="utf-8"))
-    open_gpus_or_warn(spec["device"])
+    open_gpus_or_warn(spec.device)
     finish_run(run_dir, train_result, wall_s=None, progress=progress)
     return run_dir
 
@@ -625,30 +620,30 @@ def downstream_spec(enabled: bool, data_dir: Path | None, files, limit) -> dict:
             "limit": DocumentLimits.of(limit).to_json()}
 
 
-def downstream_gpt2_ranks(spec: dict) -> str | None:
+def downstream_gpt2_ranks(spec: RunSpec) -> str | None:
     """The GPT-2 ranks file scoring uses: --gpt2-ranks of `slowrun run`/`eval`, else the track's own
     `ranks_path` (what preparing it used), else None ($SLOWRUN_GPT2_RANKS, then tiktoken's cache)."""
-    return spec.get("gpt2_ranks") or (spec["track"].get("tokenizer") or {}).get("ranks_path")
+    return spec.gpt2_ranks or (spec.track.get("tokenizer") or {}).get("ranks_path")
 
 
-def score_final_predictor(run_dir: Path, spec: dict, evaluation: dict, progress: bool) -> tuple[dict | None, str | None]:
+def score_final_predictor(run_dir: Path, spec: RunSpec, evaluation: dict, progress: bool) -> tuple[dict | None, str | None]:
     """Downstream scores of the run's final ensemble, or (None, why not)."""
     from harness.eval.downstream import DownstreamNotApplicable, score_snapshots, track_tokenizer
     from harness.eval.downstream.splits import DownstreamData, SplitFile
     from harness.formats.snapshots import list_snapshots
 
-    options = spec.get("downstream") or {}
+    options = as_json(spec.downstream) or {}
     if not options.get("enabled") or not evaluation["ensemble"]["members"]:
         return None, None
     try:
-        tokenizer, seq_len = track_tokenizer(Path(spec["data_dir"]), downstream_gpt2_ranks(spec))
+        tokenizer, seq_len = track_tokenizer(Path(spec.data_dir), downstream_gpt2_ranks(spec))
     except DownstreamNotApplicable as exc:
         return None, str(exc)
     by_tag = {s.tag: s for s in list_snapshots(run_dir / "snapshots")}
     members = evaluation["ensemble"]["members"]
     scores = score_snapshots([by_tag[m["tag"]] for m in members], [m["weight"] for m in members],
-                             tokenizer=tokenizer, seq_len=seq_len, device=spec["device"],
-                             method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
+                             tokenizer=tokenizer, seq_len=seq_len, device=spec.device,
+                             method_dir=Path(spec.method_dir), builder_roots=_builder_roots(spec),
                              data_dir=DownstreamData(Path(options["data_dir"]) if options.get("data_dir") else None,
                                                      tuple(SplitFile.from_json(f) for f in options.get("files", ()))),
                              limit=options.get("limit"), progress=progress)
@@ -660,22 +655,17 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
     """Evaluate the run's snapshots and write its record; whatever goes wrong, a record is written.
 
     `evaluate=False` (an interrupted run) records the training outcome without scoring anything."""
-    spec = json.loads((run_dir / RUN_SPEC).read_text(encoding="utf-8"))
-    track = Track.from_dict(spec["track"])
+    spec = read_run_spec(run_dir)
+    track = spec.track_spec
     eval_started = time.monotonic()
     evaluation, downstream, downstream_note = _EMPTY_EVALUATION, None, None
     if evaluate:
         try:
             from harness.eval.evaluation import evaluate_run
 
-            evaluation = evaluate_run(run_dir, Path(spec["data_dir"]), track.seq_len, train.get("ensemble"),
-                                      track.reference_curve, batch_size=spec.get("eval_batch_size", 16),
-                                      device=spec["device"], progress=progress,
-                                      method_dir=Path(spec["method_dir"]), builder_roots=_builder_roots(spec),
-                                      first_worker=first_worker, fitness_docs=spec.get("fitness_docs"),
-                                      eval_dtype=spec.get("eval_dtype", "float32"),
-                                      devices=_eval_devices(spec), eval_timeout_s=spec.get("eval_timeout_s"),
-                                      graphs=spec.get("eval_graphs", True))
+            evaluation = evaluate_run(run_dir, Path(spec.data_dir), track.seq_len, train.get("ensemble"),
+                                      track.reference_curve, evaluation_options(spec, progress),
+                                      first_worker=first_worker, fitness_docs=spec.fitness_docs)
             downstream, downstream_note = score_final_predictor(run_dir, spec, evaluation, progress)
         except Exception as exc:  # the record says what failed instead of there being no record
             import traceback
@@ -719,7 +709,7 @@ def _downstream_efficiency(record: dict, reference_curve: str | None) -> dict | 
     return downstream_efficiency(values, curves) or None
 
 
-def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_s: float | None) -> dict:
+def build_record(spec: RunSpec, train: dict, evaluation: dict, eval_s: float, wall_s: float | None) -> dict:
     meter = train["meter"]
     status = train["status"]
     invalid = evaluation.get("invalid_snapshots") or []
@@ -737,18 +727,18 @@ def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_
     wall_total = wall_s + eval_s if wall_s is not None else None
     return {
         "schema_version": SCHEMA_VERSION,
-        "run_id": spec["run_id"],
+        "run_id": spec.run_id,
         "created": utc_timestamp(),
         "status": status,
         "error": train.get("error"),
-        "method": spec["method"],
-        "track": {"name": spec["track"]["name"], "data_hash": spec["data_hash"],
-                  "train_tokens": spec["train_tokens"], "val_tokens": spec["val_tokens"],
-                  "seq_len": spec["track"]["seq_len"], "vocab_size": spec["vocab_size"],
-                  "tokenizer": spec["tokenizer"]},
-        "budget_epochs": spec["budget"],
-        "seed": spec["seed"],
-        "hparams": spec["hparams"],
+        "method": as_json(spec.method),
+        "track": {"name": spec.track["name"], "data_hash": spec.data_hash,
+                  "train_tokens": spec.train_tokens, "val_tokens": spec.val_tokens,
+                  "seq_len": spec.track["seq_len"], "vocab_size": spec.vocab_size,
+                  "tokenizer": spec.tokenizer},
+        "budget_epochs": spec.budget,
+        "seed": spec.seed,
+        "hparams": as_json(spec.hparams),
         "metered": {"epochs": float(train["epochs"]), "train_tokens": int(train["train_tokens"]),
                     "per_stream": dict(meter.get("targets", {})), "fitness_tokens": int(meter.get("fitness_tokens", 0)),
                     "epoch_tokens": train.get("epoch_tokens")},
@@ -768,41 +758,45 @@ def build_record(spec: dict, train: dict, evaluation: dict, eval_s: float, wall_
         "evaluation": evaluation.get("evaluation"),
         "compute": _compute_section(spec, train, train_s),
         "unranked_reasons": _unranked(spec, train, train_s),
-        "fitness_carve": spec.get("fitness_carve"),
-        "environment": environment(spec["device"]),
+        "fitness_carve": as_json(spec.fitness_carve),
+        "environment": environment(spec.device),
     }
 
 
-def _eval_devices(spec: dict) -> tuple[str, ...]:
-    from harness.eval.evaluation import eval_devices
+def evaluation_options(spec: RunSpec, progress: bool):
+    """How the run's snapshots are scored: its device (every one of the job's GPUs at once), dtype, batch,
+    limits and builders, as the run was started (or `slowrun eval` changed them)."""
+    from harness.eval.evaluation import EvaluationOptions, eval_devices
 
-    return eval_devices(spec["device"], int(spec.get("eval_workers") or 1))
+    return EvaluationOptions(batch_size=int(spec.eval_batch_size), device=spec.device,
+                             devices=eval_devices(spec.device, int(spec.eval_workers)), eval_dtype=spec.eval_dtype,
+                             graphs=bool(spec.eval_graphs), eval_timeout_s=spec.eval_timeout_s,
+                             method_dir=Path(spec.method_dir), builder_roots=_builder_roots(spec), progress=progress)
 
 
-def _hardware(spec: dict):
+def _hardware(spec: RunSpec):
     from harness.rules.compute import Hardware
 
-    raw = spec.get("hardware")
+    raw = spec.hardware
     if raw is None:  # a run folder from before compute classes: the device is all it says
-        launch = _launch_of(spec)
-        return Hardware(None, 0, launch.nnodes)
+        return Hardware(None, 0, spec.launch_spec.nnodes)
     return Hardware(raw["gpu_model"], int(raw["gpus_per_node"]), int(raw["nodes"]))
 
 
-def _compute_section(spec: dict, train: dict, train_s: float) -> dict:
-    return {"class": spec["compute_class"], "device": spec["device"],
-            "world_size": int(train.get("world_size", _launch_of(spec).world_size)),
-            "hardware": _hardware(spec).to_dict(train_s), "time_limit_s": spec.get("time_limit_s"),
+def _compute_section(spec: RunSpec, train: dict, train_s: float) -> dict:
+    return {"class": spec.compute_class, "device": spec.device,
+            "world_size": int(train.get("world_size", spec.launch_spec.world_size)),
+            "hardware": _hardware(spec).to_dict(train_s), "time_limit_s": spec.time_limit_s,
             "over_cap_s": train.get("over_cap_s")}
 
 
-def _unranked(spec: dict, train: dict, train_s: float) -> list[str]:
+def _unranked(spec: RunSpec, train: dict, train_s: float) -> list[str]:
     from harness.rules.compute import COMPUTE_CLASSES, unranked_reasons
 
-    klass = COMPUTE_CLASSES.get(spec["compute_class"])
+    klass = COMPUTE_CLASSES.get(spec.compute_class)
     if klass is None:  # an old free-form label
-        return [f"compute class {spec['compute_class']!r} is not one of {', '.join(COMPUTE_CLASSES)}"]
-    return unranked_reasons(klass, _hardware(spec), spec.get("time_limit_s"), train_s, train.get("over_cap_s"))
+        return [f"compute class {spec.compute_class!r} is not one of {', '.join(COMPUTE_CLASSES)}"]
+    return unranked_reasons(klass, _hardware(spec), spec.time_limit_s, train_s, train.get("over_cap_s"))
 
 
 def _print_summary(run_dir: Path, record: dict) -> None:

@@ -24,7 +24,7 @@ from __future__ import annotations
 import shutil
 import time
 
-from harness.eval.evaluation import evaluate_run, start_worker
+from harness.eval.evaluation import EvaluationOptions, evaluate_run, start_worker
 from harness.eval.logprobs import token_logprobs
 from harness.eval.probes import ProbeSettings
 from harness.formats.snapshots import list_snapshots, load_snapshot_model
@@ -55,9 +55,9 @@ def test_evaluating_a_16_snapshot_run_against_the_forward_floor(benchmark, tmp_p
     def evaluation(forked: bool, key=None, first_worker=None):
         shutil.rmtree(run / "eval", ignore_errors=True)
         key = forked if key is None else key
-        results[key] = evaluate_run(run, data_dir, track.seq_len, "prior", None, batch_size=BATCH, progress=False,
-                                    builder_roots=(), probes=ProbeSettings(seed=0), fork_server=forked,
-                                    first_worker=first_worker)
+        results[key] = evaluate_run(run, data_dir, track.seq_len, "prior", None, EvaluationOptions(
+            batch_size=BATCH, progress=False, builder_roots=(), probes=ProbeSettings(seed=0), fork_server=forked),
+            first_worker=first_worker)
         assert not results[key]["invalid_snapshots"] and results[key]["prior"] is not None
 
     def started_ahead() -> float:

@@ -38,7 +38,7 @@ import pytest
 import torch
 
 from harness.data.prepare import prepare_track
-from harness.eval.evaluation import WorkerOptions, evaluate_run, open_eval_data, snapshot_logprobs, start_worker
+from harness.eval.evaluation import EvaluationOptions, WorkerOptions, evaluate_run, open_eval_data, snapshot_logprobs, start_worker
 from harness.eval.logprobs import token_logprobs
 from harness.eval.probes import ProbeSettings
 from harness.formats.snapshots import list_snapshots, load_snapshot_model, write_snapshot
@@ -143,9 +143,9 @@ def test_per_snapshot_cost_in_a_run_with_prefetch(benchmark, setup):
 
     def evaluation(forked: bool, prefetch: bool = True, first_worker=None):
         shutil.rmtree(run / "eval", ignore_errors=True)
-        result = evaluate_run(run, data_dir, 128, None, None, batch_size=BATCH, progress=False, builder_roots=(),
-                              probes=ProbeSettings(seed=0), prefetch=prefetch, fork_server=forked,
-                              first_worker=first_worker)
+        result = evaluate_run(run, data_dir, 128, None, None, EvaluationOptions(
+            batch_size=BATCH, progress=False, builder_roots=(), probes=ProbeSettings(seed=0), prefetch=prefetch,
+            fork_server=forked), first_worker=first_worker)
         assert not result["invalid_snapshots"]
 
     def started_ahead() -> float:

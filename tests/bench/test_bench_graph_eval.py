@@ -32,7 +32,7 @@ import torch
 from safetensors.torch import load_file
 
 from harness.data.prepare import prepare_track
-from harness.eval.evaluation import EvalData, WorkerOptions, evaluate_run, open_eval_data, snapshot_logprobs
+from harness.eval.evaluation import EvalData, EvaluationOptions, WorkerOptions, evaluate_run, open_eval_data, snapshot_logprobs
 from harness.confined.graph_export import GraphExporter
 from harness.eval.graph_load import load_graph
 from harness.eval.logprobs import token_logprobs
@@ -115,8 +115,8 @@ def test_sixteen_snapshots_with_prior_and_curve(benchmark, tmp_path):
 
     def evaluation():
         shutil.rmtree(run / "eval", ignore_errors=True)
-        result = evaluate_run(run, data_dir, track.seq_len, "prior", None, batch_size=BATCH, progress=False,
-                              builder_roots=(), probes=ProbeSettings(seed=0), fork_server=False)
+        result = evaluate_run(run, data_dir, track.seq_len, "prior", None, EvaluationOptions(
+            batch_size=BATCH, progress=False, builder_roots=(), probes=ProbeSettings(seed=0), fork_server=False))
         assert {row["evaluated_by"] for row in result["snapshots"]} == {"graph"} and len(result["curve"]) > 0
 
     low, probe, whole = benchmark.pedantic(lambda: best(floor, probe_forwards, evaluation), rounds=1, iterations=1)

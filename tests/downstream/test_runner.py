@@ -122,14 +122,15 @@ def test_scoring_uses_the_tracks_own_gpt2_ranks_or_the_flag(tmp_path, shared_dat
     downstream scoring loads; `--gpt2-ranks` of slowrun run/eval overrides it."""
     from harness.cli import build_parser
     from harness.run.runner import downstream_gpt2_ranks
+    from tests.run_specs import run_spec
 
     monkeypatch.delenv("SLOWRUN_GPT2_RANKS", raising=False)
     ranks = shared_data("gpt2", "r50k_base.tiktoken")
     write_manifest(tmp_path, Gpt2Tokenizer(ranks).identity(), seq_len=2048)
-    spec = {"track": {"tokenizer": {"kind": "gpt2", "ranks_path": str(ranks)}}}
+    spec = run_spec(track={"name": "fineweb", "seq_len": 2048, "tokenizer": {"kind": "gpt2", "ranks_path": str(ranks)}})
     loaded, _ = track_tokenizer(tmp_path, downstream_gpt2_ranks(spec))
     assert loaded.encode_batch(["Hello world"]) == [[15496, 995]]
-    assert downstream_gpt2_ranks({**spec, "gpt2_ranks": "/elsewhere/ranks"}) == "/elsewhere/ranks"
+    assert downstream_gpt2_ranks(spec.replace(gpt2_ranks="/elsewhere/ranks")) == "/elsewhere/ranks"
     for command in (["eval", "RUN"], ["run", "DIR"]):
         assert build_parser().parse_args([*command, "--gpt2-ranks", str(ranks)]).gpt2_ranks == str(ranks)
 

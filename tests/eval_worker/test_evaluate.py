@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from harness.eval.remote_model import InvalidSnapshot, RemoteModel
-from harness.eval.evaluation import evaluate_run, start_worker
+from harness.eval.evaluation import EvaluationOptions, evaluate_run, start_worker
 from harness.eval.logprobs import save_logprobs
 from harness.eval.probes import ProbeSettings
 from harness.sandbox import landlock_abi
@@ -24,10 +24,10 @@ needs_landlock = pytest.mark.skipif(landlock_abi() == 0, reason="Landlock is una
                                     "worker runs unconfined and cannot be shown to be refused a file")
 
 
-def evaluate(run_dir, data, method_dir, ensemble=None, **kw):
+def evaluate(run_dir, data, method_dir, ensemble=None, first_worker=None, **kw):
     kw.setdefault("probes", ProbeSettings(seed=11))
-    return evaluate_run(run_dir, data, SEQ_LEN, ensemble, None, batch_size=16, progress=False,
-                        method_dir=method_dir, builder_roots=(), **kw)
+    options = EvaluationOptions(batch_size=16, progress=False, method_dir=method_dir, builder_roots=(), **kw)
+    return evaluate_run(run_dir, data, SEQ_LEN, ensemble, None, options, first_worker=first_worker)
 
 
 def invalid_reasons(result) -> dict[str, str]:

@@ -204,7 +204,7 @@ def test_a_graph_that_cannot_be_used_at_evaluation_falls_back_to_the_method_code
     run by its own code in the worker instead, with the same numbers; an intact one from its graph."""
     from q0_reference.model import GPT
 
-    from harness.eval.evaluation import evaluate_run
+    from harness.eval.evaluation import EvaluationOptions, evaluate_run
     from harness.confined.graph_export import GraphExporter
     from harness.eval.probes import ProbeSettings
     from harness.formats.snapshots import GRAPH
@@ -220,8 +220,8 @@ def test_a_graph_that_cannot_be_used_at_evaluation_falls_back_to_the_method_code
         graph_file.unlink()
     elif damage == "changed":
         graph_file.write_bytes(graph_file.read_bytes() + b" ")
-    result = evaluate_run(run, synthetic_data, 128, None, None, batch_size=16, progress=False, builder_roots=(),
-                          probes=ProbeSettings(seed=0), fork_server=False)
+    result = evaluate_run(run, synthetic_data, 128, None, None, EvaluationOptions(
+        batch_size=16, progress=False, builder_roots=(), probes=ProbeSettings(seed=0), fork_server=False))
     row = result["snapshots"][0]
     assert row["evaluated_by"] == ("graph" if damage == "none" else "method code")
     windows = torch.from_numpy(np.asarray(open_eval_data(synthetic_data, 128).val_windows, dtype=np.int64))
@@ -234,7 +234,7 @@ def test_one_architecture_is_built_once_per_evaluation(tmp_path, synthetic_data,
     """Snapshots that share a program (one architecture) share its build: it is checked, built and bounded
     once, and each snapshot's weights are bound to it."""
     import harness.eval.graph_load as load
-    from harness.eval.evaluation import evaluate_run
+    from harness.eval.evaluation import EvaluationOptions, evaluate_run
     from harness.confined.graph_export import GraphExporter
     from harness.eval.probes import ProbeSettings
     from tests.graphs.conftest import with_graph
@@ -247,8 +247,8 @@ def test_one_architecture_is_built_once_per_evaluation(tmp_path, synthetic_data,
         with_graph(run, f"s{i}", GPT(config).eval(), config.to_dict(), float(i + 1), exporter)
     builds, build = [], load.build_graph
     monkeypatch.setattr(load, "build_graph", lambda *a, **k: builds.append(1) or build(*a, **k))
-    result = evaluate_run(run, synthetic_data, 128, None, None, batch_size=16, progress=False, builder_roots=(),
-                          probes=ProbeSettings(seed=0), fork_server=False)
+    result = evaluate_run(run, synthetic_data, 128, None, None, EvaluationOptions(
+        batch_size=16, progress=False, builder_roots=(), probes=ProbeSettings(seed=0), fork_server=False))
     assert [row["evaluated_by"] for row in result["snapshots"]] == ["graph"] * 3
     assert len(builds) == 1
     assert len({row["val_loss"] for row in result["snapshots"]}) == 3  # each scored with its own weights

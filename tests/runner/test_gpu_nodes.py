@@ -11,6 +11,13 @@ import torch
 import harness.run.runner as runner
 from harness.common.distributed import LaunchSpec
 from harness.common.gpu_nodes import open_gpus
+from harness.formats.run_spec import write_run_spec
+from tests.run_specs import run_spec
+
+
+def write_spec(run_dir, device: str) -> None:
+    """A run.json for `device`; nothing else of the run exists (the GPUs are opened before anything is read)."""
+    write_run_spec(run_dir, run_spec(device=device, method_dir=str(run_dir), data_dir=str(run_dir)))
 
 
 def test_cpu_runs_touch_no_cuda(monkeypatch):
@@ -55,7 +62,7 @@ def test_slowrun_eval_opens_the_gpus_before_evaluating(opened, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     (run_dir / runner.TRAIN_RESULT).write_text(json.dumps({"status": "ok"}))
-    (run_dir / runner.RUN_SPEC).write_text(json.dumps({"device": "cuda:0"}))
+    write_spec(run_dir, "cuda:0")
     with pytest.raises(Opened, match="cuda:0"):
         runner.evaluate_existing(run_dir, progress=False)
 
@@ -63,6 +70,6 @@ def test_slowrun_eval_opens_the_gpus_before_evaluating(opened, tmp_path):
 def test_node_0_opens_its_gpus_before_the_method_starts(opened, tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    (run_dir / runner.RUN_SPEC).write_text(json.dumps({"device": "cuda", "launch": LaunchSpec().to_dict()}))
+    write_spec(run_dir, "cuda")
     with pytest.raises(Opened, match="cuda"):
         runner.train(run_dir, resume=False, progress=False)
