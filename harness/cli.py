@@ -181,7 +181,7 @@ def _evaluation_options(p) -> None:
     """How evaluation is bounded and what it runs: the same for `slowrun run` and `slowrun eval`."""
     p.add_argument("--eval-timeout", type=float, metavar="SECONDS",
                    help="limit on the whole evaluation; snapshots whose turn comes after it are listed as not scored "
-                   "(default: none; each snapshot has its own limit by the rule of harness/rules/eval_limits.py)")
+                   "(default: none; each snapshot has its own limit by the rule of harness/eval/limits.py)")
     p.add_argument("--no-graphs", action="store_true",
                    help="run every snapshot by its own code in the sandboxed worker, even one handed over with its "
                    "exported graph (default: graphs are run by the harness)")

@@ -46,3 +46,7 @@ class Diverged(SlowrunError):
 
 class ContractError(SlowrunError):
     """The method used the context in a way the contract does not allow."""
+
+
+class RequestError(SlowrunError):
+    """A request the contract does not allow; the method's side raises it as a ContractError."""

@@ -33,7 +33,7 @@ from harness.common.atomic import write_json_atomic
 from harness.eval.ensemble import bits_per_byte, mean_nll, mixture_logp
 from harness.errors import SlowrunError
 from harness.eval.remote_model import InvalidSnapshot, RemoteModel, read_weights
-from harness.rules.eval_limits import EvalClock, EvalLimits
+from harness.eval.limits import EvalClock, EvalLimits
 from harness.eval.fork_server import FORK_AVAILABLE, ForkServer
 from harness.eval.logprobs import load_logprobs, save_logprobs, token_logprobs
 from harness.eval.prior import curve_stamps, default_ks, fit_prior, k_sweep, loss_curve
@@ -81,7 +81,7 @@ class WorkerOptions:
 
     method_dir: Path | None = None  # the method's directory: builders like 'mymodel:build' live there
     builder_roots: tuple[Path, ...] | None = None  # more trusted folders; None: $SLOWRUN_ALLOW_READ's
-    clock: EvalClock = EvalClock(EvalLimits(), None)  # each snapshot's time limit (harness/rules/eval_limits.py)
+    clock: EvalClock = EvalClock(EvalLimits(), None)  # each snapshot's time limit (harness/eval/limits.py)
     probes: ProbeSettings = ProbeSettings()
     require_sandbox: bool = False
     autocast: str | None = None  # "bfloat16": forwards under bf16 autocast (EVAL_DTYPES)
@@ -517,7 +517,7 @@ class EvaluationOptions:
     ``builder_roots`` more trusted folders a builder may come from besides the method directory and
     ``q0_reference`` (the run's --allow-read folders; the test suite's ``tests``; None: those in
     $SLOWRUN_ALLOW_READ). ``timeout_s`` is a fixed limit per snapshot (None: the rule of
-    harness/rules/eval_limits.py, from its size and the windows), ``eval_timeout_s`` a limit on the whole
+    harness/eval/limits.py, from its size and the windows), ``eval_timeout_s`` a limit on the whole
     evaluation (a snapshot whose turn comes after it is listed as not scored). ``eval_dtype`` is float32
     (exact) or bfloat16 (forwards under bf16 autocast; the probes then allow bf16's tolerance).
     ``devices`` shares the snapshots out over several workers at once, one per device (every GPU of the

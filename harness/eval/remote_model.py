@@ -39,7 +39,7 @@ from harness.eval.spawn import all_builder_roots, supervised_process
 from harness.formats.snapshots import WEIGHTS, Snapshot
 
 # A RemoteModel used on its own (not by an evaluation, which sets each snapshot's limit by the rule of
-# harness/rules/eval_limits.py before loading it): from sending the weights to the last reply.
+# harness/eval/limits.py before loading it): from sending the weights to the last reply.
 DEFAULT_TIMEOUT_S = 6 * 3600.0
 QUIT_WAIT_S = 5.0  # how long a worker told to quit may take before the supervisor kills it
 MAX_VOCAB = 1 << 20  # logits per position accepted when the vocabulary is not known

@@ -40,7 +40,8 @@ from harness.formats.records import SCHEMA_VERSION, utc_timestamp, write_record_
 from harness.formats.run_spec import RunSpec, as_json, read_run_spec, write_run_spec
 from harness.sandbox.environment import check_pass_env
 from harness.rules.tracks import Track, get_track
-from harness.server.dataserver import STOP_FILE, RunLayout, TrainOutcome
+from harness.formats.run_folder import STOP_FILE, RunLayout
+from harness.server.outcome import TrainOutcome
 
 if TYPE_CHECKING:  # the downstream package is imported only when scoring starts
     from harness.eval.downstream.limits import DocumentLimits

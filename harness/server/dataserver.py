@@ -15,15 +15,12 @@ anywhere else is read back, and nothing it wrote is ever unpickled in the harnes
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
-import re
 import secrets
 import shutil
 import socket
-import stat
 import sys
 import threading
 import traceback
@@ -35,59 +32,26 @@ import numpy as np
 
 from harness.common.atomic import write_json_atomic
 from harness.data.store import TokenStore
-from harness.errors import SlowrunError
-from harness.server.meter import BudgetExhausted, StreamReader, TimeExhausted
+from harness.errors import BudgetExhausted, RequestError, SlowrunError, TimeExhausted
+from harness.formats.run_folder import SESSIONS, STOP_FILE, RunLayout
+from harness.formats.snapshots import SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
+from harness.rules.tracks import Track
+from harness.server.checkpoint_sets import consistent_checkpoints, ledger_state
 from harness.server.clock import TrainClock
+from harness.server.intake import (BUILDER_PATTERN, OUTBOX_NAME, check_safetensors, finite_json, is_torch_save,
+                                   outbox_file, take, take_graph)
 from harness.server.ledger import Ledger, StreamRefused
-from harness.wire.limits import DEFAULT_LIMITS, ProtocolLimits, ProtocolViolation, check_metrics
+from harness.server.meter import StreamReader
+from harness.server.outcome import (SEVERITY, STOPS_THE_JOB, EndFacts, RankState, TrainOutcome, job_sandbox, job_status,
+                                    method_error, run_error)
 from harness.server.peers import in_tree, peer_pid
 from harness.wire.framing import Channel, ChannelClosed, FrameRefused
-from harness.eval.graph_check import MAX_PROGRAM_BYTES, GraphRefused, check_program, parse_program
-from harness.formats.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
-from harness.rules.tracks import Track
+from harness.wire.limits import DEFAULT_LIMITS, ProtocolLimits, ProtocolViolation, check_metrics
 
-BUILDER_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*:[A-Za-z_][A-Za-z0-9_]*$")
-OUTBOX_NAME = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
-MAX_SAFETENSORS_HEADER = 100 << 20
 MAX_BATCHES_PER_REQUEST = 4096  # a whole optimizer step's microbatches in one round trip, with room to spare
-SESSIONS = "sessions.json"  # training seconds of every session of this run, in order
-SEVERITY = ("ok", "budget-exceeded", "over-time", "invalid", "diverged", "failed", "timeout")
-STOPS_THE_JOB = frozenset({"invalid", "diverged", "failed"})  # a rank ending so leaves its peers waiting
-STOP_FILE = "stop.json"  # node 0 says here that the job is being stopped; the other nodes' runners watch it
 # A Unix connection that arrives before the runner has named the run's process tree waits this long for it
 # (the supervisor starts within a second; its ranks import torch before they connect).
 TREE_WAIT_S = 60.0
-
-
-@dataclass(frozen=True)
-class RunLayout:
-    """Where a run keeps what: harness storage at the top, the method's two writable folders below
-    `sandbox/`. The method is told only `scratch` and `outbox`."""
-
-    root: Path
-
-    @property
-    def snapshots(self) -> Path:
-        return self.root / "snapshots"
-
-    @property
-    def checkpoints(self) -> Path:
-        return self.root / "checkpoint"
-
-    @property
-    def scratch(self) -> Path:
-        return self.root / "sandbox" / "scratch"
-
-    @property
-    def outbox(self) -> Path:
-        return self.root / "sandbox" / "outbox"
-
-    def metrics(self, rank: int) -> Path:
-        return self.root / ("metrics.jsonl" if rank == 0 else f"metrics-rank{rank}.jsonl")
-
-    def checkpoint_index(self, rank: int) -> Path:
-        return self.checkpoints / f"rank{rank}.json"
-
 
 
 @dataclass(frozen=True)
@@ -117,82 +81,6 @@ class ServerSpec:
     time_limit_s: float | None = None  # the compute class's cap on training seconds (None: no cap)
     snapshot_grace_s: float = 0.0  # after the cap: time to write the final snapshot of the model at the cap
     limits: ProtocolLimits = DEFAULT_LIMITS
-
-
-@dataclass
-class RankState:
-    connected: bool = False
-    ended: bool = False
-    status: str | None = None
-    error: dict | None = None
-    sandbox: dict | None = None
-    metrics_lines: int = 0
-    metrics_bytes: int = 0
-
-
-@dataclass
-class TrainOutcome:
-    """How training ended, from the server's own counts; the runner turns it into the record."""
-
-    status: str
-    error: dict | None
-    meter: dict
-    epochs: float
-    epoch_tokens: int
-    train_tokens: int
-    ensemble: Any
-    snapshots: list
-    train_s: float
-    resumed: bool
-    warmup_s: float = 0.0
-    time_limit_s: float | None = None
-    over_cap_s: float | None = None
-    world_size: int = 1
-    sandbox: dict | None = None
-    supervisor: dict | None = None
-    incidents: list | None = None  # what the server refused or stopped, in order (refused hellos, ...)
-
-    def to_dict(self) -> dict:
-        return dict(self.__dict__)
-
-
-class RequestError(SlowrunError):
-    """A request the contract does not allow; the method's side raises it as a ContractError."""
-
-
-def _error(kind: str, message: str, tb: str = "") -> dict:
-    return {"type": kind, "message": message, "traceback": tb}
-
-
-def _interrupted(how: str = "") -> dict:
-    return _error("Interrupted", f"the run was interrupted (SIGTERM or SIGINT to slowrun run{'; ' + how if how else ''}); "
-                  "resume it with slowrun run --resume")
-
-
-def check_safetensors(path: Path, size: int) -> None:
-    """Refuse a weights file that is not a well-formed safetensors file (read without torch: the header
-    is JSON, and every tensor's byte range must lie inside the file)."""
-    with open(path, "rb") as f:
-        raw = f.read(8)
-        if len(raw) < 8:
-            raise RequestError("the snapshot's weights file is not a safetensors file (too short)")
-        n = int.from_bytes(raw, "little")
-        if n <= 0 or n > MAX_SAFETENSORS_HEADER or 8 + n > size:
-            raise RequestError("the snapshot's weights file is not a safetensors file (bad header length)")
-        try:
-            header = json.loads(f.read(n))
-        except (ValueError, UnicodeDecodeError):
-            raise RequestError("the snapshot's weights file has an unreadable safetensors header") from None
-    if not isinstance(header, dict):
-        raise RequestError("the snapshot's weights file has a malformed safetensors header")
-    body = size - 8 - n
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        offsets = info.get("data_offsets") if isinstance(info, dict) else None
-        if (not isinstance(offsets, list) or len(offsets) != 2 or not all(isinstance(o, int) for o in offsets)
-                or not 0 <= offsets[0] <= offsets[1] <= body):
-            raise RequestError(f"the snapshot's weights file has a tensor {name!r} outside the file")
 
 
 class DataServer:
@@ -230,7 +118,7 @@ class DataServer:
         self.ledger = Ledger(self._allowed, self.epoch_tokens, spec.track.seq_len, spec.world_size, spec.budget,
                              self.clock)
         for rank, index in self._restored.items():
-            self.ledger.restore(rank, _ledger_state(index))
+            self.ledger.restore(rank, ledger_state(index))
         initial = self.ledger.served_targets()
         self._progress = _Progress(self._allowed, initial, self.epoch_tokens, f"train {spec.track.name}",
                                    spec.progress)
@@ -360,24 +248,24 @@ class DataServer:
                                        f"{limits.header_limit(op):,} bytes)")
                 stop = self._stop
                 if stop is not None:  # the job is being stopped: nobody is served anything more
-                    channel.send({"ok": False, "error": _error("ContractError", f"the run is stopped: rank "
+                    channel.send({"ok": False, "error": run_error("ContractError", f"the run is stopped: rank "
                                                                f"{stop['rank']} ended with status {stop['status']}")})
                     return
                 handler = self._HANDLERS.get(op)
                 if handler is None:
-                    channel.send({"ok": False, "error": _error("ContractError", f"unknown request {op!r}")})
+                    channel.send({"ok": False, "error": run_error("ContractError", f"unknown request {op!r}")})
                     continue
                 quiet = op in self._NO_REPLY and header.get("reply") is False
                 try:
                     reply = handler(self, rank, header, payload)
                 except BudgetExhausted as exc:  # TimeExhausted too
-                    channel.send({"ok": False, "error": _error(type(exc).__name__, str(exc))})
+                    channel.send({"ok": False, "error": run_error(type(exc).__name__, str(exc))})
                     continue
                 except ProtocolViolation:
                     raise
                 except (RequestError, SlowrunError) as exc:
                     if not quiet:
-                        channel.send({"ok": False, "error": _error(_kind(exc), str(exc))})
+                        channel.send({"ok": False, "error": run_error(_kind(exc), str(exc))})
                     continue
                 if quiet:
                     continue  # handled in order like any request; the sender is not waiting for an answer
@@ -392,14 +280,14 @@ class DataServer:
             if rank is not None:
                 self._violate(rank, str(exc))
                 try:
-                    channel.send({"ok": False, "error": _error("ProtocolViolation", str(exc))})
+                    channel.send({"ok": False, "error": run_error("ProtocolViolation", str(exc))})
                 except OSError:
                     pass
         except (ChannelClosed, OSError):
             return
         except Exception:  # a bug here must not take the runner down; the rank ends as failed
             if rank is not None:
-                self._rank_ended(rank, "failed", _error("HarnessError", "the data server failed serving this rank",
+                self._rank_ended(rank, "failed", run_error("HarnessError", "the data server failed serving this rank",
                                                         traceback.format_exc()))
         finally:
             if rank is not None:
@@ -408,7 +296,7 @@ class DataServer:
                     state = self._ranks[rank]
                     if not ended and not state.ended and not self._closing and not self._stopping:
                         # its process died or closed the channel without ending: its peers would wait for it
-                        self._request_stop(rank, "failed", _error(
+                        self._request_stop(rank, "failed", run_error(
                             "WorkerDied", "the method's process lost its connection to the data server before "
                             "reporting (killed, out of memory, a crash in native code, or it closed the channel)"))
                     self._gathered.notify_all()
@@ -416,7 +304,7 @@ class DataServer:
 
     def _violate(self, rank: int, message: str) -> None:
         """A request broke the protocol's bounds: the run is invalid, and the job is stopped."""
-        error = _error("ProtocolViolation", f"{message}; the run is stopped (see docs/threat-model.md, "
+        error = run_error("ProtocolViolation", f"{message}; the run is stopped (see docs/threat-model.md, "
                                             "'Protocol bounds')")
         with self._lock:
             if self._violation is None:  # the run's, even if this rank had already ended ok
@@ -471,12 +359,12 @@ class DataServer:
         if header.get("op") != "hello" or not secrets.compare_digest(str(header.get("token", "")), self.token):
             self._incident("hello-refused", None, f"a connection said {str(header.get('op'))[:20]!r} without the "
                            f"run's token (claimed rank {str(header.get('rank'))[:10]})")
-            channel.send({"ok": False, "error": _error("ContractError", "bad hello")})
+            channel.send({"ok": False, "error": run_error("ContractError", "bad hello")})
             return None
         rank = header.get("rank")
         with self._lock:
             if isinstance(rank, bool) or not isinstance(rank, int) or not 0 <= rank < self.spec.world_size:
-                channel.send({"ok": False, "error": _error("ContractError", f"rank {rank!r} is not expected")})
+                channel.send({"ok": False, "error": run_error("ContractError", f"rank {rank!r} is not expected")})
                 return None
             if rank in self._ranks:
                 # A rank says hello once per session: its counts are the job's ledger's, and a second
@@ -486,7 +374,7 @@ class DataServer:
                 message = (f"a second hello for rank {rank} (pid {str(header.get('pid'))[:20]}) was refused: each "
                            "rank connects once per session")
                 self._incident("hello-refused", rank, message)
-                channel.send({"ok": False, "error": _error("ContractError", f"rank {rank} has already connected "
+                channel.send({"ok": False, "error": run_error("ContractError", f"rank {rank} has already connected "
                                                            "in this session; a rank connects once")})
                 self._violate(rank, message)
                 return None
@@ -573,43 +461,6 @@ class DataServer:
     def _op_tags(self, rank: int, header: dict, payload) -> dict:
         return {"ok": True, "tags": [s.tag for s in list_snapshots(self.layout.snapshots)]}
 
-    def _outbox_file(self, name) -> tuple[Path, os.stat_result]:
-        """The outbox entry `name` as it is now (the method may swap it at any moment: `_take` checks that
-        what it moves is this entry)."""
-        if not isinstance(name, str) or not OUTBOX_NAME.match(name) or name.startswith(".."):
-            raise RequestError(f"outbox file name {name!r} is not a plain file name")
-        path = self.layout.outbox / name
-        try:
-            info = os.lstat(path)
-        except FileNotFoundError:
-            raise RequestError(f"{name!r} is not in the outbox") from None
-        if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
-            raise RequestError(f"outbox entry {name!r} must be a plain file with one link (not a link or a folder)")
-        return path, info
-
-    @staticmethod
-    def _take(path: Path, info: os.stat_result, destination: Path) -> os.stat_result:
-        """Move an outbox entry into harness storage and make sure what moved is the file that was checked
-        and is open here (held open, so its inode cannot be freed and reused meanwhile): an entry swapped
-        in between, for a link or another file, is removed and refused. Returns the moved file's status;
-        every later check reads the moved file, never the outbox."""
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            raise RequestError(f"outbox entry {path.name!r} changed while the harness took it; it was refused") from None
-        try:
-            held = os.fstat(fd)
-            if (held.st_dev, held.st_ino) != (info.st_dev, info.st_ino) or held.st_nlink != 1:
-                raise RequestError(f"outbox entry {path.name!r} changed while the harness took it; it was refused")
-            os.replace(path, destination)
-            moved = os.lstat(destination)
-            if (moved.st_dev, moved.st_ino) != (held.st_dev, held.st_ino) or not stat.S_ISREG(moved.st_mode):
-                os.unlink(destination)
-                raise RequestError(f"outbox entry {path.name!r} changed while the harness took it; it was refused")
-            return os.fstat(fd)
-        finally:
-            os.close(fd)
-
     def _op_snapshot(self, rank: int, header: dict, payload) -> dict:
         tag, spec, meta = header.get("tag"), header.get("spec"), header.get("meta") or {}
         if not isinstance(tag, str) or not TAG_PATTERN.match(tag):
@@ -618,9 +469,9 @@ class DataServer:
         if not (isinstance(spec, dict) and isinstance(spec.get("builder"), str)
                 and BUILDER_PATTERN.match(spec["builder"]) and "config" in spec):
             raise RequestError("a snapshot's build spec needs builder 'package.module:function' and a JSON config")
-        if not isinstance(meta, dict) or not _finite_json(meta) or not _finite_json(spec["config"]):
+        if not isinstance(meta, dict) or not finite_json(meta) or not finite_json(spec["config"]):
             raise RequestError(f"snapshot {tag!r}: meta and config must be JSON with finite numbers")
-        path, info = self._outbox_file(header.get("file"))
+        path, info = outbox_file(self.layout.outbox, header.get("file"))
         if self.clock.past_grace():
             self.clock.note_over_cap()
             path.unlink(missing_ok=True)
@@ -643,9 +494,9 @@ class DataServer:
             tmp.mkdir()
             try:
                 weights = tmp / WEIGHTS
-                info = self._take(path, info, weights)  # out of the method's reach from here on
+                info = take(path, info, weights)  # out of the method's reach from here on
                 check_safetensors(weights, info.st_size)
-                graph = self._take_graph(header, tmp)
+                graph = take_graph(self.layout.outbox, header, tmp, self.spec.max_snapshot_bytes)
                 targets = self.ledger.served_targets()
                 record = {"tag": tag, "epochs": targets / self.epoch_tokens, "train_tokens": targets,
                           "builder": spec["builder"], "config": spec["config"], "meta": meta,
@@ -659,38 +510,6 @@ class DataServer:
             self._append_metrics(rank, {"event": "snapshot", "tag": tag})
         return {"ok": True, "snapshot": {"tag": tag, "epochs": record["epochs"], "train_tokens": targets,
                                          "meta": meta}}
-
-    def _take_graph(self, header: dict, folder: Path) -> dict | None:
-        """Take the snapshot's exported forward into `folder` and check it (harness/eval/graph_check.py).
-
-        A graph the check refuses is dropped and the reason kept: the snapshot is then evaluated by the
-        method's code, as one handed over without a graph. The weights are the snapshot either way."""
-        if header.get("graph_file") is None:
-            error = header.get("graph_error")
-            return {"refused": f"not exported: {str(error)[:500]}"} if error else None
-        program, info = self._outbox_file(header.get("graph_file"))
-        constants, constants_info = self._outbox_file(header.get("constants_file"))
-        try:
-            if info.st_size > MAX_PROGRAM_BYTES:
-                raise GraphRefused(f"the exported program is {info.st_size:,} bytes (the limit is {MAX_PROGRAM_BYTES:,})")
-            if constants_info.st_size > self.spec.max_snapshot_bytes:
-                raise GraphRefused(f"the graph's constants are {constants_info.st_size:,} bytes, over the limit")
-            self._take(program, info, folder / GRAPH)
-            self._take(constants, constants_info, folder / GRAPH_CONSTANTS)
-            try:
-                check_safetensors(folder / GRAPH_CONSTANTS, constants_info.st_size)
-            except RequestError as exc:
-                raise GraphRefused(str(exc).replace("weights", "constants")) from None
-            data = (folder / GRAPH).read_bytes()
-            summary = check_program(parse_program(data))
-        except GraphRefused as exc:
-            for name in (GRAPH, GRAPH_CONSTANTS):
-                (folder / name).unlink(missing_ok=True)
-            for leftover in (program, constants):
-                leftover.unlink(missing_ok=True)
-            return {"refused": str(exc)[:500]}
-        return {"sha256": hashlib.sha256(data).hexdigest(), "constants_sha256": sha256_file(folder / GRAPH_CONSTANTS),
-                "bytes": len(data), "operators": sum(summary.ops.values()), "input_shape": list(summary.input_shape)}
 
     def _op_ensemble(self, rank: int, header: dict, payload) -> dict:
         weights = header.get("weights")
@@ -724,7 +543,7 @@ class DataServer:
             key, value = check.non_finite_loss
             with self._lock:
                 if self._diverged is None:
-                    self._diverged = _error("Diverged", f"training {key} is {value} after "
+                    self._diverged = run_error("Diverged", f"training {key} is {value} after "
                                             f"{self.ledger.served_targets() / self.epoch_tokens:.4f} epochs")
         with self._lock:
             self._append_metrics(rank, entry)
@@ -750,7 +569,7 @@ class DataServer:
 
         The index (`checkpoint/rank<r>.json`) is written last and names the state file it belongs to, so
         a crash at any point leaves the previous checkpoint whole."""
-        path, info = self._outbox_file(header.get("file"))
+        path, info = outbox_file(self.layout.outbox, header.get("file"))
         if info.st_size > self.spec.max_snapshot_bytes:
             path.unlink(missing_ok=True)
             raise RequestError(f"the checkpoint is {info.st_size:,} bytes, over the limit of "
@@ -760,8 +579,8 @@ class DataServer:
             previous = json.loads(index_path.read_text()) if index_path.exists() else None
             generation = (previous or {}).get("generation", 0) + 1
             state_name = f"state-rank{rank}-{generation}.pt"
-            info = self._take(path, info, self.layout.checkpoints / state_name)
-            if not _is_torch_save(self.layout.checkpoints / state_name):
+            info = take(path, info, self.layout.checkpoints / state_name)
+            if not is_torch_save(self.layout.checkpoints / state_name):
                 (self.layout.checkpoints / state_name).unlink(missing_ok=True)
                 raise RequestError("the checkpoint is not a file written by torch.save (ctx.checkpoint writes one)")
             index = {"generation": generation, "state_file": state_name,
@@ -780,9 +599,9 @@ class DataServer:
         return {"ok": True}
 
     def _op_end(self, rank: int, header: dict, payload) -> dict:
-        status, error = header.get("status"), _method_error(header.get("error"))
+        status, error = header.get("status"), method_error(header.get("error"))
         if status not in SEVERITY or status == "timeout":
-            status, error = "failed", _error("ContractError", f"the method's process reported status {status!r}")
+            status, error = "failed", run_error("ContractError", f"the method's process reported status {status!r}")
         self._rank_ended(rank, status, error)
         return {"ok": True}
 
@@ -793,7 +612,7 @@ class DataServer:
         key, value = header.get("key"), header.get("value")
         if not isinstance(key, str) or not 0 < len(key) <= 200:
             raise RequestError("gather takes a key: a string of 1-200 characters")
-        if not _finite_json(value):
+        if not finite_json(value):
             raise RequestError(f"gather {key!r}: the value must be JSON with finite numbers")
         with self._gathered:
             values = self._gathers.setdefault(key, {})
@@ -892,61 +711,18 @@ class DataServer:
 
     def outcome(self, supervised: dict | None = None, stopped_at_cap: bool = False,
                 interrupted: bool = False) -> TrainOutcome:
-        """The training part of the record, from the server's state alone.
-
-        `supervised` is how the method's process tree ended (the supervisor's status): a timeout or an
-        interruption is the run's status for every rank that had not ended by then. `stopped_at_cap`: the
-        runner stopped the processes because they trained past the compute class's cap. `interrupted`: the
-        runner got SIGTERM or SIGINT; a rank whose connection dropped first died of the same signal (a
-        scheduler signals every process of its job), so the run was interrupted, not crashed."""
+        """The training part of the record, from the server's state alone (the status by the rules of
+        :func:`harness.server.outcome.job_status`, which says what the arguments mean)."""
         with self._lock:
-            reason = (supervised or {}).get("reason")
-            ranks = []
-            for rank in range(self.spec.world_size):
-                state = self._ranks.get(rank, RankState())
-                if state.ended:
-                    status, error = state.status, state.error
-                elif self._stop is not None and rank != self._stop["rank"]:
-                    continue  # stopped because another rank failed: that rank's status is the run's
-                elif self._stop is not None and reason == "terminated":
-                    status, error = self._stop["status"], self._stop["error"]  # its connection dropped first
-                    if interrupted and (error or {}).get("type") == "WorkerDied":
-                        status, error = "failed", _interrupted("the signal reached the method's processes first")
-                elif stopped_at_cap:
-                    status, error = "over-time", _error("OverTime", f"still training {self.clock.seconds():.1f} s "
-                                                        f"into the {self.spec.time_limit_s:g} s cap (grace "
-                                                        f"{self.spec.snapshot_grace_s:g} s); stopped by the harness")
-                elif reason == "timeout":
-                    status, error = "timeout", _error("Timeout", f"stopped by --timeout after "
-                                                      f"{supervised.get('elapsed_s', 0):.1f} s of wall time")
-                elif reason == "terminated":
-                    status, error = "failed", _interrupted()
-                elif not state.connected and rank not in self._ranks:
-                    status, error = "failed", _error("WorkerDied", "the method's process never reached the data "
-                                                     f"server (exit code {(supervised or {}).get('exit_code')})")
-                else:
-                    how = (f"was killed by signal {supervised['signal']}" if (supervised or {}).get("signal")
-                           else f"exited with code {(supervised or {}).get('exit_code')}")
-                    status, error = "failed", _error(
-                        "WorkerDied", f"the method's process {how} before reporting (killed, out of memory, or a "
-                        "crash in native code); resume with slowrun run --resume")
-                ranks.append((rank, status, error))
-            if self._diverged is not None:
-                ranks.append((-1, "diverged", self._diverged))
-            if self.clock.over_cap_s is not None and not stopped_at_cap:
-                ranks.append((-1, "over-time", _error("OverTime", f"a snapshot came {self.clock.over_cap_s:.1f} s "
-                                                      f"after the {self.spec.time_limit_s:g} s cap, past the grace "
-                                                      "for the final snapshot; snapshots from before the cap count")))
-            if self._violation is not None:
-                ranks.append((-1, "invalid", self._violation))
-            worst = max(ranks, key=lambda r: (SEVERITY.index(r[1]), -r[0]))
-            status, error = worst[1], worst[2]
-            if error is not None and self.spec.world_size > 1 and worst[0] >= 0:
-                error = {**error, "message": f"rank {worst[0]}: {error['message']}"}
+            facts = EndFacts(world_size=self.spec.world_size, ranks=dict(self._ranks), stop=self._stop,
+                             diverged=self._diverged, violation=self._violation, over_cap_s=self.clock.over_cap_s,
+                             train_s=self.clock.seconds(), time_limit_s=self.spec.time_limit_s,
+                             snapshot_grace_s=self.spec.snapshot_grace_s)
+            status, error = job_status(facts, supervised, stopped_at_cap, interrupted)
             merged = self.ledger.meter_state()  # what was served, job-wide: one count per stream shard
             train_tokens = sum(merged.targets.values())
             sandboxes = [self._ranks[r].sandbox for r in sorted(self._ranks) if self._ranks[r].sandbox]
-            sandbox = _job_sandbox(sandboxes, self.spec.world_size)
+            sandbox = job_sandbox(sandboxes, self.spec.world_size)
             return TrainOutcome(
                 status=status, error=error, meter=merged.to_dict(), epochs=train_tokens / self.epoch_tokens,
                 epoch_tokens=self.epoch_tokens, train_tokens=train_tokens, ensemble=self.ensemble,
@@ -973,83 +749,8 @@ def normalise_weights(weights: dict) -> dict:
     return {tag: float(w) for tag, w in zip(values, normalised)}
 
 
-def _finite_json(value) -> bool:
-    try:
-        json.dumps(value, allow_nan=False)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
 def _kind(exc: BaseException) -> str:
     return "ContractError" if isinstance(exc, (RequestError, StreamRefused)) else type(exc).__name__
-
-
-def _is_torch_save(path: Path) -> bool:
-    """torch.save's format (a zip archive) by its first bytes: nothing of the file is unpickled here; only
-    the method's own process ever loads it, inside its sandbox."""
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
-
-
-def _method_error(error) -> dict | None:
-    """The error a method's process reports at its end, as plain bounded strings (it is the method's
-    account, shown in the record, never trusted for anything else)."""
-    if not isinstance(error, dict):
-        return None
-    return {"type": str(error.get("type", ""))[:200], "message": str(error.get("message", ""))[:4000],
-            "traceback": str(error.get("traceback", ""))[-32000:]}
-
-
-def consistent_checkpoints(latest: dict[int, dict]) -> dict[int, dict]:
-    """The checkpoint each rank resumes from: its latest, unless that puts it ahead of a rank it reads a
-    stream with in shards (a DDP group steps together); then its previous one, or none.
-
-    The ranks of a group checkpoint at the same steps, but each writes its own file: a job killed between
-    two ranks' writes leaves one a checkpoint ahead. Resumed as they are, the two would disagree on the step
-    and on the stream's position. Ranks ahead fall back until every sharded stream's shards stand at one
-    step (a shard no checkpoint holds stands at step 0)."""
-    chosen: dict[int, dict | None] = dict(latest)
-    for _ in range(2 * len(chosen) + 2):
-        steps: dict[str, dict[int, tuple[int, int]]] = {}  # stream -> shard -> (step, rank)
-        shards_of: dict[str, int] = {}
-        for rank, index in chosen.items():
-            if index is None:
-                continue
-            for stream, raw in _ledger_state(index).get("streams", {}).items():
-                if int(raw["shards"]) > 1:
-                    shards_of[stream] = int(raw["shards"])
-                    for shard, windows in raw["windows"].items():
-                        steps.setdefault(stream, {})[int(shard)] = (int(windows) // int(raw["batch_size"]), rank)
-        ahead: set[int] = set()
-        for stream, count in shards_of.items():
-            at = steps.get(stream, {})
-            low = 0 if len(at) < count else min(step for step, _ in at.values())
-            ahead.update(rank for step, rank in at.values() if step > low)
-        if not ahead:
-            return {rank: index for rank, index in chosen.items() if index is not None}
-        for rank in ahead:
-            chosen[rank] = (chosen[rank] or {}).get("previous")
-    raise SlowrunError("the ranks' checkpoints cannot be brought to one step; start the run again")
-
-
-def _ledger_state(index: dict) -> dict:
-    """A rank's ledger state from its checkpoint index."""
-    if "ledger" not in index:
-        raise SlowrunError("this run's checkpoints were written by an older harness, without the job's ledger; "
-                           "resume it with the version that started it, or start it again")
-    return index["ledger"]
-
-
-def _job_sandbox(reports: list[dict], world_size: int) -> dict:
-    """The job's sandbox is the weakest any rank had: one unsandboxed rank makes the run `none`."""
-    if len(reports) < world_size or not reports:
-        missing = world_size - len(reports)
-        if not reports:
-            return {"kind": "none", "reason": "no rank reported a sandbox"}
-        return {"kind": "none", "reason": f"{missing} rank(s) never reported a sandbox"}
-    weakest = next((r for r in reports if r.get("kind") != "landlock"), None)
-    return dict(weakest) if weakest else dict(reports[0])
 
 
 class _Progress:

@@ -29,7 +29,8 @@ import threading
 from dataclasses import dataclass, field
 
 from harness.errors import SlowrunError
-from harness.server.meter import BudgetExhausted, MeterState, TimeExhausted, meter_key
+from harness.errors import BudgetExhausted, TimeExhausted
+from harness.server.meter import MeterState, meter_key
 from harness.server.clock import TrainClock
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from harness.data.store import TokenStore
-from harness.errors import BudgetExhausted, SlowrunError, TimeExhausted  # noqa: F401 - also named here
+from harness.errors import SlowrunError
 
 
 def stream_seed(run_seed: int, stream_id: str) -> int:

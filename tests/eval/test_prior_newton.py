@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import pytest
 
-import harness.eval.prior as prior_module
+import harness.eval.prior.solver as solver
 from harness.errors import SlowrunError
 from harness.eval.prior import default_ks, fit_prior, k_sweep
 
@@ -149,13 +149,13 @@ def test_em_counts_two_passes_per_iteration():
 def test_newton_passes_are_every_matrix_product(monkeypatch):
     calls = {"n": 0}
     for name in ("mix", "scale", "hessian"):
-        original = getattr(prior_module._Problem, name)
+        original = getattr(solver.Problem, name)
 
         def counted(self, *args, _original=original):
             calls["n"] += 1
             return _original(self, *args)
 
-        monkeypatch.setattr(prior_module._Problem, name, counted)
+        monkeypatch.setattr(solver.Problem, name, counted)
     fit = fit_prior(trajectory(12, 3000, 2))
     assert fit.converged  # so no top-K check adds a pass outside these three
     assert fit.passes == calls["n"]

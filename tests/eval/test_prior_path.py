@@ -9,7 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import harness.eval.prior as prior_module
+import harness.eval.prior.prefix_path as prefix_path
+import harness.eval.prior.solver as solver
 from harness.eval.prior import fit_prior, loss_curve
 
 from tests.eval.test_prior_newton import brute_nll, brute_scale, slsqp_optimum, trajectory
@@ -19,8 +20,8 @@ TOL = 1e-8
 
 
 def path_for(logp: np.ndarray):
-    P, offset, single = prior_module._scaled(prior_module._as_matrix(logp, "logp"))
-    return prior_module._PrefixPath(P, offset, single), P
+    P, offset, single = solver.scaled(solver.as_matrix(logp, "logp"))
+    return prefix_path.PrefixPath(P, offset, single), P
 
 
 def test_gradient_bounds_from_an_earlier_mixture_hold_and_certify_far_members():
@@ -99,8 +100,8 @@ def test_the_curve_reads_far_fewer_rows_than_refitting_every_stamp(monkeypatch):
 
 def test_rows_read_counts_only_the_rows_a_sparse_product_reads():
     logp = trajectory(6, 500, 1)
-    P, offset, single = prior_module._scaled(prior_module._as_matrix(logp, "logp"))
-    prob = prior_module._Problem(P, offset, single)
+    P, offset, single = solver.scaled(solver.as_matrix(logp, "logp"))
+    prob = solver.Problem(P, offset, single)
     prob.mix(np.array([0.5, 0.0, 0.0, 0.5, 0.0, 0.0]))
     assert (prob.passes, prob.rows_read) == (1, 2)
     q = prob.mix(np.full(6, 1 / 6))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import harness.eval.prior as prior_module
+import harness.eval.prior.sweeps as sweeps
 from harness.eval.prior import fit_prior, loss_curve
 
 from tests.eval.test_prior_newton import brute_nll, slsqp_optimum, trajectory
@@ -32,14 +32,14 @@ def test_warm_started_fit_equals_the_cold_fit_with_fewer_passes():
 def record_fits(monkeypatch) -> list:
     """Every PriorFit the loss curve fits, one per stamp in order (wraps the internal per-prefix fits)."""
     fits = []
-    original = prior_module._prefix_fits
+    original = sweeps._prefix_fits
 
     def recording(*args, **kwargs):
         for fit in original(*args, **kwargs):
             fits.append(fit)
             yield fit
 
-    monkeypatch.setattr(prior_module, "_prefix_fits", recording)
+    monkeypatch.setattr(sweeps, "_prefix_fits", recording)
     return fits
 
 

@@ -24,10 +24,11 @@ needs_landlock = pytest.mark.skipif(landlock_abi() == 0, reason="Landlock is una
                                     "worker runs unconfined and cannot be shown to be refused a file")
 
 
-def evaluate(run_dir, data, method_dir, ensemble=None, first_worker=None, **kw):
+def evaluate(run_dir, data, method_dir, ensemble=None, first_worker=None, fitness_docs=None, **kw):
     kw.setdefault("probes", ProbeSettings(seed=11))
     options = EvaluationOptions(batch_size=16, progress=False, method_dir=method_dir, builder_roots=(), **kw)
-    return evaluate_run(run_dir, data, SEQ_LEN, ensemble, None, options, first_worker=first_worker)
+    return evaluate_run(run_dir, data, SEQ_LEN, ensemble, None, options, first_worker=first_worker,
+                        fitness_docs=fitness_docs)
 
 
 def invalid_reasons(result) -> dict[str, str]:
@@ -236,9 +237,9 @@ def test_a_worker_started_ahead_is_closed_when_there_is_nothing_to_score(run_dir
 
 def test_a_run_with_more_snapshots_than_curve_points_reports_a_thinned_curve(run_dir, method_dir, synthetic_data,
                                                                            monkeypatch):
-    import harness.eval.prior
+    import harness.eval.prior.sweeps
 
-    monkeypatch.setattr(harness.eval.prior, "CURVE_POINTS", 3)
+    monkeypatch.setattr(harness.eval.prior.sweeps, "CURVE_POINTS", 3)
     for i in range(5):
         add_snapshot(run_dir, f"s{i}", causal_model(i), train_tokens=100 * (i + 1))
     result = evaluate(run_dir, synthetic_data, method_dir, "prior")
@@ -257,7 +258,7 @@ def test_a_run_with_more_snapshots_than_curve_points_reports_a_thinned_curve(run
 def test_a_model_slow_in_forward_meets_the_limit_of_the_rule(run_dir, method_dir, synthetic_data, monkeypatch):
     """With no fixed limit, a snapshot's limit is the rule's: START_S plus 4 FLOPs per parameter and token
     (a quarter more for the probes) at the device's floor. START_S is shrunk so the test waits seconds."""
-    import harness.rules.eval_limits as eval_limits
+    import harness.eval.limits as eval_limits
     from harness.eval.evaluation import open_eval_data
 
     monkeypatch.setattr(eval_limits, "START_S", 3.0)
@@ -295,7 +296,7 @@ def test_eval_limits_count_parameters_and_cut_to_what_is_left():
     on the whole cuts each snapshot's to what is left of it."""
     from safetensors.torch import save
 
-    from harness.rules.eval_limits import EvalLimits, parameter_count, snapshot_limit_s
+    from harness.eval.limits import EvalLimits, parameter_count, snapshot_limit_s
 
     tensors = {"w": torch.zeros(3, 5), "b": torch.zeros(7, dtype=torch.bfloat16), "s": torch.zeros(())}
     blob = save(tensors)

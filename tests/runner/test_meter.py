@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from harness.data.store import TokenStore
-from harness.server.meter import BudgetExhausted, StreamReader, stream_seed
+from harness.errors import BudgetExhausted
+from harness.server.meter import StreamReader, stream_seed
 from harness.server.clock import TrainClock
 from harness.server.ledger import Ledger
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from harness.errors import SlowrunError
-from harness.server.dataserver import consistent_checkpoints
+from harness.server.checkpoint_sets import consistent_checkpoints
 
 
 def index(generation: int, windows: dict, previous=None, shards: int = 2, stream: str = "main") -> dict:

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from harness.server.meter import BudgetExhausted, TimeExhausted
+from harness.errors import BudgetExhausted, TimeExhausted
 from harness.server.clock import TrainClock
 from harness.server.ledger import Ledger, StreamRefused
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from harness.confined.context import ContractError, Diverged, RunContext
-from harness.server.meter import BudgetExhausted
+from harness.errors import BudgetExhausted
 from harness.data.store import TokenStore
 from harness.server.meter import StreamReader
 from harness.server import DataServer, ServerSpec
@@ -238,23 +238,24 @@ def test_a_lost_connection_stops_the_job_and_a_failed_rank_does_too(synthetic_da
 def test_an_outbox_entry_swapped_while_it_is_taken_is_refused(served):
     """The method may replace an outbox entry between the harness's check and its move: what is moved
     must be the file that was checked, or nothing is kept."""
-    from harness.server.dataserver import RequestError
+    from harness.errors import RequestError
+    from harness.server.intake import outbox_file, take
 
     server, channel, ctx = served
     entry = server.layout.outbox / "state.pt"
     entry.write_bytes(b"PK\x03\x04checked")
-    path, info = server._outbox_file("state.pt")
+    path, info = outbox_file(server.layout.outbox, "state.pt")
     swap = server.layout.outbox / "swap.tmp"
     swap.write_bytes(b"PK\x03\x04swapped in")
     os.replace(swap, entry)  # same name, another file
     destination = server.layout.checkpoints / "taken.pt"
     with pytest.raises(RequestError, match="changed while the harness took it"):
-        server._take(path, info, destination)
+        take(path, info, destination)
     assert not destination.exists()
     entry.unlink()
     entry.symlink_to(server.layout.snapshots)  # or a link put in its place
     with pytest.raises(RequestError, match="changed while the harness took it"):
-        server._take(path, info, destination)
+        take(path, info, destination)
     assert not destination.exists()
 
 

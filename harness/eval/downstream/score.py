@@ -121,7 +121,7 @@ class SnapshotMember:
 
     def __init__(self, snapshot, tokens: int | None = None, **worker_options):
         self.snapshot = snapshot
-        self.tokens = tokens  # what it will score: its time limit follows the rule of harness/rules/eval_limits.py
+        self.tokens = tokens  # what it will score: its time limit follows the rule of harness/eval/limits.py
         self.worker_options = worker_options
         self._remote = None
 
@@ -133,7 +133,7 @@ class SnapshotMember:
 
     def open(self):
         from harness.eval.remote_model import read_weights
-        from harness.rules.eval_limits import EvalLimits
+        from harness.eval.limits import EvalLimits
 
         self.prepare()
         weights = read_weights(self.snapshot)

@@ -24,16 +24,16 @@ snapshot whose turn comes after it has passed is listed as not scored, with that
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
+
+from harness.formats.safetensors_header import SafetensorsError, header_of_buffer
 
 START_S = 600.0
 FLOPS_PER_PARAM_TOKEN = 4.0
 FLOOR_FLOPS = {"cpu": 1e9, "cuda": 1e13}
 PROBE_SHARE = 0.25  # the probes re-score a few batches; a quarter more tokens is well above what they take
-MAX_HEADER = 100 << 20
 
 
 def parameter_count(weights: bytes) -> int:
@@ -41,13 +41,8 @@ def parameter_count(weights: bytes) -> int:
     byte (more than any real dtype holds): the worker refuses such a file anyway, and the limit must not
     be what fails it first."""
     try:
-        n = int.from_bytes(weights[:8], "little")
-        if not 0 < n <= min(MAX_HEADER, len(weights) - 8):
-            raise ValueError("bad header length")
-        header = json.loads(weights[8:8 + n])
-        return sum(math.prod(int(d) for d in info["shape"]) for name, info in header.items()
-                   if name != "__metadata__")
-    except (ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError):
+        return header_of_buffer(weights).elements
+    except SafetensorsError:
         return len(weights)
 
 
