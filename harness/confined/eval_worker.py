@@ -12,7 +12,7 @@ packages (the builder roots); read-write its scratch folder; the usual devices. 
 the data nor to the weights: the weights arrive as bytes over the socket (fd N), inputs arrive as token
 ids, and all it sends back is logits, which the harness checks and turns into log-probabilities itself.
 
-Messages (see :mod:`harness.wire.channel`): ``load`` {builder, config, device, dtype} + safetensors bytes ->
+Messages (see :mod:`harness.wire.framing`): ``load`` {builder, config, device, dtype} + safetensors bytes ->
 {ok, parameters, sandbox}; ``forward`` {shape, dtype} + token ids -> {ok, shape, dtype} + logits;
 ``quit``. Any failure is answered with {ok: false, error} and ends the process: a snapshot whose code
 fails once is not trusted with another call.
@@ -35,7 +35,7 @@ import socket
 import sys
 import traceback
 
-from harness.wire import channel
+from harness.wire import framing
 from harness.confined.weights_view import tensor_views
 
 # The dtypes logits may come back in; float64 logits are sent as float32 (the harness normalises in
@@ -263,11 +263,11 @@ class _Server:
         reply, logits = self.forward(header, payload)
         flat = logits.contiguous().reshape(-1).view(self.torch.uint8)
         if flat.device.type == "cpu":
-            channel.send(self.sock, reply, flat.numpy())
+            framing.send(self.sock, reply, flat.numpy())
             return
         if self.staging is None:
             self.staging = [self.torch.empty(STAGE_BYTES, dtype=self.torch.uint8, pin_memory=True) for _ in range(2)]
-        channel.send_chunks(self.sock, reply, flat.numel(), staged_chunks(flat, self.staging))
+        framing.send_chunks(self.sock, reply, flat.numel(), staged_chunks(flat, self.staging))
 
     def serve(self) -> int:
         requests = self._read_ahead()
@@ -280,7 +280,7 @@ class _Server:
                 return 0
             try:
                 if op == "load":
-                    channel.send(self.sock, self.load(header, payload))
+                    framing.send(self.sock, self.load(header, payload))
                 elif op == "forward" and FORK_PER_BATCH and self.device is not None and self.device.type == "cpu":
                     if self._forward_in_fork(header, payload) != 0:
                         return 1  # the fork reported its failure itself
@@ -327,8 +327,8 @@ class _Server:
         def read() -> None:
             while True:
                 try:
-                    header, payload = channel.recv(self.sock)
-                except (OSError, channel.ChannelError):
+                    header, payload = framing.recv(self.sock)
+                except (OSError, framing.ChannelError):
                     requests.put((None, None))
                     return
                 requests.put((header, payload))
@@ -344,9 +344,9 @@ def _report(sock: socket.socket, exc: BaseException) -> None:
     message = f"{type(exc).__name__}: {exc}"
     print(f"harness.confined.eval_worker: {message}" if isinstance(exc, BuilderRefused) else trace, file=sys.stderr, flush=True)
     try:
-        channel.send(sock, {"ok": False, "error": message[:MAX_ERROR_CHARS], "type": type(exc).__name__,
+        framing.send(sock, {"ok": False, "error": message[:MAX_ERROR_CHARS], "type": type(exc).__name__,
                             "traceback": trace[-MAX_ERROR_CHARS:]})
-    except (OSError, channel.ChannelError):
+    except (OSError, framing.ChannelError):
         pass
 
 

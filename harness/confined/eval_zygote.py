@@ -29,7 +29,7 @@ operation (no OpenMP or CUDA state that a fork would break). For every snapshot 
 Every worker is a copy of the zygote, which has never seen a snapshot's code, weights or windows, so it
 starts as clean as a new process (the statelessness guarantee holds by construction).
 
-Messages (see :mod:`harness.wire.channel`): ``spawn`` {scratch, env, status, release} + one descriptor ->
+Messages (see :mod:`harness.wire.framing`): ``spawn`` {scratch, env, status, release} + one descriptor ->
 {ok, pid} (the keeper's pid, which is its process group); ``quit``. ``release`` lists keepers the harness
 is done with, reaped only then so that a pid the harness may still signal is never reused.
 """
@@ -45,7 +45,7 @@ import socket
 import sys
 import time
 
-from harness.wire import channel
+from harness.wire import framing
 from harness.confined.eval_worker import _report, _roots, worker_policy
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
@@ -196,9 +196,9 @@ def _spawn(sock: socket.socket, header: dict, fds: list[int], args: argparse.Nam
     zygote_scratch = os.path.realpath(args.scratch)
     if (len(fds) != 1 or not isinstance(scratch, str) or not isinstance(status, str) or not isinstance(env, dict)
             or not _directly_in(scratch, zygote_scratch) or not os.path.isdir(scratch)
-            or not _directly_in(status, os.path.join(zygote_scratch, channel.STATUS_DIR))):
+            or not _directly_in(status, os.path.join(zygote_scratch, framing.STATUS_DIR))):
         raise ValueError(f"spawn needs one socket, a scratch folder in the zygote's scratch and a status file in "
-                         f"its {channel.STATUS_DIR}/ folder")
+                         f"its {framing.STATUS_DIR}/ folder")
     pid = os.fork()
     if pid == 0:
         code = 1
@@ -226,8 +226,8 @@ def _release(pids) -> None:
 def serve(sock: socket.socket, args: argparse.Namespace) -> int:
     while True:
         try:
-            header, _, fds = channel.recv_with_fds(sock, 1)
-        except (OSError, channel.ChannelError):
+            header, _, fds = framing.recv_with_fds(sock, 1)
+        except (OSError, framing.ChannelError):
             return 0  # the harness went away: the supervisor kills what is left
         op = header.get("op")
         if op == "quit":
@@ -242,7 +242,7 @@ def serve(sock: socket.socket, args: argparse.Namespace) -> int:
         finally:
             for fd in fds:
                 os.close(fd)  # the child has it now; no later child may inherit it
-        channel.send(sock, reply)
+        framing.send(sock, reply)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,9 +28,9 @@ import threading
 from pathlib import Path
 from typing import Sequence
 
-from harness.wire import channel
+from harness.wire import framing
 from harness.errors import SlowrunError
-from harness.wire.channel import STATUS_DIR
+from harness.wire.framing import STATUS_DIR
 
 FORK_AVAILABLE = (sys.platform.startswith("linux") and hasattr(socket, "send_fds") and hasattr(os, "pidfd_open")
                   and hasattr(signal, "pidfd_send_signal"))
@@ -168,22 +168,22 @@ class ForkServer:
             env = sandbox_env(scratch)
             ours, theirs = socket.socketpair()
             for end in (ours, theirs):
-                channel.widen_buffers(end)
+                framing.widen_buffers(end)
             header = {"op": "spawn", "scratch": str(scratch), "status": str(status), "env": env,
                       "release": self._released_pids}
             try:
                 self._sock.settimeout(SPAWN_WAIT_S)
                 try:
-                    channel.send(self._sock, header, fds=(theirs.fileno(),))
+                    framing.send(self._sock, header, fds=(theirs.fileno(),))
                 except OSError:
                     pass  # a zygote that failed to start has said why: read that
                 self._released_pids = []
-                reply, _ = channel.recv(self._sock, max_payload=0)
+                reply, _ = framing.recv(self._sock, max_payload=0)
                 pid = reply.get("pid")
                 if reply.get("ok") is not True or not isinstance(pid, int) or pid <= 0:
                     raise ForkServerUnavailable(f"the fork server failed: {str(reply.get('error'))[:MAX_REASON_CHARS]}")
                 pidfd = os.pidfd_open(pid)
-            except (OSError, channel.ChannelError, ForkServerUnavailable) as exc:
+            except (OSError, framing.ChannelError, ForkServerUnavailable) as exc:
                 ours.close()
                 shutil.rmtree(scratch, ignore_errors=True)
                 self.broken = str(exc) if isinstance(exc, ForkServerUnavailable) else (
@@ -217,7 +217,7 @@ class ForkServer:
         if sock is not None:
             try:
                 sock.settimeout(QUIT_WAIT_S)
-                channel.send(sock, {"op": "quit"})
+                framing.send(sock, {"op": "quit"})
             except OSError:
                 pass
             sock.close()

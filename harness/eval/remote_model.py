@@ -33,7 +33,7 @@ from typing import Sequence
 
 import torch
 
-from harness.wire import channel
+from harness.wire import framing
 from harness.errors import SlowrunError
 from harness.eval.spawn import all_builder_roots, supervised_process
 from harness.formats.snapshots import WEIGHTS, Snapshot
@@ -158,7 +158,7 @@ class RemoteModel:
                                                             self.method_dir, self.builder_roots,
                                                             self.require_sandbox)
         for end in (ours, theirs):
-            channel.widen_buffers(end)
+            framing.widen_buffers(end)
         try:
             self._supervisor.start()
         except BaseException:
@@ -218,7 +218,7 @@ class RemoteModel:
         if sock is not None:
             try:
                 sock.settimeout(QUIT_WAIT_S)
-                channel.send(sock, {"op": "quit"})
+                framing.send(sock, {"op": "quit"})
                 sock.recv(1)  # end-of-file once the worker has exited
             except OSError:
                 pass
@@ -379,13 +379,13 @@ class RemoteModel:
         def send():
             self._sock.settimeout(self._remaining())
             try:
-                channel.send(self._sock, header, payload)
+                framing.send(self._sock, header, payload)
             except (BrokenPipeError, ConnectionResetError):
                 if self._owed:
                     return  # the reply owed first explains it, or ends the channel: collect() reads it
                 try:  # a worker that failed before reading this request has already said why
-                    channel.recv(self._sock, allocate=self._checked(None), max_payload=0)
-                except (OSError, channel.ChannelError):
+                    framing.recv(self._sock, allocate=self._checked(None), max_payload=0)
+                except (OSError, framing.ChannelError):
                     pass
                 raise
 
@@ -398,7 +398,7 @@ class RemoteModel:
 
         def receive():
             self._sock.settimeout(self._remaining())
-            return channel.recv(self._sock, allocate=self._checked(allocate), max_payload=max_payload)
+            return framing.recv(self._sock, allocate=self._checked(allocate), max_payload=max_payload)
 
         return self._guarded(receive)
 
@@ -421,7 +421,7 @@ class RemoteModel:
         except InvalidSnapshot:
             self._stop()
             raise
-        except (OSError, channel.ChannelError) as exc:
+        except (OSError, framing.ChannelError) as exc:
             result = self._stop()
             raise InvalidSnapshot(self._ending(result, exc)) from None
 

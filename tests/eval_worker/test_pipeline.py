@@ -81,13 +81,13 @@ def test_requests_and_replies_bigger_than_the_socket_buffers_do_not_wait_on_each
     # of logits per reply: the second request can only go out while the worker still sends the first reply.
     import socket
 
-    from harness.wire import channel
+    from harness.wire import framing
 
     def narrow(sock, nbytes=0):
         for option in (socket.SO_SNDBUF, socket.SO_RCVBUF):
             sock.setsockopt(socket.SOL_SOCKET, option, 64 << 10)
 
-    monkeypatch.setattr(channel, "widen_buffers", narrow)
+    monkeypatch.setattr(framing, "widen_buffers", narrow)
     import mymodel
 
     torch.manual_seed(1)

@@ -1,5 +1,5 @@
 """Weights as views of the payload (harness.confined.weights_view), and logits streamed through two small buffers
-(harness.confined.eval_worker.staged_chunks with harness.wire.channel.send_chunks)."""
+(harness.confined.eval_worker.staged_chunks with harness.wire.framing.send_chunks)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load, save
 
-from harness.wire import channel
+from harness.wire import framing
 from harness.confined.eval_worker import staged_chunks
 from harness.confined.weights_view import WeightsFormatError, tensor_views
 
@@ -75,10 +75,10 @@ def test_logits_streamed_through_two_small_buffers_arrive_whole(total):
     buffers = [torch.empty(1000, dtype=torch.uint8) for _ in range(2)]
     a, b = socket.socketpair()
     got = {}
-    reader = threading.Thread(target=lambda: got.setdefault("message", channel.recv(b)))
+    reader = threading.Thread(target=lambda: got.setdefault("message", framing.recv(b)))
     reader.start()
     try:
-        channel.send_chunks(a, {"ok": True, "n": total}, total, staged_chunks(flat, buffers))
+        framing.send_chunks(a, {"ok": True, "n": total}, total, staged_chunks(flat, buffers))
         reader.join(timeout=10)
     finally:
         a.close()
@@ -91,10 +91,10 @@ def test_logits_streamed_through_two_small_buffers_arrive_whole(total):
 def test_chunks_that_do_not_add_up_to_what_was_announced_are_refused():
     a, b = socket.socketpair()
     try:
-        with pytest.raises(channel.ChannelError, match="chunks of 3 bytes where 5 were announced"):
-            channel.send_chunks(a, {}, 5, [b"abc"])
-        with pytest.raises(channel.ChannelError, match="more than the 2 payload bytes"):
-            channel.send_chunks(a, {}, 2, [b"abc"])
+        with pytest.raises(framing.ChannelError, match="chunks of 3 bytes where 5 were announced"):
+            framing.send_chunks(a, {}, 5, [b"abc"])
+        with pytest.raises(framing.ChannelError, match="more than the 2 payload bytes"):
+            framing.send_chunks(a, {}, 2, [b"abc"])
     finally:
         a.close()
         b.close()

@@ -1,15 +1,16 @@
-"""The data server's framing: messages survive batching, large payloads, short writes and hostile peers."""
+"""The framing: messages survive batching, large payloads, short writes and hostile peers, and the request
+reader and the bulk reader read each other's messages (one framing for every socket)."""
 
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 
 import numpy as np
 import pytest
 
-from harness.wire.framing import FrameRefused, MAX_HEADER, Channel, ChannelClosed
+from harness.wire import framing
+from harness.wire.framing import MAGIC, MAX_HEADER, PREFIX, Channel, ChannelClosed, FrameRefused
 
 
 def _pair() -> tuple[Channel, Channel]:
@@ -57,7 +58,7 @@ def test_a_frame_that_arrives_a_byte_at_a_time_is_reassembled():
     reader = Channel(b)
     head = b'{"op":"batch","n":3}'
     payload = bytes(range(6))
-    frame = struct.pack("<IQ", len(head), len(payload)) + head + payload
+    frame = PREFIX.pack(MAGIC, len(head), len(payload)) + head + payload
 
     def trickle():
         for k in range(len(frame)):
@@ -83,32 +84,57 @@ def test_a_payload_larger_than_the_socket_buffer_is_sent_whole():
 
 def test_hostile_frames_are_refused_before_they_are_read():
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    a.sendall(struct.pack("<IQ", MAX_HEADER + 1, 0))
+    a.sendall(PREFIX.pack(MAGIC, MAX_HEADER + 1, 0))
     with pytest.raises(FrameRefused, match="header"):
         Channel(b).recv()
 
     # a 3 GB payload is refused from its length prefix alone: nothing is allocated for it
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    a.sendall(struct.pack("<IQ", 2, 3 << 30) + b"{}")
+    a.sendall(PREFIX.pack(MAGIC, 2, 3 << 30) + b"{}")
     reader = Channel(b)
     with pytest.raises(FrameRefused, match="3,221,225,472-byte payload"):
         reader.recv(max_payload=0)
     assert len(reader._buffer) <= 1 << 16
 
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    a.sendall(struct.pack("<IQ", 2, 0) + b"[]")
+    a.sendall(PREFIX.pack(MAGIC, 2, 0) + b"[]")
     with pytest.raises(FrameRefused, match="JSON object"):
         Channel(b).recv()
 
     for constant in (b"NaN", b"Infinity", b"-Infinity"):  # Python's json reads them unless told not to
         a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         head = b'{"loss":' + constant + b"}"
-        a.sendall(struct.pack("<IQ", len(head), 0) + head)
+        a.sendall(PREFIX.pack(MAGIC, len(head), 0) + head)
         with pytest.raises(FrameRefused, match="not a JSON number"):
             Channel(b).recv()
 
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    a.sendall(struct.pack("<IQ", 2, 10) + b"{}" + b"12345")  # the peer dies five bytes short
+    a.sendall(PREFIX.pack(MAGIC, 2, 10) + b"{}" + b"12345")  # the peer dies five bytes short
     a.close()
     with pytest.raises(ChannelClosed, match="closed"):
         Channel(b).recv()
+
+
+def test_a_peer_that_does_not_speak_the_protocol_is_refused_before_its_header_is_read():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    a.sendall(PREFIX.pack(b"HTTP", 2, 0) + b"{}")
+    with pytest.raises(FrameRefused, match="does not speak this protocol"):
+        Channel(b).recv()
+    a.sendall(PREFIX.pack(b"SRC1", 2, 0) + b"{}")  # the evaluation channel's old magic
+    with pytest.raises(FrameRefused, match="does not speak this protocol"):
+        framing.recv(b)
+
+
+def test_the_request_reader_and_the_bulk_reader_read_each_others_messages():
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    payload = np.arange(70_000, dtype=np.float32)  # over SMALL_PAYLOAD: the two-send path
+    Channel(a).send({"op": "logits", "n": 70_000}, payload)
+    into = np.empty_like(payload)
+    header, view = framing.recv(b, allocate=lambda head, nbytes: memoryview(into).cast("B"))
+    assert header == {"op": "logits", "n": 70_000} and np.array_equal(into, payload)
+    framing.send(a, {"op": "batch"}, b"\x01\x02\x03")
+    framing.send_chunks(a, {"op": "chunked"}, 6, [b"abc", b"def"])
+    reader = Channel(b)
+    assert reader.recv()[0] == {"op": "batch"}
+    header, view = reader.recv()
+    assert header == {"op": "chunked"} and bytes(view) == b"abcdef"

@@ -7,13 +7,13 @@ line, under the header limit but over the log line's), nan_json (NaN as a JSON l
 (a loss of "NaN" spelled as a string), forged_event (a snapshot event), metrics_flood (64 MiB of lines)."""
 
 import json
-import struct
 
+from harness.wire.framing import MAGIC, PREFIX
 from tests.trust.methods.common import train_and_snapshot
 
 
 def raw(ctx, head: bytes, payload_len: int = 0) -> None:
-    ctx._channel.sock.sendall(struct.pack("<IQ", len(head), payload_len) + head)
+    ctx._channel.sock.sendall(PREFIX.pack(MAGIC, len(head), payload_len) + head)
 
 
 def main(ctx):
