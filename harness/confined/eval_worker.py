@@ -79,7 +79,7 @@ def worker_policy(scratch: str, roots: list[str]):
 def _sandbox(args: argparse.Namespace) -> dict:
     from harness.sandbox import enter_sandbox
 
-    return enter_sandbox(worker_policy(args.scratch, _roots(args)), required=args.require_sandbox)
+    return enter_sandbox(worker_policy(args.scratch, builder_roots_of(args)), required=args.require_sandbox)
 
 
 # ---------------------------------------------------------------------------------------------- builders
@@ -193,7 +193,7 @@ def staged_chunks(flat, buffers):
         yield target.numpy()
 
 
-class _Server:
+class ModelServer:
     def __init__(self, sock: socket.socket, roots: list[str], sandbox: dict):
         import torch  # imported now, before the method directory is on sys.path
 
@@ -289,7 +289,7 @@ class _Server:
                 else:
                     raise ValueError(f"unknown operation {op!r}")
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the harness as text
-                _report(self.sock, exc)
+                report_error(self.sock, exc)
                 return 1
 
     def _forward_in_fork(self, header: dict, payload: memoryview) -> int:
@@ -302,14 +302,14 @@ class _Server:
                 self.answer_forward(header, payload)
                 code = 0
             except BaseException as exc:  # noqa: BLE001 - every failure goes back to the harness as text
-                _report(self.sock, exc)
+                report_error(self.sock, exc)
             finally:
                 os._exit(code)
         _, status = os.waitpid(pid, 0)
         if os.WIFEXITED(status) and os.WEXITSTATUS(status) in (0, 1):
             return os.WEXITSTATUS(status)
         how = f"signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status) else f"exit code {os.WEXITSTATUS(status)}"
-        _report(self.sock, RuntimeError(f"the forward's process died ({how})"))
+        report_error(self.sock, RuntimeError(f"the forward's process died ({how})"))
         return 1
 
     def _read_ahead(self):
@@ -339,7 +339,7 @@ class _Server:
         return requests
 
 
-def _report(sock: socket.socket, exc: BaseException) -> None:
+def report_error(sock: socket.socket, exc: BaseException) -> None:
     trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     message = f"{type(exc).__name__}: {exc}"
     print(f"harness.confined.eval_worker: {message}" if isinstance(exc, BuilderRefused) else trace, file=sys.stderr, flush=True)
@@ -350,7 +350,7 @@ def _report(sock: socket.socket, exc: BaseException) -> None:
         pass
 
 
-def _roots(args: argparse.Namespace) -> list[str]:
+def builder_roots_of(args: argparse.Namespace) -> list[str]:
     """The folders a builder may come from: the method directory and the builder roots, resolved."""
     return [os.path.realpath(p) for p in ([args.method_dir] if args.method_dir else []) + args.builder_root]
 
@@ -364,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         sandbox = _sandbox(args)
     except Exception as exc:  # noqa: BLE001 - the harness records why the worker could not start
-        _report(sock, exc)
+        report_error(sock, exc)
         return 1
     try:
         from harness.confined.allocator import keep_freed_memory
@@ -374,15 +374,15 @@ def main(argv: list[str] | None = None) -> int:
         # Torch and the weights reader are imported before the method directory goes on sys.path, so a file of
         # the method cannot stand in for them; in a prefetched worker this import overlaps the scoring of
         # the previous snapshot.
-        server = _Server(sock, _roots(args), sandbox)
+        server = ModelServer(sock, builder_roots_of(args), sandbox)
         apply_thread_setting()
     except Exception as exc:  # noqa: BLE001
-        _report(sock, exc)
+        report_error(sock, exc)
         return 1
     return serve_method(server, args.method_dir, args.builder_root)
 
 
-def serve_method(server: _Server, method_dir: str | None, builder_roots: list[str]) -> int:
+def serve_method(server: ModelServer, method_dir: str | None, builder_roots: list[str]) -> int:
     """Put the method's code within reach (its directory first on sys.path, the builder roots' packages
     through their own finder) and answer the harness until it says quit; the exit code."""
     if method_dir:

@@ -39,14 +39,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import select
 import signal
 import socket
 import sys
 import time
 
 from harness.wire import framing
-from harness.confined.eval_worker import _report, _roots, worker_policy
+from harness.confined.eval_worker import report_error, builder_roots_of, worker_policy
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 PR_SET_PDEATHSIG = 1
@@ -88,7 +87,7 @@ def _become_worker(fd: int, scratch: str, env: dict, args: argparse.Namespace) -
     """In the forked worker: a nested sandbox of its own, then serve one snapshot like a fresh worker."""
     import tempfile
 
-    from harness.confined.eval_worker import _Server, serve_method
+    from harness.confined.eval_worker import ModelServer, serve_method
     from harness.sandbox import enter_sandbox
 
     sock = socket.socket(fileno=fd)
@@ -102,7 +101,7 @@ def _become_worker(fd: int, scratch: str, env: dict, args: argparse.Namespace) -
         sandbox = enter_sandbox(dataclasses.replace(args.policy, read_write=(scratch,)), required=args.require_sandbox)
         sandbox["forked"] = True
     except Exception as exc:  # noqa: BLE001 - the harness records why the worker could not start
-        _report(sock, exc)
+        report_error(sock, exc)
         return 1
     try:
         if "numpy" in sys.modules:  # a fresh process seeds numpy's global generator from the OS: so here
@@ -111,10 +110,10 @@ def _become_worker(fd: int, scratch: str, env: dict, args: argparse.Namespace) -
         from harness.common.threads import apply_thread_setting
 
         keep_freed_memory()
-        server = _Server(sock, _roots(args), sandbox)
+        server = ModelServer(sock, builder_roots_of(args), sandbox)
         apply_thread_setting()  # before any operation: the zygote never started torch's thread pools
     except Exception as exc:  # noqa: BLE001
-        _report(sock, exc)
+        report_error(sock, exc)
         return 1
     return serve_method(server, args.method_dir, args.builder_root)
 
@@ -122,7 +121,7 @@ def _become_worker(fd: int, scratch: str, env: dict, args: argparse.Namespace) -
 # ---------------------------------------------------------------------------------------------- keeper
 def _keep(fd: int, scratch: str, env: dict, status: str, args: argparse.Namespace) -> int:
     """In the keeper: fork the worker, wait for it (or a stop signal), kill all that is left, report."""
-    from harness.sandbox.supervise import _Reaper, _write_status, kill_tree, watch_stop_signals
+    from harness.sandbox.supervise import Reaper, kill_tree, wait_for_child, watch_stop_signals, write_status
     from pathlib import Path
 
     zygote = os.getppid()
@@ -133,7 +132,7 @@ def _keep(fd: int, scratch: str, env: dict, status: str, args: argparse.Namespac
     if os.getppid() != zygote:
         stop.append(signal.SIGTERM)  # the zygote died before PDEATHSIG was set: it will never come
     started = time.monotonic()
-    reaper = _Reaper()
+    reaper = Reaper()
     worker = None
     if not stop:
         worker = os.fork()
@@ -158,20 +157,7 @@ def _keep(fd: int, scratch: str, env: dict, status: str, args: argparse.Namespac
                 exit_now(code)
         reaper.child_pid = worker
     os.close(fd)
-    reason = "terminated"
-    while worker is not None:
-        reaper.reap()
-        if reaper.child_status is not None:
-            reason = "exited"
-            break
-        if stop:
-            break
-        try:
-            select.select([wake_r], [], [], 1.0)
-            while os.read(wake_r, 512):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+    reason = wait_for_child(reaper, stop, wake_r) if worker is not None else "terminated"
     elapsed = time.monotonic() - started
     killed, leftover = kill_tree(os.getpid(), None, reaper)
     exit_code = signum = None
@@ -180,7 +166,7 @@ def _keep(fd: int, scratch: str, env: dict, status: str, args: argparse.Namespac
             exit_code = os.WEXITSTATUS(reaper.child_status)
         elif os.WIFSIGNALED(reaper.child_status):
             signum = os.WTERMSIG(reaper.child_status)
-    _write_status(Path(status), {"exit_code": exit_code, "signal": signum, "reason": reason,
+    write_status(Path(status), {"exit_code": exit_code, "signal": signum, "reason": reason,
                                  "elapsed_s": round(elapsed, 6), "killed": killed, "leftover": leftover,
                                  "worker_pid": worker})
     return 0
@@ -254,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         from harness.sandbox import enter_sandbox
 
-        args.policy = worker_policy(args.scratch, _roots(args))  # the children's too, but for their scratch
+        args.policy = worker_policy(args.scratch, builder_roots_of(args))  # the children's too, but for their scratch
         enter_sandbox(args.policy, required=args.require_sandbox)
         # Imported once here, before the method directory is on anyone's sys.path; no torch operation
         # runs in the zygote, so no thread pool or device state reaches a fork.
@@ -263,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         import harness.common.threads  # noqa: F401
         from harness.sandbox import supervise  # noqa: F401 - the keeper's
     except Exception as exc:  # noqa: BLE001 - the harness records why the zygote could not start
-        _report(sock, exc)
+        report_error(sock, exc)
         return 1
     return serve(sock, args)
 

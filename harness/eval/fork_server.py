@@ -64,7 +64,7 @@ class ForkedChild:
     def terminate(self, grace_s: float = 0.0):
         """Stop the worker and everything it started; how it ended (a SupervisedResult). ``grace_s``: how
         long a worker that was told to quit may take to exit by itself (its keeper then reports "exited")."""
-        from harness.sandbox.supervise import SupervisedResult
+        from harness.sandbox.supervisor import SupervisedResult
 
         if self._result is not None:
             return self._result

@@ -26,7 +26,7 @@ def check_entry_sandboxed(folder: Path, entry: str, allow_read: tuple[str, ...] 
     """Problems with importing `entry` from `folder`, found in a sandboxed child process."""
     from harness.rules.allow_read import env_allow_read
     from harness.sandbox import sandbox_env
-    from harness.sandbox.supervise import Supervisor
+    from harness.sandbox.supervisor import Supervisor
 
     with tempfile.TemporaryDirectory(prefix="slowrun-check-") as tmp:
         scratch = Path(tmp) / "scratch"

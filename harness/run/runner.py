@@ -315,7 +315,7 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
     supervisor. Returns the server's account of training and whether the runner was interrupted."""
     from dataclasses import asdict
 
-    from harness.sandbox.supervise import Supervisor
+    from harness.sandbox.supervisor import Supervisor
     from harness.server import DataServer
 
     run_dir = Path(run_dir).resolve()
@@ -429,7 +429,7 @@ def join_run(req: RunRequest) -> Path:
     the records, and writes the server's TCP address and the run's token into RUN_DIR/server.json; the
     other nodes are given the same RUN_DIR on a shared file system, wait for that file, and run their
     ranks under their own supervisor. They never read the data: every batch comes from node 0's server."""
-    from harness.sandbox.supervise import Supervisor
+    from harness.sandbox.supervisor import Supervisor
 
     if req.out is None:
         raise SlowrunError("a node other than node 0 needs --out RUN_DIR: the run folder node 0 was given, on a "

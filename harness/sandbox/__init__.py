@@ -2,8 +2,13 @@
 that owns the process tree from outside it.
 
 The method's process and the evaluation worker call `enter_sandbox(policy)` before importing anything
-heavy; the runner starts them under a `Supervisor`, which kills everything they leave behind. Both use
-only the standard library.
+heavy; the runner starts them under a `Supervisor` (``supervisor``: the harness's handle), which runs the
+supervisor process (``supervise``: standard library only, started by file path) that kills everything they
+leave behind.
+
+Who may import it: both sides. The confined processes enter their sandbox with it (``enter``, ``policy``,
+``landlock``, ``capabilities``, ``environment``) and the evaluation zygote's keeper uses the supervisor's tree
+mechanics; the harness starts supervisors. It imports only :mod:`harness.errors` and the standard library.
 """
 
 from __future__ import annotations
@@ -15,18 +20,18 @@ from harness.sandbox.landlock import SandboxError, landlock_abi
 from harness.sandbox.policy import SandboxPolicy, base_read_only_paths, default_devices
 
 if TYPE_CHECKING:
-    from harness.sandbox.supervise import SupervisedResult, Supervisor
+    from harness.sandbox.supervisor import SupervisedResult, Supervisor
 
 _SUPERVISE = ("SupervisedResult", "Supervisor")
 
 
 def __getattr__(name: str) -> object:
     # Imported on first use, so `python -m harness.sandbox.supervise` does not find its own module
-    # already imported by the package (runpy warns about that).
+    # already imported by the package (runpy warns about that: supervisor imports a constant of it).
     if name in _SUPERVISE:
-        from harness.sandbox import supervise
+        from harness.sandbox import supervisor
 
-        return getattr(supervise, name)
+        return getattr(supervisor, name)
     raise AttributeError(f"module 'harness.sandbox' has no attribute {name!r}")
 
 

@@ -10,8 +10,11 @@ to init, runs COMMAND in a new session, and when COMMAND exits, the timeout pass
 process whose parent chain still reaches it, until none is left. The outcome goes to a JSON status file,
 written atomically, and the exit code: the command's, 124 on timeout, 143 when terminated.
 
-This module imports only the standard library and nothing heavy, and `Supervisor` runs it by file path
-in isolated mode, so the supervisor starts in a few tens of milliseconds.
+This module is the supervisor's process. It imports only the standard library and nothing heavy, and
+:class:`harness.sandbox.supervisor.Supervisor` (the handle the harness holds) runs it by file path in
+isolated mode, so the supervisor starts in a few tens of milliseconds. Its tree mechanics (`Reaper`,
+`kill_tree`, `watch_stop_signals`, `wait_for_child`, `write_status`) are also what the evaluation zygote's
+keeper runs for its worker.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 PR_SET_PDEATHSIG = 1
@@ -192,7 +194,7 @@ def descendants(root: int) -> dict[int, str]:
     return found
 
 
-class _Reaper:
+class Reaper:
     """Reaps every child that ended (orphans reparent to us), remembering the command's own wait status."""
 
     def __init__(self) -> None:
@@ -213,7 +215,7 @@ class _Reaper:
                 self.child_status = status
 
 
-def kill_tree(root: int, child_pgid: int | None, reaper: _Reaper, wait_s: float = KILL_WAIT_S) -> tuple[int, list[int]]:
+def kill_tree(root: int, child_pgid: int | None, reaper: Reaper, wait_s: float = KILL_WAIT_S) -> tuple[int, list[int]]:
     """SIGKILL the command's group, then every live descendant, reaping as they die, until none is left or
     `wait_s` passes. Returns how many processes were killed and the pids still alive at the end."""
     killed: set[int] = set()
@@ -246,7 +248,7 @@ def kill_tree(root: int, child_pgid: int | None, reaper: _Reaper, wait_s: float 
 # --- the supervisor process -----------------------------------------------------------------------------
 
 
-def _write_status(path: Path, status: dict[str, object]) -> None:
+def write_status(path: Path, status: dict[str, object]) -> None:
     """Write the status JSON atomically: a reader sees the whole file or none."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
@@ -297,6 +299,27 @@ def watch_stop_signals() -> tuple[list[int], int, int]:
     return stop, wake_r, wake_w
 
 
+def wait_for_child(reaper: Reaper, stop: list[int], wake_r: int, deadline: float | None = None) -> str:
+    """Wait, reaping, until the child ends ("exited"), a stop signal arrives ("terminated") or the deadline
+    passes ("timeout"). Every signal wakes the wait through `wake_r` (see watch_stop_signals). The
+    supervisor waits for its command so, and the evaluation zygote's keeper for its worker."""
+    while True:
+        reaper.reap()
+        if reaper.child_status is not None:
+            return "exited"
+        if stop:
+            return "terminated"
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            return "timeout"
+        try:
+            select.select([wake_r], [], [], 1.0 if deadline is None else min(1.0, deadline - now))
+            while os.read(wake_r, 512):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parse(sys.argv[1:] if argv is None else argv)
     stop, wake_r, wake_w = watch_stop_signals()
@@ -328,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ)
     env[ISOLATION_ENV] = f"network={network.split(':')[0]},pids={pids.split(':')[0]}"
 
-    reaper = _Reaper()
+    reaper = Reaper()
     started = time.monotonic()
     error = None
     child: subprocess.Popen[bytes] | None = None
@@ -343,25 +366,7 @@ def main(argv: list[str] | None = None) -> int:
             reaper.child_pid = child.pid
     deadline = started + args.timeout if args.timeout > 0 else None
 
-    reason = "exited"
-    while child is not None:
-        reaper.reap()
-        if reaper.child_status is not None:
-            reason = "exited"
-            break
-        if stop:
-            reason = "terminated"
-            break
-        now = time.monotonic()
-        if deadline is not None and now >= deadline:
-            reason = "timeout"
-            break
-        try:
-            select.select([wake_r], [], [], 1.0 if deadline is None else min(1.0, deadline - now))
-            while os.read(wake_r, 512):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+    reason = wait_for_child(reaper, stop, wake_r, deadline) if child is not None else "exited"
     if child is None and stop:
         reason = "terminated"
     elapsed = time.monotonic() - started
@@ -397,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     if leftover:
         print(f"supervise: processes still alive after {args.kill_wait:g} s of SIGKILL: {leftover}",
               file=sys.stderr, flush=True)
-    _write_status(args.status_file, record)
+    write_status(args.status_file, record)
     if reason == "timeout":
         return EXIT_TIMEOUT
     if reason == "terminated":
@@ -405,154 +410,6 @@ def main(argv: list[str] | None = None) -> int:
     if exit_code is not None:
         return exit_code
     return 128 + signum if signum else 1
-
-
-# --- the caller's side ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SupervisedResult:
-    """How a supervised command ended: exit code or signal, why it ended, how long it ran, and how many
-    processes the supervisor had to kill afterwards (leftover: pids it could not kill in time)."""
-
-    exit_code: int | None
-    signal: int | None
-    reason: str  # "exited", "timeout" or "terminated"
-    elapsed_s: float
-    killed: int
-    leftover: tuple[int, ...] = ()
-
-
-class Supervisor:
-    """Runs a command under the supervisor process and collects its result.
-
-    `start` returns at once. The supervisor gets SIGTERM when the thread that called `start` ends
-    (PR_SET_PDEATHSIG is per thread), so call it from the thread that lives for the whole run. No signal
-    handlers are installed here: a caller that wants Ctrl-C to stop the run calls `terminate`.
-    """
-
-    def __init__(
-        self,
-        command: list[str],
-        *,
-        env: dict[str, str],
-        timeout_s: float | None,
-        status_file: Path,
-        pass_fds: tuple[int, ...] = (),
-        cwd: Path | None = None,
-        private_network: bool = False,
-        private_pids: bool = False,
-    ) -> None:
-        if not command:
-            raise ValueError("Supervisor needs a command")
-        self.command = list(command)
-        self.env = dict(env)
-        self.timeout_s = timeout_s
-        self.status_file = Path(status_file)
-        self.pass_fds = tuple(pass_fds)
-        self.cwd = cwd
-        self.private_network = private_network
-        self.private_pids = private_pids
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._ready_fd: int | None = None
-        self._result: SupervisedResult | None = None
-
-    @property
-    def started(self) -> bool:
-        return self._proc is not None
-
-    @property
-    def pid(self) -> int:
-        """The supervisor's pid (not the command's)."""
-        if self._proc is None:
-            raise RuntimeError("the supervisor has not been started")
-        return self._proc.pid
-
-    def start(self) -> None:
-        if self._proc is not None:
-            raise RuntimeError("the supervisor was already started")
-        self.status_file.parent.mkdir(parents=True, exist_ok=True)
-        self.status_file.unlink(missing_ok=True)  # a stale file must not pass for this run's outcome
-        ready_r, ready_w = os.pipe()
-        argv = [sys.executable, "-I", "-S", str(Path(__file__).resolve()),
-                "--timeout", repr(float(self.timeout_s or 0)), "--status-file", str(self.status_file.resolve()),
-                "--parent-pid", str(os.getpid()), "--ready-fd", str(ready_w)]
-        for fd in self.pass_fds:
-            argv += ["--pass-fd", str(fd)]
-        if self.private_network:
-            argv.append("--private-network")
-        if self.private_pids:
-            argv.append("--private-pids")
-        argv += ["--", *self.command]
-        try:
-            self._proc = subprocess.Popen(argv, env=self.env, cwd=self.cwd, pass_fds=(*self.pass_fds, ready_w))
-        except BaseException:
-            os.close(ready_r)
-            raise
-        finally:
-            os.close(ready_w)
-        self._ready_fd = ready_r
-
-    def _await_ready(self) -> None:
-        """Wait until the supervisor handles SIGTERM (or has died): a signal sent earlier would kill it
-        before it could clean up."""
-        if self._ready_fd is None:
-            return
-        try:
-            ready, _, _ = select.select([self._ready_fd], [], [], READY_WAIT_S)
-            if ready:
-                os.read(self._ready_fd, 1)
-        finally:
-            os.close(self._ready_fd)
-            self._ready_fd = None
-
-    def running(self) -> bool:
-        """Whether the supervised tree is still running (the supervisor has not exited)."""
-        if self._proc is None:
-            raise RuntimeError("the supervisor has not been started")
-        return self._result is None and self._proc.poll() is None
-
-    def wait(self) -> SupervisedResult:
-        """Block until the supervisor has cleaned up; its result. Raises SandboxError when the supervisor
-        itself died without a status (then processes it started may still be running)."""
-        if self._proc is None:
-            raise RuntimeError("the supervisor has not been started")
-        if self._result is not None:
-            return self._result
-        returncode = self._proc.wait()
-        if self._ready_fd is not None:
-            os.close(self._ready_fd)
-            self._ready_fd = None
-        try:
-            data = json.loads(self.status_file.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            from harness.sandbox.landlock import SandboxError
-
-            raise SandboxError(
-                f"the supervisor (pid {self._proc.pid}) ended with code {returncode} without a readable status "
-                f"file {self.status_file} ({exc}); processes it started may still be running"
-            ) from None
-        self._result = SupervisedResult(
-            exit_code=data["exit_code"],
-            signal=data["signal"],
-            reason=data["reason"],
-            elapsed_s=float(data["elapsed_s"]),
-            killed=int(data["killed"]),
-            leftover=tuple(data.get("leftover", ())),
-        )
-        return self._result
-
-    def terminate(self) -> SupervisedResult:
-        """Stop the run: SIGTERM to the supervisor, which kills the whole tree; then its result."""
-        if self._proc is None:
-            raise RuntimeError("the supervisor has not been started")
-        if self._proc.poll() is None:
-            self._await_ready()
-            try:
-                self._proc.send_signal(signal.SIGTERM)
-            except ProcessLookupError:
-                pass
-        return self.wait()
 
 
 if __name__ == "__main__":

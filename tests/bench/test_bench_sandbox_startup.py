@@ -32,7 +32,7 @@ from pathlib import Path
 
 from harness.data.prepare import prepare_track
 from harness.run.runner import RunRequest, run_method
-from harness.sandbox.supervise import Supervisor
+from harness.sandbox.supervisor import Supervisor
 from harness.server.dataserver import DataServer
 from harness.rules.tracks import get_track
 from tests.bench.timing import report

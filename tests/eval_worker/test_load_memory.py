@@ -32,12 +32,12 @@ def measure(device: str) -> dict:
     import torch
     from safetensors.torch import save
 
-    from harness.confined.eval_worker import _Server
+    from harness.confined.eval_worker import ModelServer
     from q0_reference.model import BUILDER, build_gpt
 
     torch.manual_seed(0)
     payload = memoryview(bytearray(save({k: v.contiguous() for k, v in build_gpt(CONFIG).state_dict().items()})))
-    server = _Server(None, [os.getcwd()], {})
+    server = ModelServer(None, [os.getcwd()], {})
     base = _status("VmRSS")
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")  # resets VmHWM to the current RSS

@@ -163,7 +163,7 @@ def test_parent_death_makes_the_supervisor_clean_up(tmp_path, marker):
     parent_code = textwrap.dedent(f"""
         import os, time
         from pathlib import Path
-        from harness.sandbox.supervise import Supervisor
+        from harness.sandbox.supervisor import Supervisor
         s = Supervisor({sleeper(marker)!r}, env=dict(os.environ), timeout_s=None, status_file=Path({str(status)!r}))
         s.start()
         print(s.pid, flush=True)
