@@ -106,7 +106,9 @@ def _run_request(args, launch):
         allow_read=tuple(Path(p) for p in args.allow_read),
         pass_env=tuple(args.pass_env),
         max_snapshots=args.max_snapshots, eval_timeout_s=args.eval_timeout, eval_graphs=not args.no_graphs,
-        gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None)
+        gpt2_ranks=Path(args.gpt2_ranks) if args.gpt2_ranks else None,
+        wandb=args.wandb, wandb_mode=args.wandb_mode, wandb_entity=args.wandb_entity,
+        tensorboard=Path(args.tensorboard) if args.tensorboard else None)
 
 
 def _cmd_run(args) -> int:
@@ -337,6 +339,12 @@ def build_parser() -> argparse.ArgumentParser:
     slurm.add_argument("--account")
     slurm.add_argument("--grace", type=int, default=120, metavar="SECONDS",
                        help="warning before the time limit or a pre-emption (USR1): the job stops and requeues itself")
+    track = p.add_argument_group("tracking (optional: pip install 'slowrun[tracking]'; kept for every resume)")
+    track.add_argument("--wandb", metavar="PROJECT", help="send metrics and the record's summary to this W&B project")
+    track.add_argument("--wandb-mode", choices=("online", "offline"), default="online",
+                       help="offline: W&B's files in RUN_DIR/tracking, for `wandb sync` later (default online)")
+    track.add_argument("--wandb-entity", metavar="ENTITY", help="the W&B team or user (default: W&B's own)")
+    track.add_argument("--tensorboard", metavar="DIR", help="write TensorBoard event files under DIR/RUN_ID")
     _downstream_options(p)
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_run)

@@ -31,7 +31,7 @@ _DEFAULTS: dict[str, Any] = {
     "allow_read": [], "pass_env": [], "launch": {}, "timeout_s": None, "time_limit_s": None,
     "max_snapshots": 4096, "eval_batch_size": 16, "eval_dtype": "float32", "eval_workers": 1,
     "eval_timeout_s": None, "eval_graphs": True, "gpt2_ranks": None, "downstream": None,
-    "fitness_docs": None, "fitness_carve": None, "hardware": None, "created": None,
+    "fitness_docs": None, "fitness_carve": None, "hardware": None, "created": None, "tracking": None,
 }
 
 
@@ -95,6 +95,7 @@ class RunSpec:
     eval_graphs: bool = True
     gpt2_ranks: str | None = None
     downstream: Mapping[str, Any] | None = None
+    tracking: Mapping[str, Any] | None = None  # harness.run.tracking.TrackingOptions, its W&B run id fixed
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
 
     def __post_init__(self):

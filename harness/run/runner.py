@@ -40,6 +40,7 @@ from harness.formats.records import SCHEMA_VERSION, utc_timestamp, write_record_
 from harness.formats.run_spec import RunSpec, as_json, read_run_spec, write_run_spec
 from harness.sandbox.environment import check_pass_env
 from harness.rules.tracks import Track, get_track
+from harness.run.tracking import TrackingOptions, record_link
 from harness.formats.run_folder import STOP_FILE, RunLayout
 from harness.server.outcome import TrainOutcome
 
@@ -91,6 +92,10 @@ class RunRequest:
     max_snapshots: int = 4096  # snapshots a run may hand over (each is evaluated)
     eval_timeout_s: float | None = None  # limit on the whole evaluation (each snapshot has its rule's own)
     eval_graphs: bool = True  # run snapshots from their exported graphs where they have one
+    wandb: str | None = None  # a W&B project to send metrics and the record's summary to
+    wandb_mode: str = "online"  # or "offline": W&B's files in RUN_DIR/tracking, for `wandb sync` later
+    wandb_entity: str | None = None
+    tensorboard: Path | None = None  # a folder for TensorBoard event files (RUN_ID below it)
 
 
 def default_data_dir(track: str) -> Path:
@@ -132,6 +137,7 @@ def prepare_run(req: RunRequest) -> Path:
     if not (req.epochs > 0):
         raise SlowrunError(f"--epochs must be positive, got {req.epochs}")
     max_snapshots = _positive(req.max_snapshots, "--max-snapshots")
+    tracking = TrackingOptions.requested(req.wandb, req.wandb_mode, req.tensorboard, req.wandb_entity)
     eval_timeout_s = _eval_timeout(req.eval_timeout_s)
     hparams = spec.resolved_hparams(track.name, dict(req.overrides))
     rules = compute_rules(track, req)
@@ -168,6 +174,7 @@ def prepare_run(req: RunRequest) -> Path:
         "eval_graphs": bool(req.eval_graphs),
         "gpt2_ranks": str(Path(req.gpt2_ranks).resolve()) if req.gpt2_ranks else None,
         "downstream": downstream_spec(req.downstream, req.downstream_data, req.downstream_files, req.downstream_limit),
+        "tracking": tracking.to_json() if tracking else None,
     }))
     return run_dir
 
@@ -483,11 +490,30 @@ def run_method(req: RunRequest) -> Path:
     return run_dir
 
 
+def open_run_tracking(spec: RunSpec, run_dir: Path):
+    """The run's trackers (none unless it was started with --wandb or --tensorboard), configured with what
+    the run is: method, track, budget, seed, hyperparameters."""
+    from harness.run.tracking import open_tracking
+
+    config = {"run_id": spec.run_id, "method": spec.method.get("name"), "method_hash": spec.method.get("hash"),
+              "track": spec.track.get("name"), "budget_epochs": spec.budget, "seed": spec.seed,
+              "compute_class": spec.compute_class, "hparams": as_json(spec.hparams)}
+    return open_tracking(TrackingOptions.from_json(spec.tracking), run_dir, config)
+
+
 def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
     """Train, evaluate, record. SIGTERM or SIGINT at any point stops the method's processes (or the
     evaluation) and still writes a record, then raises RunInterrupted."""
     started = time.monotonic()
     spec = read_run_spec(run_dir)
+    tracking = open_run_tracking(spec, run_dir)
+    try:
+        return _train_and_record(run_dir, spec, resume, progress, started, tracking)
+    finally:
+        tracking.close()
+
+
+def _train_and_record(run_dir: Path, spec: RunSpec, resume: bool, progress: bool, started: float, tracking) -> dict:
     first_worker = []
 
     def start_first_worker():
@@ -508,7 +534,9 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
 
     with _Signals():
         try:
-            outcome, interrupted = train(run_dir, resume=resume, progress=progress, on_started=start_first_worker)
+            outcome, interrupted = train(run_dir, resume=resume, progress=progress,
+                                         on_started=lambda: (tracking.follow(), start_first_worker()))
+            tracking.stop_following()
             train_result = outcome.to_dict()
         except BaseException as exc:
             close_first_worker()
@@ -517,7 +545,7 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
             import traceback  # the harness itself failed (bad data folder, no sandbox tools): still a record
 
             finish_run(run_dir, _harness_failure(exc, traceback.format_exc(), resume), wall_s=time.monotonic() - started,
-                       progress=progress, evaluate=False)
+                       progress=progress, evaluate=False, tracking=tracking)
             raise
         record = None
         if interrupted:
@@ -525,7 +553,7 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
         else:
             try:
                 record = finish_run(run_dir, train_result, wall_s=time.monotonic() - started, progress=progress,
-                                    first_worker=first_worker[0] if first_worker else None)
+                                    first_worker=first_worker[0] if first_worker else None, tracking=tracking)
             except _Signals.Received:
                 interrupted = True
                 train_result = {**train_result, "status": "failed", "error": {
@@ -533,7 +561,7 @@ def _train_and_finish(run_dir: Path, resume: bool, progress: bool) -> dict:
                     "the snapshots again", "traceback": ""}}
         if record is None:
             record = finish_run(run_dir, train_result, wall_s=time.monotonic() - started, progress=progress,
-                                evaluate=False)
+                                evaluate=False, tracking=tracking)
     if interrupted:
         raise RunInterrupted(f"interrupted: the method's processes were stopped and {run_dir / RECORD} records "
                              f"status {record['status']}; continue with slowrun run --resume {run_dir}")
@@ -607,7 +635,11 @@ def evaluate_existing(run_dir: Path, progress: bool = True, downstream: bool | N
         write_run_spec(run_dir, spec)
     train_result = json.loads((run_dir / TRAIN_RESULT).read_text(encoding="utf-8"))
     open_gpus_or_warn(spec.device)
-    finish_run(run_dir, train_result, wall_s=None, progress=progress)
+    tracking = open_run_tracking(spec, run_dir)
+    try:
+        finish_run(run_dir, train_result, wall_s=None, progress=progress, tracking=tracking)
+    finally:
+        tracking.close()
     return run_dir
 
 
@@ -652,7 +684,7 @@ def score_final_predictor(run_dir: Path, spec: RunSpec, evaluation: dict, progre
 
 
 def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool, evaluate: bool = True,
-               first_worker=None) -> dict:
+               first_worker=None, tracking=None) -> dict:
     """Evaluate the run's snapshots and write its record; whatever goes wrong, a record is written.
 
     `evaluate=False` (an interrupted run) records the training outcome without scoring anything."""
@@ -690,7 +722,12 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
     scheduler = _scheduler_section(run_dir)
     if scheduler is not None:
         record["scheduler"] = scheduler
+    link = record_link(TrackingOptions.from_json(spec.tracking), run_dir, spec.run_id)
+    if link is not None:
+        record["tracking"] = link
     write_record_atomic(run_dir / RECORD, record)
+    if tracking is not None:
+        tracking.publish(record)
     _print_summary(run_dir, record)
     return record
 
