@@ -1,17 +1,21 @@
 """Accepting a finished run's record into the board's records folder.
 
 What is checked before a record joins, all before anything is written:
-- it is a valid record of a finished run, with no bidirectional control characters in its strings and
+- it is a valid record of a finished run, with no bidirectional control characters in its strings,
   numbers a real run could have produced (leaderboard/verify.py: losses above the track's floor, data
-  within the budget, scores in [0, 1], a past date, ensembles of its own snapshots weighing 1);
+  within the budget, scores in [0, 1], a past date, ensembles of its own snapshots weighing 1) and no
+  field only the board writes (`provenance` of kind reported, `reported`, and `verified` unless this
+  add verifies); `leaderboard build` applies the same rules (`record_problems`) to every file again;
 - with a method folder given, the folder hashes to the record's `method.hash`;
 - its track's data hash is official (harness/rules/official_hashes.py) for a track that has official data,
   else one the board knows for that track (given by the maintainer, or carried by records already on
   the board), because a record on other data would otherwise sit in the board under the same name. A
   track the board has never seen needs an explicit `new_track`;
 - its run is not on the board already in another file: each run is listed once;
-- the optional `verify` hook (re-checking the run folder itself) finds nothing wrong; the filed record
-  then carries `verified` (`{"ok": true, ...}`), which the board shows as provenance "verified".
+- the optional `verify` hook (re-evaluating the run folder's snapshots) finds nothing wrong; the filed
+  record then carries `verified` (`{"ok": true, "kind": "re-evaluated", ...}`), which the board shows as
+  provenance "re-evaluated": the numbers follow from the weights. Training is not re-run, so this is
+  never called reproduced (leaderboard/rows.py, `provenance_of`).
 The file is filed under a name derived from the track, method and run, written atomically, and an
 existing different file is never replaced; adding the identical record again is a no-op. `dry_run`
 checks everything and writes nothing. A submission bundle (leaderboard/bundle.py) is filed run by run,
@@ -31,7 +35,7 @@ from harness.formats.records import RECORD_FILENAME, STATUSES, load_record, reco
 from leaderboard.bundle import is_bundle, read_bundle
 from leaderboard.collect import LoadedRecord, collect_records
 from leaderboard.naming import DEFAULT_RECORDS_DIR, hash_prefix, slug
-from leaderboard.verify import bidi_problems, method_hash_problems, verify_record_bounds
+from leaderboard.verify import method_hash_problems, record_problems, refusal_text, unasked_verification_problems
 
 FINISHED_STATUSES = frozenset(STATUSES)  # every status a record can carry is the end of a run
 
@@ -108,11 +112,13 @@ def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DI
     if _same_text(destination, text) or _same_text(destination, record_to_json(_verified(record))):
         return destination  # already filed: nothing to write, nothing to check again
 
-    problems = bidi_problems(record) + verify_record_bounds(record, {**KNOWN_FLOORS, **(floors or {})})
+    problems = record_problems(record, {**KNOWN_FLOORS, **(floors or {})})
+    if verify is None:
+        problems += unasked_verification_problems(record)
     if method_dir is not None:
         problems += method_hash_problems(record, method_dir)
     if problems:
-        raise LeaderboardError(f"{source}: refused, {len(problems)} problem(s):\n  " + "\n  ".join(problems))
+        raise LeaderboardError(refusal_text(str(source), problems))
 
     board = _board(records_dir)
     _check_data_hash(source, record, board, known_tracks, new_track)
@@ -132,9 +138,10 @@ def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DI
 
 
 def _verified(record: dict) -> dict:
-    """The record as filed after a maintainer's re-evaluation agreed with it."""
-    return {**record, "verified": {"ok": True, "by": "slowrun leaderboard add --verify",
-                                   "what": "every snapshot re-evaluated in the sandbox and compared with the record"}}
+    """The record as filed after a maintainer's re-evaluation agreed with it: what was done, and only that."""
+    return {**record, "verified": {"ok": True, "kind": "re-evaluated", "by": "slowrun leaderboard add --verify",
+                                   "what": "every snapshot re-evaluated in the sandbox and compared with the record; "
+                                           "training was not re-run"}}
 
 
 def add_submission(path: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DIR, *,

@@ -85,7 +85,8 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     board = subparsers.add_parser("leaderboard", help="build, extend and publish the static leaderboard")
     commands = board.add_subparsers(dest="leaderboard_command", required=True)
 
-    p = commands.add_parser("build", help="build the static site from the record files")
+    p = commands.add_parser("build", help="build the static site from the record files (each re-checked with the "
+                                          "rules of `add`: one that breaks them is refused, not ranked)")
     p.add_argument("--records", default=str(DEFAULT_RECORDS_DIR), help="folder of accepted records (default: %(default)s)")
     p.add_argument("--out", default=str(DEFAULT_SITE_DIR), help="output folder (default: %(default)s)")
     p.add_argument("--plot-cache", default=_default_plot_cache(), metavar="DIR",
@@ -110,7 +111,8 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
                    help="the method folder the run used: it must hash to the record's method.hash")
     p.add_argument("--verify", action="store_true",
                    help="re-evaluate the run folder's snapshots in the sandbox and compare with the record "
-                        "(harness.run.reverify; tolerance 1e-4 nats)")
+                        "(harness.run.reverify; tolerance 1e-4 nats); the board then shows it as re-evaluated, "
+                        "not reproduced: training is not re-run")
     p.add_argument("--data", default=None, metavar="DIR",
                    help="with --verify: your prepared copy of the record's track (default prepared/TRACK)")
     p.add_argument("--allow-read", action="append", default=[], metavar="DIR",

@@ -13,10 +13,11 @@ import hashlib
 import json
 import math
 from dataclasses import dataclass
+from functools import cached_property
 
 from leaderboard.collect import LoadedRecord
 from leaderboard.naming import slug
-from leaderboard.rows import REPORTED, Efficiency, Row, status_reason
+from leaderboard.rows import ISOLATION_GAPS, REPORTED, Efficiency, Provenance, Row, TaskProvenance, status_reason
 from leaderboard.settings import BoardSettings
 from leaderboard.stats import Interval, mean_interval
 
@@ -30,6 +31,33 @@ def entry_key(record: dict, provenance_kind: str) -> tuple:
     return (record["track"]["name"], record["track"]["data_hash"], record["compute"]["class"],
             record["method"]["hash"], configuration_digest(record["hparams"]), float(record["budget_epochs"]),
             provenance_kind == REPORTED)
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A short badge the board table shows beside a run that falls short of the closed sandbox's guarantees."""
+
+    label: str
+    title: str
+    css: str
+
+
+UNSANDBOXED = Flag("unsandboxed", "the method's code ran without the Landlock sandbox: the harness could not stop "
+                                  "it from reading or writing outside its folders", "sandbox-none")
+METHOD_CODE = Flag("method code", "a snapshot was scored by running the method's own code (in the sandboxed "
+                                  "worker), not from an exported graph the harness runs: its statelessness rests "
+                                  "on the probes (and on a CPU, a fresh fork per batch)", "method-code")
+
+
+def run_flags(row: Row) -> tuple[Flag, ...]:
+    """The flags of one run; published results get none (nothing of theirs ran here)."""
+    if row.provenance.kind == REPORTED:
+        return ()
+    flags = [UNSANDBOXED] if row.sandbox != "landlock" else []
+    if row.by_method_code:
+        flags.append(METHOD_CODE)
+    flags += [Flag(gap, ISOLATION_GAPS[gap], "sandbox-gap") for gap in row.isolation_gaps]
+    return tuple(flags)
 
 
 @dataclass(frozen=True)
@@ -82,25 +110,22 @@ class Entry:
         statuses = sorted({r.status for r in self.runs})
         return statuses[0] if len(statuses) == 1 else "mixed"
 
-    @property
-    def provenance_texts(self) -> tuple[str, ...]:
-        return tuple(sorted({r.provenance.text for r in self.runs}))
+    @cached_property  # several cells and badges of a page ask; the runs never change
+    def provenances(self) -> tuple[Provenance, ...]:
+        """One of each kind among its runs (sandboxing aside: the flags say it), by kind."""
+        kinds: dict[str, Provenance] = {}
+        for row in self.runs:
+            kinds.setdefault(row.provenance.kind, row.provenance)
+        return tuple(kinds[kind] for kind in sorted(kinds))
 
     @property
-    def unsandboxed(self) -> bool:
-        return any(r.sandbox != "landlock" for r in self.runs) and not self.reported
+    def provenance_kinds(self) -> str:
+        return ", ".join(p.kind for p in self.provenances)
 
     @property
     def by_method_code(self) -> bool:
         """Whether a snapshot of a run was scored by the method's own code rather than its exported graph."""
         return not self.reported and any(r.by_method_code for r in self.runs)
-
-    @property
-    def isolation_gaps(self) -> tuple[str, ...]:
-        """The closed sandbox's guarantees any of its runs went without (leaderboard.rows.ISOLATION_GAPS)."""
-        if self.reported:
-            return ()
-        return tuple(sorted({gap for r in self.runs for gap in r.isolation_gaps}))
 
     @property
     def efficiency(self) -> Efficiency:
@@ -125,16 +150,28 @@ class Entry:
         return str(sizes[0]) if len(sizes) == 1 else f"{sizes[0]}–{sizes[-1]}"
 
     @property
-    def ensemble_sort(self) -> int | None:
-        sizes = [r.ensemble_size for r in self.runs if r.ensemble_size]
-        return max(sizes) if sizes else None
-
-    @property
     def downstream_avg(self) -> float | None:
         return _mean([r.downstream_avg for r in self.runs])
 
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(sorted({task for r in self.runs for task in r.downstream}))
+
     def task_score(self, task: str, metric: str) -> float | None:
         return _mean([getattr(r.downstream[task], metric) for r in self.runs if task in r.downstream])
+
+    @cached_property
+    def downstream_provenance(self) -> tuple[tuple[str, TaskProvenance, int], ...]:
+        """(task, provenance, runs) for each distinct provenance of each task among the runs, by task, then in
+        the runs' order: one line per task when the seeds were scored alike. Empty when no run's record says
+        anything of it (records from before downstream provenance)."""
+        counts: dict[tuple[str, TaskProvenance], int] = {}
+        for row in self.runs:
+            for task, made in row.downstream_provenance.items():
+                counts[(task, made)] = counts.get((task, made), 0) + 1
+        if not any(made.known for _, made in counts):
+            return ()
+        return tuple((task, made, n) for (task, made), n in sorted(counts.items(), key=lambda item: item[0][0]))
 
     @property
     def train_s(self) -> float | None:
@@ -148,6 +185,42 @@ class Entry:
     def hardware(self) -> str:
         kinds = sorted({r.hardware for r in self.runs})
         return kinds[0] if len(kinds) == 1 else "mixed: " + "; ".join(kinds)
+
+    @property
+    def hardware_short(self) -> str:
+        kinds = sorted({r.hardware_short for r in self.runs})
+        return kinds[0] if len(kinds) == 1 else "mixed"
+
+    @property
+    def val_bpb(self) -> float | None:
+        return _mean([r.val_bpb for r in self.runs])
+
+    @cached_property
+    def flags(self) -> tuple[Flag, ...]:
+        """Every flag any of its runs carries, once, in a fixed order (unsandboxed, method code, gaps)."""
+        seen: dict[str, Flag] = {}
+        for row in self.runs:
+            for flag in run_flags(row):
+                seen.setdefault(flag.label, flag)
+        order = [UNSANDBOXED.label, METHOD_CODE.label, *sorted(ISOLATION_GAPS)]
+        return tuple(seen[label] for label in order if label in seen)
+
+    @property
+    def shown_reasons(self) -> tuple[str, ...]:
+        """Why it is unranked, less the `status X` reason the status badge already says."""
+        return tuple(reason for reason in self.reasons if reason != f"status {self.status}")
+
+    @property
+    def time_text(self) -> str | None:
+        """A published result's training time as published, without its parenthesis (None for a measured entry,
+        whose `train_s` the template formats)."""
+        if self.reported:
+            return self.first.reported.get("time_short") or None
+        return None
+
+    @property
+    def time_sort(self) -> float | None:
+        return self.first.reported.get("time_seconds") if self.reported else self.train_s
 
 
 def _mean(values) -> float | None:

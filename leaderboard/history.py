@@ -7,6 +7,10 @@ test against the runs of the record it beats. It is called significant when p is
 threshold and the improvement is at least the board's minimum margin. With one run on either side there
 is nothing to test: the history says "n=1, not tested" instead of a p-value (normal on the unlimited
 class, where one run can take days).
+
+Entries of a table may differ in epoch budget, and the history takes them all: a step that beats a
+record set at another budget says so (`budget_changed`), since a lower loss after more epochs is not
+the same claim as a lower loss at the same budget.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ class HistoryStep:
     improvement: float | None  # previous mean - this mean, nats
     p_value: float | None  # None: first record, or n=1 on a side
     significant: bool | None  # None where not tested
+
+    @property
+    def budget_changed(self) -> bool:
+        """Whether it beat a record set at another epoch budget: more (or fewer) epochs, not only a better method."""
+        return self.previous is not None and self.previous.budget_epochs != self.entry.budget_epochs
 
     @property
     def verdict(self) -> str:

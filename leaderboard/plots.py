@@ -32,7 +32,7 @@ from typing import Iterable
 
 from harness.common.atomic import write_text_atomic
 
-RENDERER_VERSION = "1"
+RENDERER_VERSION = "2"
 PARALLEL_MIN_PLOTS = 200  # below this, starting workers (importing matplotlib) costs more than it saves
 _FIGSIZE = (5.0, 3.0)
 _AXES_RECT = (0.14, 0.17, 0.82, 0.78)
@@ -41,8 +41,10 @@ _FONT_FAMILY = "'DejaVu Sans', 'Bitstream Vera Sans', Verdana, Arial, sans-serif
 _X_LABEL_DROP = 10.0  # points from the axes' bottom edge to an x tick label's baseline
 _Y_LABEL_GAP = 4.0  # points between the axes' left edge and a y tick label's end
 _Y_LABEL_CENTER = 2.9  # baseline below the tick so that digits 8px high sit centred on it
-_MAX_SERIES = 3
-_COLORS = ("#1f6fb4", "#e8710a", "#2a9d3a")
+_MAX_SERIES = 24  # artists made once per process, so a plot's SVG never depends on what was drawn before
+_SMALL_SERIES = 3  # a run's plots: a canvas of this many lines and no bars draws them a fifth faster
+_COLORS = ("#1f6fb4", "#e8710a", "#2a9d3a")  # a series without a colour of its own takes these, by position
+_MARKERS = {"o", "s", "^", "D", "None"}
 _STYLE = {
     "svg.fonttype": "none",  # any text stays <text>, never glyph outlines
     "font.size": 8.0,
@@ -54,10 +56,18 @@ _STYLE = {
 
 @dataclass(frozen=True)
 class Series:
+    """Points of one kind: a line, dots, or both; optionally a colour and marker of its own and, per point,
+    an interval (low, high) drawn as a vertical bar (NaN bounds: no bar at that point)."""
+
     x: tuple[float, ...]
     y: tuple[float, ...]
     line: bool = True
     points: bool = False
+    color: str | None = None  # "#rrggbb"; None: the default colour of its position
+    marker: str = "o"  # one of _MARKERS, used where `points`
+    low: tuple[float, ...] | None = None
+    high: tuple[float, ...] | None = None
+    dashed: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,13 +78,29 @@ class PlotSpec:
     y_label: str
     series: tuple[Series, ...]
     integer_x: bool = False
+    log2_x: bool = False  # x on a base-2 log scale (epochs double from budget to budget), ticks at powers of 2
+
+    def __post_init__(self):
+        if len(self.series) > _MAX_SERIES:
+            raise ValueError(f"a plot takes at most {_MAX_SERIES} series, got {len(self.series)}")
+        for series in self.series:
+            if series.marker not in _MARKERS:
+                raise ValueError(f"unknown marker {series.marker!r}")
+            if self.log2_x and any(x <= 0 for x in series.x):
+                raise ValueError("a log2 x axis needs x > 0")
 
     @cached_property
     def key(self) -> str:
         """Digest of everything that decides the output bytes: the data and the renderer's version."""
         payload = json.dumps([RENDERER_VERSION, _matplotlib_version(), self.kind, self.title, self.x_label,
-                              self.y_label, self.integer_x, [[s.x, s.y, s.line, s.points] for s in self.series]])
+                              self.y_label, self.integer_x, self.log2_x, [_series_fields(s) for s in self.series]])
         return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def _series_fields(series: Series) -> list:
+    """A series' fields in order, for the plot key (dataclasses.asdict deep-copies: ten times slower)."""
+    return [series.x, series.y, series.line, series.points, series.color, series.marker, series.low, series.high,
+            series.dashed]
 
 
 @lru_cache(maxsize=None)
@@ -147,10 +173,44 @@ def _tick_texts(ticks: list[float]) -> list[str]:
     return [t[1:] if t.startswith("-") and float(t) == 0 else t for t in texts]
 
 
-class _Canvas:
-    """One reusable figure: creating axes and tick machinery per plot is what makes matplotlib slow."""
+def _log2_tick_texts(ticks: list[float]) -> list[str]:
+    """Labels of a log2 axis: the epochs themselves, 0.5, 1, 2, 4, ... (ticks are whole exponents)."""
+    return [f"{2.0 ** t:g}" for t in ticks]
 
-    def __init__(self):
+
+def _bar_segments(series: Series, to_x) -> tuple[list[float], list[float]]:
+    """A series' intervals as one path of vertical bars, NaN between bars; points without bounds have none."""
+    xs: list[float] = []
+    ys: list[float] = []
+    if series.low is None or series.high is None:
+        return xs, ys
+    for x, low, high in zip(series.x, series.low, series.high):
+        if math.isfinite(low) and math.isfinite(high):
+            xs += [to_x(x), to_x(x), math.nan]
+            ys += [low, high, math.nan]
+    return xs, ys
+
+
+def _extent(spec: PlotSpec) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Every x and y the plot must show: the points and the ends of their bars."""
+    xs = tuple(v for s in spec.series for v in s.x)
+    ys = [v for s in spec.series for v in s.y]
+    for series in spec.series:
+        for bound in (series.low, series.high):
+            ys += [v for v in (bound or ()) if math.isfinite(v)]
+    return xs, tuple(ys)
+
+
+class _Canvas:
+    """One reusable figure: creating axes and tick machinery per plot is what makes matplotlib slow.
+
+    Every artist is made here, once, in a fixed order (grid, frame, then each series' bars and line), so a
+    plot's SVG does not depend on which plots the process drew before. A process keeps two: a small one
+    for plots of a few series without intervals (every run's plots), and one of _MAX_SERIES series with
+    bars for the table plots; which one draws a spec depends on the spec alone.
+    """
+
+    def __init__(self, capacity: int, bars: bool):
         from matplotlib.figure import Figure
 
         self.figure = Figure(figsize=_FIGSIZE)
@@ -161,29 +221,42 @@ class _Canvas:
         self.y_grid = axes.plot([], [], color="#e3e3e3", linewidth=0.6, transform=axes.get_yaxis_transform())[0]
         axes.plot([0, 1, 1, 0, 0], [0, 0, 1, 1, 0], color="#555555", linewidth=0.8,
                   transform=axes.transAxes, clip_on=False)
-        self.series = [axes.plot([], [], color=color)[0] for color in _COLORS[:_MAX_SERIES]]
+        self.bars = []
+        self.series = []
+        for _ in range(capacity):
+            self.bars.append(axes.plot([], [], linewidth=0.9, marker="None")[0] if bars else None)
+            self.series.append(axes.plot([], [])[0])
         self.figure.patch.set_visible(False)  # the page is the background
 
     def draw(self, spec: PlotSpec) -> str:
         import matplotlib
 
-        xs = tuple(v for s in spec.series for v in s.x)
-        ys = tuple(v for s in spec.series for v in s.y)
-        x_low, x_high = _padded_range(xs, spec.integer_x)
+        to_x = math.log2 if spec.log2_x else float
+        xs, ys = _extent(spec)
+        xs = tuple(to_x(v) for v in xs)
+        integer_x = spec.integer_x or spec.log2_x
+        x_low, x_high = _padded_range(xs, integer_x)
         y_low, y_high = _padded_range(ys, False)
         self.axes.set_xlim(x_low, x_high)
         self.axes.set_ylim(y_low, y_high)
-        x_ticks, y_ticks = _ticks(x_low, x_high, spec.integer_x), _ticks(y_low, y_high, False)
+        x_ticks, y_ticks = _ticks(x_low, x_high, integer_x), _ticks(y_low, y_high, False)
         self.x_grid.set_data(*_grid_segments(x_ticks))
         self.y_grid.set_data(*reversed(_grid_segments(y_ticks)))
-        for line, series in zip(self.series, spec.series + (None,) * _MAX_SERIES):
+        for index, (bars, line) in enumerate(zip(self.bars, self.series)):
+            series = spec.series[index] if index < len(spec.series) else None
+            if bars is not None:
+                bars.set_visible(series is not None and series.low is not None)
+            line.set_visible(series is not None)
             if series is None:
-                line.set_visible(False)
                 continue
-            line.set_visible(True)
-            line.set_data(series.x, series.y)
-            line.set_linestyle("-" if series.line else "none")
-            line.set_marker("o" if series.points else "None")
+            color = series.color or _COLORS[index % len(_COLORS)]
+            line.set_data([to_x(v) for v in series.x], series.y)
+            line.set_color(color)
+            line.set_linestyle(("--" if series.dashed else "-") if series.line else "none")
+            line.set_marker(series.marker if series.points else "None")
+            if series.low is not None:
+                bars.set_data(*_bar_segments(series, to_x))
+                bars.set_color(color)
         # Ids unique per plot kind: two plots inline on one page are one HTML document.
         matplotlib.rcParams["svg.hashsalt"] = f"slowrun-{spec.kind}"
         self.figure.set_gid(f"{spec.kind}-figure")
@@ -192,9 +265,10 @@ class _Canvas:
             line.set_gid(f"{spec.kind}-line{index}")
         buffer = io.StringIO()
         self.figure.savefig(buffer, format="svg", metadata={"Date": None})
-        return _inline(buffer.getvalue(), spec.title, self.labels(spec, x_ticks, y_ticks))
+        x_texts = _log2_tick_texts(x_ticks) if spec.log2_x else _tick_texts(x_ticks)
+        return _inline(buffer.getvalue(), spec.title, self.labels(spec, x_ticks, y_ticks, x_texts))
 
-    def labels(self, spec: PlotSpec, x_ticks: list[float], y_ticks: list[float]) -> str:
+    def labels(self, spec: PlotSpec, x_ticks: list[float], y_ticks: list[float], x_texts: list[str]) -> str:
         """Axis titles and tick labels as SVG text, at the positions matplotlib's transforms give.
 
         Written directly rather than as matplotlib Text artists: their layout was two thirds of the time
@@ -213,7 +287,7 @@ class _Canvas:
         # one transform call for all ticks: x ticks paired with y=0, y ticks with x=0
         pairs = [(v, 0.0) for v in x_ticks] + [(0.0, v) for v in y_ticks]
         display = self.axes.transData.transform(pairs) * to_points if pairs else []
-        for (x, _), text in zip(display[:len(x_ticks)], _tick_texts(x_ticks)):
+        for (x, _), text in zip(display[:len(x_ticks)], x_texts):
             y = height - y_bottom * to_points + _X_LABEL_DROP
             lines.append(f'  <text x="{x:.2f}" y="{y:.2f}" text-anchor="middle">{text}</text>')
         for (_, y), text in zip(display[len(x_ticks):], _tick_texts(y_ticks)):
@@ -241,20 +315,28 @@ def _inline(svg: str, title: str, extra: str) -> str:
     return f"{body[:-len('</svg>')]}{extra}\n</svg>\n"
 
 
-_canvas: _Canvas | None = None
+_canvases: dict[bool, _Canvas] = {}
+
+
+def _needs_large(spec: PlotSpec) -> bool:
+    return len(spec.series) > _SMALL_SERIES or any(s.low is not None for s in spec.series)
+
+
+def _canvas_for(spec: PlotSpec) -> _Canvas:
+    large = _needs_large(spec)
+    if large not in _canvases:
+        _canvases[large] = _Canvas(_MAX_SERIES, bars=True) if large else _Canvas(_SMALL_SERIES, bars=False)
+    return _canvases[large]
 
 
 def _render_batch(specs: list[PlotSpec]) -> list[str]:
     """Render in this process under a fixed style, whatever the user's matplotlibrc says."""
-    global _canvas
     import matplotlib
 
     with matplotlib.rc_context():
         matplotlib.rcdefaults()
         matplotlib.rcParams.update(_STYLE)
-        if _canvas is None:
-            _canvas = _Canvas()
-        return [_canvas.draw(spec) for spec in specs]
+        return [_canvas_for(spec).draw(spec) for spec in specs]
 
 
 def render_svg(spec: PlotSpec) -> str:
@@ -288,8 +370,11 @@ def default_workers() -> int:
 
 
 def _spec_from_dict(data: dict) -> PlotSpec:
-    series = tuple(Series(tuple(s["x"]), tuple(s["y"]), s["line"], s["points"]) for s in data["series"])
-    return PlotSpec(data["kind"], data["title"], data["x_label"], data["y_label"], series, data["integer_x"])
+    series = tuple(Series(**{**s, "x": tuple(s["x"]), "y": tuple(s["y"]),
+                             "low": None if s["low"] is None else tuple(s["low"]),
+                             "high": None if s["high"] is None else tuple(s["high"])}) for s in data["series"])
+    return PlotSpec(data["kind"], data["title"], data["x_label"], data["y_label"], series, data["integer_x"],
+                    data["log2_x"])
 
 
 def _render_in_workers(specs: list[PlotSpec], workers: int) -> list[str]:

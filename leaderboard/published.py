@@ -70,6 +70,32 @@ def published_hardware(compute_class: str, time_text: str) -> str:
     return f"as published: {match.group(1)}" if match else "not stated"
 
 
+_NODES_OF_GPUS = re.compile(r"(\d+)\s*nodes?,\s*(\d+)\s*x\s*(\w+)", re.IGNORECASE)
+_ONE_NODE = re.compile(r"(\d+)\s*x\s*(\w+)\s*node", re.IGNORECASE)
+
+
+def published_hardware_short(compute_class: str, time_text: str) -> str:
+    """The board table's one-line form of `published_hardware`: `8×H100`, `4×8×H100` (nodes × GPUs per
+    node), `—` where the README states none; anything else it says is kept as written."""
+    if compute_class != "unlimited":
+        return "8×H100"
+    match = re.search(r"\(([^)]*)\)", time_text)
+    if not match:
+        return "—"
+    stated = match.group(1)
+    if found := _NODES_OF_GPUS.search(stated):
+        nodes, per_node, model = found.groups()
+        return f"{per_node}×{model}" if nodes == "1" else f"{nodes}×{per_node}×{model}"
+    if found := _ONE_NODE.search(stated):
+        return f"{found.group(1)}×{found.group(2)}"
+    return stated
+
+
+def published_time_short(text: str) -> str:
+    """The published time without its parenthesis (hardware or a remark, shown elsewhere): `210 hours`."""
+    return text.split("(")[0].strip()
+
+
 def _date(text: str, where: str) -> datetime:
     try:
         return datetime.strptime(text, "%m/%d/%y").replace(tzinfo=timezone.utc)
@@ -157,5 +183,7 @@ def _record(row: dict, compute_class: str, track: str, curve, source: dict, wher
         "provenance": {"kind": "reported", "repository": source.get("repository"), "commit": source["commit"],
                        "file": source.get("file", "README.md")},
         "reported": {**row, "hardware": published_hardware(compute_class, row["time"]),
+                     "hardware_short": published_hardware_short(compute_class, row["time"]),
+                     "time_short": published_time_short(row["time"]),
                      "time_seconds": train_s, "description_parts": description_parts(row["description"])},
     }

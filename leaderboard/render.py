@@ -79,9 +79,12 @@ def make_environment() -> Environment:
     env.filters.update(num=format_number, pct=format_percent, count=format_count, sortkey=sort_key,
                        duration=format_duration, pvalue=format_p_value,
                        pretty_json=pretty_json, compact_json=compact_json)
-    from leaderboard.rows import ISOLATION_GAPS
+    from leaderboard.entries import run_flags
+    from leaderboard.rows import EFFICIENCY_NOTES, ISOLATION_GAPS
 
     env.globals["isolation_gap_titles"] = ISOLATION_GAPS
+    env.globals["run_flags"] = run_flags
+    env.globals["efficiency_notes"] = EFFICIENCY_NOTES
     return env
 
 

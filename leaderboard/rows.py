@@ -16,13 +16,35 @@ from leaderboard.collect import LoadedRecord
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
-MEASURED, VERIFIED, REPORTED = "measured", "verified", "reported"
+MEASURED, RE_EVALUATED, REPRODUCED, REPORTED = "measured", "re-evaluated", "reproduced", "reported"
 
 
 @dataclass(frozen=True)
 class TaskScore:
     acc: float | None
     acc_norm: float | None
+
+
+@dataclass(frozen=True)
+class TaskProvenance:
+    """How one downstream task was scored, as its record says (None where an older record does not say)."""
+
+    lm_eval: str | None = None
+    config_sha256: str | None = None
+    num_fewshot: int | None = None
+    fewshot_seed: int | None = None
+    split: str | None = None
+    rows: int | None = None
+    padding_side: str | None = None
+
+    @property
+    def known(self) -> bool:
+        return any(value is not None for value in vars(self).values())
+
+    @property
+    def config_short(self) -> str | None:
+        """The config digest's first 12 hex digits, for a table cell (the whole digest goes in its title)."""
+        return self.config_sha256[:12] if self.config_sha256 else None
 
 
 @dataclass(frozen=True)
@@ -37,9 +59,14 @@ class Efficiency:
 
 @dataclass(frozen=True)
 class Provenance:
-    """Where a number comes from: measured by this harness, re-evaluated by a maintainer, or published elsewhere."""
+    """What was done to a number: measured by this harness, its snapshots re-evaluated, or published elsewhere.
 
-    kind: str  # measured | verified | reported
+    `reproduced` (training re-run independently and matched within a stated tolerance over seeds) is a
+    kind of its own and never the same as `re-evaluated`; nothing in this harness re-runs training yet,
+    so no record earns it (see `provenance_of`).
+    """
+
+    kind: str  # measured | re-evaluated | reproduced | reported
     sandboxed: bool
 
     @property
@@ -50,11 +77,18 @@ class Provenance:
 
     @property
     def title(self) -> str:
-        return {
-            MEASURED: "measured by this harness",
-            VERIFIED: "measured by this harness and re-evaluated by a maintainer (leaderboard add --verify)",
-            REPORTED: "published elsewhere and copied as published; not measured by this harness",
-        }[self.kind]
+        return PROVENANCE_TITLES[self.kind]
+
+
+PROVENANCE_TITLES = {
+    MEASURED: "measured by this harness: the run's own record, as the harness wrote it; nobody has checked it since",
+    RE_EVALUATED: "re-evaluated: a maintainer scored this run's snapshots again in the sandbox (slowrun leaderboard "
+                  "add --verify) and got the record's losses within 1e-4 nats, so the numbers follow from the "
+                  "weights. Training was not re-run: this says nothing about how the weights were trained",
+    REPRODUCED: "reproduced: the training was re-run independently and matched the record within the stated "
+                "tolerance over seeds",
+    REPORTED: "published elsewhere and copied as published; not measured by this harness",
+}
 
 
 @dataclass(frozen=True)
@@ -83,13 +117,23 @@ class Row:
     unranked_reasons: tuple[str, ...] = ()
     train_s: float | None = None
     wall_s: float | None = None
-    hardware: str = "—"
+    hardware: str = "—"  # spelled out, GPU-hours included: the entry and record pages
+    hardware_short: str = "—"  # one line for the board table
     sequence: int = 0  # order among rows of the same instant (a published table's row number)
     reported: dict | None = None  # the published row, for records of kind `reported`
+    downstream_provenance: dict[str, TaskProvenance] = field(default_factory=dict)  # by task, sorted
 
     @property
     def rankable(self) -> bool:
         return self.status == "ok" and self.val_loss is not None and not self.unranked_reasons
+
+
+# What an efficiency flag means, for the board table's ⚑ tooltip (the flags come from harness.eval.efficiency).
+EFFICIENCY_NOTES = {
+    "below-table": "the loss is below the reference curve's lowest point, so the multiplier is at least the bound",
+    "above-table": "the loss is above the reference curve's highest point, so the multiplier is at most the bound",
+    "bound": "a bound, not a multiplier read off the reference curve",
+}
 
 
 def efficiency_of(result: dict | None) -> Efficiency:
@@ -109,6 +153,29 @@ def downstream_of(record: dict) -> tuple[dict[str, TaskScore], float | None]:
     scores = {task: TaskScore(s["acc"], s["acc_norm"]) for task, s in sorted((record["downstream"] or {}).items())}
     accs = [s.acc for s in scores.values() if s.acc is not None]
     return scores, (math.fsum(accs) / len(accs) if accs else None)
+
+
+def _text(value) -> str | None:
+    return value if isinstance(value, str) and value else None
+
+
+def _whole(value) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def downstream_provenance_of(record: dict) -> dict[str, TaskProvenance]:
+    """Each downstream task's `provenance` (lm-eval version, config digest, shots, few-shot seed, padding side)
+    beside its `split` and `split_rows`; records from before these keys give None for what they lack."""
+    out = {}
+    for task, score in sorted((record.get("downstream") or {}).items()):
+        score = score if isinstance(score, dict) else {}
+        made = score.get("provenance") if isinstance(score.get("provenance"), dict) else {}
+        out[task] = TaskProvenance(
+            lm_eval=_text(made.get("lm_eval")), config_sha256=_text(made.get("config_sha256")),
+            num_fewshot=_whole(made.get("num_fewshot")), fewshot_seed=_whole(made.get("fewshot_seed")),
+            split=_text(score.get("split")), rows=_whole(score.get("split_rows")),
+            padding_side=_text(made.get("padding_side")))
+    return out
 
 
 def sandbox_kind(record: dict) -> str:
@@ -143,13 +210,28 @@ def isolation_gaps_of(record: dict) -> tuple[str, ...]:
 
 
 def provenance_of(record: dict) -> Provenance:
-    """`reported` for published results, `verified` once a maintainer's re-evaluation agreed, else `measured`."""
+    """What was done to the record's numbers, decided by these rules, in order:
+
+    - `reported`: the record declares `provenance.kind = "reported"`. Only the board's own reader of
+      Slowrun's published tables (leaderboard/published.py) makes such records; `leaderboard build` and
+      `add` refuse a records-folder file that declares it (leaderboard/verify.py, `claim_problems`).
+    - `re-evaluated`: the record carries `verified` with `ok: true`, which `leaderboard add --verify`
+      writes once every snapshot, scored again in the sandbox, matched the record. That shows the
+      numbers follow from the weights, not how the weights were made: weights trained on validation
+      data and swapped into an honest run pass it, so it is never called reproduced or verified.
+    - `reproduced` is never given here: it needs training re-run independently and matched within a
+      stated tolerance over seeds, and no part of the harness produces that evidence. A `verified` that
+      claims more than a re-evaluation is still read as one.
+    - `measured`: anything else; the record as the harness wrote it.
+    Sandboxing is stated beside the kind (records from before the sandbox count as unconfined).
+    """
     declared = record.get("provenance")
     if isinstance(declared, dict) and declared.get("kind") == REPORTED:
         return Provenance(REPORTED, False)
     sandboxed = sandbox_kind(record) == "landlock"
     verified = record.get("verified")
-    return Provenance(VERIFIED if isinstance(verified, dict) and verified.get("ok") is True else MEASURED, sandboxed)
+    re_evaluated = isinstance(verified, dict) and verified.get("ok") is True
+    return Provenance(RE_EVALUATED if re_evaluated else MEASURED, sandboxed)
 
 
 def _finite(value) -> float | None:
@@ -171,6 +253,20 @@ def hardware_text(record: dict) -> str:
     text = f"{per_node}× {model}" if nodes == 1 else f"{nodes} nodes × {per_node}× {model}"
     gpu_hours = _finite(hardware.get("gpu_hours"))
     return text + (f" · {gpu_hours:.1f} GPU-h" if gpu_hours is not None else "")
+
+
+def hardware_short_text(record: dict) -> str:
+    """The board table's one-line form, `8×H100`, `2×8×H100` (nodes × GPUs per node), `1×CPU`; GPU-hours
+    and the spelled-out form stay on the entry page (`hardware_text`)."""
+    compute = record["compute"]
+    hardware = compute.get("hardware")
+    if not isinstance(hardware, dict):
+        device = str(compute.get("device") or "")
+        return f"{compute.get('world_size', 1)}×{device.upper()}" if device else "—"
+    model = hardware.get("gpu_model") or "CPU"
+    per_node = hardware.get("gpus_per_node") or 1
+    nodes = hardware.get("nodes") or 1
+    return f"{per_node}×{model}" if nodes == 1 else f"{nodes}×{per_node}×{model}"
 
 
 def unranked_reasons_of(record: dict) -> tuple[str, ...]:
@@ -221,6 +317,8 @@ def make_row(loaded: LoadedRecord, page: str, rank: int | None = None) -> Row:
         train_s=_finite(record["timings"].get("train_s")),
         wall_s=_finite(record["timings"].get("wall_s")),
         hardware=(reported or {}).get("hardware") or hardware_text(record),
+        hardware_short=(reported or {}).get("hardware_short") or hardware_short_text(record),
         sequence=int((reported or {}).get("number", 0)),
         reported=reported,
+        downstream_provenance=downstream_provenance_of(record),
     )

@@ -13,6 +13,7 @@ import hashlib
 from dataclasses import dataclass
 
 from leaderboard.collect import LoadedRecord
+from leaderboard.columns import Column, table_columns
 from leaderboard.entries import Entry, group_entries
 from leaderboard.history import HistoryStep, record_history
 from leaderboard.naming import hash_prefix, slug
@@ -34,6 +35,7 @@ class TrackTable:
     tasks: tuple[str, ...]  # downstream tasks any row reports, sorted
     history: tuple[HistoryStep, ...] = ()
     reported: bool = False
+    columns: tuple[Column, ...] = ()  # the board table's columns: those with something to show (leaderboard.columns)
 
     @property
     def hash_prefix(self) -> str:
@@ -111,5 +113,6 @@ def build_tables(records: list[LoadedRecord], pages: dict[str, str],
         unranked = tuple(sorted((e for e in entries if e.reasons), key=lambda e: (e.status, e.order)))
         tasks = sorted({task for _, row in members for task in row.downstream})
         tables.append(TrackTable(track, data_hash, compute_class, ranked, unranked, tuple(tasks),
-                                 record_history(list(ranked), settings), reported))
+                                 record_history(list(ranked), settings), reported,
+                                 table_columns(ranked + unranked, settings.confidence)))
     return tables

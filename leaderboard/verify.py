@@ -11,7 +11,9 @@ of them at once, so one round of fixes suffices.
 
 from __future__ import annotations
 
+import json
 import math
+import re
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Mapping
@@ -35,7 +37,13 @@ def _number(value: Any) -> bool:
 
 
 def bidi_problems(record: Any, where: str = "") -> list[str]:
-    """Every string of the record (object keys included) that holds a bidirectional control character."""
+    """Every string of the record (object keys included) that holds a bidirectional control character.
+
+    The whole record is first serialised once by the C encoder and searched: almost every record has no
+    such character, and walking every string in Python cost most of a 1,000-record build's checks.
+    """
+    if not where and BIDI_CONTROLS.isdisjoint(json.dumps(record, ensure_ascii=False, default=str)):
+        return []
     problems: list[str] = []
     if isinstance(record, dict):
         for key in sorted(record, key=str):
@@ -186,6 +194,57 @@ def _ensemble_problems(record: dict) -> list[str]:
             problems.append(f"{where}: the weights sum to {math.fsum(weights)!r}, not 1; an ensemble averages its "
                             "members' probabilities, so the weights must add up to 1")
     return problems
+
+
+def claim_problems(record: dict) -> list[str]:
+    """Fields only the board itself makes: a run's record that declares them is claiming to be something else.
+
+    `provenance.kind = "reported"` (and the `reported` row) is what the board gives Slowrun's published
+    results, read from leaderboard/published/; a records-folder file carrying it would sit in a table of
+    published results, under their badge.
+    """
+    problems = []
+    declared = record.get("provenance")
+    if isinstance(declared, dict) and declared.get("kind") == "reported":
+        problems.append("provenance.kind: 'reported' is for Slowrun's published results, which the board reads "
+                        "from leaderboard/published/; a run's record is measured, so remove the field")
+    if "reported" in record:
+        problems.append("reported: the published row of a reported result; a run's record has none, so remove it")
+    return problems
+
+
+def unasked_verification_problems(record: dict) -> list[str]:
+    """`verified` is written by `leaderboard add --verify` after its re-evaluation agreed; a record that arrives
+    carrying one claims a check nobody made here (the board would badge it re-evaluated)."""
+    if "verified" not in record:
+        return []
+    return ["verified: only `slowrun leaderboard add --verify` writes this field, after re-evaluating the run; "
+            "remove it from the record, or add the run with --verify"]
+
+
+_BIDI_OR_ESCAPE = re.compile("[" + "".join(sorted(BIDI_CONTROLS)) + "]|\\\\u")
+
+
+def text_may_hold_bidi(text: str) -> bool:
+    """Whether a record file's text can hold a bidirectional control: written as is, or as a JSON `\\u` escape."""
+    return _BIDI_OR_ESCAPE.search(text) is not None
+
+
+def record_problems(record: dict, floors: Mapping[str, float] = KNOWN_FLOORS, *,
+                    now: datetime | None = None, text: str | None = None) -> list[str]:
+    """Every content rule a schema-valid record must keep to be on the board, for `add` and `build` alike:
+    no bidirectional controls, numbers within bounds, no field only the board may write.
+
+    `text`, the file the record was read from, lets the bidirectional check be skipped when the text
+    cannot hold such a character (a scan of the text, about a tenth of the cost of the check).
+    """
+    bidi = bidi_problems(record) if text is None or text_may_hold_bidi(text) else []
+    return bidi + verify_record_bounds(record, floors, now=now) + claim_problems(record)
+
+
+def refusal_text(where: str, problems: list[str]) -> str:
+    """The one message form for a refused record: where, how many problems, one per line."""
+    return f"{where}: refused, {len(problems)} problem(s):\n  " + "\n  ".join(problems)
 
 
 def method_hash_problems(record: dict, method_dir: str | Path) -> list[str]:

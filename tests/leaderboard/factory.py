@@ -51,7 +51,8 @@ def make_record(index: int = 0, **overrides) -> dict:
         "k_sweep": [{"k": k, "val_loss": final_loss + 0.05 / k, "val_bpb": (final_loss + 0.05 / k) / math.log(2) / 4.0,
                      "members": [{"tag": f"s{3 - j}", "weight": 1.0 / k} for j in range(k)]} for k in (1, 2, 3)],
         "curve": [{"epochs": e, "val_loss": final_loss + 0.8 / (1.0 + e)} for e in epochs],
-        "downstream": {"piqa": {"acc": 0.55 + 0.001 * index, "acc_stderr": 0.01, "acc_norm": 0.56,
+        # an accuracy that varies with the index but stays a fraction (the build refuses one above 1)
+        "downstream": {"piqa": {"acc": 0.55 + 0.001 * (index % 400), "acc_stderr": 0.01, "acc_norm": 0.56,
                                 "acc_norm_stderr": 0.01, "n": 1838},
                        "sciq": {"acc": 0.60, "acc_stderr": 0.015, "acc_norm": 0.50, "acc_norm_stderr": 0.015,
                                 "n": 1000}},

@@ -1,5 +1,6 @@
 """The built site in a real browser: rank order, click-to-sort, entries and their seeds, record history,
-compute classes, published results, no script injection, no errors.
+compute classes, published results, no script injection, no errors; and at 1280 px, every page without
+sideways scrolling, every table row on one line, and no column that is empty for its whole table.
 
 Needs Debian's chromium (/usr/bin/chromium) and the playwright package; skipped without them.
 """
@@ -28,6 +29,10 @@ SEEDED = "seeded"  # three seeds of one method and configuration: one entry
 SEEDED_LOSSES = [3.0101, 3.0123, 3.0112]
 OVER_CAP = "trained 16.2 min, past the tiny class's 15 min cap"
 TINY = "section.track[data-track=synthetic][data-class=tiny] "
+WIDE = "wide"  # a table of the longest texts a row can hold: its name, flags, a bound, a reason
+LONG_NAME = "a-method-whose-name-goes-on-and-on-" * 4
+LONG_REASON = "trained 31.7 min, past the tiny class's 15 min cap; " * 3
+VIEWPORT = {"width": 1280, "height": 900}
 
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (pip install playwright)")
 if not CHROMIUM.exists():
@@ -55,9 +60,30 @@ def site(tmp_path_factory):
     over["unranked_reasons"] = [OVER_CAP]
     records.append(over)
     records.append(make_record(31, method__name="hour-long", compute__class="limited"))
+    records += wide_records()
     write_board(root / "records", records)
     build_site(root / "records", root / "site", workers=1, published=DEFAULT_PUBLISHED)
     return root / "site"
+
+
+def wide_records() -> list[dict]:
+    """Entries whose cells are as long as the board makes them: a long name, every flag, a bound with its note,
+    multi-node hardware, and an unranked run with a long reason."""
+    host = {"kind": "landlock", "abi": 7, "network": {"kind": "host", "interfaces": ["lo", "eth0"], "processes": "host"}}
+    long = make_record(40, track__name=WIDE, method__name=LONG_NAME, sandbox=host,
+                       result__data_efficiency={"multiplier": None, "bound": ">20.5x", "flag": "below-table"})
+    long["snapshots"][0]["evaluated_by"] = "method code"
+    long["compute"]["hardware"] = {"gpu_model": "H100", "gpus_per_node": 8, "nodes": 16, "gpu_hours": 1234.5}
+    seeds = [make_record(41 + seed, track__name=WIDE, method__name="seeded-wide", method__hash=method_hash("w"),
+                         seed=seed, sandbox={"kind": "none"}, result__val_loss=3.01 + 0.001 * seed,
+                         verified={"ok": True, "kind": "re-evaluated"}, budget_epochs=32.0,
+                         metered={"epochs": 31.933, "train_tokens": 3_193_300, "per_stream": {"main": 3_193_300},
+                                  "fitness_tokens": 0})
+             for seed in range(3)]
+    for record in seeds:
+        record["snapshots"][0]["evaluated_by"] = "method code"  # two flags on every run, as on webtext
+    unranked = make_record(44, track__name=WIDE, method__name=LONG_NAME + "-over", unranked_reasons=[LONG_REASON])
+    return [long, *seeds, unranked]
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +108,7 @@ def browser():
 @pytest.fixture
 def page(browser):
     """A fresh page that records console errors, page errors and any dialog (an injected alert)."""
-    context = browser.new_context()
+    context = browser.new_context(viewport=VIEWPORT)
     tab = context.new_page()
     tab.set_default_timeout(30_000)
     tab.problems = []
@@ -123,7 +149,7 @@ def test_rows_in_rank_order_and_header_clicks_sort(page, server):
 
     tiny_button(page, "Method").click()
     assert ranked_names(page) == sorted(NAMES + [SEEDED], key=str.lower)
-    loss_header = tiny_button(page, "Val loss (nats/token)")
+    loss_header = tiny_button(page, "Val loss")
     loss_header.click()
     assert ranked_names(page) == by_loss()
     assert loss_column(page) == sorted(LOSSES + [3.0112])
@@ -186,8 +212,12 @@ def test_classes_are_separate_tables_and_an_over_cap_run_says_why(page, server):
     assert limited.locator("tbody.ranked td.method").all_inner_texts() == ["hour-long"]
     over = page.locator(TINY + "tbody.unranked tr", has=page.get_by_role("link", name="too-slow"))
     assert over.locator("td:first-child").inner_text() == "—"
-    assert OVER_CAP in over.locator("ul.reasons").inner_text()
-    assert "8× H100 · 2.2 GPU-h" in over.inner_text() and "16.2 min" in over.inner_text()
+    assert over.locator("span.reasons").inner_text() == OVER_CAP
+    assert "8×H100" in over.inner_text() and "16.2 min" in over.inner_text()
+    over.get_by_role("link", name="too-slow").click()
+    page.wait_for_load_state("load")
+    assert "8× H100 · 2.2 GPU-h" in page.locator("table.kv").inner_text()  # spelled out on the entry page
+    assert OVER_CAP in page.locator("table.kv ul.reasons").inner_text()
     assert page.problems == []
 
 
@@ -209,7 +239,108 @@ def test_site_also_works_from_files(page, site, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(site, copy)
     page.goto((copy / "index.html").as_uri())
-    tiny_button(page, "Val loss (nats/token)").click()
-    tiny_button(page, "Val loss (nats/token)").click()
+    tiny_button(page, "Val loss").click()
+    tiny_button(page, "Val loss").click()
     assert ranked_names(page) == by_loss(descending=True)
     assert page.problems == []
+
+
+# --- layout at 1280 px ----------------------------------------------------------------------------------
+
+LAYOUT_PROBLEMS = """() => {
+  const problems = [];
+  const root = document.documentElement;
+  if (root.scrollWidth > root.clientWidth) problems.push(`page ${root.scrollWidth} > ${root.clientWidth} px wide`);
+  document.querySelectorAll(".scroll").forEach((box, i) => {
+    if (box.scrollWidth > box.clientWidth) problems.push(`scroll box ${i}: ${box.scrollWidth} > ${box.clientWidth}`);
+  });
+  document.querySelectorAll("table").forEach((table, i) => {
+    const right = table.getBoundingClientRect().right;
+    if (right > root.clientWidth) problems.push(`table ${i} (${table.className}) ends at ${right} px`);
+  });
+  document.querySelectorAll("table.fit td:not(.method):not(.status):not(.run), table.fit th").forEach((cell) => {
+    const text = document.createRange();
+    text.selectNodeContents(cell);
+    const style = getComputedStyle(cell);
+    const room = cell.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    const width = text.getBoundingClientRect().width;
+    if (width > room + 0.5) problems.push(`cell "${cell.innerText}" is cut: ${width} px in ${room}`);
+  });
+  document.querySelectorAll("table.oneline tbody tr").forEach((row) => {
+    const cell = row.cells[0], style = getComputedStyle(cell);
+    const line = parseFloat(style.lineHeight);
+    const frame = parseFloat(style.paddingTop) + parseFloat(style.paddingBottom) + 2;
+    const height = row.getBoundingClientRect().height;
+    if (height > frame + 1.5 * line) problems.push(`row "${row.innerText.slice(0, 40)}" is ${height} px tall`);
+  });
+  return problems;
+}"""
+
+
+def layout_problems(page) -> list[str]:
+    return page.evaluate(LAYOUT_PROBLEMS)
+
+
+def pages_of_each_kind(site) -> list[str]:
+    """The board, every table page, every entry page and a record page of each table."""
+    pages = ["index.html"] + sorted(f"t/{p.name}" for p in (site / "t").glob("*.html"))
+    pages += sorted(f"e/{p.name}" for p in (site / "e").glob("*.html"))
+    return pages + sorted(f"r/{p.name}" for p in (site / "r").glob("*.html"))[::10]
+
+
+def test_every_page_fits_1280_px_and_every_table_row_is_one_line(page, server, site):
+    assert page.viewport_size == VIEWPORT
+    checked = 0
+    for name in pages_of_each_kind(site):
+        page.goto(f"{server}/{name}")
+        assert layout_problems(page) == [], name
+        checked += page.locator("table.oneline tbody tr").count()
+    assert checked > 150  # the boards, histories, frontiers and seed tables were all measured
+    assert page.problems == []
+
+
+def test_the_widest_rows_are_cut_not_wrapped(page, server):
+    page.goto(f"{server}/index.html")
+    wide = page.locator(f"section.track[data-track={WIDE}]")
+    row = wide.locator("tbody.ranked tr", has=page.get_by_role("link", name=LONG_NAME, exact=True))
+    assert row.locator("td.method a").get_attribute("title") == LONG_NAME  # whole in the tooltip
+    assert row.locator("td.method").evaluate("td => td.scrollWidth > td.clientWidth")  # and cut on the row
+    assert row.locator(".badge").all_inner_texts() == ["measured", "method code", "host network", "host processes"]
+    assert "16×8×H100" in row.inner_text()
+    reason = wide.locator("tbody.unranked span.reasons")
+    assert reason.get_attribute("title") == LONG_REASON
+    assert layout_problems(page) == []
+
+
+def test_two_flags_fit_their_status_cells(page, server):
+    page.goto(f"{server}/index.html")
+    row = page.locator(f"section.track[data-track={WIDE}] tbody.ranked tr",
+                       has=page.get_by_role("link", name="seeded-wide", exact=True))
+    cell = row.locator("td.status")
+    assert cell.locator(".badge").all_inner_texts() == ["unsandboxed", "method code"]
+    assert cell.evaluate("td => td.scrollWidth <= td.clientWidth")  # both whole, nothing cut
+    row.get_by_role("link", name="seeded-wide", exact=True).click()
+    page.wait_for_load_state("load")
+    for cell in page.locator("table.seeds td.status").all():
+        assert cell.evaluate("td => td.scrollWidth <= td.clientWidth")
+    assert page.locator("table.seeds tbody td:nth-child(4)").all_inner_texts() == ["31.933"] * 3
+
+
+def headers(page, selector: str) -> list[str]:
+    return [" ".join(t.split()) for t in page.locator(selector + " table.board thead th").all_inner_texts()]
+
+
+def test_columns_empty_for_a_whole_table_are_left_out(page, server):
+    page.goto(f"{server}/index.html")
+    limited = headers(page, "section.track.reported[data-class=limited]")
+    # published: single runs (no interval), no metered epochs, no flags; their time and hardware as published
+    assert limited == ["Rank", "Method", "Val loss", "n", "Data efficiency", "Training time", "Hardware", "Date",
+                       "Provenance"]
+    unlimited = headers(page, "section.track.reported[data-class=unlimited]")
+    assert "Hardware" in unlimited and "Epochs" not in unlimited  # some unlimited rows state their hardware
+    tiny = headers(page, TINY)
+    assert tiny == ["Rank", "Method", "Val loss", "95% CI", "n", "Data efficiency", "Epochs", "Training time",
+                    "Hardware", "Date", "Provenance", "Status"]
+    for gone in ("Bits/byte", "Ensemble K", "Wall time", "Downstream avg acc (%)"):
+        assert gone not in tiny  # on the entry page instead
+    assert page.locator(TINY + "tbody.ranked td:nth-child(5)").all_inner_texts() == ["3", "1", "1", "1", "1", "1"]

@@ -102,9 +102,10 @@ def test_reported_tables_are_separate_and_badged(tmp_path):
     assert [b.title for b in measured] == ["fineweb · limited data aaaaaaaaaaaa"]
     assert sorted(len(b.bodies["ranked"]) for b in reported) == [6, 12, 14, 20]
     assert all(set(b.column("Provenance")) == {"reported"} for b in reported)
-    assert measured[0].column("Provenance") == ["measured, sandboxed"]
+    assert measured[0].column("Provenance") == ["measured"]  # sandboxed: no flag beside it, no Status column
+    assert "Status" not in measured[0].headers
     limited = next(b for b in reported if "limited" in b.title)
-    assert limited.column("Val loss (nats/token)")[0] == "3.1950"  # best published limited result ranks first
+    assert limited.column("Val loss")[0] == "3.1950"  # best published limited result ranks first
     assert COMMIT[:12] in html
 
 

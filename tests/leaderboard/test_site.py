@@ -54,7 +54,7 @@ def test_tables_rank_by_val_loss_and_list_other_statuses_below(tmp_path):
     expected = [r["method"]["name"] for r in sorted(records[:5], key=lambda r: r["result"]["val_loss"])]
     assert main.column("Method") == expected
     assert main.column("Rank") == ["1", "2", "3", "4", "5"]
-    assert main.column("Val loss (nats/token)") == [f"{r['result']['val_loss']:.4f}" for r in
+    assert main.column("Val loss") == [f"{r['result']['val_loss']:.4f}" for r in
                                                     sorted(records[:5], key=lambda r: r["result"]["val_loss"])]
     # failed / diverged rows: below, unranked, badged
     assert sorted(main.column("Method", "unranked")) == ["blew-up", "crashed"]
@@ -81,22 +81,34 @@ def test_equal_losses_share_a_rank(tmp_path):
     assert board.column("Rank") == ["1", "2", "2", "4"]
 
 
-def test_columns_show_efficiency_bounds_downstream_and_compute(tmp_path):
+def test_columns_show_efficiency_bounds_and_compute_and_the_rest_is_on_the_entry_page(tmp_path):
     records = [
-        make_record(0, result__data_efficiency={"multiplier": None, "bound": ">20×", "flag": "beyond-reference"}),
+        make_record(0, result__data_efficiency={"multiplier": None, "bound": ">20×", "flag": "below-table"}),
         make_record(1, downstream=None),
     ]
     write_board(tmp_path / "records", records)
     build_site(tmp_path / "records", tmp_path / "site", workers=1)
     board = parse_boards((tmp_path / "site" / "index.html").read_text(encoding="utf-8"))[0]
-    assert board.column("Data efficiency") == [">20× ⚑ beyond-reference", "2.49×"]
-    average = (records[0]["downstream"]["piqa"]["acc"] + records[0]["downstream"]["sciq"]["acc"]) / 2
-    assert board.column("Downstream avg acc (%)") == [f"{average * 100:.1f}", "—"]
-    assert board.column("piqa acc_norm (%)") == [f"{records[0]['downstream']['piqa']['acc_norm'] * 100:.1f}", "—"]
-    assert board.column("Hardware") == ["1× CPU", "1× CPU"]  # old records: device and world size
-    assert board.column("Training time") == ["2.0 min", "2.0 min"] and board.column("Wall time") == ["—", "—"]
-    assert board.column("Ensemble K") == ["2", "2"]
+    # single runs: no interval column; sandboxed runs scored from graphs: no status column; the rest moved
+    assert board.headers == ["Rank", "Method", "Val loss", "n", "Data efficiency", "Epochs", "Training time",
+                             "Hardware", "Date", "Provenance"]
+    assert board.column("Data efficiency") == [">20× ⚑", "2.49×"]
+    assert board.column("n") == ["1", "1"]  # not "1 (n=1)"
+    assert board.column("Hardware") == ["1×CPU", "1×CPU"]  # old records: world size × device
+    assert board.column("Training time") == ["2.0 min", "2.0 min"]
+    assert board.column("Epochs") == ["8.00", "8.00"]
     assert board.column("Date") == ["2025-01-01", "2025-01-01"]
+
+    entry_page = next(p for p in (tmp_path / "site" / "e").glob("*.html")
+                      if "method-0" in p.read_text(encoding="utf-8"))
+    text = entry_page.read_text(encoding="utf-8")
+    average = (records[0]["downstream"]["piqa"]["acc"] + records[0]["downstream"]["sciq"]["acc"]) / 2
+    assert f"<td>{average * 100:.1f}</td>" in text  # downstream average acc, percent
+    piqa = records[0]["downstream"]["piqa"]
+    assert f"<td>{piqa['acc'] * 100:.1f} / {piqa['acc_norm'] * 100:.1f}</td>" in text
+    assert "<td>2</td>" in text  # ensemble K
+    assert f"<td>{records[0]['result']['val_bpb']:.4f}</td>" in text
+    assert "at least the bound" in (tmp_path / "site" / "index.html").read_text(encoding="utf-8")  # the ⚑ tooltip
 
 
 def test_bad_files_are_reported_and_skipped_without_breaking_the_build(tmp_path):
@@ -304,7 +316,8 @@ def test_runs_without_the_sandbox_carry_a_badge(tmp_path):
     write_board(tmp_path / "records", records)
     build_site(tmp_path / "records", tmp_path / "site", workers=1)
     board = parse_boards((tmp_path / "site" / "index.html").read_text(encoding="utf-8"))[0]
-    assert board.column("Status") == ["ok", "ok unsandboxed", "ok unsandboxed"]
+    assert board.column("Status") == ["", "unsandboxed", "unsandboxed"]
+    assert board.column("Provenance") == ["measured"] * 3
     pages = sorted((tmp_path / "site" / "r").glob("*.html"))
     badges = sorted("unsandboxed" in page.read_text(encoding="utf-8") for page in pages)
     assert badges == [False, True, True]
@@ -324,7 +337,7 @@ def test_runs_missing_a_closed_sandbox_guarantee_say_which(tmp_path):
     write_board(tmp_path / "records", records)
     build_site(tmp_path / "records", tmp_path / "site", workers=1)
     board = parse_boards((tmp_path / "site" / "index.html").read_text(encoding="utf-8"))[0]
-    assert sorted(board.column("Status")) == sorted(["ok", "ok host network", "ok host network host processes", "ok"])
+    assert sorted(board.column("Status")) == sorted(["", "host network", "host network host processes", ""])
     pages = {page.read_text(encoding="utf-8").count('class="badge sandbox-gap"') for page in
              (tmp_path / "site" / "r").glob("*.html")}
     assert pages == {0, 1, 2}
@@ -342,7 +355,7 @@ def test_runs_scored_by_method_code_say_so(tmp_path):
     write_board(tmp_path / "records", [graph, mixed, old])
     build_site(tmp_path / "records", tmp_path / "site", workers=1)
     board = parse_boards((tmp_path / "site" / "index.html").read_text(encoding="utf-8"))[0]
-    assert board.column("Status") == ["ok", "ok method code", "ok method code"]
+    assert board.column("Status") == ["", "method code", "method code"]
 
 
 def test_the_board_can_show_only_entries_evaluated_from_graphs(tmp_path):
