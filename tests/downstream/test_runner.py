@@ -45,7 +45,7 @@ def expected_scores(name, rows, models, weights, tokenizer) -> dict:
 
 def assert_scores(got: dict, expected: dict):
     assert set(got) == {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "split", "split_rows",
-                        "published_rows", "source"}
+                        "published_rows", "source", "provenance"}
     assert got["n"] == expected["n"]
     for key in ("acc", "acc_stderr", "acc_norm", "acc_norm_stderr"):
         assert got[key] == pytest.approx(expected[key], abs=1e-12), key

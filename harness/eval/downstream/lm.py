@@ -74,6 +74,11 @@ class MixtureLM(TemplateLM):
     each member keeps for settling greedy flags.
     """
 
+    # Where a batch's shorter inputs are padded (see `_scored_logits`) and which end of a too-long context is
+    # cut (see `_loglikelihood_tokens`); downstream records carry `padding_side` in each task's provenance.
+    padding_side = "right"
+    truncation_side = "left"
+
     def __init__(self, models: Sequence, weights: Sequence[float] | None = None, *,
                  tokenizer, seq_len: int, batch_size: int = 32, device: str | torch.device = "cpu",
                  progress: bool = False, top_k: int = DEFAULT_TOP_K):
@@ -238,6 +243,8 @@ class MixtureLM(TemplateLM):
         """The model's logits [N, V] at the positions that predict the targets, in order, on the CPU."""
         lengths = [len(x) for x in inputs]
         width = max(lengths)
+        # Right padding (`padding_side`): each row's tokens start at position 0, so the scored positions below
+        # are the same as unpadded, and under causal attention the padded tail cannot reach them.
         batch = torch.full((len(inputs), width), self.prefix_token_id, dtype=torch.long)
         for row, ids in enumerate(inputs):
             batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)

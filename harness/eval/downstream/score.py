@@ -4,11 +4,14 @@ Each task reports accuracy (``acc``: the choice with the highest total log-likel
 normalised accuracy (``acc_norm``: the same with each log-likelihood divided by the choice's length in
 characters, lm-eval's definition), both labelled, with their standard errors, the number of documents
 scored, and the split they were drawn from (its name, rows and source; see :mod:`harness.eval.downstream.splits`).
+Each task also carries a ``provenance`` object saying how the scores were made, so two records can be told
+apart when they would not compare (see :func:`task_provenance`).
 """
 
 from __future__ import annotations
 
 import math
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Sequence
 
@@ -16,7 +19,7 @@ from harness.data.manifest import read_manifest
 from harness.data.tokenizers import ByteBpeTokenizer, Gpt2Tokenizer
 from harness.eval.downstream.limits import DocumentLimits
 from harness.eval.downstream.splits import DownstreamData, split_facts
-from harness.eval.downstream.tasks import DEFAULT_TASKS, load_tasks, quiet_lm_eval, task_config
+from harness.eval.downstream.tasks import DEFAULT_TASKS, config_sha256, load_tasks, quiet_lm_eval, task_config
 from harness.errors import DataError, SlowrunError
 
 METRICS = ("acc", "acc_norm")
@@ -63,13 +66,49 @@ def _task_scores(results: dict, task: str) -> dict:
     return scores
 
 
+def lm_eval_version() -> str | None:
+    """The installed lm-eval's version string, as its package metadata says (None if it is not installed)."""
+    try:
+        return version("lm_eval")
+    except PackageNotFoundError:
+        return None
+
+
+def padding_side_of(lm) -> str | None:
+    """Which side the model pads a batch on: ``"left"`` or ``"right"``, None when the model does not say.
+
+    :class:`harness.eval.downstream.lm.MixtureLM` says ``padding_side``; lm-eval's Hugging Face models say it
+    through their tokenizer.
+    """
+    for owner in (lm, getattr(lm, "tokenizer", None)):
+        side = getattr(owner, "padding_side", None)
+        if side in ("left", "right"):
+            return side
+    return None
+
+
+def task_provenance(config: dict, num_fewshot, padding_side: str | None) -> dict:
+    """How one task was scored, beside the split facts (``split``, ``split_rows``) already in its scores.
+
+    ``lm_eval``: the installed lm-eval version; ``config_sha256``: the digest of the pinned task config
+    (:func:`harness.eval.downstream.tasks.config_sha256`, over its canonical JSON); ``num_fewshot``: the shots
+    lm-eval used (its ``n-shot``); ``fewshot_seed``: the seed of the few-shot sampler, null when no shot is
+    drawn (zero-shot: no example is sampled, so no seed applies); ``padding_side``: where the model padded its
+    batches (null when the model does not say).
+    """
+    shots = int(num_fewshot) if isinstance(num_fewshot, int) and not isinstance(num_fewshot, bool) else None
+    return {"lm_eval": lm_eval_version(), "config_sha256": config_sha256(config), "num_fewshot": shots,
+            "fewshot_seed": FEWSHOT_SEED if shots else None, "padding_side": padding_side}
+
+
 def run_tasks(lm, tasks: Sequence[str] = DEFAULT_TASKS, data: DownstreamData | str | Path | None = None,
               limit: DocumentLimits | int | None = None) -> dict[str, dict]:
     """Score any lm-eval ``LM`` on the project's task configs; returns the per-task score table.
 
     ``data`` says where each task's documents come from (a :class:`DownstreamData`, a local folder, or None
     for the Hub); ``limit`` how many of each task's first documents to score (one number for every task or
-    a :class:`DocumentLimits`). Each task's scores name the split scored and its row count.
+    a :class:`DocumentLimits`). Each task's scores name the split scored and its row count, and carry its
+    ``provenance`` (:func:`task_provenance`).
     """
     from lm_eval.evaluator import evaluate
 
@@ -93,9 +132,14 @@ def run_tasks(lm, tasks: Sequence[str] = DEFAULT_TASKS, data: DownstreamData | s
         for task in loaded["tasks"].values():
             task.set_fewshot_seed(seed=FEWSHOT_SEED)
         results = evaluate(lm=lm, task_dict=loaded, samples=samples or None, log_samples=False)
-    return {name: {**_task_scores(results, name),
-                   **split_facts(task_config(name), data.split_file(name, task_config(name)), rows[name])}
-            for name in tasks}
+    padding_side = padding_side_of(lm)
+    scores = {}
+    for name in tasks:
+        config = task_config(name)
+        scores[name] = {**_task_scores(results, name),
+                        **split_facts(config, data.split_file(name, config), rows[name]),
+                        "provenance": task_provenance(config, results["n-shot"].get(name), padding_side)}
+    return scores
 
 
 def score_downstream(models: Sequence, weights: Sequence[float] | None = None, *, tokenizer, seq_len: int,
@@ -105,8 +149,9 @@ def score_downstream(models: Sequence, weights: Sequence[float] | None = None, *
     """Zero-shot scores of the mixture of ``models`` (uniform when ``weights`` is None).
 
     Returns ``{task: {"acc", "acc_stderr", "acc_norm", "acc_norm_stderr", "n", "split", "split_rows",
-    "published_rows", "source"}}``. Data comes from the Hub unless ``data_dir`` names local data (a folder or
-    a :class:`DownstreamData`); ``limit`` scores only each task's first documents (see :func:`run_tasks`).
+    "published_rows", "source", "provenance"}}``. Data comes from the Hub unless ``data_dir`` names local data
+    (a folder or a :class:`DownstreamData`); ``limit`` scores only each task's first documents (see
+    :func:`run_tasks`).
     """
     from harness.eval.downstream.lm import MixtureLM
 

@@ -13,6 +13,8 @@ written behind the user's back.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 from contextlib import contextmanager
 from functools import partial
@@ -39,6 +41,22 @@ def task_config(name: str) -> dict[str, Any]:
         raise SlowrunError(f"unknown downstream task {name!r}; choose from {', '.join(known_tasks())}")
     with path.open(encoding="utf-8") as handle:
         return yaml.safe_load(handle)
+
+
+def config_sha256(config: dict[str, Any]) -> str:
+    """sha256 (64 lowercase hex digits, no prefix) of a task config as loaded, independent of YAML formatting.
+
+    The digest is taken over the config's canonical JSON: ``json.dumps(config, sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)`` encoded as UTF-8. Comments, key order, quoting and
+    indentation of the YAML file do not change it; any value that lm-eval reads (the prompt templates,
+    the metrics, the splits, ``num_fewshot``, the metadata) does. It is the config of
+    :func:`task_config`, the pinned file as ``yaml.safe_load`` (and lm-eval's own YAML loader, for these
+    include-free files) reads it; for local data lm-eval is handed that config with its split keys
+    replaced by the scored split and a loader added (:func:`scoring_config`), and the record says the
+    split beside the digest.
+    """
+    text = json.dumps(config, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def local_split(path: Path, split: str, task: str, row_schema: dict, split_rows: dict | None = None,
