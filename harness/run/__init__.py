@@ -1,5 +1,5 @@
 """A run from start to record: ``runner`` (prepare the run folder, start the data server and the supervised
-method processes, evaluate, write the record; resume; re-evaluate), ``entry_check`` (`slowrun check`, the
+method processes, evaluate; resume; re-evaluate), ``record`` (the record, assembled in one place), ``entry_check`` (`slowrun check`, the
 entry imported in a sandboxed child), ``reverify`` (`leaderboard add --verify`), ``calibrate`` (the small
 tracks' reference curves), ``demo`` (`slowrun demo`) and ``tracking`` (W&B and TensorBoard, optional).
 

@@ -9,7 +9,7 @@ meter, the clock, snapshot intake, checkpoints, metrics) in its own process, and
 tree under the sandbox supervisor, which enforces `--timeout` and kills every process the method
 started when it ends. The method's process reaches the server only through its socket.
 
-The run folder holds harness storage: `run.json` (the full spec: harness/formats/run_spec.py), `snapshots/`, `metrics.jsonl`,
+The record itself is assembled in harness/run/record.py. The run folder holds harness storage: `run.json` (the full spec: harness/formats/run_spec.py), `snapshots/`, `metrics.jsonl`,
 `checkpoint/`, `train_result.json` (the server's account of training), `eval/` (per-token caches) and
 `record.json`; and `sandbox/scratch`, `sandbox/outbox`, the only places the method may write.
 """
@@ -34,13 +34,13 @@ from harness.errors import SlowrunError
 from harness.common.gpu_nodes import open_gpus_or_warn
 from harness.formats.method_toml import MethodError, MethodSpec, method_hash, read_method
 from harness.common.paths import PROJECT_ROOT
-from harness.common.provenance import environment
 from harness.common.atomic import write_text_atomic
-from harness.formats.records import SCHEMA_VERSION, utc_timestamp, write_record_atomic
+from harness.formats.records import utc_timestamp, write_record_atomic
 from harness.formats.run_spec import RunSpec, as_json, read_run_spec, write_run_spec
 from harness.sandbox.environment import check_pass_env
 from harness.rules.tracks import Track, get_track
-from harness.run.tracking import TrackingOptions, record_link
+from harness.run.record import EMPTY_EVALUATION, assemble_record, print_summary
+from harness.run.tracking import TrackingOptions, open_tracking
 from harness.formats.run_folder import STOP_FILE, RunLayout
 from harness.server.outcome import TrainOutcome
 
@@ -215,7 +215,6 @@ def _gpu_name(device: str) -> str | None:
 
 def _write_json(path: Path, obj: dict) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
 
 
 def _positive(value, flag: str) -> int:
@@ -493,8 +492,6 @@ def run_method(req: RunRequest) -> Path:
 def open_run_tracking(spec: RunSpec, run_dir: Path):
     """The run's trackers (none unless it was started with --wandb or --tensorboard), configured with what
     the run is: method, track, budget, seed, hyperparameters."""
-    from harness.run.tracking import open_tracking
-
     config = {"run_id": spec.run_id, "method": spec.method.get("name"), "method_hash": spec.method.get("hash"),
               "track": spec.track.get("name"), "budget_epochs": spec.budget, "seed": spec.seed,
               "compute_class": spec.compute_class, "hparams": as_json(spec.hparams)}
@@ -573,18 +570,6 @@ def train_prepared(run_dir: Path, progress: bool = True) -> Path:
     compute node; the folder was prepared where the job was submitted)."""
     _train_and_finish(Path(run_dir), resume=False, progress=progress)
     return Path(run_dir)
-
-
-def _scheduler_section(run_dir: Path) -> dict | None:
-    """The record's account of a scheduler's job: its id, how often it started, how often a start resumed
-    an interrupted run (pre-emptions, requeues, node failures). None for a run started by hand."""
-    path = run_dir / "slurm" / "job.json"
-    if not path.exists():
-        return None
-    job = json.loads(path.read_text(encoding="utf-8"))
-    starts = job.get("starts", [])
-    return {"kind": "slurm", "job_id": job.get("job_id"), "starts": len(starts),
-            "preemptions": sum(1 for s in starts if s.get("resumed"))}
 
 
 def _harness_failure(exc: BaseException, tb: str, resume: bool) -> dict:
@@ -691,7 +676,7 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
     spec = read_run_spec(run_dir)
     track = spec.track_spec
     eval_started = time.monotonic()
-    evaluation, downstream, downstream_note = _EMPTY_EVALUATION, None, None
+    evaluation, downstream, downstream_note = EMPTY_EVALUATION, None, None
     if evaluate:
         try:
             from harness.eval.evaluation import evaluate_run
@@ -706,99 +691,14 @@ def finish_run(run_dir: Path, train: dict, wall_s: float | None, progress: bool,
             train = {**train, "status": "failed", "error": {
                 "type": "EvaluationFailed", "message": f"evaluation failed: {type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc()}}
-            evaluation = _EMPTY_EVALUATION
+            evaluation = EMPTY_EVALUATION
     eval_s = time.monotonic() - eval_started
-    record = build_record(spec, train, evaluation, eval_s, wall_s)
-    record["downstream"] = downstream
-    if downstream:
-        from harness.eval.downstream import downstream_average
-
-        record["downstream_average"] = downstream_average(downstream)
-        efficiency = _downstream_efficiency(record, track.reference_curve)
-        if efficiency:
-            record["downstream_efficiency"] = efficiency
-    if downstream_note:
-        record["downstream_note"] = downstream_note
-    scheduler = _scheduler_section(run_dir)
-    if scheduler is not None:
-        record["scheduler"] = scheduler
-    link = record_link(TrackingOptions.from_json(spec.tracking), run_dir, spec.run_id)
-    if link is not None:
-        record["tracking"] = link
+    record = assemble_record(spec, run_dir, train, evaluation, eval_s, wall_s, downstream, downstream_note)
     write_record_atomic(run_dir / RECORD, record)
     if tracking is not None:
         tracking.publish(record)
-    _print_summary(run_dir, record)
+    print_summary(run_dir / RECORD, record)
     return record
-
-
-_EMPTY_EVALUATION = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None,
-                     "k_sweep": [], "curve": [], "prior": None}
-
-
-def _downstream_efficiency(record: dict, reference_curve: str | None) -> dict | None:
-    """Data efficiency of each downstream score whose metric has a reference curve on this track."""
-    from harness.eval.efficiency import downstream_efficiency, downstream_metric_values, load_downstream_curves
-
-    curves = load_downstream_curves(reference_curve) if reference_curve else None
-    if curves is None:
-        return None
-    values = downstream_metric_values(record["downstream"], record.get("downstream_average"))
-    return downstream_efficiency(values, curves) or None
-
-
-def build_record(spec: RunSpec, train: dict, evaluation: dict, eval_s: float, wall_s: float | None) -> dict:
-    meter = train["meter"]
-    status = train["status"]
-    invalid = evaluation.get("invalid_snapshots") or []
-    if status == "ok" and evaluation["result"] is None and invalid:
-        reasons = "; ".join(f"{s['tag']}: {s['reason']}" for s in invalid[:3])
-        status, train["error"] = "invalid", {"type": "InvalidSnapshots", "message": f"no valid snapshot is left to "
-                                             f"evaluate ({len(invalid)} invalid): {reasons}", "traceback": ""}
-    elif status == "ok" and evaluation["result"] is None:
-        status, train["error"] = "invalid", {"type": "NoSnapshots", "message": "the method saved no snapshot, so "
-                                             "there is nothing to evaluate", "traceback": ""}
-    train_s = float(train.get("train_s", 0.0))
-    warmup_s = float(train.get("warmup_s", 0.0))
-    # `wall_s` is the time up to evaluation; the run's wall time includes evaluation
-    other_s = max(0.0, wall_s - train_s) if wall_s else 0.0
-    wall_total = wall_s + eval_s if wall_s is not None else None
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": spec.run_id,
-        "created": utc_timestamp(),
-        "status": status,
-        "error": train.get("error"),
-        "method": as_json(spec.method),
-        "track": {"name": spec.track["name"], "data_hash": spec.data_hash,
-                  "train_tokens": spec.train_tokens, "val_tokens": spec.val_tokens,
-                  "seq_len": spec.track["seq_len"], "vocab_size": spec.vocab_size,
-                  "tokenizer": spec.tokenizer},
-        "budget_epochs": spec.budget,
-        "seed": spec.seed,
-        "hparams": as_json(spec.hparams),
-        "metered": {"epochs": float(train["epochs"]), "train_tokens": int(train["train_tokens"]),
-                    "per_stream": dict(meter.get("targets", {})), "fitness_tokens": int(meter.get("fitness_tokens", 0)),
-                    "epoch_tokens": train.get("epoch_tokens")},
-        "snapshots": evaluation["snapshots"],
-        "ensemble": evaluation["ensemble"],
-        "result": evaluation["result"],
-        "k_sweep": evaluation["k_sweep"],
-        "curve": evaluation["curve"],
-        "prior": evaluation["prior"],
-        "downstream": None,
-        "timings": {"train_s": train_s, "eval_s": eval_s, "other_s": other_s, "warmup_s": warmup_s,
-                    "wall_s": wall_total},
-        "resumed": bool(train.get("resumed", False)),  # continued from a checkpoint after an interruption
-        "sandbox": train.get("sandbox") or {"kind": "none", "reason": "not recorded"},
-        "incidents": list(train.get("incidents") or []),  # what the data server refused or stopped
-        "invalid_snapshots": invalid,
-        "evaluation": evaluation.get("evaluation"),
-        "compute": _compute_section(spec, train, train_s),
-        "unranked_reasons": _unranked(spec, train, train_s),
-        "fitness_carve": as_json(spec.fitness_carve),
-        "environment": environment(spec.device),
-    }
 
 
 def evaluation_options(spec: RunSpec, progress: bool):
@@ -812,42 +712,3 @@ def evaluation_options(spec: RunSpec, progress: bool):
                              method_dir=Path(spec.method_dir), builder_roots=_builder_roots(spec), progress=progress)
 
 
-def _hardware(spec: RunSpec):
-    from harness.rules.compute import Hardware
-
-    raw = spec.hardware
-    if raw is None:  # a run folder from before compute classes: the device is all it says
-        return Hardware(None, 0, spec.launch_spec.nnodes)
-    return Hardware(raw["gpu_model"], int(raw["gpus_per_node"]), int(raw["nodes"]))
-
-
-def _compute_section(spec: RunSpec, train: dict, train_s: float) -> dict:
-    return {"class": spec.compute_class, "device": spec.device,
-            "world_size": int(train.get("world_size", spec.launch_spec.world_size)),
-            "hardware": _hardware(spec).to_dict(train_s), "time_limit_s": spec.time_limit_s,
-            "over_cap_s": train.get("over_cap_s")}
-
-
-def _unranked(spec: RunSpec, train: dict, train_s: float) -> list[str]:
-    from harness.rules.compute import COMPUTE_CLASSES, unranked_reasons
-
-    klass = COMPUTE_CLASSES.get(spec.compute_class)
-    if klass is None:  # an old free-form label
-        return [f"compute class {spec.compute_class!r} is not one of {', '.join(COMPUTE_CLASSES)}"]
-    return unranked_reasons(klass, _hardware(spec), spec.time_limit_s, train_s, train.get("over_cap_s"))
-
-
-def _print_summary(run_dir: Path, record: dict) -> None:
-    lines = [f"status {record['status']}, {record['metered']['epochs']:.3f} epochs metered, "
-             f"{len(record['snapshots'])} snapshot(s)"]
-    if record["error"]:
-        lines.append(f"error: {record['error']['type']}: {record['error']['message']}")
-    if record["result"]:
-        r = record["result"]
-        eff = r["data_efficiency"]
-        eff_text = f"{eff['multiplier']:.2f}x" if eff["multiplier"] is not None else (eff["bound"] or eff["flag"])
-        bpb = f", {r['val_bpb']:.4f} bits/byte" if r["val_bpb"] is not None else ""
-        lines.append(f"val loss {r['val_loss']:.4f} nats/token{bpb}, ensemble of {r['ensemble_size']}, "
-                     f"data efficiency {eff_text}")
-    lines.append(f"record: {run_dir / RECORD}")
-    print("\n".join(lines), file=sys.stderr)

@@ -6,7 +6,7 @@ import pytest
 
 from harness.eval.efficiency import (BELOW_TABLE, DownstreamCurves, downstream_curve_path, downstream_efficiency,
                                 downstream_metric_values, load_downstream_curves, write_downstream_curves)
-from harness.run.runner import _downstream_efficiency
+from harness.run.record import _downstream_efficiency
 
 CURVES = DownstreamCurves(
     track="t", description="", source="", train_tokens=100,
