@@ -3,7 +3,7 @@
 The model side (:mod:`harness.eval.downstream.lm`) imports lm-eval, which takes seconds, so it is imported
 only when scoring starts.
 
-Who may import it: the runner (the final predictor's scores) and the leaderboard's entry pages (task names).
+Who may import it: the runner and the record (the final predictor's scores) and the CLI (its options).
 Snapshots are scored through the evaluation worker's client (:mod:`harness.eval.remote_model`), never by
 importing the method's code here.
 """
