@@ -143,3 +143,14 @@ def test_seeds_scored_differently_are_told_apart_with_their_share_of_runs(tmp_pa
         ["sciq", "0.4.13", DIGEST["sciq"][:12], "0", "test", "1,000", "right", "2 of 3"],
         ["sciq", "0.4.14", DIGEST["sciq"][:12], "5 (seed 1234)", "test", "1,000", "right", "1 of 3"],
     ]
+
+
+def test_the_record_pages_heading_says_how_many_shots_the_tasks_used(tmp_path):
+    """The heading follows the record's provenance: a 5-shot run does not read "zero-shot"; a record without
+    provenance was scored by the pinned zero-shot configurations."""
+    _, zero = build(tmp_path / "zero", [with_provenance(make_record(0))])
+    _, five = build(tmp_path / "five", [with_provenance(make_record(0), shots=5, seed=1234)])
+    _, old = build(tmp_path / "old", [make_record(0)])
+    assert "<h2>Downstream (zero-shot)</h2>" in zero[0].read_text(encoding="utf-8")
+    assert "<h2>Downstream (5-shot)</h2>" in five[0].read_text(encoding="utf-8")
+    assert "<h2>Downstream (zero-shot)</h2>" in old[0].read_text(encoding="utf-8")
