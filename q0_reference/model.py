@@ -387,7 +387,9 @@ class GPT(nn.Module):
             if cfg.unet_skips:
                 mirror = cfg.n_layer - 1 - layer
                 if layer >= encoder and 0 <= mirror < encoder:
-                    x = x + self.skip_scales[layer - encoder] * outputs[mirror]
+                    # decoder layers with a mirror are the last `encoder` ones (an odd stack's middle layer
+                    # has none): their scalars in order, as with an even stack
+                    x = x + self.skip_scales[layer - (cfg.n_layer - encoder)] * outputs[mirror]
                 x = self.resid_scales[layer] * x + self.x0_scales[layer] * x0
             proj = self.value_projs[str(layer)] if cfg.has_value_embedding(layer) else None
             x = block(x, cos, sin, proj(x0) if proj is not None else None)

@@ -84,6 +84,32 @@ def test_trunk_wiring_equals_a_hand_written_pass():
         torch.testing.assert_close(model(idx), expected)
 
 
+def test_an_odd_stack_skips_around_its_middle_layer():
+    """Five layers: encoder layers 0 and 1, a middle layer 2 with no skip, and layers 3 and 4 taking encoder
+    layers 1 and 0 with the first and second skip scalar (it used to index past the two scalars)."""
+    torch.manual_seed(0)
+    model = build_gpt({**BASE, "n_layer": 5, "unet_skips": True}).eval()
+    with torch.no_grad():
+        model.resid_scales.copy_(torch.tensor([0.9, 1.1, 0.8, 1.2, 1.05]))
+        model.x0_scales.copy_(torch.tensor([0.1, -0.2, 0.3, 0.05, -0.1]))
+        model.skip_scales.copy_(torch.tensor([0.5, -0.7]))
+    idx = torch.randint(0, 40, (2, 12))
+    cos, sin = model.rope_cos[:12], model.rope_sin[:12]
+    with torch.no_grad():
+        x0 = rms_norm(model.wte(idx))
+        s, t, k = model.resid_scales, model.x0_scales, model.skip_scales
+        b = model.blocks
+        out0 = b[0](s[0] * x0 + t[0] * x0, cos, sin)
+        out1 = b[1](s[1] * out0 + t[1] * x0, cos, sin)
+        out2 = b[2](s[2] * out1 + t[2] * x0, cos, sin)  # the middle layer: no skip
+        x = out2 + k[0] * out1  # layer 3 mirrors encoder layer 1
+        out3 = b[3](s[3] * x + t[3] * x0, cos, sin)
+        x = out3 + k[1] * out0  # layer 4 mirrors encoder layer 0
+        out4 = b[4](s[4] * x + t[4] * x0, cos, sin)
+        expected = model.lm_head(rms_norm(out4))[..., :40]
+        torch.testing.assert_close(model(idx), expected)
+
+
 def test_every_part_keeps_the_model_causal():
     model = built(**ALL)
     idx = torch.randint(0, 40, (1, 12))
