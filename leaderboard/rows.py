@@ -240,33 +240,34 @@ def _finite(value) -> float | None:
     return float(value)
 
 
-def hardware_text(record: dict) -> str:
-    """`8× H100`, `2 nodes × 8× H100`, `1× CPU`; what the record states, `—` where it states nothing."""
+def _hardware_words(record: dict, times: str) -> str:
+    """``8{times}H100`` or ``2 nodes × 8{times}H100`` (``2×8×H100`` when `times` has no space), else the
+    device the record states (``1{times}CPU``), else `—`."""
     compute = record["compute"]
     hardware = compute.get("hardware")
     if not isinstance(hardware, dict):
         device = str(compute.get("device") or "")
-        return f"{compute.get('world_size', 1)}× {device.upper()}" if device else "—"
+        return f"{compute.get('world_size', 1)}{times}{device.upper()}" if device else "—"
     model = hardware.get("gpu_model") or "CPU"
     per_node = hardware.get("gpus_per_node") or 1
     nodes = hardware.get("nodes") or 1
-    text = f"{per_node}× {model}" if nodes == 1 else f"{nodes} nodes × {per_node}× {model}"
-    gpu_hours = _finite(hardware.get("gpu_hours"))
+    if nodes == 1:
+        return f"{per_node}{times}{model}"
+    return f"{nodes} nodes × {per_node}{times}{model}" if times.endswith(" ") else f"{nodes}×{per_node}×{model}"
+
+
+def hardware_text(record: dict) -> str:
+    """`8× H100`, `2 nodes × 8× H100`, `1× CPU`; what the record states, `—` where it states nothing."""
+    text = _hardware_words(record, "× ")
+    hardware = record["compute"].get("hardware")
+    gpu_hours = _finite(hardware.get("gpu_hours")) if isinstance(hardware, dict) else None
     return text + (f" · {gpu_hours:.1f} GPU-h" if gpu_hours is not None else "")
 
 
 def hardware_short_text(record: dict) -> str:
     """The board table's one-line form, `8×H100`, `2×8×H100` (nodes × GPUs per node), `1×CPU`; GPU-hours
     and the spelled-out form stay on the entry page (`hardware_text`)."""
-    compute = record["compute"]
-    hardware = compute.get("hardware")
-    if not isinstance(hardware, dict):
-        device = str(compute.get("device") or "")
-        return f"{compute.get('world_size', 1)}×{device.upper()}" if device else "—"
-    model = hardware.get("gpu_model") or "CPU"
-    per_node = hardware.get("gpus_per_node") or 1
-    nodes = hardware.get("nodes") or 1
-    return f"{per_node}×{model}" if nodes == 1 else f"{nodes}×{per_node}×{model}"
+    return _hardware_words(record, "×")
 
 
 def unranked_reasons_of(record: dict) -> tuple[str, ...]:

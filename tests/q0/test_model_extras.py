@@ -89,25 +89,20 @@ def test_an_odd_stack_skips_around_its_middle_layer():
     layers 1 and 0 with the first and second skip scalar (it used to index past the two scalars)."""
     torch.manual_seed(0)
     model = build_gpt({**BASE, "n_layer": 5, "unet_skips": True}).eval()
+    s, t = torch.tensor([0.9, 1.1, 0.8, 1.2, 1.05]), torch.tensor([0.1, -0.2, 0.3, 0.05, -0.1])
+    k = torch.tensor([0.5, -0.7])
     with torch.no_grad():
-        model.resid_scales.copy_(torch.tensor([0.9, 1.1, 0.8, 1.2, 1.05]))
-        model.x0_scales.copy_(torch.tensor([0.1, -0.2, 0.3, 0.05, -0.1]))
-        model.skip_scales.copy_(torch.tensor([0.5, -0.7]))
-    idx = torch.randint(0, 40, (2, 12))
-    cos, sin = model.rope_cos[:12], model.rope_sin[:12]
-    with torch.no_grad():
-        x0 = rms_norm(model.wte(idx))
-        s, t, k = model.resid_scales, model.x0_scales, model.skip_scales
-        b = model.blocks
-        out0 = b[0](s[0] * x0 + t[0] * x0, cos, sin)
-        out1 = b[1](s[1] * out0 + t[1] * x0, cos, sin)
-        out2 = b[2](s[2] * out1 + t[2] * x0, cos, sin)  # the middle layer: no skip
-        x = out2 + k[0] * out1  # layer 3 mirrors encoder layer 1
-        out3 = b[3](s[3] * x + t[3] * x0, cos, sin)
-        x = out3 + k[1] * out0  # layer 4 mirrors encoder layer 0
-        out4 = b[4](s[4] * x + t[4] * x0, cos, sin)
-        expected = model.lm_head(rms_norm(out4))[..., :40]
-        torch.testing.assert_close(model(idx), expected)
+        for parameter, value in ((model.resid_scales, s), (model.x0_scales, t), (model.skip_scales, k)):
+            parameter.copy_(value)
+        idx = torch.randint(0, 40, (2, 12))
+        cos, sin, x0 = model.rope_cos[:12], model.rope_sin[:12], rms_norm(model.wte(idx))
+        outputs, x = [], x0
+        for layer, added in enumerate([None, None, None, (0, 1), (1, 0)]):  # (skip scalar, encoder layer)
+            if added is not None:
+                x = x + k[added[0]] * outputs[added[1]]
+            x = model.blocks[layer](s[layer] * x + t[layer] * x0, cos, sin)
+            outputs.append(x)
+        torch.testing.assert_close(model(idx), model.lm_head(rms_norm(x))[..., :40])
 
 
 def test_every_part_keeps_the_model_causal():
