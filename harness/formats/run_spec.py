@@ -46,14 +46,10 @@ def _frozen(value: Any) -> Any:
 
 def as_json(value: Any) -> Any:
     """A spec's nested value as plain JSON (dicts and lists), e.g. for the record."""
-    return _thawed(value)
-
-
-def _thawed(value: Any) -> Any:
     if isinstance(value, Mapping):
-        return {k: _thawed(v) for k, v in value.items()}
+        return {k: as_json(v) for k, v in value.items()}
     if isinstance(value, tuple):
-        return [_thawed(v) for v in value]
+        return [as_json(v) for v in value]
     return value
 
 
@@ -104,7 +100,7 @@ class RunSpec:
 
     @property
     def track_spec(self) -> Track:
-        return Track.from_dict(_thawed(self.track))
+        return Track.from_dict(as_json(self.track))
 
     @property
     def launch_spec(self) -> LaunchSpec:
@@ -130,8 +126,8 @@ class RunSpec:
         return cls(**values, extra={k: v for k, v in data.items() if k not in names})
 
     def to_json(self) -> dict[str, Any]:
-        out = {f.name: _thawed(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
-        out.update(_thawed(self.extra))
+        out = {f.name: as_json(getattr(self, f.name)) for f in dataclasses.fields(self) if f.name != "extra"}
+        out.update(as_json(self.extra))
         return out
 
     def replace(self, **changes: Any) -> "RunSpec":

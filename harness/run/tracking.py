@@ -253,9 +253,15 @@ class _Follower(threading.Thread):
         self._seen = 0  # whole lines read so far
 
     def _read_cursor(self) -> int:
+        """Lines an earlier session sent; 0 for a run's first session. An unreadable cursor is said and
+        read as 0: the trackers then see those lines again rather than miss any."""
         try:
             return int(json.loads(self.cursor_path.read_text())["lines"])
-        except (OSError, ValueError, KeyError, TypeError):
+        except FileNotFoundError:
+            return 0
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            print(f"slowrun: tracking cursor {self.cursor_path} unreadable ({type(exc).__name__}: {exc}); "
+                  "sending this run's metrics from the start", file=sys.stderr, flush=True)
             return 0
 
     def run(self) -> None:

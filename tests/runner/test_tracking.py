@@ -170,3 +170,14 @@ def test_the_follower_sends_whole_lines_once_and_again_only_what_a_resume_rewrot
         f.write('{"tokens": 25, "epochs": 0.25, "loss": 2.5}\n')
     resumed._read_new()
     assert kept.logged == [(25, {"epochs": 0.25, "loss": 2.5})]
+
+
+def test_an_unreadable_cursor_is_said_and_every_line_is_sent_again(tmp_path, capfd):
+    (tmp_path / TRACKING_DIR).mkdir()
+    (tmp_path / TRACKING_DIR / "cursor.json").write_text("{not json")
+    (tmp_path / "metrics.jsonl").write_text('{"tokens": 10, "loss": 3.0}\n')
+    kept = _Kept()
+    follower = _Follower(Tracking({"kept": kept}, tmp_path))
+    follower._read_new()
+    assert kept.logged == [(10, {"loss": 3.0})]
+    assert "tracking cursor" in capfd.readouterr().err
