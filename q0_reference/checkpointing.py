@@ -16,10 +16,17 @@ its own: where it is in the schedule and that the leader holds the rest. On resu
 weights and optimizer state and broadcasts them to its group (:func:`share_from_leader`). The clock
 decision is the leader's too and is broadcast, so a group never disagrees about checkpointing.
 
-The teacher is not stored: q0 checkpoints at a cycle end before the weights are perturbed, so the teacher
-for the next cycle is the checkpointed model itself and is re-derived from it on resume (then the
+The teacher is not stored at a cycle end: q0 checkpoints there before the weights are perturbed, so the
+teacher for the next cycle is the checkpointed model itself and is re-derived from it on resume (then the
 perturbation is applied again with the checkpointed generator, giving the same weights as the run that
 never stopped).
+
+On request. The harness asks for a checkpoint when the scheduler warns that it will stop the job
+(``ctx.checkpoint_requested``); the recipes then checkpoint after the step they are at, mid-cycle or
+mid-epoch, instead of losing the work since their last natural point. Mid-cycle the teacher is no longer
+the model, so such a checkpoint carries the teacher's weights too (twice the weights, once per warning).
+Every rank of a DDP group sees the request at the same step (the data server picks it), so the group
+checkpoints together without a collective of its own.
 """
 
 from __future__ import annotations
@@ -80,6 +87,12 @@ def _broadcast_flag(flag: bool, placement) -> bool:
     dist.broadcast_object_list(box, src=placement.leader_rank, group=placement.process_group,
                                device=_comm_device(placement))
     return bool(box[0])
+
+
+def requested(ctx) -> bool:
+    """The harness asks for a checkpoint now (``ctx.checkpoint_requested``); a context without the property
+    (an older harness, a test's stand-in) never asks."""
+    return bool(getattr(ctx, "checkpoint_requested", False))
 
 
 def to_cpu(value):

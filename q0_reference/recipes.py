@@ -258,6 +258,14 @@ def train_single(ctx, recipe: Recipe, *, epochs: float, stream_id: str = "main",
         step = resume["step"]
     checkpoint = on_checkpoint or ctx.checkpoint
     clock = CheckpointClock(recipe.checkpoint, placement)
+
+    def save() -> None:
+        shared = student.shared_state()
+        if ema is not None:
+            shared["ema"] = ema.model.state_dict()
+        _write_checkpoint(checkpoint, placement, {"step": step}, shared)
+        clock.taken()
+
     stream = ctx.train_stream(stream_id, batch.micro_batch, shard=placement.shard)
     throughput = Throughput(runtime.device)
     tag = None
@@ -278,11 +286,10 @@ def train_single(ctx, recipe: Recipe, *, epochs: float, stream_id: str = "main",
                               meta={"stream": stream_id, "step": step, **(snapshot_meta or {})},
                               graph=saved, **placement.snapshot_args)
             if clock.due() or step == total_steps:
-                shared = student.shared_state()
-                if ema is not None:
-                    shared["ema"] = ema.model.state_dict()
-                _write_checkpoint(checkpoint, placement, {"step": step}, shared)
-                clock.taken()
+                save()
+                continue
+        if step < total_steps and checkpointing.requested(ctx):  # the scheduler's warning: keep this step's work
+            save()
     return tag if tag is not None else ctx.snapshot_tags()[-1]
 
 
@@ -553,9 +560,11 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
             student.load(shared)
             generator.set_state(shared["generator"])
             step = state["step"]
-            if shared.get("teacher") is not None:  # a checkpoint written before teachers were re-derived
-                teacher = Teacher(model, dtype=teacher_dtype, autocast=runtime.autocast, compile_fn=runtime.compiled)
-                teacher.module.load_state_dict(shared["teacher"])
+            if "teacher" in state:  # written mid-cycle on request (or by an older version): the teacher as it was
+                if shared.get("teacher") is not None:
+                    teacher = Teacher(model, dtype=teacher_dtype, autocast=runtime.autocast,
+                                      compile_fn=runtime.compiled)
+                    teacher.module.load_state_dict(shared["teacher"])
             elif step > 0 and step < schedule.total_steps:
                 finished = schedule.cycle_index(step - 1)
                 if finished is not None and allocation.has_teacher(finished + 1):
@@ -594,6 +603,13 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
                                         cut=not is_end)
             cut = stop and not is_end
             if not (is_end or cut):
+                if checkpointing.requested(ctx):  # the scheduler's warning, mid-cycle: the teacher goes with it
+                    _write_checkpoint(ctx.checkpoint, placement,
+                                      {"done": sorted(done), "trajectory": t, "step": step, "perturb_pending": False,
+                                       **plan_state},
+                                      {**student.shared_state(), "generator": generator.get_state(),
+                                       "fitness": fitness,
+                                       "teacher": None if teacher is None else teacher.module.state_dict()})
                 continue
             tag = f"t{t}-c{cycle:03d}" + ("-cut" if cut else "")
             ctx.save_snapshot(_snapshot(model, snapshot_dtype), tag, meta={
@@ -613,7 +629,8 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
                 else:
                     teacher.load_from(model)
             perturbing = more and settings.perturbation is not None
-            if clock.due() and more:
+            due = clock.due()  # (a collective when the policy has a clock: every rank asks, every time)
+            if (due or checkpointing.requested(ctx)) and more:
                 _write_checkpoint(ctx.checkpoint, placement,
                                   {"done": sorted(done), "trajectory": t, "step": step, "perturb_pending": perturbing,
                                    **plan_state},

@@ -7,11 +7,15 @@ started and resumes it from its last checkpoint: the data server restores the me
 the training clock from the run folder, so the record is that of one run, with every start listed. A run
 whose record is final (anything but an interruption) is left as it is.
 
-Slurm warns a job before its time limit or a pre-emption with the signal the script asks for (USR1, the
-grace before). The job then stops the method's processes as on SIGTERM (the run's record says
-``Interrupted``; work since the last checkpoint is lost) and requeues itself, so the run continues in its
-next start without anyone resubmitting it. A SIGTERM from Slurm itself (``scontrol requeue``, ``scancel``)
-stops the run the same way; Slurm then decides whether the job starts again."""
+Slurm warns a job before its time limit (and at a pre-emption, where the cluster sets
+``PreemptParameters=send_user_signal``) with the signal the script asks for: USR1, the grace before. The
+job then asks the method for a checkpoint (harness/run/preemption.py: the ranks see
+``ctx.checkpoint_requested`` on their next batch), waits for every rank's within the grace, stops the
+method's processes (the run's record says ``Interrupted``) and requeues itself, so the run continues in its
+next start from that checkpoint without anyone resubmitting it. A warning while the run is not training
+(evaluating, starting) stops it at once. A SIGTERM from Slurm itself (``scontrol requeue``, ``scancel``, a
+pre-emption without the user signal) reaches the method's processes too, so the run stops at once and
+resumes from the last checkpoint the method took on its own; Slurm decides whether the job starts again."""
 
 from __future__ import annotations
 
@@ -23,7 +27,8 @@ import sys
 from pathlib import Path
 
 from harness.common.atomic import write_json_atomic
-from harness.cluster.slurm import JOB_FILE, JOB_FOLDER
+from harness.cluster.slurm import DEFAULT_GRACE_S, JOB_FILE, JOB_FOLDER
+from harness.run.preemption import WARNING, checkpoint_wait_s
 from harness.formats.records import utc_timestamp
 
 
@@ -62,11 +67,13 @@ def main(run_dir: str) -> int:
         print(f"slowrun: {folder} already has its record; nothing to do", file=sys.stderr)
         return 0
     job = _note_start(folder, resumed=state == "started")
+    grace_s = float((job.get("options") or {}).get("grace_s", DEFAULT_GRACE_S))
     warned = []
 
-    def on_warning(signum, frame):  # the scheduler's warning: stop as on SIGTERM, then requeue (below)
+    def on_warning(signum, frame):  # the scheduler's warning: a checkpoint if training, then requeue (below)
         warned.append(signum)
-        os.kill(os.getpid(), signal.SIGTERM)
+        if not WARNING.warn(checkpoint_wait_s(grace_s)):
+            os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGUSR1, on_warning)
     try:
@@ -77,6 +84,9 @@ def main(run_dir: str) -> int:
     except RunInterrupted as exc:
         print(f"slowrun: {exc}", file=sys.stderr)
         job["starts"][-1]["interrupted"] = True
+        if warned:
+            job["starts"][-1]["warned"] = True
+            job["starts"][-1]["checkpoint_on_warning"] = WARNING.result  # None: the warning came outside training
         write_json_atomic(folder / JOB_FOLDER / JOB_FILE, job)
         job_id = os.environ.get("SLURM_JOB_ID") or job.get("job_id")
         if warned and job_id:

@@ -26,6 +26,7 @@ from harness.errors import SlowrunError
 JOB_FOLDER = "slurm"
 JOB_SCRIPT = "job.sbatch"
 JOB_FILE = "job.json"  # the submitted job's id, and every start of it (harness.cluster.job appends)
+DEFAULT_GRACE_S = 120
 
 
 class SlurmError(SlowrunError):
@@ -39,7 +40,7 @@ class SlurmOptions:
     gpus_per_node: int = 0
     time: str | None = None  # Slurm's format: "HH:MM:SS", "D-HH:MM", minutes
     account: str | None = None
-    grace_s: int = 120  # the warning before the end of the time limit or a pre-emption
+    grace_s: int = DEFAULT_GRACE_S  # the warning before the end of the time limit or a pre-emption
 
     def __post_init__(self):
         if self.nodes != 1:

@@ -17,6 +17,7 @@ import os
 import random
 import secrets
 import sys
+import time
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Mapping
@@ -81,6 +82,8 @@ class RemoteStream:
         # message overwrites, so the int64 array is the method's own.
         tokens = torch.from_numpy(array.astype(np.int64))
         self.windows_served, self.epoch = header["windows_served"], header["epoch"]
+        if header.get("checkpoint_requested"):
+            self._ctx._checkpoint_requested = True
         return tokens
 
     def __iter__(self):
@@ -144,6 +147,7 @@ class RunContext:
         self.eval_batch_size = int(run.get("eval_batch_size", 16))
         self._exporter = None  # harness.confined.graph_export.GraphExporter, made at the first snapshot
         self._export_warned = False
+        self._checkpoint_requested = False  # set by a batch that carries the harness's request
 
     # ---- the wire -------------------------------------------------------------------------------
     def _call(self, header: dict):
@@ -397,11 +401,24 @@ class RunContext:
         self._channel.send({"op": "log", "entry": line, "reply": False})
 
     # ---- checkpoint / resume --------------------------------------------------------------------
+    @property
+    def checkpoint_requested(self) -> bool:
+        """True once the harness has asked for a checkpoint: the scheduler will stop the job soon (Slurm's
+        warning before the time limit or a pre-emption). Check it after each optimizer step and, when it is
+        True, call :meth:`checkpoint` with the state to resume from; that call does not return (the harness
+        stops the run and the next start resumes from it). Work not checkpointed is trained again.
+
+        It arrives with a batch and costs no request. The ranks reading a stream in shards (a DDP group)
+        all see it first on the same step of that stream, so checking it after each optimizer step makes
+        the whole group checkpoint at one step without a collective."""
+        return self._checkpoint_requested
+
     def checkpoint(self, state: Mapping[str, Any]) -> None:
         """Save the method's state with its RNG states; resume continues from here.
 
         The server keeps its own meter, snapshot list and ensemble beside it, so a resumed run restarts
-        its accounting from the harness's numbers, not from anything in this file."""
+        its accounting from the harness's numbers, not from anything in this file. After the harness has
+        asked for a checkpoint (:attr:`checkpoint_requested`) this call waits for the run to be stopped."""
         import torch
 
         payload = {"method_state": dict(state),
@@ -412,9 +429,14 @@ class RunContext:
         with open(path, "rb") as f:
             os.fsync(f.fileno())
         try:
-            self._call({"op": "checkpoint", "file": path.name})
+            reply, _ = self._call({"op": "checkpoint", "file": path.name})
         finally:
             path.unlink(missing_ok=True)
+        if reply.get("hold"):
+            # The run resumes from this checkpoint; anything done after it would be thrown away. The runner
+            # stops this process once every rank has checkpointed (or its grace ends).
+            while True:
+                time.sleep(3600)
 
     def resume_state(self) -> Mapping[str, Any] | None:
         """The state given to the last checkpoint() of an interrupted run, or None for a fresh run.

@@ -50,8 +50,13 @@ def _scheduler_section(run_dir: Path) -> dict | None:
         return None
     job = json.loads(path.read_text(encoding="utf-8"))
     starts = job.get("starts", [])
+    warned = [s for s in starts if s.get("warned")]
     return {"kind": "slurm", "job_id": job.get("job_id"), "starts": len(starts),
-            "preemptions": sum(1 for s in starts if s.get("resumed"))}
+            "preemptions": sum(1 for s in starts if s.get("resumed")),
+            # of the starts the scheduler warned, those whose every rank checkpointed on the warning (the
+            # others resumed from an earlier checkpoint and trained its work again)
+            "warnings": len(warned),
+            "checkpointed_on_warning": sum(1 for s in warned if (s.get("checkpoint_on_warning") or {}).get("settled"))}
 
 
 EMPTY_EVALUATION = {"snapshots": [], "ensemble": {"members": [], "source": "last"}, "result": None,

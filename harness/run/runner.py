@@ -39,6 +39,7 @@ from harness.formats.records import utc_timestamp, write_record_atomic
 from harness.formats.run_spec import RunSpec, as_json, read_run_spec, write_run_spec
 from harness.sandbox.environment import check_pass_env
 from harness.rules.tracks import Track, get_track
+from harness.run.preemption import WARNING, SchedulerWarning
 from harness.run.record import EMPTY_EVALUATION, assemble_record, print_summary
 from harness.run.tracking import TrackingOptions, open_tracking
 from harness.formats.run_folder import STOP_FILE, RunLayout
@@ -359,7 +360,8 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
             import harness.eval.evaluation  # noqa: F401
             if on_started is not None:
                 on_started()
-            stopped_at_cap = _wait_watching_server(supervisor, server)
+            with WARNING.armed() as warning:
+                stopped_at_cap = _wait_watching_server(supervisor, server, warning)
             result = supervisor.wait()
             if launch.nnodes > 1:
                 _wait_for_other_nodes(server)
@@ -395,12 +397,27 @@ def _warn_if_root() -> None:
               "Run slowrun as an unprivileged user where you can.", file=sys.stderr)
 
 
-def _wait_watching_server(supervisor, server, poll_s: float = 0.1) -> bool:
+def _wait_watching_server(supervisor, server, warning: SchedulerWarning | None = None, poll_s: float = 0.1) -> bool:
     """Wait for the method's processes, stopping them at once when the data server says the job must end:
     a rank failed or broke the protocol (its peers may be waiting for it in a collective, for ever), or
     they train past the cap and its grace (a method that ignores TimeExhausted and trains on data it
-    kept). True when they were stopped at the cap."""
+    kept). True when they were stopped at the cap.
+
+    After the scheduler's warning (harness/run/preemption.py) it asks the ranks for a checkpoint and, once
+    every rank has one or the wait runs out, interrupts the run as a signal would."""
+    started = time.monotonic()
     while supervisor.running():
+        if warning is not None and warning.asked:
+            if server.checkpoint_request_summary() is None:
+                server.request_checkpoint()
+                started = time.monotonic()
+            settled = server.checkpoints_settled()
+            if settled or warning.past_deadline():
+                warning.result = {**server.checkpoint_request_summary(), "settled": settled,
+                                  "waited_s": round(time.monotonic() - started, 3)}
+                import signal
+
+                raise _Signals.Received(signal.SIGUSR1)
         if server.stop_requested.wait(poll_s):
             # A rank that died takes its process tree down by itself a moment later, and the supervisor's
             # account of it (killed by which signal) says more than a stop would: let it end first, then

@@ -107,6 +107,8 @@ class DataServer:
         self._incidents: list[dict] = []
         self._gathers: dict[str, dict[int, Any]] = {}
         self._gathered = threading.Condition(self._lock)
+        self._in_gather: set[int] = set()  # ranks waiting here for their peers: idle, nothing to checkpoint
+        self._checkpoint_request: dict | None = None  # see request_checkpoint
         self.stop_requested = threading.Event()
         self._previous_train_s = 0.0
         if spec.resume:
@@ -431,6 +433,7 @@ class DataServer:
         reader = self._readers.get(stream_id)
         arrays = []
         grant = None
+        asked = False
         for _ in range(count):
             # one draw per batch, exactly as `count` requests would make them: a refusal after some were
             # granted leaves those charged, as it would have, and raises for the rest
@@ -441,10 +444,14 @@ class DataServer:
                         self._train, self.spec.track.seq_len, self.spec.seed, stream_id))
             arrays.append(reader.batch(grant.first_window, grant.windows))
             self._progress.advance(grant.windows * self.spec.track.seq_len)
+            asked = asked or grant.checkpoint_requested
         array = arrays[0][None] if count == 1 else np.stack(arrays)  # [count, batch_size, seq_len + 1]
-        return ({"ok": True, "dtype": array.dtype.str, "shape": list(array.shape),
+        reply = {"ok": True, "dtype": array.dtype.str, "shape": list(array.shape),
                  "windows_served": grant.windows_served, "epoch": grant.stream_targets / self.epoch_tokens,
-                 "total_targets": grant.total_targets}, array)
+                 "total_targets": grant.total_targets}
+        if asked:
+            reply["checkpoint_requested"] = True
+        return reply, array
 
     def _op_fitness(self, rank: int, header: dict, payload):
         seq_len = self.spec.track.seq_len
@@ -596,7 +603,45 @@ class DataServer:
             dropped = (previous or {}).get("previous") or {}
             if dropped.get("state_file") and dropped["state_file"] not in (state_name, (earlier or {}).get("state_file")):
                 (self.layout.checkpoints / dropped["state_file"]).unlink(missing_ok=True)
+            if self._checkpoint_request is not None:
+                # Asked for: this is where the run resumes. Nothing the rank does after it can count (a
+                # resume rolls back to here), so it is told to wait for the runner to stop it.
+                self._checkpoint_request["checkpointed"].add(rank)
+                return {"ok": True, "hold": True}
         return {"ok": True}
+
+    # ---- a checkpoint on the scheduler's warning -----------------------------------------------------
+    def request_checkpoint(self) -> dict[str, int]:
+        """Ask every rank to checkpoint now (the scheduler will stop the job soon): the request travels on
+        their next batches (the ledger picks the step, the same for every shard of a stream), and a rank's
+        checkpoint after it is answered with ``hold``. Returns the step each known stream sees it from."""
+        steps = self.ledger.request_checkpoint()
+        with self._lock:
+            if self._checkpoint_request is None:
+                self._checkpoint_request = {"train_s": self.clock.seconds(), "from_steps": steps,
+                                            "checkpointed": set()}
+                print(f"slowrun: asked every rank for a checkpoint at {self.clock.seconds():.1f} s of training",
+                      file=sys.stderr)
+        return steps
+
+    def checkpoints_settled(self) -> bool:
+        """Every rank has checkpointed since the request, or has nothing left to checkpoint: it ended, or it
+        waits on the server for its peers (``gather``), so stopping the job now loses no work."""
+        with self._lock:
+            if self._checkpoint_request is None or len(self._ranks) < self.spec.world_size:
+                return False
+            done = self._checkpoint_request["checkpointed"]
+            return all(rank in done or state.ended or rank in self._in_gather
+                       for rank, state in self._ranks.items())
+
+    def checkpoint_request_summary(self) -> dict | None:
+        """The request as the record tells it: when (training seconds), which ranks checkpointed after it."""
+        with self._lock:
+            request = self._checkpoint_request
+            if request is None:
+                return None
+            return {"train_s": request["train_s"], "ranks_checkpointed": sorted(request["checkpointed"]),
+                    "world_size": self.spec.world_size}
 
     def _op_end(self, rank: int, header: dict, payload) -> dict:
         status, error = header.get("status"), method_error(header.get("error"))
@@ -620,12 +665,16 @@ class DataServer:
                 raise RequestError(f"rank {rank} has already given a value for gather {key!r}; use a new key")
             values[rank] = value
             self._gathered.notify_all()
-            while len(values) < self.spec.world_size:
-                missing = [r for r in range(self.spec.world_size) if r not in values]
-                gone = [r for r in missing if r in self._ranks and (self._ranks[r].ended or not self._ranks[r].connected)]
-                if gone or self._closing or self._stop is not None:
-                    raise RequestError(f"gather {key!r}: rank(s) {gone or missing} ended without taking part")
-                self._gathered.wait(timeout=1.0)
+            self._in_gather.add(rank)
+            try:
+                while len(values) < self.spec.world_size:
+                    missing = [r for r in range(self.spec.world_size) if r not in values]
+                    gone = [r for r in missing if r in self._ranks and (self._ranks[r].ended or not self._ranks[r].connected)]
+                    if gone or self._closing or self._stop is not None:
+                        raise RequestError(f"gather {key!r}: rank(s) {gone or missing} ended without taking part")
+                    self._gathered.wait(timeout=1.0)
+            finally:
+                self._in_gather.discard(rank)
             return {"ok": True, "values": [values[r] for r in range(self.spec.world_size)]}
 
     # Requests the client may send without waiting for the answer (`"reply": false`): a log line changes
@@ -730,7 +779,7 @@ class DataServer:
                 train_s=self.train_seconds(), resumed=self.spec.resume, world_size=self.spec.world_size,
                 sandbox=sandbox, supervisor=supervised, warmup_s=self.clock.warmup_seconds(),
                 time_limit_s=self.spec.time_limit_s, over_cap_s=self.clock.over_cap_s,
-                incidents=list(self._incidents))
+                incidents=list(self._incidents), checkpoint_request=self.checkpoint_request_summary())
 
 
 def normalise_weights(weights: dict) -> dict:

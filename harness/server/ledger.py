@@ -21,6 +21,14 @@ under one lock. Three rules make the account exact whatever the ranks do:
 
 Each (stream, shard) belongs to the rank that first reads it: another rank asking for it is refused, so a
 shard's position is one rank's. Shards are refused in one-process runs (there is nobody to step with).
+
+A checkpoint request (the scheduler's warning, :meth:`Ledger.request_checkpoint`) is carried by batches, and
+the ledger decides which: every shard of a stream first sees it on the same step, the step the farthest
+shard stood at when the request came. Ranks of a DDP group are within a step of each other, so any rule
+that answered "now" would tell one rank before its peer's step and the other after it; the two would then
+checkpoint at different steps (or one would wait for the other in a collective while writing). With the
+step fixed by the ledger, every rank of a group sees the request in the same optimizer step and checks it
+at the same step boundary, without a collective of the method's own.
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ class Grant:
     windows_served: int  # this shard's windows after this batch
     stream_targets: int  # targets served by all shards of the stream so far
     total_targets: int  # targets served by the job so far
+    checkpoint_requested: bool = False  # the harness asks for a checkpoint (the same step for every shard)
 
 
 @dataclass
@@ -89,6 +98,7 @@ class Ledger:
         self._reserved = 0  # targets granted, whether or not every shard has read its part yet
         self._served = 0  # targets sent
         self._fitness: dict[int, int] = {}  # rank -> fitness tokens read
+        self._checkpoint_from: dict[str, int] | None = None  # stream -> the step its batches carry the request from
 
     # ---- restore ------------------------------------------------------------------------------------
     def restore(self, rank: int, state: dict) -> None:
@@ -172,7 +182,22 @@ class Ledger:
             stream_windows = self._stream_windows[stream_id] = self._stream_windows.get(stream_id, 0) + plan.batch_size
             self._served += plan.batch_size * self.seq_len
             first = (step * plan.shards + index) * plan.batch_size  # shards deal whole batches round-robin
-            return Grant(first, plan.batch_size, served + plan.batch_size, stream_windows * self.seq_len, self._served)
+            asked = self._checkpoint_from is not None and step >= self._checkpoint_from.get(stream_id, 0)
+            return Grant(first, plan.batch_size, served + plan.batch_size, stream_windows * self.seq_len, self._served,
+                         asked)
+
+    def request_checkpoint(self) -> dict[str, int]:
+        """Ask every rank for a checkpoint through its batches: from now on, a stream's batches carry the request
+        from the step its farthest shard stood at (a stream not read yet: from its first step). The first
+        request fixes the steps; the streams and steps are returned (for the record and the tests)."""
+        with self._lock:
+            if self._checkpoint_from is None:
+                steps: dict[str, int] = {}
+                for (stream_id, _), windows in self._windows.items():
+                    step = windows // self._plans[stream_id].batch_size
+                    steps[stream_id] = max(steps.get(stream_id, 0), step)
+                self._checkpoint_from = steps
+            return dict(self._checkpoint_from)
 
     def _decide(self, plan: StreamPlan) -> _Decision:
         """One decision for a whole step: the clock first (a closed clock charges nothing), then the budget."""

@@ -191,3 +191,78 @@ def test_threads_with_skew_each_get_every_answer_of_their_group(shards, accumula
     assert len(set(refused_at)) == 1 and refused_at[0] == 37  # every shard refused at step 37
     assert book.served_targets() == book.reserved_targets() == 37 * step
     assert allowed - book.served_targets() < step
+
+
+@st.composite
+def lockstep_runs(draw):
+    """Streams read by DDP groups (shards, batch size, microbatches per optimizer step, the last one at least
+    3), the shards of every stream interleaved the way DDP allows: a shard starts optimizer step k + 1 only
+    once each peer has fetched all of step k (the all-reduce), so peers run up to a step apart and in any
+    order within that; a checkpoint request arrives at a random point, maybe before a stream's first batch."""
+    streams = draw(st.lists(st.tuples(st.integers(1, 4), st.integers(1, 3), st.integers(1, 4)), min_size=1,
+                            max_size=3))
+    streams[-1] = (streams[-1][0], streams[-1][1], draw(st.integers(3, 5)))
+    steps = draw(st.integers(2, 6))  # optimizer steps per shard
+    position = {(s, i): 0 for s, (shards, _, _) in enumerate(streams) for i in range(shards)}
+    order = []
+    while True:
+        ready = []
+        for (s, i), at in position.items():
+            shards, _, accumulation = streams[s]
+            if at == steps * accumulation:
+                continue
+            step = at // accumulation
+            if all(position[(s, j)] >= step * accumulation for j in range(shards)):
+                ready.append((s, i))
+        if not ready:
+            break
+        chosen = draw(st.sampled_from(sorted(ready)))
+        order.append(chosen)
+        position[chosen] += 1
+    request_at = draw(st.integers(0, len(order)))
+    return streams, order, request_at
+
+
+@settings(max_examples=300, deadline=None)
+@given(lockstep_runs())
+def test_a_checkpoint_request_reaches_every_shard_of_a_stream_in_the_same_optimizer_step(run):
+    streams, order, request_at = run
+    book = ledger(10**9)
+    position = {}
+    first_flag: dict[tuple[int, int], int] = {}
+    at_request = None
+    for n, (s, index) in enumerate(order):
+        if n == request_at:
+            at_request = dict(position)
+            book.request_checkpoint()
+        shards, batch, _ = streams[s]
+        grant = book.draw(s * 4 + index, f"s{s}", batch, [index, shards] if shards > 1 else None)
+        local = position.get((s, index), 0)
+        if grant.checkpoint_requested:
+            assert n >= request_at  # never before the request
+            first_flag.setdefault((s, index), local)
+        position[(s, index)] = local + 1
+    if at_request is None:  # the request came after every batch: nobody was left to tell
+        return
+    for s, (shards, _, accumulation) in enumerate(streams):
+        # the step the farthest shard stood at when the request came (0 for a stream not read yet), worked
+        # out here from the interleaving, not asked of the ledger
+        farthest = max([at_request.get((s, i), 0) for i in range(shards)])
+        told = {i: first_flag.get((s, i)) for i in range(shards)}
+        for i in range(shards):
+            if position[(s, i)] > farthest:  # the shard read past that step: it was told, exactly there
+                assert told[i] == farthest, (s, i, told, farthest)
+        steps_told = {told[i] // accumulation for i in range(shards) if told[i] is not None}
+        assert len(steps_told) <= 1  # one optimizer step for the whole group
+
+
+def test_a_checkpoint_request_before_any_batch_reaches_each_stream_at_its_first_step():
+    book = ledger(10**6, world_size=2)
+    book.request_checkpoint()
+    assert book.draw(0, "a", 2, [0, 2]).checkpoint_requested
+    assert book.draw(1, "a", 2, [1, 2]).checkpoint_requested
+
+
+def test_without_a_request_no_batch_carries_one():
+    book = ledger(10**6, world_size=2)
+    assert not any(book.draw(r, "a", 2, [r, 2]).checkpoint_requested for _ in range(5) for r in (0, 1))
