@@ -1,5 +1,6 @@
-"""`slowrun run --slurm` on a real one-node Slurm: a 2-rank CPU job requeued mid-run resumes by itself and
-ends with the record of a run that was never interrupted, saying how often it was pre-empted."""
+"""`slowrun run --slurm` on a real one-node Slurm: a 2-rank CPU job requeued mid-run, or warned before its end,
+resumes by itself and ends with the record of a run that was never interrupted, saying how often it was
+pre-empted and whether it checkpointed on the warning."""
 
 from __future__ import annotations
 
@@ -106,3 +107,43 @@ def test_a_requeued_job_resumes_by_itself_to_the_uninterrupted_record(slurm_clus
     status = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(out)], capture_output=True,
                             text=True, cwd=PROJECT, timeout=60)
     assert status.returncode == 0 and json.loads(status.stdout)["preemptions"] == 1
+
+
+def test_a_warned_job_checkpoints_requeues_itself_and_resumes_from_that_checkpoint(slurm_cluster, synthetic_data,
+                                                                                   tmp_path):
+    common = ["--track", "synthetic", "--epochs", "3", "--seed", "4", "--data", str(synthetic_data),
+              "--nproc-per-node", "2", "--quiet"] + [a for k, v in TINY for a in ("--set", f"{k}={v}")]
+    straight = run_method(RunRequest(method_dir=PROJECT / "submissions" / "single_model", epochs=3.0, seed=4,
+                                     overrides=TINY, data_dir=synthetic_data, progress=False,
+                                     out=tmp_path / "straight", launch=LaunchSpec(nproc_per_node=2)))
+    out = tmp_path / "slurm-run"
+    submitted = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(PROJECT / "submissions" / "single_model"),
+                                *common, "--out", str(out), "--slurm", "--grace", "60"],
+                               capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads((out / "slurm" / "job.json").read_text())["job_id"]
+    # the warning before the first snapshot (the first scheduled checkpoint): the batch shell alone gets
+    # USR1, as with --signal=B:USR1@GRACE
+    _wait(lambda: (out / "metrics.jsonl").exists() and len(_losses(out)) >= 3, 240, "three training steps")
+    warned = subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], capture_output=True, text=True)
+    assert warned.returncode == 0, warned.stderr
+    record_path = out / "record.json"
+
+    def final():
+        if not record_path.exists():
+            return None
+        record = json.loads(record_path.read_text())
+        return record if (record.get("error") or {}).get("type") != "Interrupted" else None
+
+    record = _wait(final, 300, "the warned job's final record")
+    log = "\n".join(p.read_text() for p in (out / "slurm").glob("slurm-*.out"))
+    a = json.loads((straight / "record.json").read_text())
+    assert record["status"] == a["status"] == "ok", log[-3000:]
+    scheduler = record["scheduler"]
+    assert (scheduler["starts"], scheduler["preemptions"], scheduler["warnings"],
+            scheduler["checkpointed_on_warning"]) == (2, 1, 1, 1), log[-3000:]
+    first = json.loads((out / "slurm" / "job.json").read_text())["starts"][0]
+    assert first["interrupted"] and first["checkpoint_on_warning"]["ranks_checkpointed"] == [0, 1]
+    assert record["metered"] == a["metered"]
+    assert _losses(out) == _losses(straight)  # bitwise
+    assert record["result"]["val_loss"] == a["result"]["val_loss"]
