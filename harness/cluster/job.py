@@ -8,8 +8,8 @@ the training clock from the run folder, so the record is that of one run, with e
 whose record is final (anything but an interruption) is left as it is.
 
 Slurm warns a job before its time limit (and at a pre-emption, where the cluster sets
-``PreemptParameters=send_user_signal``) with the signal the script asks for: USR1, the grace before. The
-job then asks the method for a checkpoint (harness/run/preemption.py: the ranks see
+``SlurmctldParameters=preempt_send_user_signal``) with the signal the script asks for: USR1, the grace
+before. The job then asks the method for a checkpoint (harness/run/preemption.py: the ranks see
 ``ctx.checkpoint_requested`` on their next batch), waits for every rank's within the grace, stops the
 method's processes (the run's record says ``Interrupted``) and requeues itself, so the run continues in its
 next start from that checkpoint without anyone resubmitting it. A warning while the run is not training

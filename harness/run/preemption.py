@@ -1,8 +1,8 @@
 """The scheduler's warning: ask the method for a checkpoint, wait for it within the grace, then stop.
 
 A scheduler warns a job before it stops it (Slurm: the ``--signal`` signal ``--grace`` seconds before the
-time limit, or at a pre-emption with ``PreemptParameters=send_user_signal``). Stopping the method's
-processes at once, as on SIGTERM, throws away everything since its last checkpoint, which for q0 can be a
+time limit, or at a pre-emption with ``SlurmctldParameters=preempt_send_user_signal``). Stopping the
+method's processes at once, as on SIGTERM, throws away everything since its last checkpoint, which for q0 can be a
 whole cycle. Instead the runner asks the ranks for a checkpoint (it reaches them on their next batch, see
 :attr:`harness.contract.RunContext.checkpoint_requested`), waits until every rank has checkpointed or has
 nothing to lose (ended, or waiting on the server for its peers), and only then stops them; a method that
