@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import json
 import argparse
+import dataclasses
+import json
 import sys
 from pathlib import Path
 
@@ -137,8 +138,17 @@ def _submit_to_slurm(args, launch) -> int:
     from harness.common.paths import PROJECT_ROOT
     from harness.run.runner import prepare_run
 
-    options = SlurmOptions(partition=args.partition, nodes=args.nodes, gpus_per_node=args.gpus_per_node,
+    if launch.nnodes > 1 or launch.node_rank:
+        raise SlowrunError("--slurm places the nodes itself: ask for them with --nodes N (not --nnodes/--node-rank)")
+    nodes = args.nodes
+    if args.resume:  # the run keeps the nodes it was prepared for
+        from harness.formats.run_spec import read_run_spec
+
+        nodes = read_run_spec(Path(args.resume)).launch_spec.nnodes
+        launch = dataclasses.replace(launch, nproc_per_node=read_run_spec(Path(args.resume)).launch_spec.nproc_per_node)
+    options = SlurmOptions(partition=args.partition, nodes=nodes, gpus_per_node=args.gpus_per_node,
                            time=args.time, account=args.account, grace_s=args.grace)
+    launch = dataclasses.replace(launch, nnodes=options.nodes)  # node 0's address is set when the job starts
     if args.resume:
         run_dir = Path(args.resume).resolve()
     else:
@@ -333,7 +343,8 @@ def build_parser() -> argparse.ArgumentParser:
                                  "trained by a job that resumes it by itself after a requeue)")
     slurm.add_argument("--slurm", action="store_true", help="submit the run (or --resume RUN_DIR) as a Slurm job")
     slurm.add_argument("--partition")
-    slurm.add_argument("--nodes", type=int, default=1, help="nodes (one for now)")
+    slurm.add_argument("--nodes", type=int, default=1,
+                       help="nodes, each running --nproc-per-node processes (node 0 holds the data server)")
     slurm.add_argument("--gpus-per-node", type=int, default=0)
     slurm.add_argument("--time", help="the job's time limit, in Slurm's format (e.g. 3:00:00)")
     slurm.add_argument("--account")

@@ -58,10 +58,62 @@ def _note_start(run_dir: Path, resumed: bool) -> dict:
     return job
 
 
-def main(run_dir: str) -> int:
+def join(run_dir: Path) -> int:
+    """Another node of a multi-node job (started by node 0 through srun): run this node's ranks against
+    node 0's data server; node 0 writes the record and decides the job's exit."""
+    from harness.cluster.nodes import this_node_launch
+    from harness.formats.run_spec import read_run_spec
+    from harness.run.runner import RunInterrupted, RunRequest, join_run
+
+    launch = this_node_launch(run_dir, os.environ.get("SLURMD_NODENAME", ""))
+    spec = read_run_spec(run_dir)
+    try:
+        join_run(RunRequest(method_dir=Path(spec.method_dir), out=run_dir, device=spec.device, launch=launch,
+                            progress=False))
+    except RunInterrupted as exc:
+        print(f"slowrun: {exc}", file=sys.stderr)
+        return 143
+    return 0
+
+
+def _start_other_nodes(folder: Path, job: dict):
+    """Node 0 of a multi-node job: place the nodes for this start and start the others (None on one node)."""
+    from harness.cluster.nodes import describe, other_nodes_command, place_nodes
+    from harness.formats.run_spec import read_run_spec
+    from harness.run.runner import SERVER_FILE
+
+    spec = read_run_spec(folder)
+    if spec.launch_spec.nnodes == 1:
+        return None
+    launch = place_nodes(folder, spec, os.environ.get("SLURM_JOB_ID", "0"), os.environ.get("SLURMD_NODENAME", ""))
+    (folder / SERVER_FILE).unlink(missing_ok=True)  # an earlier start's address: the others must wait for ours
+    command = other_nodes_command(folder, launch, int((job.get("options") or {}).get("gpus_per_node", 0)))
+    print(f"slowrun: node 0 at {launch.master_addr}:{launch.master_port}; starting the other "
+          f"{launch.nnodes - 1} node(s): {describe(command)}", file=sys.stderr)
+    return subprocess.Popen(command)
+
+
+def _stop_other_nodes(others, wait_s: float = 120.0) -> None:
+    """Their ranks end with node 0's (the same steps, the same server); wait for them, then stop the rest."""
+    if others is None:
+        return
+    try:
+        others.wait(timeout=wait_s)
+    except subprocess.TimeoutExpired:
+        others.terminate()  # srun passes it on to its tasks
+        try:
+            others.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            others.kill()
+            others.wait()
+
+
+def main(run_dir: str, node: bool = False) -> int:
     from harness.run.runner import RunInterrupted, resume_run, train_prepared
 
     folder = Path(run_dir).resolve()
+    if node:
+        return join(folder)
     state = run_state(folder)
     if state == "final":
         print(f"slowrun: {folder} already has its record; nothing to do", file=sys.stderr)
@@ -76,6 +128,7 @@ def main(run_dir: str) -> int:
             os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGUSR1, on_warning)
+    others = _start_other_nodes(folder, job)
     try:
         if state == "started":
             resume_run(folder, progress=False)
@@ -94,6 +147,8 @@ def main(run_dir: str) -> int:
             print(f"slowrun: requeued job {job_id} after the scheduler's warning"
                   + ("" if done.returncode == 0 else f" (scontrol: {done.stderr.strip()})"), file=sys.stderr)
         return 143
+    finally:
+        _stop_other_nodes(others)
     from harness.formats.records import exit_code, load_record
 
     return exit_code(load_record(folder / "record.json")["status"])
@@ -102,4 +157,4 @@ def main(run_dir: str) -> int:
 if __name__ == "__main__":
     from harness.common.fast_exit import exit_now
 
-    exit_now(main(sys.argv[1]))
+    exit_now(main(sys.argv[1], node="--node" in sys.argv[2:]))

@@ -7,8 +7,9 @@ what runs; a Slowrun job is one command on a run folder, so a plain script (kept
 Slurm's own ``--requeue``. The script asks for the warning signal (``--signal=B:USR1@GRACE``): on it the job
 stops the method's processes, records the interruption and requeues itself (harness.cluster.job).
 
-One node for now: the job runs the node's processes through torchrun (``--nproc-per-node``). A multi-node
-job is refused with a message; start such runs with ``--nnodes``/``--node-rank`` by hand (README)."""
+The job runs each node's processes through torchrun (``--nproc-per-node``). With ``--nodes N`` the batch
+script runs node 0 (the data server, the meter, the record) and node 0 starts the other nodes' parts with
+``srun`` at every start (harness.cluster.nodes), since a requeued job may land on other nodes."""
 
 from __future__ import annotations
 
@@ -43,14 +44,13 @@ class SlurmOptions:
     grace_s: int = DEFAULT_GRACE_S  # the warning before the end of the time limit or a pre-emption
 
     def __post_init__(self):
-        if self.nodes != 1:
-            raise SlurmError(f"--nodes {self.nodes}: slowrun run --slurm places one node for now; start a "
-                             "multi-node run with --nnodes and --node-rank on each node (README, 'Several nodes')")
+        if isinstance(self.nodes, bool) or not isinstance(self.nodes, int) or self.nodes < 1:
+            raise SlurmError(f"--nodes must be a whole number of nodes, at least 1 (got {self.nodes!r})")
         if self.gpus_per_node < 0 or self.grace_s < 1:
             raise SlurmError("--gpus-per-node must be >= 0 and the grace at least one second")
 
 
-def _command(name: str) -> str:
+def slurm_command(name: str) -> str:
     path = shutil.which(name)
     if path is None:
         raise SlurmError(f"{name} is not on PATH: run this on a machine with the Slurm client commands")
@@ -64,7 +64,7 @@ def job_script(run_dir: Path, options: SlurmOptions, nproc_per_node: int, python
     folder = run_dir / JOB_FOLDER
     lines = ["#!/bin/bash", f"#SBATCH --job-name=slowrun-{run_dir.name[:60]}",
              f"#SBATCH --output={folder}/slurm-%j.out", "#SBATCH --open-mode=append",
-             "#SBATCH --nodes=1", "#SBATCH --ntasks=1",
+             f"#SBATCH --nodes={options.nodes}", "#SBATCH --ntasks-per-node=1",
              f"#SBATCH --cpus-per-task={max(1, nproc_per_node)}",
              "#SBATCH --requeue", f"#SBATCH --signal=B:USR1@{options.grace_s}"]
     if options.gpus_per_node:
@@ -85,7 +85,7 @@ def submit(run_dir: Path, options: SlurmOptions, nproc_per_node: int, pythonpath
     folder = run_dir / JOB_FOLDER
     folder.mkdir(exist_ok=True)
     script = write_text_atomic(folder / JOB_SCRIPT, job_script(run_dir, options, nproc_per_node, pythonpath=pythonpath))
-    done = subprocess.run([_command("sbatch"), "--parsable", str(script)], capture_output=True, text=True)
+    done = subprocess.run([slurm_command("sbatch"), "--parsable", str(script)], capture_output=True, text=True)
     if done.returncode != 0:
         raise SlurmError(f"sbatch refused the job: {done.stderr.strip() or done.stdout.strip()}")
     job_id = done.stdout.strip().split(";")[0]
@@ -103,7 +103,7 @@ def read_job(run_dir: Path) -> dict:
 def job_state(job_id: str) -> str:
     """The job's state as Slurm tells it (PENDING, RUNNING, COMPLETED, ...), from squeue while it is known
     there, else from sacct; UNKNOWN when neither knows it (accounting disabled and the job long gone)."""
-    done = subprocess.run([_command("squeue"), "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
+    done = subprocess.run([slurm_command("squeue"), "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True)
     state = done.stdout.strip().splitlines()[0] if done.returncode == 0 and done.stdout.strip() else ""
     if state:
         return state
@@ -127,7 +127,7 @@ def status(run_dir: Path) -> dict:
 
 def cancel(run_dir: Path) -> str:
     job = read_job(run_dir)
-    done = subprocess.run([_command("scancel"), job["job_id"]], capture_output=True, text=True)
+    done = subprocess.run([slurm_command("scancel"), job["job_id"]], capture_output=True, text=True)
     if done.returncode != 0:
         raise SlurmError(f"scancel refused: {done.stderr.strip()}")
     return job["job_id"]

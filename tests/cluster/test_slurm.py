@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.cluster.job import run_state
+from harness.cluster.nodes import job_port
 from harness.cluster.slurm import SlurmError, SlurmOptions, job_script
 from harness.common.distributed import LaunchSpec
 from harness.run.runner import RunRequest, run_method
@@ -31,8 +32,16 @@ def test_the_job_script_asks_for_requeue_the_warning_and_the_resources(tmp_path)
                  "#SBATCH --cpus-per-task=8", "#SBATCH --nodes=1"):
         assert line in script.splitlines()
     assert script.rstrip().endswith(f"exec /venv/bin/python -m harness.cluster.job {(tmp_path / 'run').resolve()}")
-    with pytest.raises(SlurmError, match="one node for now"):
-        SlurmOptions(nodes=2)
+    with pytest.raises(SlurmError, match="at least 1"):
+        SlurmOptions(nodes=0)
+    two = job_script(tmp_path / "run", SlurmOptions(nodes=2), nproc_per_node=4).splitlines()
+    assert "#SBATCH --nodes=2" in two and "#SBATCH --ntasks-per-node=1" in two
+
+
+def test_job_ports_differ_between_jobs_and_leave_the_next_port_to_the_data_server():
+    assert job_port(0) == 20000 and job_port(1) == 20002 and job_port(9999) == 39998
+    assert job_port(10000) == 20000  # wraps inside the range
+    assert all(job_port(j) % 2 == 0 and job_port(j) + 1 < 65536 for j in range(0, 30000, 7))
 
 
 def test_a_run_is_new_started_or_final_by_what_its_folder_holds(tmp_path):
@@ -146,4 +155,31 @@ def test_a_warned_job_checkpoints_requeues_itself_and_resumes_from_that_checkpoi
     assert first["interrupted"] and first["checkpoint_on_warning"]["ranks_checkpointed"] == [0, 1]
     assert record["metered"] == a["metered"]
     assert _losses(out) == _losses(straight)  # bitwise
+    assert record["result"]["val_loss"] == a["result"]["val_loss"]
+
+
+def test_a_two_node_job_trains_across_both_nodes_to_the_one_node_record(slurm_cluster, synthetic_data, tmp_path):
+    """Two Slurm nodes, one rank each: node 0 holds the data server, node 1 is started by srun and joins it;
+    the record is the one of the same 2-rank run on one node."""
+    common = ["--track", "synthetic", "--epochs", "2", "--seed", "6", "--data", str(synthetic_data),
+              "--nproc-per-node", "1", "--quiet"] + [a for k, v in TINY for a in ("--set", f"{k}={v}")]
+    straight = run_method(RunRequest(method_dir=PROJECT / "submissions" / "single_model", epochs=2.0, seed=6,
+                                     overrides=TINY, data_dir=synthetic_data, progress=False,
+                                     out=tmp_path / "straight", launch=LaunchSpec(nproc_per_node=2)))
+    out = tmp_path / "two-nodes"
+    submitted = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(PROJECT / "submissions" / "single_model"),
+                                *common, "--out", str(out), "--slurm", "--nodes", "2"],
+                               capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr
+    record_path = out / "record.json"
+    record = json.loads(_wait(lambda: record_path.exists() and record_path.read_text(), 300, "the record"))
+    log = "\n".join(p.read_text() for p in (out / "slurm").glob("slurm-*.out"))
+    a = json.loads((straight / "record.json").read_text())
+    assert record["status"] == a["status"] == "ok", log[-3000:]
+    launch = json.loads((out / "run.json").read_text())["launch"]
+    assert launch["nnodes"] == 2 and launch["master_port"] == job_port(record["scheduler"]["job_id"])
+    assert (out / "supervisor-node1.json").exists(), log[-3000:]  # node 1's ranks ran under its own supervisor
+    assert "node 1: its ranks ended (exited, exit code 0)" in log
+    assert record["metered"] == a["metered"]
+    assert _losses(out) == _losses(straight)  # the same two ranks, on two nodes
     assert record["result"]["val_loss"] == a["result"]["val_loss"]
