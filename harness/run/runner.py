@@ -16,6 +16,7 @@ The record itself is assembled in harness/run/record.py. The run folder holds ha
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -43,7 +44,7 @@ from harness.run.preemption import WARNING, SchedulerWarning
 from harness.run.record import EMPTY_EVALUATION, assemble_record, print_summary
 from harness.run.tracking import TrackingOptions, open_tracking
 from harness.formats.run_folder import STOP_FILE, RunLayout
-from harness.server.outcome import TrainOutcome
+from harness.server.outcome import TrainOutcome, preempted_error
 
 if TYPE_CHECKING:  # the downstream package is imported only when scoring starts
     from harness.eval.downstream.limits import DocumentLimits
@@ -386,6 +387,8 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
         (run_dir / name).unlink(missing_ok=True)
     server.record_session()
     outcome = server.outcome(asdict(result), stopped_at_cap=stopped_at_cap, interrupted=interrupted)
+    if interrupted and WARNING.result is not None and (outcome.error or {}).get("type") == "Interrupted":
+        outcome = dataclasses.replace(outcome, error=preempted_error(WARNING.result))
     _write_json(run_dir / TRAIN_RESULT, outcome.to_dict())
     return outcome, interrupted
 

@@ -63,6 +63,17 @@ def interrupted_error(how: str = "") -> dict:
                      "resume it with slowrun run --resume")
 
 
+def preempted_error(request: dict) -> dict:
+    """The error of a run stopped after the scheduler's warning (harness/run/preemption.py), saying where
+    it resumes: from the checkpoints every rank took on the warning, or from earlier ones."""
+    done, world = request.get("ranks_checkpointed", []), request.get("world_size", 1)
+    where = (f"every rank checkpointed at {request.get('train_s', 0.0):.1f} s of training, and the run resumes there"
+             if request.get("settled") else
+             f"{len(done)} of {world} rank(s) checkpointed within the {request.get('waited_s', 0.0):.0f} s it could "
+             "wait; the run resumes from the last checkpoints its ranks agree on")
+    return run_error("Interrupted", f"pre-empted: the scheduler warned that it would stop the job; {where}")
+
+
 def method_error(error) -> dict | None:
     """The error a method's process reports at its end, as plain bounded strings (it is the method's
     account, shown in the record, never trusted for anything else)."""

@@ -143,6 +143,8 @@ def test_a_ddp_group_checkpoints_at_one_step_on_the_warning_and_resumes_to_the_u
     assert 3 <= step < first_snapshot and step < max(steps)
     record = json.loads((warned_dir / "record.json").read_text())
     assert record["error"]["type"] == "Interrupted"
+    assert record["error"]["message"].startswith("pre-empted: the scheduler warned") and \
+        "every rank checkpointed" in record["error"]["message"]
 
     resume_run(warned_dir, progress=False)
     _same_run(warned_dir, straight)
@@ -213,6 +215,8 @@ def test_a_method_that_ignores_the_request_is_stopped_when_the_wait_runs_out(mak
     assert 1.5 <= result["waited_s"] < 30
     assert time.monotonic() - started < 120
     assert _checkpoint_indices(run_dir)[0]["metrics_lines"] == 2  # its own checkpoint is the one kept
+    message = json.loads((run_dir / "record.json").read_text())["error"]["message"]
+    assert "0 of 1 rank(s) checkpointed" in message and "resumes from the last checkpoints" in message
 
 
 def test_the_wait_leaves_room_to_stop_within_the_grace():
