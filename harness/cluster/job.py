@@ -95,7 +95,7 @@ def _start_other_nodes(folder: Path, job: dict):
 
 def _stop_other_nodes(others, wait_s: float = 120.0) -> None:
     """Their ranks end with node 0's (the same steps, the same server); wait for them, then stop the rest."""
-    if others is None:
+    if others is None or others.poll() is not None:
         return
     try:
         others.wait(timeout=wait_s)
@@ -141,6 +141,7 @@ def main(run_dir: str, node: bool = False) -> int:
             job["starts"][-1]["warned"] = True
             job["starts"][-1]["checkpoint_on_warning"] = WARNING.result  # None: the warning came outside training
         write_json_atomic(folder / JOB_FOLDER / JOB_FILE, job)
+        _stop_other_nodes(others, wait_s=30.0)  # they saw node 0's stop file: their ranks are stopping too
         job_id = os.environ.get("SLURM_JOB_ID") or job.get("job_id")
         if warned and job_id:
             done = subprocess.run(["scontrol", "requeue", str(job_id)], capture_output=True, text=True)

@@ -369,6 +369,8 @@ def train(run_dir: Path, resume: bool, progress: bool, on_started=None) -> tuple
         except _Signals.Received:
             interrupted = True
             server.processes_stopping()
+            if launch.nnodes > 1:  # the other nodes' runners stop their ranks when they see it (join_run)
+                write_text_atomic(run_dir / STOP_FILE, json.dumps({"rank": None, "status": "interrupted"}))
             result = supervisor.terminate()
     except BaseException:
         server.processes_stopping()

@@ -183,3 +183,41 @@ def test_a_two_node_job_trains_across_both_nodes_to_the_one_node_record(slurm_cl
     assert record["metered"] == a["metered"]
     assert _losses(out) == _losses(straight)  # the same two ranks, on two nodes
     assert record["result"]["val_loss"] == a["result"]["val_loss"]
+
+
+def test_a_warned_two_node_job_checkpoints_on_both_nodes_and_resumes_to_the_uninterrupted_record(
+        slurm_cluster, synthetic_data, tmp_path):
+    common = ["--track", "synthetic", "--epochs", "3", "--seed", "8", "--data", str(synthetic_data),
+              "--nproc-per-node", "1", "--quiet"] + [a for k, v in TINY for a in ("--set", f"{k}={v}")]
+    straight = run_method(RunRequest(method_dir=PROJECT / "submissions" / "single_model", epochs=3.0, seed=8,
+                                     overrides=TINY, data_dir=synthetic_data, progress=False,
+                                     out=tmp_path / "straight", launch=LaunchSpec(nproc_per_node=2)))
+    out = tmp_path / "two-nodes"
+    submitted = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(PROJECT / "submissions" / "single_model"),
+                                *common, "--out", str(out), "--slurm", "--nodes", "2", "--grace", "60"],
+                               capture_output=True, text=True, cwd=PROJECT, timeout=300)
+    assert submitted.returncode == 0, submitted.stderr
+    job_id = json.loads((out / "slurm" / "job.json").read_text())["job_id"]
+    _wait(lambda: (out / "metrics.jsonl").exists() and len(_losses(out)) >= 3, 240, "three training steps")
+    warned = subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], capture_output=True, text=True)
+    assert warned.returncode == 0, warned.stderr
+    record_path = out / "record.json"
+
+    def final():
+        if not record_path.exists():
+            return None
+        record = json.loads(record_path.read_text())
+        return record if (record.get("error") or {}).get("type") != "Interrupted" else None
+
+    record = _wait(final, 300, "the warned job's final record")
+    log = "\n".join(p.read_text() for p in (out / "slurm").glob("slurm-*.out"))
+    a = json.loads((straight / "record.json").read_text())
+    assert record["status"] == a["status"] == "ok", log[-3000:]
+    scheduler = record["scheduler"]
+    assert (scheduler["starts"], scheduler["warnings"], scheduler["checkpointed_on_warning"]) == (2, 1, 1), log[-3000:]
+    first = json.loads((out / "slurm" / "job.json").read_text())["starts"][0]
+    assert first["checkpoint_on_warning"]["ranks_checkpointed"] == [0, 1]  # rank 1 is node 1's
+    assert "node 0 stopped the job" in log  # node 1's runner stopped its held rank when node 0 stopped
+    assert record["metered"] == a["metered"]
+    assert _losses(out) == _losses(straight)
+    assert record["result"]["val_loss"] == a["result"]["val_loss"]
