@@ -9,35 +9,49 @@
       method/                  the method directory, exactly the files its content hash covers
       runs/<run>/record.json   each run's record, unchanged
       runs/<run>/metrics.jsonl the metrics log the harness kept, when the run has one
-      runs/<run>/snapshots.json  every snapshot: tag, epochs, weights sha256 and size, whether included
+      runs/<run>/snapshots.json  every snapshot: tag, epochs, weights sha256 and size, whether included,
+                                 and with --weights-to the URL, sha256 and size of each file left out
       runs/<run>/snapshots/<tag>/spec.json (+ model.safetensors when no larger than --weights-up-to)
 
 A folder rather than an archive, so a pull request shows it file by file. The method folder must still
 hash to the records' `method.hash`: a method edited after its runs would not be the method that ran.
 `slowrun leaderboard add BUNDLE` reads it back (`read_bundle`) and files every run.
+
+Weights too large for a pull request travel by URL: with `--weights-to URL` every snapshot not included
+is put (leaderboard/storage.py) at URL/<method>-<method hash 12>/<run>/<tag>/<file>, its exported graph
+beside it, and snapshots.json says where under `remote`; `leaderboard add BUNDLE --verify` fetches them,
+sha256 checked, before re-evaluating (`with_fetched_weights`). The key is new and optional, so a version-1
+bundle without it reads as before, and the version stays 1.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import platform
 import re
 import shutil
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from harness.errors import LeaderboardError
 from harness.formats.method_toml import method_files, method_hash
 from harness.formats.records import RECORD_FILENAME, load_record
-from harness.formats.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, WEIGHTS, sha256_file
+from harness.common.progress import progress as progress_meter
+from harness.formats.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, TAG_PATTERN, WEIGHTS, sha256_file
 from harness.formats.run_spec import RUN_SPEC
-from leaderboard.naming import slug
+from leaderboard.naming import hash_prefix, slug
+from leaderboard.storage import Stored, StorageError, fetch, join_url, put, run_url, stderr_say
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "slowrun-bundle"
 BUNDLE_VERSION = 1
 METRICS = "metrics.jsonl"
+SNAPSHOTS_MANIFEST = "snapshots.json"
+REMOTE_FILES = (WEIGHTS, GRAPH, GRAPH_CONSTANTS)  # a snapshot's files that may travel by URL (its spec.json never does)
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]?B?)\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9, "T": 1e12, "TB": 1e12}
 
@@ -54,6 +68,7 @@ class Bundle:
     root: Path
     method_dir: Path
     runs: tuple[BundledRun, ...]
+    uploaded: tuple[Stored, ...] = ()  # what --weights-to put (or found already there), in order
 
 
 def parse_size(text: str) -> int:
@@ -79,8 +94,11 @@ def _write_json(path: Path, value) -> None:
 
 
 def create_bundle(run_dirs: list[str | Path], out: str | Path, *, method_dir: str | Path | None = None,
-                  weights_up_to: int = 0) -> Bundle:
-    """Pack the runs into the folder `out` (new or empty); return what was packed."""
+                  weights_up_to: int = 0, weights_to: str | None = None, progress: bool = False) -> Bundle:
+    """Pack the runs into the folder `out` (new or empty); return what was packed.
+
+    `weights_to`, a URL, receives every snapshot's weights larger than `weights_up_to` (and its exported
+    graph); `progress` shows the upload on stderr."""
     out = Path(out)
     if not run_dirs:
         raise LeaderboardError("name at least one run folder to submit")
@@ -109,6 +127,8 @@ def create_bundle(run_dirs: list[str | Path], out: str | Path, *, method_dir: st
         raise LeaderboardError(f"{source} hashes to {method_hash(source)[7:19]}, the runs used {hashes[0][7:19]}: "
                                "the method folder changed after the runs; submit the folder as it was when they ran")
 
+    remote, uploaded = _upload_snapshots(runs, weights_up_to, weights_to, progress) if weights_to else ({}, [])
+
     out.mkdir(parents=True, exist_ok=True)
     for path in method_files(source):
         target = out / "method" / path.relative_to(source)
@@ -122,7 +142,7 @@ def create_bundle(run_dirs: list[str | Path], out: str | Path, *, method_dir: st
         shutil.copyfile(run_dir / RECORD_FILENAME, folder / RECORD_FILENAME)
         if (run_dir / METRICS).is_file():
             shutil.copyfile(run_dir / METRICS, folder / METRICS)
-        _write_json(folder / "snapshots.json", _pack_snapshots(run_dir, folder, record, weights_up_to))
+        _write_json(folder / SNAPSHOTS_MANIFEST, _pack_snapshots(run_dir, folder, record, weights_up_to, remote))
         environments[record["run_id"]] = record["environment"]
         bundled.append(BundledRun(record["run_id"], folder, record))
 
@@ -137,10 +157,43 @@ def create_bundle(run_dirs: list[str | Path], out: str | Path, *, method_dir: st
         "files": {p.relative_to(out).as_posix(): "sha256:" + sha256_file(p)
                   for p in sorted(out.rglob("*")) if p.is_file() and p.name != BUNDLE_FILE},
     })
-    return Bundle(out, out / "method", tuple(bundled))
+    return Bundle(out, out / "method", tuple(bundled), tuple(uploaded))
 
 
-def _pack_snapshots(run_dir: Path, folder: Path, record: dict, weights_up_to: int) -> list[dict]:
+def _upload_snapshots(runs: list[tuple[Path, dict]], weights_up_to: int, base: str,
+                      progress: bool) -> tuple[dict[tuple[str, str], dict], list[Stored]]:
+    """Put every snapshot the bundle will not include at BASE/<method>-<hash 12>/<run>/<tag>/<file>.
+
+    Done before the bundle folder is made, so a failed upload leaves no half-made bundle behind, and
+    `slowrun submit` run again sends only what had not arrived (storage.put skips identical files). The
+    method's hash in the path keeps two versions of a method apart under one name; one progress meter over
+    all the bytes, because 480 snapshots would otherwise print 1,440 bars."""
+    method = runs[0][1]["method"]
+    method_part = f"{slug(method['name'])}-{hash_prefix(method['hash'])}"
+    jobs = []
+    for run_dir, record in runs:
+        here = run_url(base, method_part, slug(record["run_id"]))
+        for snapshot in record["snapshots"]:
+            source = run_dir / "snapshots" / snapshot["tag"]
+            weights = source / WEIGHTS
+            if not weights.is_file() or weights.stat().st_size <= weights_up_to:
+                continue  # no weights to send, or they go into the bundle itself
+            jobs += [(record["run_id"], snapshot["tag"], source / name, join_url(here, slug(snapshot["tag"]), name))
+                     for name in REMOTE_FILES if (source / name).is_file()]
+    remote: dict[tuple[str, str], dict] = {}
+    uploaded = []
+    with progress_meter(sum(path.stat().st_size for _, _, path, _ in jobs), desc=f"upload to {base}", unit="B",
+                        enabled=progress) as meter:
+        for run_id, tag, path, url in jobs:
+            stored = put(path, url, meter=meter, say=stderr_say if progress else None)
+            remote.setdefault((run_id, tag), {})[path.name] = {"url": stored.url, "sha256": stored.sha256,
+                                                               "bytes": stored.bytes}
+            uploaded.append(stored)
+    return remote, uploaded
+
+
+def _pack_snapshots(run_dir: Path, folder: Path, record: dict, weights_up_to: int,
+                    remote: dict[tuple[str, str], dict]) -> list[dict]:
     manifest = []
     for snapshot in record["snapshots"]:
         tag = snapshot["tag"]
@@ -149,7 +202,9 @@ def _pack_snapshots(run_dir: Path, folder: Path, record: dict, weights_up_to: in
         item = {"tag": tag, "epochs": snapshot["epochs"], "weights_sha256": None, "bytes": None, "included": False}
         if weights.is_file():
             size = weights.stat().st_size
-            item.update(weights_sha256="sha256:" + sha256_file(weights), bytes=size)
+            sent = remote.get((record["run_id"], tag))
+            # an uploaded file was hashed while it was sent: reading 1.8 TB a second time would add hours
+            item.update(weights_sha256=sent[WEIGHTS]["sha256"] if sent else "sha256:" + sha256_file(weights), bytes=size)
             target = folder / "snapshots" / slug(tag)
             if (source / SPEC).is_file():
                 target.mkdir(parents=True, exist_ok=True)
@@ -161,6 +216,8 @@ def _pack_snapshots(run_dir: Path, folder: Path, record: dict, weights_up_to: in
                     if (source / name).is_file():
                         shutil.copyfile(source / name, target / name)
                 item["included"] = True
+            elif sent:
+                item["remote"] = sent  # {file name: {url, sha256, bytes}}; included files need no URL
         manifest.append(item)
     return manifest
 
@@ -215,3 +272,86 @@ def read_bundle(root: str | Path) -> Bundle:
 
 def is_bundle(path: str | Path) -> bool:
     return (Path(path) / BUNDLE_FILE).is_file()
+
+
+Verifier = Callable[[Path, dict], list[str]]  # as leaderboard.add.Verifier: (run folder, record) -> problems
+
+
+def with_fetched_weights(verify: Verifier, cache_dir: str | Path, *, progress: bool = False) -> Verifier:
+    """`verify` for a bundle's run folder, run on the snapshots the bundle names by URL once they are fetched.
+
+    The bundle is left as it is (`read_bundle` refuses any file its manifest does not list). The verifier
+    gets a folder of its own instead: each snapshot under its record tag (the folder name reverify looks
+    for) with its spec.json (and any included file) from the bundle and its fetched files from the cache,
+    as links, since a copy of 1.8 TB would double the disk a verification needs. A run that names nothing
+    by URL is verified on the bundle's folder, exactly as before. A file that cannot be fetched, or arrives
+    with another sha256, is a problem like any other: the run is refused and nothing is filed.
+    """
+    def verify_with_fetched(run_dir: Path, record: dict) -> list[str]:
+        try:
+            manifest = json.loads((run_dir / SNAPSHOTS_MANIFEST).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return list(verify(run_dir, record))  # a run folder, not a bundle's: nothing to fetch
+        wanted, problems = _remote_entries(manifest)
+        if problems or not wanted:
+            return problems or list(verify(run_dir, record))
+        fetched: dict[str, dict[str, Path]] = {}
+        say = stderr_say if progress else None
+        with progress_meter(sum(entry["bytes"] for _, _, entry in wanted), desc=f"fetch {record['run_id']}",
+                            unit="B", enabled=progress) as meter:
+            for tag, name, entry in wanted:
+                try:
+                    path = fetch(entry["url"], entry["sha256"], cache_dir, size=entry["bytes"], meter=meter, say=say)
+                except StorageError as exc:
+                    return [f"snapshot {tag!r}, {name}: {exc}"]
+                fetched.setdefault(tag, {})[name] = path
+        with tempfile.TemporaryDirectory(prefix="slowrun-fetched-") as tmp:
+            view = Path(tmp)
+            for name in (RECORD_FILENAME, METRICS):
+                if (run_dir / name).is_file():
+                    os.symlink((run_dir / name).resolve(), view / name)
+            for item in manifest:
+                folder = view / "snapshots" / item["tag"]
+                folder.mkdir(parents=True)
+                packed = run_dir / "snapshots" / slug(item["tag"])
+                files = {p.name: p for p in packed.iterdir() if p.is_file()} if packed.is_dir() else {}
+                for name, path in {**files, **fetched.get(item["tag"], {})}.items():
+                    os.symlink(path.resolve(), folder / name)
+            return list(verify(view, record))
+
+    return verify_with_fetched
+
+
+def _remote_entries(manifest) -> tuple[list[tuple[str, str, dict]], list[str]]:
+    """(tag, file name, {url, sha256, bytes}) for every file a run's snapshots.json names by URL, or what is
+    wrong with it. A bundle comes from a submitter, so its tags and file names become paths here only when
+    they are a tag a run can have and one of the files a snapshot holds."""
+    where = SNAPSHOTS_MANIFEST
+    if not isinstance(manifest, list) or not all(isinstance(item, dict) for item in manifest):
+        return [], [f"{where}: not a list of snapshots; make the bundle again with `slowrun submit`"]
+    wanted, problems, seen = [], [], set()
+    for index, item in enumerate(manifest):
+        tag, remote = item.get("tag"), item.get("remote")
+        if not isinstance(tag, str) or not TAG_PATTERN.match(tag) or tag in seen:
+            problems.append(f"{where}[{index}].tag: {tag!r} is not a snapshot tag, or is listed twice")
+            continue
+        seen.add(tag)
+        if item.get("included") or not remote:
+            continue
+        if not isinstance(remote, dict):
+            problems.append(f"{where}[{index}].remote: not a mapping of file names to URLs")
+            continue
+        for name, entry in sorted(remote.items()):
+            if name not in REMOTE_FILES:
+                problems.append(f"{where}[{index}].remote: {name!r} is not a snapshot file ({', '.join(REMOTE_FILES)})")
+            elif not (isinstance(entry, dict) and isinstance(entry.get("url"), str)
+                      and isinstance(entry.get("sha256"), str) and isinstance(entry.get("bytes"), int)
+                      and not isinstance(entry.get("bytes"), bool) and entry["bytes"] >= 0):
+                problems.append(f"{where}[{index}].remote[{name!r}]: needs url, sha256 and bytes")
+            else:
+                wanted.append((tag, name, entry))
+        weights = remote.get(WEIGHTS)
+        if isinstance(weights, dict) and weights.get("sha256") != item.get("weights_sha256"):
+            problems.append(f"{where}[{index}]: the weights' URL names sha256 {weights.get('sha256')}, the snapshot "
+                            f"{item.get('weights_sha256')}; the bundle disagrees with itself")
+    return wanted, problems
