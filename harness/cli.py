@@ -22,6 +22,20 @@ def _cmd_prepare(args) -> int:
 
     track = get_track(args.track, args.tracks)
     out = Path(args.out) if args.out else default_prepared_dir(track.name)
+    if args.test_tokens is not None and not args.test_split:
+        raise SlowrunError("--test-tokens sizes a test split: add --test-split DIR")
+    if args.test_split:
+        from harness.data.holdout import format_test_manifest, prepare_test_split
+
+        if args.from_slowrun:
+            raise SlowrunError("--test-split continues the source's stream after training; drop --from-slowrun "
+                               "(slowrun's files hold no more than the two splits)")
+        result = prepare_test_split(track, out, args.test_split, test_tokens=args.test_tokens,
+                                    source_override=args.source, text_field=args.text_field,
+                                    gpt2_ranks=args.gpt2_ranks, force=args.force, progress=not args.quiet)
+        print(format_test_manifest(result.manifest), file=sys.stderr)
+        print(args.test_split)
+        return 0
     if args.from_slowrun:
         from harness.data.slowrun_files import import_slowrun_files
 
@@ -276,7 +290,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpt2-ranks", metavar="FILE", help="GPT-2 r50k_base.tiktoken ranks file")
     p.add_argument("--from-slowrun", metavar="DIR",
                    help="import slowrun's fineweb_val.pt and fineweb_train.pt from DIR (either layout) instead")
-    p.add_argument("--out", help="output folder (default: prepared/TRACK)")
+    p.add_argument("--out", help="output folder (default: prepared/TRACK); with --test-split, the prepared folder "
+                                 "the test split continues (only read)")
+    p.add_argument("--test-split", metavar="DIR",
+                   help="instead, write the held-out test split: the next tokens of the stream after training, "
+                        "cut by the same rules, into DIR (outside the prepared folder; keep it private)")
+    p.add_argument("--test-tokens", type=int, metavar="N",
+                   help="with --test-split: its size in tokens (default: the validation split's)")
     p.add_argument("--force", action="store_true", help="replace an output folder that holds other data")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)

@@ -15,11 +15,15 @@ What is checked before a record joins, all before anything is written:
 - the optional `verify` hook (re-evaluating the run folder's snapshots) finds nothing wrong; the filed
   record then carries `verified` (`{"ok": true, "kind": "re-evaluated", ...}`), which the board shows as
   provenance "re-evaluated": the numbers follow from the weights. Training is not re-run, so this is
-  never called reproduced (leaderboard/rows.py, `provenance_of`).
+  never called reproduced (leaderboard/rows.py, `provenance_of`);
+- with the optional `test_score` hook too (`--test-data DIR`: harness/run/reverify.py scores the verified
+  run's final predictor on a held-out test split), the filed record carries the `test` section it returns,
+  at record schema 3 (`upgrade_record`). Only this writes `test`: a record that arrives with one is refused.
 The file is filed under a name derived from the track, method and run, written atomically, and an
 existing different file is never replaced; adding the identical record again is a no-op. `dry_run`
 checks everything and writes nothing. A submission bundle (leaderboard/bundle.py) is filed run by run,
-after its files are checked against its manifest, with its own method folder as the method to hash.
+after its files are checked against its manifest, with its own method folder as the method to hash; when
+verifying, the snapshots it names by URL are fetched and sha256-checked first (`with_fetched_weights`).
 """
 
 from __future__ import annotations
@@ -28,18 +32,20 @@ import math
 from pathlib import Path
 from typing import Callable, Iterable, Mapping
 
-from harness.errors import LeaderboardError
+from harness.errors import LeaderboardError, SlowrunError
 from harness.rules.official_hashes import KNOWN_FLOORS, official_hashes
 from harness.common.atomic import write_text_atomic
-from harness.formats.records import RECORD_FILENAME, STATUSES, load_record, record_to_json
-from leaderboard.bundle import is_bundle, read_bundle
+from harness.formats.records import RECORD_FILENAME, STATUSES, load_record, record_to_json, upgrade_record
+from leaderboard.bundle import is_bundle, read_bundle, with_fetched_weights
 from leaderboard.collect import LoadedRecord, collect_records
 from leaderboard.naming import DEFAULT_RECORDS_DIR, hash_prefix, slug
+from leaderboard.storage import default_cache_dir
 from leaderboard.verify import method_hash_problems, record_problems, refusal_text, unasked_verification_problems
 
 FINISHED_STATUSES = frozenset(STATUSES)  # every status a record can carry is the end of a run
 
 Verifier = Callable[[Path, dict], list[str]]  # (run folder, record) -> problems; empty means fine
+TestScorer = Callable[[Path, dict], "dict | None"]  # (run folder, record) -> its `test` section (None: none)
 
 
 def parse_known_tracks(pairs: Iterable[str]) -> dict[str, set[str]]:
@@ -89,7 +95,7 @@ def _track_hashes(board: list[LoadedRecord]) -> dict[str, set[str]]:
 def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DIR, *,
                known_tracks: Mapping[str, Iterable[str]] | None = None, new_track: bool = False,
                floors: Mapping[str, float] | None = None, method_dir: str | Path | None = None,
-               verify: Verifier | None = None, dry_run: bool = False) -> Path:
+               verify: Verifier | None = None, dry_run: bool = False, test_score: TestScorer | None = None) -> Path:
     """File RUN_DIR/record.json (or a record file given directly) into the board; return where it went.
 
     A track with official data (harness/rules/official_hashes.py) must be on one of its official hashes.
@@ -97,7 +103,11 @@ def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DI
     `floors` adds or replaces per-track loss floors over the built-in ones. `method_dir`, when given,
     must hash to the record's `method.hash`. `verify(run folder, record)` returns problems that refuse
     the record. Adding the same record twice is a no-op; a different file at the same place is refused.
+    `test_score(run folder, record)`, called once `verify` agreed (it needs `verify`), gives the `test`
+    section the filed record carries (None: the run has none to carry, e.g. it failed and has no result).
     """
+    if test_score is not None and verify is None:
+        raise LeaderboardError("a test score is filed only with a verification: add --verify to --test-data")
     run_dir, records_dir = Path(run_dir), Path(records_dir)
     source = run_dir / RECORD_FILENAME if run_dir.is_dir() else run_dir
     if not source.is_file():
@@ -109,10 +119,14 @@ def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DI
 
     destination = record_destination(record, records_dir)
     text = record_to_json(record)
-    if _same_text(destination, text) or _same_text(destination, record_to_json(_verified(record))):
+    if (_same_text(destination, text) or _same_text(destination, record_to_json(_verified(record)))
+            or _filed_with_test(destination, record)):
         return destination  # already filed: nothing to write, nothing to check again
 
     problems = record_problems(record, {**KNOWN_FLOORS, **(floors or {})})
+    if "test" in record:
+        problems.append("test: only `slowrun leaderboard add --verify --test-data` writes this section, after scoring "
+                        "the run on the maintainers' test split; remove it from the record")
     if verify is None:
         problems += unasked_verification_problems(record)
     if method_dir is not None:
@@ -132,6 +146,9 @@ def add_record(run_dir: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DI
             raise LeaderboardError(f"{source}: verification of the run folder {source.parent} failed:\n  "
                                    + "\n  ".join(found))
         text = record_to_json(_verified(record))
+        section = test_score(source.parent, record) if test_score is not None else None
+        if section is not None:
+            text = record_to_json(_with_test(record, section))
     if not dry_run:
         write_text_atomic(destination, text)
     return destination
@@ -144,16 +161,41 @@ def _verified(record: dict) -> dict:
                                            "training was not re-run"}}
 
 
+def _with_test(record: dict, section: dict) -> dict:
+    """The verified record with its test score, at the schema version that has the `test` section."""
+    return {**upgrade_record(_verified(record)), "test": section}
+
+
+def _filed_with_test(destination: Path, record: dict) -> bool:
+    """Whether `destination` holds this very record, verified and filed with a test score."""
+    if not destination.is_file():
+        return False
+    try:
+        filed = load_record(destination)
+    except SlowrunError:
+        return False
+    return (isinstance(filed.get("test"), dict)
+            and _same_text(destination, record_to_json(_with_test(record, filed["test"]))))
+
+
 def add_submission(path: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DIR, *,
-                   method_dir: str | Path | None = None, dry_run: bool = False, **options) -> list[Path]:
+                   method_dir: str | Path | None = None, dry_run: bool = False, fetch_to: str | Path | None = None,
+                   fetch_progress: bool = False, **options) -> list[Path]:
     """File a run folder, a record file, or every run of a submission bundle; return where each goes.
 
     For a bundle, all its runs are checked before any is written, so a bundle is filed whole or not at all.
+    With `verify`, the snapshots a bundle names by URL are fetched into `fetch_to` (default: the user's
+    cache, leaderboard/storage.py) and checked against their sha256 first.
     """
     if not is_bundle(path):
         return [add_record(path, records_dir, method_dir=method_dir, dry_run=dry_run, **options)]
     bundle = read_bundle(path)
     method = method_dir if method_dir is not None else bundle.method_dir
+    if options.get("verify") is not None:
+        options = {**options, "verify": with_fetched_weights(options["verify"], fetch_to or default_cache_dir(),
+                                                             progress=fetch_progress)}
+    if options.get("test_score") is not None:  # scored once, in the checking pass; filed in the second
+        options = {**options, "test_score": _once(options["test_score"])}
     for run in bundle.runs:  # every check, the verification included, before anything is written
         add_record(run.folder, records_dir, method_dir=method, dry_run=True, **options)
     if dry_run:
@@ -165,6 +207,19 @@ def add_submission(path: str | Path, records_dir: str | Path = DEFAULT_RECORDS_D
 
 def _already_verified(run_dir: Path, record: dict) -> list[str]:
     return []  # the bundle's runs were re-evaluated in the checking pass
+
+
+def _once(test_score: TestScorer) -> TestScorer:
+    """`test_score` that scores each run once and gives the same section when asked again."""
+    found: dict[str, dict | None] = {}
+
+    def scored(run_dir: Path, record: dict) -> dict | None:
+        key = record_to_json(record)
+        if key not in found:
+            found[key] = test_score(run_dir, record)
+        return found[key]
+
+    return scored
 
 
 def _same_text(path: Path, text: str) -> bool:

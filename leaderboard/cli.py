@@ -13,6 +13,7 @@ from harness.errors import SlowrunError
 from leaderboard.naming import DEFAULT_RECORDS_DIR, DEFAULT_SITE_DIR
 from leaderboard.publish import HF_SPACE
 from leaderboard.published import DEFAULT_PUBLISHED
+from leaderboard.storage import default_cache_dir
 
 
 def _default_plot_cache() -> str:
@@ -32,7 +33,10 @@ def _cmd_build(args) -> int:
 def _cmd_add(args) -> int:
     from leaderboard.add import add_submission, parse_floors, parse_known_tracks
 
-    verify = None
+    verify = test_score = None
+    if args.test_data and not args.verify:
+        print("error: --test-data scores a run once its re-evaluation agreed: add --verify", file=sys.stderr)
+        return 2
     if args.verify:
         if importlib.util.find_spec("harness.run.reverify") is None:
             print("error: --verify needs harness.run.reverify, which this installation does not have", file=sys.stderr)
@@ -42,9 +46,15 @@ def _cmd_add(args) -> int:
         verify = functools.partial(importlib.import_module("harness.run.reverify").reverify_run,
                                    method_dir=args.method_dir, data_dir=args.data,
                                    allow_read=tuple(Path(p) for p in args.allow_read))
+        if args.test_data:  # the same re-evaluation, then the final predictor scored on the test split
+            reverifier = importlib.import_module("harness.run.reverify").Reverifier(
+                method_dir=args.method_dir, data_dir=args.data, allow_read=tuple(Path(p) for p in args.allow_read),
+                test_data=args.test_data)
+            verify, test_score = reverifier.verify, reverifier.test_section
     paths = add_submission(args.run_dir, args.records, known_tracks=parse_known_tracks(args.known_tracks),
                            new_track=args.new_track, floors=parse_floors(args.floor), method_dir=args.method_dir,
-                           verify=verify, dry_run=args.dry_run)
+                           verify=verify, test_score=test_score, dry_run=args.dry_run, fetch_to=args.fetch_to,
+                           fetch_progress=True)
     for path in paths:
         print(("would file " if args.dry_run else "") + str(path))
     return 0
@@ -53,7 +63,11 @@ def _cmd_add(args) -> int:
 def _cmd_submit(args) -> int:
     from leaderboard.bundle import create_bundle, parse_size
 
-    bundle = create_bundle(args.run_dirs, args.out, method_dir=args.method, weights_up_to=parse_size(args.weights_up_to))
+    bundle = create_bundle(args.run_dirs, args.out, method_dir=args.method, weights_up_to=parse_size(args.weights_up_to),
+                           weights_to=args.weights_to, progress=True)
+    if args.weights_to:
+        skipped = sum(stored.skipped for stored in bundle.uploaded)
+        print(f"{len(bundle.uploaded) - skipped} file(s) uploaded to {args.weights_to}, {skipped} already there")
     print(f"{bundle.root}: {len(bundle.runs)} run(s) of {bundle.runs[0].record['method']['name']}; "
           f"edit {bundle.root / 'README.md'}, then open a pull request with the folder")
     return 0
@@ -68,6 +82,11 @@ def add_submit_command(subparsers) -> argparse.ArgumentParser:
                    help="the method folder (default: the one the runs' run.json names); must hash as the runs' did")
     p.add_argument("--weights-up-to", default="0", metavar="SIZE",
                    help="include a snapshot's weights when no larger than this, e.g. 200MB (default 0: hashes only)")
+    p.add_argument("--weights-to", default=None, metavar="URL",
+                   help="upload the weights not included (and their exported graphs) under this fsspec URL: "
+                        "s3://bucket/prefix, hf://datasets/OWNER/NAME (a branch per run), file:///dir or a folder; "
+                        "the bundle names each file by URL and sha256 (s3:// needs s3fs: `pip install "
+                        "'slowrun[storage]'`)")
     p.set_defaults(func=_cmd_submit)
     return p
 
@@ -117,6 +136,12 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
                    help="with --verify: your prepared copy of the record's track (default prepared/TRACK)")
     p.add_argument("--allow-read", action="append", default=[], metavar="DIR",
                    help="with --verify: another folder the snapshots' model code may be read from")
+    p.add_argument("--test-data", default=None, metavar="DIR",
+                   help="with --verify: a held-out test split of the record's data (slowrun prepare --test-split); "
+                        "the final predictor is scored on it and the record files its test loss")
+    p.add_argument("--fetch-to", default=None, metavar="DIR",
+                   help="with --verify: where weights a bundle names by URL are fetched and kept, by sha256 "
+                        f"(default {default_cache_dir()})")
     p.add_argument("--dry-run", action="store_true", help="run every check and write nothing")
     p.set_defaults(func=_cmd_add)
 

@@ -1,6 +1,7 @@
 """Which columns a table shows, in what order: decided from the data, so a table holds only what it can fill.
 
-A reader of Slowrun's boards scans rank, method and loss (with its interval and n) first, then data
+A reader of Slowrun's boards scans rank, method and loss (with its interval and n; the held-out test
+loss right after the validation loss, in tables where a run was scored on one) first, then data
 efficiency, the epochs or training time it took, the hardware, the date and where the number comes
 from; those are the board table's columns, in that order, and everything else (bits per byte, ensemble
 size, downstream scores, wall time, GPU-hours) is on the entry page. A column with nothing to show for
@@ -72,8 +73,12 @@ def board_columns(confidence: float) -> tuple[Column, ...]:
                lambda e: e.method),
         Column("val_loss", "Val loss", "mean over the entry's runs of the next-token cross-entropy on the "
                                        "validation split, nats per token", lambda e: e.mean),
+        Column("test_loss", "Test loss", "the same on the maintainers' held-out test split, for runs scored on it "
+                                         "(slowrun leaderboard add --verify --test-data); ⚑ where it exceeds the "
+                                         "val loss by more than chance allows",
+               lambda e: e.test.loss if e.test else None),
         Column("ci", f"{level}% CI", f"half-width of the {level}% Student-t confidence interval of the mean "
-                                     "(none for a single run)", _interval_half_width),
+                                     "val loss (none for a single run)", _interval_half_width),
         Column("n", "n", "runs (seeds) in the entry", lambda e: e.n),
         Column("efficiency", "Data efficiency", "fresh training data a standard baseline needs for this loss, as a "
                                                 "multiple of the track's training data; a bound where the "
@@ -100,6 +105,8 @@ def seed_columns() -> tuple[Column, ...]:
     return (
         Column("seed", "Seed", "", lambda r: r.seed),
         Column("val_loss", "Val loss", "nats per token", lambda r: r.val_loss),
+        Column("test_loss", "Test loss", "nats per token on the held-out test split; ⚑ where it exceeds the val loss "
+                                         "by more than chance allows", lambda r: r.test.loss if r.test else None),
         Column("val_bpb", "Bits/byte", "the same loss in bits per byte of text", lambda r: r.val_bpb),
         Column("epochs", "Epochs", "training epochs counted by the harness",
                lambda r: None if r.reported else r.epochs),

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from functools import cached_property
 
 from leaderboard.collect import LoadedRecord
+from leaderboard.holdout import HeldOutGap, entry_test_gap
 from leaderboard.naming import slug
 from leaderboard.rows import ISOLATION_GAPS, REPORTED, Efficiency, Provenance, Row, TaskProvenance, status_reason
 from leaderboard.settings import BoardSettings
@@ -194,6 +195,11 @@ class Entry:
     @property
     def val_bpb(self) -> float | None:
         return _mean([r.val_bpb for r in self.runs])
+
+    @cached_property
+    def test(self) -> HeldOutGap | None:
+        """Test loss beside val loss over the runs scored on a held-out test split (None when none was)."""
+        return entry_test_gap(r.test for r in self.runs)
 
     @cached_property
     def flags(self) -> tuple[Flag, ...]:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from harness.formats.records import evaluated_by, parse_created
 from leaderboard.collect import LoadedRecord
+from leaderboard.holdout import HeldOutGap, run_test_gap
 
 _NUMBER = re.compile(r"[-+]?\d+(?:\.\d+)?")
 
@@ -122,6 +123,7 @@ class Row:
     sequence: int = 0  # order among rows of the same instant (a published table's row number)
     reported: dict | None = None  # the published row, for records of kind `reported`
     downstream_provenance: dict[str, TaskProvenance] = field(default_factory=dict)  # by task, sorted
+    test: HeldOutGap | None = None  # the held-out test split's loss and its gap to val (leaderboard/holdout.py)
 
     @property
     def rankable(self) -> bool:
@@ -322,4 +324,5 @@ def make_row(loaded: LoadedRecord, page: str, rank: int | None = None) -> Row:
         sequence=int((reported or {}).get("number", 0)),
         reported=reported,
         downstream_provenance=downstream_provenance_of(record),
+        test=run_test_gap(record),
     )

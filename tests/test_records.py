@@ -22,8 +22,8 @@ TOP_LEVEL_FIELDS = [
 ]
 
 
-def test_schema_version_is_two_and_one_is_still_read():
-    assert SCHEMA_VERSION == 2
+def test_schema_version_is_three_and_one_is_still_read():
+    assert SCHEMA_VERSION == 3  # 3 adds the optional `test` section (tests/leaderboard/test_holdout.py)
     old = make_record(schema_version=1)
     for row in old["snapshots"]:
         del row["evaluated_by"]  # version 1 rows never said: they were scored by the method's code
@@ -129,7 +129,7 @@ def test_every_problem_is_reported_at_once():
 
 
 def test_other_schema_versions_are_refused_with_direction():
-    newer = validate_record(make_record(schema_version=3))
+    newer = validate_record(make_record(schema_version=4))
     assert len(newer) == 1 and "upgrade" in newer[0]
     assert validate_record(make_record(schema_version=0))[0].startswith("schema_version:")
 

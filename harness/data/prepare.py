@@ -79,7 +79,7 @@ def build_source(track: Track, source_override: Sequence[str] | None = None,
     return LocalFilesSource(tuple(paths), field, spec.txt_separator)
 
 
-def _encode_stream(docs: Iterable[Document], tokenizer: Tokenizer, cap: int) -> Iterator[tuple[Sequence[int], str]]:
+def encode_stream(docs: Iterable[Document], tokenizer: Tokenizer, cap: int) -> Iterator[tuple[Sequence[int], str]]:
     """(token ids, origin) per document, tokenized in batches.
 
     Reading the next batch (JSON parsing, in Python) overlaps with encoding the current one (native code
@@ -114,7 +114,7 @@ def _encode_one(tokenizer: Tokenizer, doc: Document, cap: int) -> Sequence[int]:
         raise DataError(f"{doc.origin}: cannot tokenize this document ({exc}); fix or remove it") from None
 
 
-class _SplitFiller:
+class SplitFiller:
     """Accumulates BOS-prefixed documents into fixed-size splits, truncating the last one of each."""
 
     def __init__(self, budgets: Sequence[int], dtype: np.dtype, bos_id: int, progress):
@@ -155,7 +155,7 @@ class _SplitFiller:
 
     def shortfall_message(self, source: DocumentSource) -> str:
         placed = sum(self.budgets[: self.split]) + self.pos
-        return shortfall_message(_describe_short(source), self.documents_read, placed, self.budgets)
+        return shortfall_message(describe_short(source), self.documents_read, placed, self.budgets)
 
 
 def shortfall_message(source_name: str, documents: int, tokens: int, budgets: Sequence[int]) -> str:
@@ -165,7 +165,7 @@ def shortfall_message(source_name: str, documents: int, tokens: int, budgets: Se
             "Give more data or use a track with smaller budgets.")
 
 
-def _describe_short(source: DocumentSource) -> str:
+def describe_short(source: DocumentSource) -> str:
     info = source.describe()
     if info.get("kind") == "local":
         files = getattr(source, "paths", ())
@@ -174,8 +174,8 @@ def _describe_short(source: DocumentSource) -> str:
 
 
 def fill_splits(encoded: Iterable[tuple[Sequence[int], str]], budgets: Sequence[int], dtype, bos_id: int,
-                source: DocumentSource, progress) -> _SplitFiller:
-    filler = _SplitFiller(budgets, np.dtype(dtype), bos_id, progress)
+                source: DocumentSource, progress) -> SplitFiller:
+    filler = SplitFiller(budgets, np.dtype(dtype), bos_id, progress)
     for ids, origin in encoded:
         filler.add(ids, origin)
         if filler.full:
@@ -285,7 +285,7 @@ def train_bpe_on_training_split(sample: DocumentSample, track: Track, log,
     )
 
 
-def _build_tokenizer(track: Track, source: DocumentSource, gpt2_ranks: str | None, log,
+def build_tokenizer(track: Track, source: DocumentSource, gpt2_ranks: str | None, log,
                      tokenizer_from: Path | None = None):
     """The tokenizer and, for BPE tracks, the documents read to train it (they hold both splits).
 
@@ -307,33 +307,35 @@ def _build_tokenizer(track: Track, source: DocumentSource, gpt2_ranks: str | Non
     # Byte-level BPE tracks are small by design: read the documents the splits need once, reuse them.
     sample = DocumentSample(source, POOL_BYTES_PER_TOKEN * (track.val_tokens + track.train_tokens))
     if not sample.docs:
-        raise DataError(f"source {_describe_short(source)} is empty; give files with documents in them")
-    return train_bpe_on_training_split(sample, track, log, _describe_short(source)), sample.docs
+        raise DataError(f"source {describe_short(source)} is empty; give files with documents in them")
+    return train_bpe_on_training_split(sample, track, log, describe_short(source)), sample.docs
 
 
-def _progress(total: int, desc: str, enabled: bool):
+def token_progress(total: int, desc: str, enabled: bool):
     from harness.common.progress import progress
 
     return progress(total, desc=desc, unit="tok", enabled=enabled, stream=sys.stderr)
 
 
-def _check_existing(out: Path, request: dict, force: bool) -> None:
-    """Refuse early, before any work, when the output folder holds something else."""
+def check_output_folder(out: Path, request: dict, force: bool, *, read=read_manifest, flag: str = "--out",
+                        kind: str = "a prepared track", describe=None) -> None:
+    """Refuse early, before any work, when the output folder holds something else than what `request` would
+    write there (`read` reads its manifest; `describe(manifest)` says what it holds instead)."""
     if not out.exists() or force:
         return
     if not out.is_dir():
-        raise DataError(f"{out}: exists and is not a folder; choose another --out or pass --force")
+        raise DataError(f"{out}: exists and is not a folder; choose another {flag} or pass --force")
     if not any(out.iterdir()):
         return
     try:
-        existing = read_manifest(out)
+        existing = read(out)
     except DataError:
-        raise DataError(f"{out}: exists and is not a prepared track; choose another --out or pass --force") from None
+        raise DataError(f"{out}: exists and is not {kind}; choose another {flag} or pass --force") from None
     if existing.get("request") != request:
-        raise DataError(
-            f"{out}: already holds a different preparation (data hash {existing.get('data_hash', '?')[:16]}…, "
-            f"track {existing['track'].get('name')!r}); pass --force to replace it or choose another --out"
-        )
+        held = describe(existing) if describe else (f"data hash {existing.get('data_hash', '?')[:16]}…, "
+                                                    f"track {existing['track'].get('name')!r}")
+        raise DataError(f"{out}: already holds something else ({held}); pass --force to replace it or choose "
+                        f"another {flag}")
 
 
 def prepare_request(track: Track, source: DocumentSource) -> dict:
@@ -351,27 +353,27 @@ def prepare_track(track: Track, out: str | os.PathLike, *, source_override: Sequ
     out = Path(out)
     source = build_source(track, source_override, text_field)
     request = prepare_request(track, source)
-    _check_existing(out, request, force)
+    check_output_folder(out, request, force)
 
-    tokenizer, materialised = _build_tokenizer(track, source, gpt2_ranks, log,
+    tokenizer, materialised = build_tokenizer(track, source, gpt2_ranks, log,
                                                Path(tokenizer_from) if tokenizer_from else None)
     dtype = np.uint16 if tokenizer.vocab_size <= 1 << 16 else np.uint32  # every id fits: ids < vocab_size
     budgets = (track.val_tokens, track.train_tokens)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        with _progress(sum(budgets), f"prepare {track.name}", progress) as bar:
-            encoded = _encode_stream(materialised if materialised is not None else source, tokenizer, max(budgets))
+        with token_progress(sum(budgets), f"prepare {track.name}", progress) as bar:
+            encoded = encode_stream(materialised if materialised is not None else source, tokenizer, max(budgets))
             filler = fill_splits(encoded, budgets, dtype, tokenizer.bos_id, source, bar)
-        manifest = _write_splits(tmp, track, source, tokenizer, filler, request, dtype)
-        return _move_into_place(tmp, out, manifest, force, log)
+        manifest = write_splits(tmp, track, source, tokenizer, filler, request, dtype)
+        return move_into_place(tmp, out, manifest, force, log)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _write_splits(tmp: Path, track: Track, source: DocumentSource, tokenizer: Tokenizer,
-                  filler: _SplitFiller, request: dict, dtype) -> dict:
+def write_splits(tmp: Path, track: Track, source: DocumentSource, tokenizer: Tokenizer,
+                  filler: SplitFiller, request: dict, dtype) -> dict:
     splits = {}
     for name, tokens, starts, first, last, truncated in zip(
         SPLITS, filler.arrays, filler.doc_starts, filler.first_origin, filler.last_origin, filler.truncated
@@ -414,7 +416,7 @@ def _write_splits(tmp: Path, track: Track, source: DocumentSource, tokenizer: To
         "fitness": {"documents": fitness_docs, "tokens": fitness_tokens},
     }
     if isinstance(source, SyntheticSource):
-        manifest["best_val_loss"] = _best_val_loss(source.language, filler.arrays[0], track.seq_len)
+        manifest["best_val_loss"] = best_val_loss(source.language, filler.arrays[0], track.seq_len)
         manifest["best_val_loss_definition"] = (
             "mean over the validation windows' targets of -log P(target | its document so far) under the "
             "true language: a floor no model can beat")
@@ -423,7 +425,7 @@ def _write_splits(tmp: Path, track: Track, source: DocumentSource, tokenizer: To
     return manifest
 
 
-def _best_val_loss(language: SyntheticLanguage, val_tokens: np.ndarray, seq_len: int) -> float:
+def best_val_loss(language: SyntheticLanguage, val_tokens: np.ndarray, seq_len: int) -> float:
     logp = language.true_logprobs(val_tokens)  # entry j-1 is the target at position j
     width = seq_len + 1
     n_windows = val_tokens.size // width
@@ -431,7 +433,7 @@ def _best_val_loss(language: SyntheticLanguage, val_tokens: np.ndarray, seq_len:
     return float(-logp[positions - 1].mean())
 
 
-def _move_into_place(tmp: Path, out: Path, manifest: dict, force: bool, log) -> PrepareResult:
+def move_into_place(tmp: Path, out: Path, manifest: dict, force: bool, log) -> PrepareResult:
     occupied = (out.is_dir() and any(out.iterdir())) or (out.exists() and not out.is_dir())
     if occupied:
         try:

@@ -48,15 +48,8 @@ import numpy as np
 
 from harness.data.fineweb import FinewebSource
 from harness.data.manifest import SPLITS, read_manifest, verify_prepared, write_manifest
-from harness.data.prepare import (
-    PrepareResult,
-    _build_tokenizer,
-    _check_existing,
-    _move_into_place,
-    _write_splits,
-    build_source,
-    prepare_request,
-)
+from harness.data.prepare import (PrepareResult, build_source, build_tokenizer, check_output_folder, move_into_place,
+                                  prepare_request, write_splits)
 from harness.errors import DataError
 from harness.rules.official_hashes import official_hashes
 from harness.formats.snapshots import sha256_file
@@ -254,7 +247,7 @@ def read_slowrun_file(path: Path, split: str, layout: str, sha: str, bos_id: int
 
 @dataclass
 class _ImportedSplits:
-    """The splits in the shape `harness.data.prepare._write_splits` writes from (what its filler holds)."""
+    """The splits in the shape `harness.data.prepare.write_splits` writes from (what its filler holds)."""
 
     arrays: list
     doc_starts: list
@@ -293,7 +286,7 @@ def import_slowrun_files(track: Track, folder: str | Path, out: str | Path, *,
                         "tokenizer; slowrun's files hold FineWeb in GPT-2 ids: import them into --track fineweb")
     source = build_source(track, source_override)
     request = prepare_request(track, source)
-    _check_existing(out, request, force)
+    check_output_folder(out, request, force)
     paths = {split: folder / FILE_NAMES[split] for split in SPLITS}
     for path in paths.values():
         if not path.is_file():
@@ -303,7 +296,7 @@ def import_slowrun_files(track: Track, folder: str | Path, out: str | Path, *,
     if layouts["val"][0] != layouts["train"][0]:
         raise DataError(f"{folder}: {FILE_NAMES['val']} is in the {layouts['val'][0]} layout, "
                         f"{FILE_NAMES['train']} in the {layouts['train'][0]} layout; import one pair")
-    tokenizer, _ = _build_tokenizer(track, source, gpt2_ranks, log)
+    tokenizer, _ = build_tokenizer(track, source, gpt2_ranks, log)
     budgets = {"val": track.val_tokens, "train": track.train_tokens}
     splits = [read_slowrun_file(paths[s], s, *layouts[s], tokenizer.bos_id, budgets[s]) for s in SPLITS]
     for part, split in zip(splits, SPLITS):
@@ -320,7 +313,7 @@ def import_slowrun_files(track: Track, folder: str | Path, out: str | Path, *,
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        manifest = _write_splits(tmp, track, source, tokenizer, filled, request, np.uint16)
+        manifest = write_splits(tmp, track, source, tokenizer, filled, request, np.uint16)
         for name in SPLITS:
             manifest["splits"][name]["last_truncated"] = None  # the files do not say whether it was cut
         manifest["imported_from"] = {
@@ -336,7 +329,7 @@ def import_slowrun_files(track: Track, folder: str | Path, out: str | Path, *,
             },
         }
         write_manifest(tmp, manifest)
-        result = _move_into_place(tmp, out, manifest, force, log)
+        result = move_into_place(tmp, out, manifest, force, log)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -28,8 +28,12 @@ from harness.errors import RecordError
 # Version 2 adds each snapshot's `evaluated_by` (`graph`: from its exported forward, in a harness process;
 # `method code`: by its own code in the sandboxed worker). Version 1 records (from before graphs, all
 # evaluated by method code) are still read, and shown as such.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# Version 3 adds the optional `test` section: the final predictor's loss on the maintainers' held-out test
+# split, filed by `slowrun leaderboard add --verify --test-data DIR` (harness/run/reverify.py). Nothing else
+# changed, so a version 2 record is a version 3 record without it; only a version 3 record may carry one,
+# and `upgrade_record` brings an older record to this version when the board files a test score on it.
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 EVALUATED_BY = ("graph", "method code")
 STATUSES = ("ok", "failed", "budget-exceeded", "over-time", "diverged", "invalid", "timeout")
 # `slowrun run` and `slowrun eval` exit with the run's status, so a script or a scheduler can tell a run
@@ -225,6 +229,21 @@ RECORD_SCHEMA = _fields(
 
 RECORD_FIELDS = tuple(name for name, _ in RECORD_SCHEMA.fields)
 
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+# Sections a record may lack; when present they must have this shape. `test` (schema 3): the record's final
+# predictor (its `ensemble`, same members and weights) scored on a held-out test split by the same evaluation
+# code as validation. `loss` in nats/token over every target of the split's full windows, `bpb` beside it
+# when the validation result has bits/byte; `loss_se` and `val_loss_se` are the standard errors of the test
+# and validation losses (from the splits' window means: leaderboard/holdout.py says why and how the board
+# uses them); `tokens` the targets scored in `windows` windows; `split_hash` names the test split (its
+# manifest, harness/data/holdout.py); `by` says what filed it.
+TEST_SECTION = _fields(
+    loss=_Float(minimum=0.0), bpb=_Nullable(_Float(minimum=0.0)), loss_se=_Float(minimum=0.0),
+    val_loss_se=_Float(minimum=0.0), tokens=_Int(minimum=1), windows=_Int(minimum=1),
+    split_hash=_Matches(_SHA256_HEX, "64 lowercase hex digits"), by=_Str(non_empty=True),
+)
+OPTIONAL_SECTIONS = (("test", TEST_SECTION, 3),)  # (key, shape, the first schema version that has it)
+
 
 # --- validation -----------------------------------------------------------------------------------
 
@@ -256,8 +275,27 @@ def validate_record(obj: Any) -> list[str]:
                 f"record has {version}" + ("; upgrade slowrun to read it" if newer else
                                            "; re-create the record with this harness")]
     RECORD_SCHEMA.check(obj, "", problems)
+    for key, spec, since in OPTIONAL_SECTIONS:
+        if key in obj:
+            spec.check(obj[key], key, problems)
+            if isinstance(version, int) and not isinstance(version, bool) and version < since:
+                problems.append(f"{key}: a schema-{since} section in a schema-{version} record; a record gains it "
+                                f"only when it is filed with it (which sets schema_version to {since} or later)")
     problems.extend(_consistency_problems(obj))
     return problems
+
+
+def upgrade_record(record: Mapping[str, Any]) -> dict:
+    """A copy of `record` at SCHEMA_VERSION, with what each later version added filled in as an older record
+    is already read: a version 1 snapshot row gets `evaluated_by: "method code"` (`evaluated_by`). Nothing
+    else changes; a current record comes back as an equal copy."""
+    upgraded = json.loads(json.dumps(normalize_for_json(record)))
+    if upgraded.get("schema_version") == 1:
+        for row in upgraded.get("snapshots") or []:
+            if isinstance(row, dict):
+                row.setdefault("evaluated_by", evaluated_by(row))
+    upgraded["schema_version"] = max(SCHEMA_VERSION, upgraded.get("schema_version", SCHEMA_VERSION))
+    return upgraded
 
 
 def evaluated_by(row: dict) -> str:
@@ -268,11 +306,13 @@ def evaluated_by(row: dict) -> str:
 def _consistency_problems(obj: dict) -> list[str]:
     """Rules that tie fields together; each only runs when the fields it reads have the right shape."""
     problems: list[str] = []
-    if obj.get("schema_version") == 2 and isinstance(obj.get("snapshots"), list):
+    if obj.get("schema_version") in (2, 3) and isinstance(obj.get("snapshots"), list):
         for i, row in enumerate(obj["snapshots"]):
             if isinstance(row, dict) and row.get("evaluated_by") not in EVALUATED_BY:
                 problems.append(f"snapshots.{i}.evaluated_by: expected one of {', '.join(EVALUATED_BY)} "
-                                f"(schema 2), got {row.get('evaluated_by')!r}")
+                                f"(schema 2 and later), got {row.get('evaluated_by')!r}")
+    if "test" in obj and obj.get("result") is None:
+        problems.append("test: a test score is of the record's result; a record without a result has none")
     created = obj.get("created")
     if isinstance(created, str) and created.strip():
         try:

@@ -89,7 +89,7 @@ def test_existing_output_with_other_hash_is_refused_and_kept(tmp_path):
     first = prepare_track(local_track([data]), out, progress=False)
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     other = local_track([data], val_tokens=2_500)
-    with pytest.raises(DataError, match=r"out: already holds a different preparation .*--force"):
+    with pytest.raises(DataError, match=r"out: already holds something else \(data hash .*--force"):
         prepare_track(other, out, progress=False)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     # the same request again is recognised and left alone
@@ -157,7 +157,7 @@ def test_error_while_writing_keeps_the_previous_preparation(tmp_path, monkeypatc
         (tmp / "val.tokens.bin").write_bytes(b"partial")
         raise OSError("disk full (simulated)")
 
-    monkeypatch.setattr(prepare, "_write_splits", write_then_fail)
+    monkeypatch.setattr(prepare, "write_splits", write_then_fail)
     with pytest.raises(OSError, match="disk full"):
         prepare_track(local_track([data], val_tokens=2_500), out, progress=False, force=True)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before

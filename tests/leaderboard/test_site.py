@@ -141,7 +141,7 @@ def test_banner_shows_newest_record_time_not_the_clock(tmp_path):
     newest = max(r["created"] for r in records)  # same format throughout, so text order is time order
     assert report.last_update == newest
     index = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
-    assert f"Last update: {newest}" in index and "Record schema v2" in index
+    assert f"Last update: {newest}" in index and "Record schema v3" in index
 
 
 def test_same_records_give_identical_bytes(tmp_path, monkeypatch):
@@ -228,7 +228,7 @@ def test_downloads_hold_every_record_in_board_order(tmp_path):
     ranked = [row for row in rows if row["track"] == "synthetic" and row["data_hash"] == DATA_HASH and row["rank"]]
     assert [int(r["rank"]) for r in ranked] == [1, 2, 3, 4, 5]
     document = json.loads((tmp_path / "site" / "records.json").read_text(encoding="utf-8"))
-    assert document["schema_version"] == 2  # the harness's version; the records inside keep their own
+    assert document["schema_version"] == 3  # the harness's version; the records inside keep their own
     assert sorted(e["record"]["run_id"] for e in document["records"]) == sorted(by_run)
     assert all(e["record"] == by_run[e["record"]["run_id"]] for e in document["records"])
 
