@@ -21,6 +21,7 @@ is the record's `test` section (harness/formats/records.py); `Reverifier` keeps 
 from __future__ import annotations
 
 import math
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass, field, replace
@@ -98,7 +99,7 @@ class Reverifier:
         with tempfile.TemporaryDirectory(prefix="slowrun-verify-") as tmp:
             copy = Path(tmp)
             for tag in recorded:  # only what the record claims; nothing of the submitter's caches
-                shutil.copytree(snapshots / tag, copy / "snapshots" / tag)
+                _link_snapshot(snapshots / tag, copy / "snapshots" / tag)
             carve = record.get("fitness_carve") or {}
             options = EvaluationOptions(batch_size=self.batch_size, device=self.device, progress=self.progress,
                                         method_dir=Path(self.method_dir) if self.method_dir else None,
@@ -127,6 +128,23 @@ class Reverifier:
         except KeyError:
             raise SlowrunError(f"run {record['run_id']!r} has no test score: it is scored on the test split by "
                                "--verify with --test-data") from None
+
+
+def _link_snapshot(source: Path, target: Path) -> None:
+    """The snapshot's files in the verification's own folder, hard-linked where the file system allows and
+    copied where it does not: a submission of 480 snapshots is about 1.8 TB, and a copy would need that much
+    disk again. A hard link (not a symlink) is a file of the folder itself, so the sandboxed evaluation
+    worker reads it where it may read, whatever folder the original sits in (a bundle, the fetch cache).
+    Evaluation only reads the weights; its caches are new files beside them, never written through a link."""
+    target.mkdir(parents=True)
+    for path in sorted(source.iterdir()):
+        real = path.resolve()  # a bundle's fetched weights arrive as links into the cache
+        if not real.is_file():
+            continue
+        try:
+            os.link(real, target / path.name)
+        except OSError:  # another file system, or one without hard links
+            shutil.copyfile(real, target / path.name)
 
 
 def _key(record: dict) -> str:

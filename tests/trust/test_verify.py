@@ -51,3 +51,31 @@ def test_verify_refuses_other_data(synthetic_data, tmp_path):
     assert len(problems) == 1 and "holds data" in problems[0]
     shutil.rmtree(run_dir / "snapshots")
     assert "snapshots/" in reverify_run(run_dir, record, data_dir=synthetic_data)[0]
+
+
+def test_verification_links_snapshot_files_and_copies_only_across_file_systems(tmp_path, monkeypatch):
+    import errno
+    import os
+
+    from harness.run import reverify
+
+    bundle = tmp_path / "bundle" / "snapshots" / "ep1"
+    bundle.mkdir(parents=True)
+    (bundle / "spec.json").write_text('{"builder": "x"}')
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / "abc").write_bytes(b"weights" * 1000)
+    os.symlink(cache / "abc", bundle / "model.safetensors")  # a fetched file, as a bundle's view holds it
+
+    reverify._link_snapshot(bundle, tmp_path / "view" / "ep1")
+    linked = tmp_path / "view" / "ep1" / "model.safetensors"
+    assert not linked.is_symlink() and linked.stat().st_ino == (cache / "abc").stat().st_ino  # no second copy
+    assert (tmp_path / "view" / "ep1" / "spec.json").stat().st_ino == (bundle / "spec.json").stat().st_ino
+
+    def other_file_system(source, target):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(reverify.os, "link", other_file_system)
+    reverify._link_snapshot(bundle, tmp_path / "copied" / "ep1")
+    copied = tmp_path / "copied" / "ep1" / "model.safetensors"
+    assert copied.read_bytes() == b"weights" * 1000 and copied.stat().st_ino != (cache / "abc").stat().st_ino
