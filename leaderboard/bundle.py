@@ -71,6 +71,13 @@ class Bundle:
     uploaded: tuple[Stored, ...] = ()  # what --weights-to put (or found already there), in order
 
 
+def snapshot_folder_name(tag: str) -> str:
+    """The folder a snapshot's files have in a bundle: its tag, as in the run folder, since `--verify` looks
+    snapshots up by tag. A tag is a file name already (harness.formats.snapshots.TAG_PATTERN; intake refused
+    any other); only a tag that is not one, from a hand-edited record, gets a slug."""
+    return tag if TAG_PATTERN.match(tag) else slug(tag)
+
+
 def parse_size(text: str) -> int:
     """`0`, `500MB`, `2G` as bytes (decimal units)."""
     match = _SIZE.match(str(text))
@@ -178,7 +185,8 @@ def _upload_snapshots(runs: list[tuple[Path, dict]], weights_up_to: int, base: s
             weights = source / WEIGHTS
             if not weights.is_file() or weights.stat().st_size <= weights_up_to:
                 continue  # no weights to send, or they go into the bundle itself
-            jobs += [(record["run_id"], snapshot["tag"], source / name, join_url(here, slug(snapshot["tag"]), name))
+            jobs += [(record["run_id"], snapshot["tag"], source / name,
+                      join_url(here, snapshot_folder_name(snapshot["tag"]), name))
                      for name in REMOTE_FILES if (source / name).is_file()]
     remote: dict[tuple[str, str], dict] = {}
     uploaded = []
@@ -205,7 +213,7 @@ def _pack_snapshots(run_dir: Path, folder: Path, record: dict, weights_up_to: in
             sent = remote.get((record["run_id"], tag))
             # an uploaded file was hashed while it was sent: reading 1.8 TB a second time would add hours
             item.update(weights_sha256=sent[WEIGHTS]["sha256"] if sent else "sha256:" + sha256_file(weights), bytes=size)
-            target = folder / "snapshots" / slug(tag)
+            target = folder / "snapshots" / snapshot_folder_name(tag)
             if (source / SPEC).is_file():
                 target.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(source / SPEC, target / SPEC)
@@ -313,7 +321,7 @@ def with_fetched_weights(verify: Verifier, cache_dir: str | Path, *, progress: b
             for item in manifest:
                 folder = view / "snapshots" / item["tag"]
                 folder.mkdir(parents=True)
-                packed = run_dir / "snapshots" / slug(item["tag"])
+                packed = run_dir / "snapshots" / snapshot_folder_name(item["tag"])
                 files = {p.name: p for p in packed.iterdir() if p.is_file()} if packed.is_dir() else {}
                 for name, path in {**files, **fetched.get(item["tag"], {})}.items():
                     os.symlink(path.resolve(), folder / name)

@@ -149,3 +149,13 @@ def test_a_bundle_takes_nothing_from_the_methods_writable_folders(tmp_path, runs
     files = [p for p in bundle.root.rglob("*") if p.is_file()]
     assert not any("sandbox" in p.relative_to(bundle.root).parts for p in files)
     assert not any(p.read_bytes() == secret.read_bytes() for p in files)
+
+
+def test_a_snapshot_keeps_its_tag_as_its_folder_in_a_bundle():
+    from leaderboard.bundle import snapshot_folder_name
+    from leaderboard.naming import slug
+
+    for tag in ("ep001.000", "m0-", "cycle_", "t1-c003-cut"):  # valid tags, some of which a slug would change
+        assert snapshot_folder_name(tag) == tag
+    assert slug("m0-") != "m0-"  # the name --verify looks up would have been missed
+    assert snapshot_folder_name("../escape") == slug("../escape") and "/" not in snapshot_folder_name("../escape")
