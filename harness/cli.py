@@ -128,20 +128,25 @@ def _run_request(args, launch):
 
 def _cmd_run(args) -> int:
     from harness.common.distributed import LaunchSpec
-    from harness.run.runner import resume_run, run_method
+    from harness.run.runner import resume_run, run_method, run_or_resume
 
     launch = LaunchSpec(nproc_per_node=args.nproc_per_node, nnodes=args.nnodes, node_rank=args.node_rank,
                         master_addr=args.master_addr, master_port=args.master_port)
     if args.slurm:
         return _submit_to_slurm(args, launch)
-    if args.resume:
+    if args.resume == "auto":
+        if not args.dir:
+            raise SlowrunError("--resume auto goes with the method directory and --out: slowrun run DIR --out "
+                               "RUN_DIR --resume auto starts the run, or continues it where it stopped")
+        run_dir = run_or_resume(_run_request(args, launch))
+    elif args.resume:
         run_dir = resume_run(Path(args.resume), progress=not args.quiet)
     else:
         if not args.dir:
             raise SlowrunError("give a method directory (slowrun run DIR) or --resume RUN_DIR")
         run_dir = run_method(_run_request(args, launch))
     print(run_dir)
-    if launch.nnodes > 1 and launch.node_rank > 0 and not args.resume:
+    if launch.nnodes > 1 and launch.node_rank > 0 and args.resume in (None, "auto"):
         return 0  # another node: node 0 writes the record, and its exit code is the run's
     return _status_code(run_dir)
 
@@ -340,7 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-workers", type=int, metavar="N",
                    help="snapshots evaluated side by side (default: the job's GPUs on CUDA, 1 on a CPU)")
     _evaluation_options(p)
-    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run that was interrupted")
+    p.add_argument("--resume", metavar="RUN_DIR|auto",
+                   help="continue a run that was interrupted; `auto` (with DIR and --out RUN_DIR): start the run, or "
+                   "continue it where it stopped, or leave it if it is finished (one command for every start of a job)")
     p.add_argument("--timeout", type=float, metavar="SECONDS",
                    help="wall-clock limit of the method's processes; they are all stopped there (default: none)")
     p.add_argument("--allow-read", action="append", default=[], metavar="DIR",

@@ -28,23 +28,22 @@ from pathlib import Path
 
 from harness.common.atomic import write_json_atomic
 from harness.cluster.slurm import DEFAULT_GRACE_S, JOB_FILE, JOB_FOLDER
-from harness.run.preemption import WARNING, checkpoint_wait_s
+from harness.run.preemption import WARNING
 from harness.formats.records import utc_timestamp
 
 
 def run_state(run_dir: Path) -> str:
-    """'new' (prepared, never started), 'started' (to resume) or 'final' (its record is final)."""
-    record_path = run_dir / "record.json"
-    if record_path.exists():
-        record = json.loads(record_path.read_text(encoding="utf-8"))
-        job_path = run_dir / JOB_FOLDER / JOB_FILE
-        starts = json.loads(job_path.read_text(encoding="utf-8")).get("starts", []) if job_path.exists() else []
-        if (record.get("error") or {}).get("type") == "Interrupted" or (starts and starts[-1].get("interrupted")):
-            return "started"  # the last start was stopped (whatever its record says of how): resume
-        return "final"
-    if (run_dir / "metrics.jsonl").exists() or (run_dir / "checkpoint").exists() or (run_dir / "snapshots").exists():
-        return "started"
-    return "new"
+    """The run's state as harness.run.runner.run_state tells it, except that a run whose job's last start was
+    stopped is resumed whatever its record says of how ('new', 'started' or 'final')."""
+    from harness.run.runner import run_state as folder_state
+
+    state = folder_state(run_dir)
+    job_path = run_dir / JOB_FOLDER / JOB_FILE
+    if state == "final" and job_path.exists():
+        starts = json.loads(job_path.read_text(encoding="utf-8")).get("starts", [])
+        if starts and starts[-1].get("interrupted"):
+            return "started"
+    return state
 
 
 def _note_start(run_dir: Path, resumed: bool) -> dict:
@@ -119,12 +118,10 @@ def main(run_dir: str, node: bool = False) -> int:
         print(f"slowrun: {folder} already has its record; nothing to do", file=sys.stderr)
         return 0
     job = _note_start(folder, resumed=state == "started")
-    grace_s = float((job.get("options") or {}).get("grace_s", DEFAULT_GRACE_S))
-    warned = []
+    WARNING.grace_s = float((job.get("options") or {}).get("grace_s", DEFAULT_GRACE_S))
 
-    def on_warning(signum, frame):  # the scheduler's warning: a checkpoint if training, then requeue (below)
-        warned.append(signum)
-        if not WARNING.warn(checkpoint_wait_s(grace_s)):
+    def on_warning(signum, frame):  # the warning outside the runner (which takes it while it runs): stop
+        if not WARNING.warn():
             os.kill(os.getpid(), signal.SIGTERM)
 
     signal.signal(signal.SIGUSR1, on_warning)
@@ -137,6 +134,7 @@ def main(run_dir: str, node: bool = False) -> int:
     except RunInterrupted as exc:
         print(f"slowrun: {exc}", file=sys.stderr)
         job["starts"][-1]["interrupted"] = True
+        warned = WARNING.signalled  # then requeue: the scheduler is about to stop this start
         if warned:
             job["starts"][-1]["warned"] = True
             job["starts"][-1]["checkpoint_on_warning"] = WARNING.result  # None: the warning came outside training

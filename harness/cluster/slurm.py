@@ -23,11 +23,11 @@ from pathlib import Path
 
 from harness.common.atomic import write_json_atomic, write_text_atomic
 from harness.errors import SlowrunError
+from harness.run.preemption import DEFAULT_GRACE_S
 
 JOB_FOLDER = "slurm"
 JOB_SCRIPT = "job.sbatch"
 JOB_FILE = "job.json"  # the submitted job's id, and every start of it (harness.cluster.job appends)
-DEFAULT_GRACE_S = 120
 
 
 class SlurmError(SlowrunError):

@@ -8,6 +8,9 @@ whole cycle. Instead the runner asks the ranks for a checkpoint (it reaches them
 nothing to lose (ended, or waiting on the server for its peers), and only then stops them; a method that
 does not answer is stopped when the wait runs out, as before.
 
+`slowrun run` takes SIGUSR1 as the warning (any scheduler can send it: Slurm's ``--signal=B:USR1@120`` to a
+job script that ``exec``s slowrun, a pre-stop hook); the Slurm job of ``--slurm`` also requeues itself after it.
+
 The warning comes in as a signal, in the main thread, while the runner waits for the method's processes:
 :class:`SchedulerWarning` is the one object the handler and the waiting loop share. It only does something while it
 is armed, that is while the method trains; a warning during evaluation has no checkpoint to ask for, and
@@ -21,6 +24,9 @@ import time
 from contextlib import contextmanager
 
 
+DEFAULT_GRACE_S = 120  # Slurm's --signal lead this harness asks for by default (harness.cluster.slurm)
+
+
 class SchedulerWarning:
     """One job's warning: armed while the method trains, asked at most once, read by the waiting runner."""
 
@@ -30,11 +36,16 @@ class SchedulerWarning:
         self._armed = False
         self._deadline: float | None = None
         self.result: dict | None = None  # what the last warned session did (the job's start record)
+        self.grace_s = float(DEFAULT_GRACE_S)  # the scheduler's grace (a Slurm job sets its --grace)
+        self.signalled = False  # a warning came, whether or not the method was training then
 
-    def warn(self, wait_s: float) -> bool:
-        """The scheduler's warning, with `wait_s` seconds to get the checkpoints; False when the method is not
-        training (nothing to ask for: stop it as on SIGTERM)."""
+    def warn(self, wait_s: float | None = None) -> bool:
+        """The scheduler's warning, with `wait_s` seconds to get the checkpoints (default: what the grace
+        leaves); False when the method is not training (nothing to ask for: stop it as on SIGTERM)."""
+        if wait_s is None:
+            wait_s = checkpoint_wait_s(self.grace_s)
         with self._lock:
+            self.signalled = True
             if not self._armed:
                 return False
             if self._deadline is None:

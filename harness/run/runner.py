@@ -292,7 +292,9 @@ def _worker_env(connect_file: Path, scratch: Path, launch: LaunchSpec, pass_env:
 
 class _Signals:
     """SIGTERM and SIGINT to `slowrun run` become an exception in the waiting runner, which then stops
-    the method's whole process tree and writes a record; the previous handlers come back afterwards."""
+    the method's whole process tree and writes a record; the previous handlers come back afterwards.
+    SIGUSR1 is the scheduler's warning (harness/run/preemption.py): while the method trains, the runner
+    first asks it for a checkpoint; at any other time it stops the run as SIGTERM does."""
 
     class Received(BaseException):
         pass
@@ -305,10 +307,15 @@ class _Signals:
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._saved[sig] = signal.signal(sig, self._raise)
+            self._saved[signal.SIGUSR1] = signal.signal(signal.SIGUSR1, self._warning)
         return self
 
     def _raise(self, signum, frame):
         raise self.Received(signum)
+
+    def _warning(self, signum, frame):
+        if not WARNING.warn():
+            raise self.Received(signum)
 
     def __exit__(self, *exc):
         import signal
@@ -509,6 +516,59 @@ def run_method(req: RunRequest) -> Path:
     print(f"run folder: {run_dir}", file=sys.stderr)
     _train_and_finish(run_dir, resume=False, progress=req.progress)
     return run_dir
+
+
+def run_state(run_dir: Path) -> str:
+    """'new' (prepared, never started), 'started' (to resume: it was interrupted, or died without a record)
+    or 'final' (its record is final)."""
+    run_dir = Path(run_dir)
+    record_path = run_dir / RECORD
+    if record_path.exists():
+        record = json.loads(record_path.read_text(encoding="utf-8"))
+        return "started" if (record.get("error") or {}).get("type") == "Interrupted" else "final"
+    if any((run_dir / name).exists() for name in ("metrics.jsonl", "checkpoint", "snapshots")):
+        return "started"
+    return "new"
+
+
+def run_or_resume(req: RunRequest) -> Path:
+    """`slowrun run DIR --out RUN_DIR --resume auto`: one command for every start of a job. It starts the run
+    in a new RUN_DIR, resumes it where an earlier start was interrupted (or killed), trains it where it was
+    only prepared, and leaves a finished one as it is; so a scheduler's script may simply run it again after
+    a requeue, a pre-emption or a node failure. RUN_DIR must hold this very run (method, track, budget, seed,
+    hyperparameters): continuing another one under this command line would record what was not asked for."""
+    if req.out is None:
+        raise SlowrunError("--resume auto needs --out RUN_DIR: the folder that every start of the run shares")
+    if req.launch.nnodes > 1 and req.launch.node_rank > 0:
+        return join_run(req)  # another node: node 0 decides whether the run starts, resumes or is finished
+    run_dir = Path(req.out)
+    if not (run_dir / "run.json").exists():
+        return run_method(req)
+    _check_same_run(run_dir, req)
+    state = run_state(run_dir)
+    if state == "final":
+        print(f"slowrun: {run_dir} is finished (its record is final); nothing to do", file=sys.stderr)
+        return run_dir
+    print(f"run folder: {run_dir} ({'resumed' if state == 'started' else 'prepared earlier'})", file=sys.stderr)
+    _train_and_finish(run_dir, resume=state == "started", progress=req.progress)
+    return run_dir
+
+
+def _check_same_run(run_dir: Path, req: RunRequest) -> None:
+    spec = read_run_spec(run_dir)
+    method, problems = read_method(req.method_dir, req.track_files)
+    if problems:
+        raise MethodError(Path(req.method_dir), problems)
+    track = req.track_spec or get_track(req.track, req.track_files)
+    asked = {"method": method_hash(method.folder), "track": track.name, "epochs": float(req.epochs),
+             "seed": int(req.seed), "hyperparameters": method.resolved_hparams(track.name, dict(req.overrides))}
+    held = {"method": spec.method.get("hash"), "track": spec.track.get("name"), "epochs": spec.budget,
+            "seed": spec.seed, "hyperparameters": as_json(spec.hparams)}
+    differ = [key for key in asked if as_json(asked[key]) != held[key]]
+    if differ:
+        raise SlowrunError(f"{run_dir} holds another run (its {', '.join(differ)} "
+                           f"{'differ' if len(differ) > 1 else 'differs'} from this command's); "
+                           "--resume auto continues only the same run: choose another --out")
 
 
 def open_run_tracking(spec: RunSpec, run_dir: Path):

@@ -223,3 +223,47 @@ def test_the_wait_leaves_room_to_stop_within_the_grace():
     assert checkpoint_wait_s(120) == 90  # the default grace: half a minute to stop, record and requeue
     assert checkpoint_wait_s(30) == 15  # a short grace: half of it
     assert WARNING.warn(10) is False  # nobody trains in this process now: nothing to ask for
+
+
+ANSWERS = """
+stream = ctx.train_stream("main", batch_size=4)
+state = ctx.resume_state()
+torch.manual_seed(ctx.seed)
+model = Bigram(ctx.vocab_size)
+opt = torch.optim.SGD(model.parameters(), lr=0.5)
+if state is not None:
+    model.load_state_dict(state["model"])
+import time
+while ctx.remaining_epochs * ctx.epoch_tokens >= 4 * ctx.seq_len:
+    ctx.log(loss=step(model, opt, *next(stream)))
+    if ctx.checkpoint_requested:
+        ctx.checkpoint({"model": model.state_dict()})
+    time.sleep(0.005)
+ctx.save_snapshot(model, "final")
+"""
+
+
+def test_sigusr1_to_slowrun_run_is_the_warning(make_method, synthetic_data, tmp_path):
+    """Any scheduler can warn `slowrun run` itself: SIGUSR1 asks for the checkpoint, then the run stops."""
+    import os
+    import signal
+
+    method = make_method(ANSWERS)
+    run_dir = tmp_path / "usr1"
+    before = signal.getsignal(signal.SIGUSR1)
+
+    def signal_once_training():
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if len(_lines(run_dir)) >= 5:
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            time.sleep(0.01)
+
+    threading.Thread(target=signal_once_training, daemon=True).start()
+    with pytest.raises(RunInterrupted):
+        run_method(RunRequest(method_dir=method, epochs=20.0, seed=1, data_dir=synthetic_data, progress=False,
+                              out=run_dir))
+    assert WARNING.signalled and WARNING.result["settled"] and WARNING.result["ranks_checkpointed"] == [0]
+    assert _checkpoint_indices(run_dir)[0]["metrics_lines"] >= 5  # taken on the warning, not before
+    assert signal.getsignal(signal.SIGUSR1) is before  # the runner's handler is gone with the run
