@@ -148,6 +148,25 @@ if (( GPU_CHECK_RANKS > 1 )); then
       || fail "the ranks' metered data do not add up"
   done
 fi
+
+step "8. the scheduler's warning on the device: q0 sent SIGUSR1 while it trains, then started again with --resume auto"
+WARNED=(submissions/q0 "${COMMON[@]}" --epochs 1 --out "$OUT/q0_warned" --resume auto)
+slowrun run "${WARNED[@]}" & runner=$!
+for _ in $(seq 600); do  # the fifth step's metrics line: compiled, training, not near the end
+  [[ $(grep -c '"loss"' "$OUT/q0_warned/metrics.jsonl" 2>/dev/null || true) -ge 5 ]] && break
+  kill -0 $runner 2>/dev/null || break
+  sleep 0.5
+done
+kill -USR1 $runner 2>/dev/null || fail "the q0 run of step 8 ended before it could be warned"
+wait $runner && fail "the warned run did not stop"
+python - "$OUT/q0_warned" <<'PY' || fail "the warned run did not checkpoint on the warning"
+import json, sys
+error = json.load(open(f"{sys.argv[1]}/record.json"))["error"]
+print(f"warned: {error['message']}")
+assert error["type"] == "Interrupted" and "every rank checkpointed" in error["message"], error
+PY
+slowrun run "${WARNED[@]}"
+check_ok "$OUT/q0_warned"
 stage_done
 
 elapsed=$(( $(date +%s) - started ))
