@@ -60,10 +60,21 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_data_info(args) -> int:
-    from harness.data.manifest import format_manifest, read_manifest, verify_prepared
+    import json as json_module
 
-    print(format_manifest(read_manifest(args.dir)))
-    problems = verify_prepared(args.dir)
+    from harness.data.holdout import TEST_FORMAT, format_test_manifest, read_test_manifest, verify_test_split
+    from harness.data.manifest import MANIFEST, format_manifest, read_manifest, verify_prepared
+
+    try:  # a held-out test split has a manifest of its own format; anything else is read as a prepared track
+        is_test = json_module.loads((Path(args.dir) / MANIFEST).read_text(encoding="utf-8")).get("format") == TEST_FORMAT
+    except (OSError, ValueError, AttributeError):
+        is_test = False
+    if is_test:
+        print(format_test_manifest(read_test_manifest(args.dir)))
+        problems = verify_test_split(args.dir)
+    else:
+        print(format_manifest(read_manifest(args.dir)))
+        problems = verify_prepared(args.dir)
     if problems:
         print("verification FAILED:\n  " + "\n  ".join(problems))
         return 1
@@ -316,7 +327,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("data", help="inspect prepared data")
     data_sub = p.add_subparsers(dest="data_command", required=True)
-    q = data_sub.add_parser("info", help="print a prepared track's manifest and re-verify its hashes")
+    q = data_sub.add_parser("info", help="print a prepared track's (or a test split's) manifest and re-verify "
+                                               "its hashes")
     q.add_argument("dir")
     q.set_defaults(func=_cmd_data_info)
 

@@ -19,6 +19,7 @@ from leaderboard.tables import TrackTable
 
 _CSV_COLUMNS = [
     "track", "data_hash", "rank", "status", "method", "run_id", "val_loss", "val_bpb",
+    "test_loss", "test_gap", "test_gap_threshold", "test_gap_flagged", "test_split_hash",
     "data_efficiency", "data_efficiency_multiplier", "data_efficiency_note", "metered_epochs",
     "ensemble_size", "downstream_avg_acc", "compute_class", "created", "file",
     "entry", "entry_n", "entry_mean_val_loss", "provenance", "train_s", "wall_s", "hardware", "unranked_reasons",
@@ -48,6 +49,14 @@ def records_json(tables: list[TrackTable], records: dict[str, LoadedRecord], las
     return json.dumps(document, sort_keys=True, separators=(",", ":"), allow_nan=False, ensure_ascii=False) + "\n"
 
 
+def _test_cells(test) -> dict:
+    """A run's held-out test score (leaderboard/holdout.py), empty cells for a run without one."""
+    if test is None:
+        return {}
+    return {"test_loss": test.loss, "test_gap": test.gap, "test_gap_threshold": test.threshold,
+            "test_gap_flagged": test.flagged, "test_split_hash": ",".join(test.split_hashes) or None}
+
+
 def records_csv(tables: list[TrackTable]) -> str:
     tasks = sorted({task for table in tables for task in table.tasks})
     task_columns = [f"{task}_{metric}" for task in tasks for metric in ("acc", "acc_norm")]
@@ -57,6 +66,7 @@ def records_csv(tables: list[TrackTable]) -> str:
             item = {
                 "track": table.track, "data_hash": table.data_hash, "rank": entry.rank, "status": row.status,
                 "method": row.method, "run_id": row.run_id, "val_loss": row.val_loss, "val_bpb": row.val_bpb,
+                **_test_cells(row.test),
                 "data_efficiency": None if row.efficiency.text == "—" else row.efficiency.text,
                 "data_efficiency_multiplier": row.efficiency.multiplier,
                 "data_efficiency_note": row.efficiency.note, "metered_epochs": row.epochs,

@@ -120,8 +120,11 @@ def status(run_dir: Path) -> dict:
     job = read_job(run_dir)
     record_path = Path(run_dir) / "record.json"
     record = json.loads(record_path.read_text(encoding="utf-8")) if record_path.exists() else None
-    return {"job_id": job["job_id"], "state": job_state(job["job_id"]), "starts": len(job.get("starts", [])),
-            "preemptions": sum(1 for s in job.get("starts", []) if s.get("resumed")),
+    starts = job.get("starts", [])
+    return {"job_id": job["job_id"], "state": job_state(job["job_id"]), "nodes": (job.get("options") or {}).get("nodes", 1),
+            "starts": len(starts), "preemptions": sum(1 for s in starts if s.get("resumed")),
+            "warnings": sum(1 for s in starts if s.get("warned")),
+            "checkpointed_on_warning": sum(1 for s in starts if (s.get("checkpoint_on_warning") or {}).get("settled")),
             "record_status": None if record is None else record.get("status")}
 
 

@@ -153,6 +153,10 @@ def test_a_warned_job_checkpoints_requeues_itself_and_resumes_from_that_checkpoi
             scheduler["checkpointed_on_warning"]) == (2, 1, 1, 1), log[-3000:]
     first = json.loads((out / "slurm" / "job.json").read_text())["starts"][0]
     assert first["interrupted"] and first["checkpoint_on_warning"]["ranks_checkpointed"] == [0, 1]
+    status = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(out)], capture_output=True,
+                            text=True, cwd=PROJECT, timeout=60)
+    told = json.loads(status.stdout)
+    assert (told["starts"], told["warnings"], told["checkpointed_on_warning"], told["record_status"]) == (2, 1, 1, "ok")
     assert record["metered"] == a["metered"]
     assert _losses(out) == _losses(straight)  # bitwise
     assert record["result"]["val_loss"] == a["result"]["val_loss"]

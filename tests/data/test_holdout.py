@@ -157,15 +157,19 @@ def test_a_source_that_does_not_give_the_prepared_splits_is_refused(tmp_path):
     assert not (tmp_path / "test").exists()
 
 
-def test_damage_is_found_and_a_prepared_folder_is_not_a_test_split(synthetic_data, tmp_path):
+def test_damage_is_found_and_a_prepared_folder_is_not_a_test_split(synthetic_data, tmp_path, capsys):
     prepare_test_split(BUILTIN_TRACKS["synthetic"], synthetic_data, tmp_path / "test", test_tokens=1000, **QUIET)
     with pytest.raises(DataError, match="a prepared track's folder, not a test split"):
         open_test_split(synthetic_data)
+    assert main(["data", "info", str(tmp_path / "test")]) == 0  # `slowrun data info` reads a test split too
+    assert "verification ok" in capsys.readouterr().out
     tokens = tmp_path / "test" / "test.tokens.bin"
     raw = bytearray(tokens.read_bytes())
     raw[10] ^= 1
     tokens.write_bytes(bytes(raw))
     assert any("sha256" in p for p in verify_test_split(tmp_path / "test"))
+    assert main(["data", "info", str(tmp_path / "test")]) == 1
+    assert "verification FAILED" in capsys.readouterr().out
     with pytest.raises(DataError, match="damaged"):
         open_test_split(tmp_path / "test")
 

@@ -204,3 +204,17 @@ def test_cli_test_data_needs_verify(tmp_path, capsys):
     assert main(["leaderboard", "add", str(run), "--records", str(tmp_path / "records"), "--new-track",
                  "--test-data", str(tmp_path)]) == 2
     assert "--test-data" in capsys.readouterr().err and not (tmp_path / "records").exists()
+
+
+def test_records_csv_carries_each_runs_test_loss_gap_and_flag():
+    from tests.leaderboard.test_csv import csv_rows
+
+    header, rows = csv_rows([scored(0, 3.100), scored(1, 3.012), make_record(2)])
+    assert header.index("test_loss") == header.index("val_bpb") + 1
+    by_run = {row["run_id"]: row for row in rows}
+    far, near, unscored = (by_run[make_record(i)["run_id"]] for i in range(3))
+    # val losses 3.00 and 3.01 (make_record); standard errors 0.003 and 0.004 give a threshold of 0.015
+    assert float(far["test_gap"]) == pytest.approx(0.100) and far["test_gap_flagged"] == "True"
+    assert float(near["test_gap"]) == pytest.approx(0.002) and near["test_gap_flagged"] == "False"
+    assert float(far["test_gap_threshold"]) == pytest.approx(0.015) and far["test_split_hash"] == SPLIT
+    assert unscored["test_loss"] == "" and unscored["test_gap_flagged"] == ""
