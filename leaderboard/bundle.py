@@ -44,7 +44,7 @@ from harness.common.progress import progress as progress_meter
 from harness.formats.snapshots import GRAPH, GRAPH_CONSTANTS, SPEC, TAG_PATTERN, WEIGHTS, sha256_file
 from harness.formats.run_spec import RUN_SPEC
 from leaderboard.naming import hash_prefix, slug
-from leaderboard.storage import Stored, StorageError, fetch, join_url, put, run_url, stderr_say
+from leaderboard.storage import Stored, StorageError, fetch, join_url, put_many, run_url, stderr_say
 
 BUNDLE_FILE = "bundle.json"
 BUNDLE_FORMAT = "slowrun-bundle"
@@ -192,8 +192,8 @@ def _upload_snapshots(runs: list[tuple[Path, dict]], weights_up_to: int, base: s
     uploaded = []
     with progress_meter(sum(path.stat().st_size for _, _, path, _ in jobs), desc=f"upload to {base}", unit="B",
                         enabled=progress) as meter:
-        for run_id, tag, path, url in jobs:
-            stored = put(path, url, meter=meter, say=stderr_say if progress else None)
+        sent = put_many([(path, url) for _, _, path, url in jobs], meter=meter, say=stderr_say if progress else None)
+        for (run_id, tag, path, _), stored in zip(jobs, sent):
             remote.setdefault((run_id, tag), {})[path.name] = {"url": stored.url, "sha256": stored.sha256,
                                                                "bytes": stored.bytes}
             uploaded.append(stored)

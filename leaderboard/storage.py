@@ -150,6 +150,8 @@ def put(local: str | Path, url: str, *, meter: Any = None, say: Say | None = Non
     (`update(bytes)`) is told of every byte sent or found already there; `say` of every skipped file.
     """
     local, url = Path(local), normalize_url(url)
+    if url.startswith("hf://"):
+        return put_many([(local, url)], meter=meter, say=say)[0]
     size = local.stat().st_size
     fs, path = _filesystem(url)
     with _storage_errors(url, "check"):
@@ -174,9 +176,8 @@ def put(local: str | Path, url: str, *, meter: Any = None, say: Say | None = Non
 def _publish(fs, path: str, url: str, local: Path, meter: Any) -> str:
     """Write the file so that the target holds the whole new file or what it held before, never a part.
 
-    Each backend has its own way to make that true, and this is the only place where they differ:
-    - the Hub: one commit (`upload_file`, into the run's branch, created first); HfFileSystem supports no
-      transactions, and its writable file would commit whatever it holds when closed, a part included;
+    Each backend has its own way to make that true, and this is the only place where they differ (the Hub
+    is `put_many`'s: a commit is its transaction):
     - a local folder: a temporary file beside the target, renamed over it (fsspec's own transaction stages
       in the system temporary folder, which may be a small tmpfs on another disk, and then copies);
     - anything else (S3, memory, GCS, Azure): an fsspec transaction, whose files publish on commit only (an
@@ -184,11 +185,6 @@ def _publish(fs, path: str, url: str, local: Path, meter: Any) -> str:
     """
     from fsspec.implementations.local import LocalFileSystem
 
-    if _protocols(fs) & {"hf"}:
-        digest = _sha256_local(local)
-        _hub_upload(url, local)
-        _update(meter, local.stat().st_size)
-        return digest
     with open(local, "rb") as source:
         if isinstance(fs, LocalFileSystem):
             folder, name = path.rsplit("/", 1)
@@ -207,21 +203,81 @@ def _publish(fs, path: str, url: str, local: Path, meter: Any) -> str:
                 return _copy(source, out, meter)
 
 
-_BRANCHES_MADE: set[tuple[str, str, str]] = set()  # (repo type, repo id, branch): one API call per run, not per file
+HUB_FILES_PER_COMMIT = 64  # files in one Hub commit: a failed commit is redone whole, and the Hub limits commits an hour
 
 
-def _hub_upload(url: str, local: Path) -> None:
+def put_many(items: list[tuple[str | Path, str]], *, meter: Any = None, say: Say | None = None) -> list[Stored]:
+    """`put` for many files, in order. On the Hub a run's files go up in a few commits to its branch instead
+    of one commit each: PR #90's 480 snapshots are 1,440 files, and the Hub rate-limits commits (a commit
+    is also the Hub's only transaction: its files appear together or not at all). Elsewhere each file is
+    put on its own (an object store has no commits to save)."""
+    stored: dict[int, Stored] = {}
+    hub: dict[tuple[str, str, str | None], list[tuple[int, Path, HubLocation, str]]] = {}
+    for index, (local, url) in enumerate(items):
+        url = normalize_url(url)
+        if url.startswith("hf://"):
+            location = parse_hub_url(url)
+            hub.setdefault((location.repo_type, location.repo_id, location.revision), []).append(
+                (index, Path(local), location, url))
+        else:
+            stored[index] = put(local, url, meter=meter, say=say)
+    for (repo_type, repo_id, revision), files in hub.items():
+        with _storage_errors(files[0][3], "upload to"):
+            stored.update(_hub_put(repo_type, repo_id, revision, files, meter, say))
+    return [stored[index] for index in range(len(items))]
+
+
+def _hub_api():
+    """The Hub's client (a seam: the tests, which cannot reach the Hub, give a stand-in)."""
     from huggingface_hub import HfApi
 
-    location = parse_hub_url(url)
-    api = HfApi()
-    key = (location.repo_type, location.repo_id, location.revision or "main")
-    if location.revision and key not in _BRANCHES_MADE:
-        api.create_branch(location.repo_id, branch=location.revision, repo_type=location.repo_type, exist_ok=True)
-        _BRANCHES_MADE.add(key)
-    api.upload_file(path_or_fileobj=str(local), path_in_repo=location.path, repo_id=location.repo_id,
-                    repo_type=location.repo_type, revision=location.revision,
-                    commit_message=f"slowrun submit: {location.path}")
+    return HfApi()
+
+
+def _hub_put(repo_type: str, repo_id: str, revision: str | None, files, meter, say) -> dict[int, Stored]:
+    """One branch's files: the branch made, the files already there with the same size and LFS sha256 left,
+    the others committed HUB_FILES_PER_COMMIT at a time, and their sizes checked after."""
+    from huggingface_hub import CommitOperationAdd
+
+    api = _hub_api()
+    if revision:
+        api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+    paths = [location.path for _, _, location, _ in files]
+    there = {info.path: info for info in api.get_paths_info(repo_id, paths, repo_type=repo_type, revision=revision,
+                                                            expand=True)}
+    done: dict[int, Stored] = {}
+    to_send = []
+    for index, local, location, url in files:
+        digest, size = _sha256_local(local), local.stat().st_size
+        info = there.get(location.path)
+        lfs = getattr(info, "lfs", None)
+        # the LFS pointer's sha256 is the Hub's word on the content; a file without one is sent again
+        if info is not None and getattr(info, "size", None) == size and getattr(lfs, "sha256", None) == digest:
+            if say is not None:
+                say(f"{url}: already there with the same size and sha256, not sent again")
+            _update(meter, size)
+            done[index] = Stored(url, "sha256:" + digest, size, skipped=True)
+        else:
+            to_send.append((index, local, location, url, digest, size))
+    for start in range(0, len(to_send), HUB_FILES_PER_COMMIT):
+        batch = to_send[start:start + HUB_FILES_PER_COMMIT]
+        api.create_commit(repo_id, repo_type=repo_type, revision=revision,
+                          operations=[CommitOperationAdd(path_in_repo=location.path, path_or_fileobj=str(local))
+                                      for _, local, location, _, _, _ in batch],
+                          commit_message=f"slowrun submit: {len(batch)} file(s) of {revision or repo_id}")
+        for index, _, _, url, digest, size in batch:
+            _update(meter, size)
+            done[index] = Stored(url, "sha256:" + digest, size)
+    if to_send:  # cheap, and catches a commit the Hub took without all of its files
+        sent = {info.path: info for info in api.get_paths_info(
+            repo_id, [location.path for _, _, location, _, _, _ in to_send], repo_type=repo_type, revision=revision,
+            expand=True)}
+        short = [url for _, _, location, url, _, size in to_send
+                 if getattr(sent.get(location.path), "size", None) != size]
+        if short:
+            raise StorageError(f"{short[0]}: not on the Hub with its size after the commit ({len(short)} file(s)); "
+                               "run the upload again")
+    return done
 
 
 # --- fetch ---------------------------------------------------------------------------------------------

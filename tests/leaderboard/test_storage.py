@@ -271,3 +271,52 @@ def test_a_fetch_from_a_protocol_a_submission_has_no_use_for_is_refused_before_a
     with pytest.raises(StorageError, match="fetched only from"):
         fetch(url, "sha256:" + "0" * 64, tmp_path / "cache")
     assert not (tmp_path / "cache").exists()
+
+
+class FakeHub:
+    """The Hub as far as put_many uses it: branches, path infos with LFS sha256, commits of many files."""
+
+    def __init__(self):
+        self.files: dict[tuple[str, str], bytes] = {}  # (branch, path) -> bytes
+        self.branches: list[str] = []
+        self.commits: list[tuple[str, list[str]]] = []
+
+    def create_branch(self, repo_id, *, branch, repo_type, exist_ok):
+        assert (repo_id, repo_type, exist_ok) == ("alice/w", "dataset", True)
+        self.branches.append(branch)
+
+    def get_paths_info(self, repo_id, paths, *, repo_type, revision, expand):
+        from types import SimpleNamespace
+
+        return [SimpleNamespace(path=path, size=len(self.files[(revision, path)]),
+                                lfs=SimpleNamespace(sha256=hashlib.sha256(self.files[(revision, path)]).hexdigest()))
+                for path in paths if (revision, path) in self.files]
+
+    def create_commit(self, repo_id, *, repo_type, revision, operations, commit_message):
+        for op in operations:
+            self.files[(revision, op.path_in_repo)] = Path(op.path_or_fileobj).read_bytes()
+        self.commits.append((revision, [op.path_in_repo for op in operations]))
+
+
+def test_a_runs_files_go_to_the_hub_in_a_few_commits_to_its_branch_and_identical_ones_are_left(tmp_path,
+                                                                                               monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    hub = FakeHub()
+    monkeypatch.setattr(storage, "_hub_api", lambda: hub)
+    here = run_url("hf://datasets/alice/w", "q0-aaaaaaaaaaaa", "s0")
+    items = []
+    for n in range(storage.HUB_FILES_PER_COMMIT + 6):  # one full commit and a partial one
+        local = tmp_path / f"f{n}.bin"
+        local.write_bytes(bytes([n]) * (n + 1))
+        items.append((local, join_url(here, f"t{n:03d}", "model.safetensors")))
+    stored = storage.put_many(items)
+    assert hub.branches == ["q0-aaaaaaaaaaaa-s0"]
+    assert [len(paths) for _, paths in hub.commits] == [storage.HUB_FILES_PER_COMMIT, 6]  # not one commit a file
+    assert {branch for branch, _ in hub.commits} == {"q0-aaaaaaaaaaaa-s0"}
+    assert [s.sha256 for s in stored] == ["sha256:" + sha(local.read_bytes()) for local, _ in items]
+    assert hub.files[("q0-aaaaaaaaaaaa-s0", "q0-aaaaaaaaaaaa/s0/t003/model.safetensors")] == bytes([3]) * 4
+
+    items[5][0].write_bytes(b"changed")  # the same command again after one file changed
+    again = storage.put_many(items)
+    assert hub.commits[-1] == ("q0-aaaaaaaaaaaa-s0", ["q0-aaaaaaaaaaaa/s0/t005/model.safetensors"])
+    assert sum(not s.skipped for s in again) == 1 and again[5].sha256 == "sha256:" + sha(b"changed")
