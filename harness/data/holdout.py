@@ -48,7 +48,7 @@ import numpy as np
 from harness import __version__
 from harness.data.manifest import MANIFEST, SPLITS, compute_data_hash, read_manifest, sha256_array
 from harness.data.prepare import (SplitFiller, best_val_loss, build_source, build_tokenizer, check_output_folder,
-                                  describe_short, encode_stream, prepare_request, token_progress)
+                                  describe_short, encode_stream, prepare_request, swap_into_place, token_progress)
 from harness.data.store import TokenStore
 from harness.data.synthetic import SyntheticSource
 from harness.errors import DataError
@@ -198,7 +198,7 @@ def prepare_test_split(track: Track, data_dir: str | os.PathLike, out: str | os.
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         manifest = _write_test_split(tmp, track, source, tokenizer, filler, prepared, request)
-        return move_into_place(tmp, out, manifest, force, log)
+        return _move_test_split_into_place(tmp, out, manifest, force, log)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -299,7 +299,7 @@ def _write_test_split(tmp: Path, track: Track, source, tokenizer, filler: SplitF
     return manifest
 
 
-def move_into_place(tmp: Path, out: Path, manifest: dict, force: bool, log) -> HoldoutResult:
+def _move_test_split_into_place(tmp: Path, out: Path, manifest: dict, force: bool, log) -> HoldoutResult:
     occupied = (out.is_dir() and any(out.iterdir())) or (out.exists() and not out.is_dir())
     if occupied:
         try:
@@ -311,14 +311,7 @@ def move_into_place(tmp: Path, out: Path, manifest: dict, force: bool, log) -> H
             return HoldoutResult(out, existing, reused=True)
         if not force:
             raise DataError(f"{out}: holds another test split; pass --force to replace it")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True) if old.is_dir() else old.unlink()
-    else:
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
+    swap_into_place(tmp, out)
     log(f"{out}: test split of track {manifest['track']['name']!r}, {manifest['split']['tokens']:,} tokens after "
         f"data {manifest['follows']['data_hash'][:16]}…, split hash {manifest['split_hash'][:16]}…; "
         "keep it private")

@@ -448,6 +448,15 @@ def move_into_place(tmp: Path, out: Path, manifest: dict, force: bool, log) -> P
                 f"{out}: holds data with hash {(existing or {}).get('data_hash', 'unknown')[:16]}…, the new "
                 f"preparation hashes to {manifest['data_hash'][:16]}…; pass --force to replace it"
             )
+    swap_into_place(tmp, out)
+    log(f"{out}: prepared track {manifest['track']['name']!r}, data hash {manifest['data_hash'][:16]}…")
+    return PrepareResult(out, manifest, reused=False)
+
+
+def swap_into_place(tmp: Path, out: Path) -> None:
+    """Put the finished folder `tmp` at `out` by renames, so `out` is always the old folder or the new one,
+    never a mix: a folder already there is renamed aside first and removed only after the new one is in."""
+    if (out.is_dir() and any(out.iterdir())) or (out.exists() and not out.is_dir()):
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         os.replace(out, old)
         os.replace(tmp, out)
@@ -456,5 +465,3 @@ def move_into_place(tmp: Path, out: Path, manifest: dict, force: bool, log) -> P
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
-    log(f"{out}: prepared track {manifest['track']['name']!r}, data hash {manifest['data_hash'][:16]}…")
-    return PrepareResult(out, manifest, reused=False)

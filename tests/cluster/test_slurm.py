@@ -77,151 +77,120 @@ def _wait(predicate, seconds: float, what: str):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_a_requeued_job_resumes_by_itself_to_the_uninterrupted_record(slurm_cluster, synthetic_data, tmp_path):
-    common = ["--track", "synthetic", "--epochs", "3", "--seed", "3", "--data", str(synthetic_data),
-              "--nproc-per-node", "2", "--quiet"] + [a for k, v in TINY for a in ("--set", f"{k}={v}")]
-    straight = run_method(RunRequest(method_dir=PROJECT / "submissions" / "single_model", epochs=3.0, seed=3,
-                                     overrides=TINY, data_dir=synthetic_data, progress=False,
-                                     out=tmp_path / "straight", launch=LaunchSpec(nproc_per_node=2)))
-    out = tmp_path / "slurm-run"
-    submitted = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(PROJECT / "submissions" / "single_model"),
-                                *common, "--out", str(out), "--slurm", "--grace", "30"],
-                               capture_output=True, text=True, cwd=PROJECT, timeout=300)
+def _straight(synthetic_data: Path, out: Path, epochs: int, seed: int, nproc: int = 2) -> dict:
+    """The same run trained in this process on one node, never interrupted: the record to compare with."""
+    run_dir = run_method(RunRequest(method_dir=PROJECT / "submissions" / "single_model", epochs=float(epochs),
+                                    seed=seed, overrides=TINY, data_dir=synthetic_data, progress=False, out=out,
+                                    launch=LaunchSpec(nproc_per_node=nproc)))
+    return json.loads((run_dir / "record.json").read_text())
+
+
+def _submit(synthetic_data: Path, out: Path, epochs: int, seed: int, *flags: str) -> str:
+    """`slowrun run single_model ... --slurm FLAGS`, as a user types it; the job id."""
+    command = [sys.executable, "-m", "harness.cli", "run", str(PROJECT / "submissions" / "single_model"),
+               "--track", "synthetic", "--epochs", str(epochs), "--seed", str(seed), "--data", str(synthetic_data),
+               "--quiet", "--out", str(out), "--slurm", *flags] + [a for k, v in TINY for a in ("--set", f"{k}={v}")]
+    submitted = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT, timeout=300)
     assert submitted.returncode == 0, submitted.stderr
-    job_id = json.loads((out / "slurm" / "job.json").read_text())["job_id"]
+    return json.loads((out / "slurm" / "job.json").read_text())["job_id"]
+
+
+def _warn_after_three_steps(out: Path, job_id: str) -> None:
+    """The scheduler's warning once the run trains, before its first snapshot (its first scheduled checkpoint):
+    the batch shell alone gets USR1, as with --signal=B:USR1@GRACE."""
+    _wait(lambda: (out / "metrics.jsonl").exists() and len(_losses(out)) >= 3, 240, "three training steps")
+    warned = subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], capture_output=True, text=True)
+    assert warned.returncode == 0, warned.stderr
+
+
+def _final_record(out: Path) -> tuple[dict, str]:
+    """The record once the job has finished the run (an interrupted start's record does not count), and the
+    job's output, for the assertions' messages."""
+    path = out / "record.json"
+
+    def final():
+        if not path.exists():
+            return None
+        record = json.loads(path.read_text())
+        return record if (record.get("error") or {}).get("type") != "Interrupted" else None
+
+    record = _wait(final, 300, "the job's final record")
+    return record, "\n".join(p.read_text() for p in (out / "slurm").glob("slurm-*.out"))
+
+
+def _same_run(record: dict, straight: dict, out: Path, log: str) -> None:
+    assert record["status"] == straight["status"] == "ok", log[-3000:]
+    assert record["metered"] == straight["metered"]
+    assert _losses(out) == _losses(out.parent / "straight")  # bitwise: the contract's resume is exact
+    assert record["result"]["val_loss"] == straight["result"]["val_loss"]
+
+
+def _status(out: Path) -> dict:
+    done = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(out)], capture_output=True, text=True,
+                          cwd=PROJECT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_a_requeued_job_resumes_by_itself_to_the_uninterrupted_record(slurm_cluster, synthetic_data, tmp_path):
+    straight = _straight(synthetic_data, tmp_path / "straight", epochs=3, seed=3)
+    out = tmp_path / "slurm-run"
+    job_id = _submit(synthetic_data, out, 3, 3, "--nproc-per-node", "2", "--grace", "30")
     # pre-empt it once it has a checkpoint and a snapshot: Slurm stops it (SIGTERM) and starts it again
     _wait(lambda: (out / "checkpoint").exists() and any((out / "checkpoint").glob("rank*.json"))
           and (out / "snapshots").exists() and any((out / "snapshots").iterdir()), 240, "the first checkpoint")
     requeue = subprocess.run(["scontrol", "requeue", job_id], capture_output=True, text=True)
     assert requeue.returncode == 0, requeue.stderr
-    record_path = out / "record.json"
-
-    def final():
-        if not record_path.exists():
-            return None
-        record = json.loads(record_path.read_text())
-        return record if (record.get("error") or {}).get("type") != "Interrupted" else None
-
-    record = _wait(final, 300, "the requeued job's final record")
-    log = "\n".join(p.read_text() for p in (out / "slurm").glob("slurm-*.out"))
-    a = json.loads((straight / "record.json").read_text())
-    assert record["status"] == a["status"] == "ok", log[-3000:]
+    record, log = _final_record(out)
+    _same_run(record, straight, out, log)
     assert record["resumed"] and record["scheduler"]["preemptions"] == 1 and record["scheduler"]["starts"] == 2
     assert record["scheduler"]["job_id"] == job_id
-    assert record["metered"] == a["metered"]
-    assert [s["tag"] for s in record["snapshots"]] == [s["tag"] for s in a["snapshots"]]
-    assert _losses(out) == _losses(straight)  # bitwise: the contract's resume is exact
-    assert record["result"]["val_loss"] == a["result"]["val_loss"]
+    assert [s["tag"] for s in record["snapshots"]] == [s["tag"] for s in straight["snapshots"]]
     assert record["timings"]["train_s"] > 0  # the training time of both starts together
-    status = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(out)], capture_output=True,
-                            text=True, cwd=PROJECT, timeout=60)
-    assert status.returncode == 0 and json.loads(status.stdout)["preemptions"] == 1
+    assert _status(out)["preemptions"] == 1
 
 
 def test_a_warned_job_checkpoints_requeues_itself_and_resumes_from_that_checkpoint(slurm_cluster, synthetic_data,
                                                                                    tmp_path):
-    common = ["--track", "synthetic", "--epochs", "3", "--seed", "4", "--data", str(synthetic_data),
-              "--nproc-per-node", "2", "--quiet"] + [a for k, v in TINY for a in ("--set", f"{k}={v}")]
-    straight = run_method(RunRequest(method_dir=PROJECT / "submissions" / "single_model", epochs=3.0, seed=4,
-                                     overrides=TINY, data_dir=synthetic_data, progress=False,
-                                     out=tmp_path / "straight", launch=LaunchSpec(nproc_per_node=2)))
+    straight = _straight(synthetic_data, tmp_path / "straight", epochs=3, seed=4)
     out = tmp_path / "slurm-run"
-    submitted = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(PROJECT / "submissions" / "single_model"),
-                                *common, "--out", str(out), "--slurm", "--grace", "60"],
-                               capture_output=True, text=True, cwd=PROJECT, timeout=300)
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = json.loads((out / "slurm" / "job.json").read_text())["job_id"]
-    # the warning before the first snapshot (the first scheduled checkpoint): the batch shell alone gets
-    # USR1, as with --signal=B:USR1@GRACE
-    _wait(lambda: (out / "metrics.jsonl").exists() and len(_losses(out)) >= 3, 240, "three training steps")
-    warned = subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], capture_output=True, text=True)
-    assert warned.returncode == 0, warned.stderr
-    record_path = out / "record.json"
-
-    def final():
-        if not record_path.exists():
-            return None
-        record = json.loads(record_path.read_text())
-        return record if (record.get("error") or {}).get("type") != "Interrupted" else None
-
-    record = _wait(final, 300, "the warned job's final record")
-    log = "\n".join(p.read_text() for p in (out / "slurm").glob("slurm-*.out"))
-    a = json.loads((straight / "record.json").read_text())
-    assert record["status"] == a["status"] == "ok", log[-3000:]
+    job_id = _submit(synthetic_data, out, 3, 4, "--nproc-per-node", "2", "--grace", "60")
+    _warn_after_three_steps(out, job_id)
+    record, log = _final_record(out)
+    _same_run(record, straight, out, log)
     scheduler = record["scheduler"]
     assert (scheduler["starts"], scheduler["preemptions"], scheduler["warnings"],
             scheduler["checkpointed_on_warning"]) == (2, 1, 1, 1), log[-3000:]
     first = json.loads((out / "slurm" / "job.json").read_text())["starts"][0]
     assert first["interrupted"] and first["checkpoint_on_warning"]["ranks_checkpointed"] == [0, 1]
-    status = subprocess.run([sys.executable, "-m", "harness.cli", "status", str(out)], capture_output=True,
-                            text=True, cwd=PROJECT, timeout=60)
-    told = json.loads(status.stdout)
+    told = _status(out)
     assert (told["starts"], told["warnings"], told["checkpointed_on_warning"], told["record_status"]) == (2, 1, 1, "ok")
-    assert record["metered"] == a["metered"]
-    assert _losses(out) == _losses(straight)  # bitwise
-    assert record["result"]["val_loss"] == a["result"]["val_loss"]
 
 
 def test_a_two_node_job_trains_across_both_nodes_to_the_one_node_record(slurm_cluster, synthetic_data, tmp_path):
     """Two Slurm nodes, one rank each: node 0 holds the data server, node 1 is started by srun and joins it;
     the record is the one of the same 2-rank run on one node."""
-    common = ["--track", "synthetic", "--epochs", "2", "--seed", "6", "--data", str(synthetic_data),
-              "--nproc-per-node", "1", "--quiet"] + [a for k, v in TINY for a in ("--set", f"{k}={v}")]
-    straight = run_method(RunRequest(method_dir=PROJECT / "submissions" / "single_model", epochs=2.0, seed=6,
-                                     overrides=TINY, data_dir=synthetic_data, progress=False,
-                                     out=tmp_path / "straight", launch=LaunchSpec(nproc_per_node=2)))
+    straight = _straight(synthetic_data, tmp_path / "straight", epochs=2, seed=6)
     out = tmp_path / "two-nodes"
-    submitted = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(PROJECT / "submissions" / "single_model"),
-                                *common, "--out", str(out), "--slurm", "--nodes", "2"],
-                               capture_output=True, text=True, cwd=PROJECT, timeout=300)
-    assert submitted.returncode == 0, submitted.stderr
-    record_path = out / "record.json"
-    record = json.loads(_wait(lambda: record_path.exists() and record_path.read_text(), 300, "the record"))
-    log = "\n".join(p.read_text() for p in (out / "slurm").glob("slurm-*.out"))
-    a = json.loads((straight / "record.json").read_text())
-    assert record["status"] == a["status"] == "ok", log[-3000:]
+    _submit(synthetic_data, out, 2, 6, "--nproc-per-node", "1", "--nodes", "2")
+    record, log = _final_record(out)
+    _same_run(record, straight, out, log)
     launch = json.loads((out / "run.json").read_text())["launch"]
     assert launch["nnodes"] == 2 and launch["master_port"] == job_port(record["scheduler"]["job_id"])
     assert (out / "supervisor-node1.json").exists(), log[-3000:]  # node 1's ranks ran under its own supervisor
     assert "node 1: its ranks ended (exited, exit code 0)" in log
-    assert record["metered"] == a["metered"]
-    assert _losses(out) == _losses(straight)  # the same two ranks, on two nodes
-    assert record["result"]["val_loss"] == a["result"]["val_loss"]
 
 
 def test_a_warned_two_node_job_checkpoints_on_both_nodes_and_resumes_to_the_uninterrupted_record(
         slurm_cluster, synthetic_data, tmp_path):
-    common = ["--track", "synthetic", "--epochs", "3", "--seed", "8", "--data", str(synthetic_data),
-              "--nproc-per-node", "1", "--quiet"] + [a for k, v in TINY for a in ("--set", f"{k}={v}")]
-    straight = run_method(RunRequest(method_dir=PROJECT / "submissions" / "single_model", epochs=3.0, seed=8,
-                                     overrides=TINY, data_dir=synthetic_data, progress=False,
-                                     out=tmp_path / "straight", launch=LaunchSpec(nproc_per_node=2)))
+    straight = _straight(synthetic_data, tmp_path / "straight", epochs=3, seed=8)
     out = tmp_path / "two-nodes"
-    submitted = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(PROJECT / "submissions" / "single_model"),
-                                *common, "--out", str(out), "--slurm", "--nodes", "2", "--grace", "60"],
-                               capture_output=True, text=True, cwd=PROJECT, timeout=300)
-    assert submitted.returncode == 0, submitted.stderr
-    job_id = json.loads((out / "slurm" / "job.json").read_text())["job_id"]
-    _wait(lambda: (out / "metrics.jsonl").exists() and len(_losses(out)) >= 3, 240, "three training steps")
-    warned = subprocess.run(["scancel", "--batch", "--signal=USR1", job_id], capture_output=True, text=True)
-    assert warned.returncode == 0, warned.stderr
-    record_path = out / "record.json"
-
-    def final():
-        if not record_path.exists():
-            return None
-        record = json.loads(record_path.read_text())
-        return record if (record.get("error") or {}).get("type") != "Interrupted" else None
-
-    record = _wait(final, 300, "the warned job's final record")
-    log = "\n".join(p.read_text() for p in (out / "slurm").glob("slurm-*.out"))
-    a = json.loads((straight / "record.json").read_text())
-    assert record["status"] == a["status"] == "ok", log[-3000:]
+    job_id = _submit(synthetic_data, out, 3, 8, "--nproc-per-node", "1", "--nodes", "2", "--grace", "60")
+    _warn_after_three_steps(out, job_id)
+    record, log = _final_record(out)
+    _same_run(record, straight, out, log)
     scheduler = record["scheduler"]
     assert (scheduler["starts"], scheduler["warnings"], scheduler["checkpointed_on_warning"]) == (2, 1, 1), log[-3000:]
     first = json.loads((out / "slurm" / "job.json").read_text())["starts"][0]
     assert first["checkpoint_on_warning"]["ranks_checkpointed"] == [0, 1]  # rank 1 is node 1's
     assert "node 0 stopped the job" in log  # node 1's runner stopped its held rank when node 0 stopped
-    assert record["metered"] == a["metered"]
-    assert _losses(out) == _losses(straight)
-    assert record["result"]["val_loss"] == a["result"]["val_loss"]

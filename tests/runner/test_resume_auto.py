@@ -14,26 +14,9 @@ import pytest
 from harness.errors import SlowrunError
 from harness.run.preemption import WARNING
 from harness.run.runner import RunInterrupted, RunRequest, prepare_run, run_or_resume, run_state
+from tests.runner.test_warning import ANSWERS as STEPPING  # a method that checkpoints when asked
 
 PROJECT = Path(__file__).resolve().parents[2]
-
-STEPPING = """
-stream = ctx.train_stream("main", batch_size=4)
-state = ctx.resume_state()
-torch.manual_seed(ctx.seed)
-model = Bigram(ctx.vocab_size)
-opt = torch.optim.SGD(model.parameters(), lr=0.5)
-if state is not None:
-    model.load_state_dict(state["model"])
-import time
-while ctx.remaining_epochs * ctx.epoch_tokens >= 4 * ctx.seq_len:
-    loss = step(model, opt, *next(stream))
-    ctx.log(loss=loss)
-    if ctx.checkpoint_requested:
-        ctx.checkpoint({"model": model.state_dict()})
-    time.sleep(0.002)
-ctx.save_snapshot(model, "final")
-"""
 
 
 def _request(method: Path, synthetic_data: Path, out: Path, seed: int = 2) -> RunRequest:
