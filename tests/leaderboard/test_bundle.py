@@ -19,15 +19,6 @@ TRACK = "toy"
 WEIGHT_SIZES = (1000, 5000, 1500, 8000)  # bytes of the four snapshots' weights
 
 
-@pytest.fixture
-def method_dir(tmp_path) -> Path:
-    folder = tmp_path / "my_method"
-    folder.mkdir()
-    (folder / "method.toml").write_text('name = "my_method"\nentry = "train:main"\n')
-    (folder / "train.py").write_text("def main(ctx):\n    pass\n")
-    (folder / "__pycache__").mkdir()
-    (folder / "__pycache__" / "train.cpython-311.pyc").write_bytes(b"\0junk")
-    return folder
 
 
 def make_run(root: Path, method_dir: Path, seed: int, loss: float) -> Path:

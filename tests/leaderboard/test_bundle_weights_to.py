@@ -31,13 +31,6 @@ CONSTANTS_BYTES = b"\x01\x02constants"
 EVERYTHING = 10**9  # --weights-up-to that includes every snapshot
 
 
-@pytest.fixture
-def method_dir(tmp_path) -> Path:
-    folder = tmp_path / "my_method"
-    folder.mkdir()
-    (folder / "method.toml").write_text('name = "my_method"\nentry = "train:main"\n')
-    (folder / "train.py").write_text("def main(ctx):\n    pass\n")
-    return folder
 
 
 @pytest.fixture
@@ -50,16 +43,6 @@ def runs(tmp_path, method_dir) -> list[Path]:
     return made
 
 
-@pytest.fixture(params=["file", "memory"])
-def weights_to(request, tmp_path) -> str:
-    if request.param == "file":
-        yield (tmp_path / "bucket").as_uri()
-        return
-    url = f"memory://slowrun-bundle-{uuid.uuid4().hex}"
-    yield url
-    fs = fsspec.filesystem("memory")
-    if fs.exists(url):
-        fs.rm(url, recursive=True)
 
 
 def sha(data: bytes) -> str:
@@ -97,8 +80,8 @@ class Seen:
         return []
 
 
-def test_the_bundle_names_every_file_left_out_by_url_and_sha256(tmp_path, runs, method_dir, weights_to):
-    bundle = create_bundle(runs, tmp_path / "bundle", weights_up_to=2000, weights_to=weights_to)
+def test_the_bundle_names_every_file_left_out_by_url_and_sha256(tmp_path, runs, method_dir, storage_base):
+    bundle = create_bundle(runs, tmp_path / "bundle", weights_up_to=2000, weights_to=storage_base)
     method = f"my_method-{method_hash(method_dir)[7:19]}"
     for seed in range(2):
         for item, size in zip(snapshots_json(bundle.root, seed), WEIGHT_SIZES):
@@ -107,7 +90,7 @@ def test_the_bundle_names_every_file_left_out_by_url_and_sha256(tmp_path, runs, 
             if size <= 2000:  # in the bundle itself: no URL needed
                 assert item["included"] and "remote" not in item
                 continue
-            where = f"{weights_to}/{method}/my-method-s{seed}/{tag}"
+            where = f"{storage_base}/{method}/my-method-s{seed}/{tag}"
             expected = {"model.safetensors": {"url": f"{where}/model.safetensors", "sha256": sha(data), "bytes": size}}
             if tag == "s1":
                 expected["graph.json"] = {"url": f"{where}/graph.json", "sha256": sha(GRAPH_BYTES),
@@ -124,9 +107,9 @@ def test_the_bundle_names_every_file_left_out_by_url_and_sha256(tmp_path, runs, 
     assert read_bundle(bundle.root).runs == bundle.runs
 
 
-def test_fetched_weights_verify_and_file_as_included_weights_do(tmp_path, runs, weights_to):
+def test_fetched_weights_verify_and_file_as_included_weights_do(tmp_path, runs, storage_base):
     create_bundle(runs, tmp_path / "inside", weights_up_to=EVERYTHING)
-    create_bundle(runs, tmp_path / "outside", weights_to=weights_to)
+    create_bundle(runs, tmp_path / "outside", weights_to=storage_base)
     assert all("remote" in item for seed in range(2) for item in snapshots_json(tmp_path / "outside", seed))
 
     inside, outside = Seen(), Seen()
@@ -142,8 +125,8 @@ def test_fetched_weights_verify_and_file_as_included_weights_do(tmp_path, runs, 
     assert cache_path(tmp_path / "cache", sha(weights(1, 8000))).read_bytes() == weights(1, 8000)
 
 
-def test_a_tampered_remote_file_is_refused_and_nothing_is_filed(tmp_path, runs, weights_to):
-    create_bundle(runs, tmp_path / "bundle", weights_to=weights_to)
+def test_a_tampered_remote_file_is_refused_and_nothing_is_filed(tmp_path, runs, storage_base):
+    create_bundle(runs, tmp_path / "bundle", weights_to=storage_base)
     entry = snapshots_json(tmp_path / "bundle", 1)[2]["remote"]["model.safetensors"]
     write_remote(entry["url"], b"\0" * entry["bytes"])  # same size, other bytes
     seen = Seen()
@@ -157,8 +140,8 @@ def test_a_tampered_remote_file_is_refused_and_nothing_is_filed(tmp_path, runs, 
     assert not cache_path(tmp_path / "cache", entry["sha256"]).exists()
 
 
-def test_an_unreachable_url_is_refused_and_nothing_is_filed(tmp_path, runs, weights_to):
-    create_bundle(runs, tmp_path / "bundle", weights_to=weights_to)
+def test_an_unreachable_url_is_refused_and_nothing_is_filed(tmp_path, runs, storage_base):
+    create_bundle(runs, tmp_path / "bundle", weights_to=storage_base)
     entry = snapshots_json(tmp_path / "bundle", 0)[3]["remote"]["model.safetensors"]
     fs, path = fsspec.core.url_to_fs(entry["url"])
     fs.rm(path)
@@ -168,11 +151,11 @@ def test_an_unreachable_url_is_refused_and_nothing_is_filed(tmp_path, runs, weig
     assert not (tmp_path / "records").exists()
 
 
-def test_a_second_submit_sends_nothing_already_there(tmp_path, runs, weights_to, capsys):
-    create_bundle(runs, tmp_path / "first", weights_to=weights_to)
-    assert main(["submit", *map(str, runs), "--out", str(tmp_path / "second"), "--weights-to", weights_to]) == 0
+def test_a_second_submit_sends_nothing_already_there(tmp_path, runs, storage_base, capsys):
+    create_bundle(runs, tmp_path / "first", weights_to=storage_base)
+    assert main(["submit", *map(str, runs), "--out", str(tmp_path / "second"), "--weights-to", storage_base]) == 0
     captured = capsys.readouterr()
-    assert f"0 file(s) uploaded to {weights_to}, 12 already there" in captured.out
+    assert f"0 file(s) uploaded to {storage_base}, 12 already there" in captured.out
     assert captured.err.count("already there with the same size and sha256, not sent again") == 2 * 6
     assert [snapshots_json(tmp_path / "second", s) for s in range(2)] == [snapshots_json(tmp_path / "first", s)
                                                                           for s in range(2)]

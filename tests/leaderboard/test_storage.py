@@ -26,17 +26,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture(params=["file", "memory"])
-def base(request, tmp_path) -> str:
-    """A fresh place to put files, on the local disk or in fsspec's in-memory file system."""
-    if request.param == "file":
-        yield (tmp_path / "remote").as_uri()
-        return
-    url = f"memory://slowrun-test-{uuid.uuid4().hex}"
-    yield url
-    fs = fsspec.filesystem("memory")
-    if fs.exists(url):
-        fs.rm(url, recursive=True)
 
 
 @pytest.fixture
@@ -75,8 +64,8 @@ class Meter:
             raise RuntimeError("interrupted")
 
 
-def test_put_then_fetch_gives_back_the_same_bytes(tmp_path, base, small_chunks):
-    url = join_url(base, "m-0123456789ab", "run-s0", "s1", "model.safetensors")
+def test_put_then_fetch_gives_back_the_same_bytes(tmp_path, storage_base, small_chunks):
+    url = join_url(storage_base, "m-0123456789ab", "run-s0", "s1", "model.safetensors")
     meter = Meter()
     stored = put(local_file(tmp_path), url, meter=meter)
     assert (stored.url, stored.sha256, stored.bytes, stored.skipped) == (url, "sha256:" + sha(PAYLOAD), 10_240, False)
@@ -88,8 +77,8 @@ def test_put_then_fetch_gives_back_the_same_bytes(tmp_path, base, small_chunks):
     assert files_under(tmp_path / "cache") == [fetched]  # no temporary file left beside it
 
 
-def test_an_identical_file_at_the_target_is_not_sent_again(tmp_path, base, monkeypatch):
-    url = join_url(base, "run", "model.safetensors")
+def test_an_identical_file_at_the_target_is_not_sent_again(tmp_path, storage_base, monkeypatch):
+    url = join_url(storage_base, "run", "model.safetensors")
     first = put(local_file(tmp_path), url)
     said = []
 
@@ -104,24 +93,24 @@ def test_an_identical_file_at_the_target_is_not_sent_again(tmp_path, base, monke
     assert meter.n == 10_240  # counted as done, so the progress reaches its total
 
 
-def test_a_different_file_of_the_same_size_is_replaced(tmp_path, base):
-    url = join_url(base, "run", "model.safetensors")
+def test_a_different_file_of_the_same_size_is_replaced(tmp_path, storage_base):
+    url = join_url(storage_base, "run", "model.safetensors")
     write_remote(url, b"\0" * len(PAYLOAD))  # e.g. what an earlier, different snapshot left there
     stored = put(local_file(tmp_path), url)
     assert not stored.skipped and remote_bytes(url) == PAYLOAD
 
 
-def test_an_interrupted_upload_publishes_nothing(tmp_path, base, small_chunks):
-    url = join_url(base, "run", "model.safetensors")
+def test_an_interrupted_upload_publishes_nothing(tmp_path, storage_base, small_chunks):
+    url = join_url(storage_base, "run", "model.safetensors")
     with pytest.raises(StorageError, match="interrupted"):
         put(local_file(tmp_path), url, meter=Meter(fail_after=4096))  # raises after four chunks are written
-    fs, path = fsspec.core.url_to_fs(base)
-    assert not fs.exists(join_url(base, "run", "model.safetensors"))
-    assert not fs.exists(base) or fs.find(base) == []  # no partial file under any name
+    fs, path = fsspec.core.url_to_fs(storage_base)
+    assert not fs.exists(join_url(storage_base, "run", "model.safetensors"))
+    assert not fs.exists(storage_base) or fs.find(storage_base) == []  # no partial file under any name
 
 
-def test_fetch_refuses_other_bytes_names_both_hashes_and_keeps_nothing(tmp_path, base):
-    url = join_url(base, "run", "model.safetensors")
+def test_fetch_refuses_other_bytes_names_both_hashes_and_keeps_nothing(tmp_path, storage_base):
+    url = join_url(storage_base, "run", "model.safetensors")
     stored = put(local_file(tmp_path), url)
     tampered = PAYLOAD[:-1] + b"\x00"  # PAYLOAD ends in 0xff
     write_remote(url, tampered)
@@ -132,16 +121,16 @@ def test_fetch_refuses_other_bytes_names_both_hashes_and_keeps_nothing(tmp_path,
     assert files_under(tmp_path / "cache") == []
 
 
-def test_fetch_reads_no_more_than_the_stated_size(tmp_path, base):
-    url = join_url(base, "run", "model.safetensors")
+def test_fetch_reads_no_more_than_the_stated_size(tmp_path, storage_base):
+    url = join_url(storage_base, "run", "model.safetensors")
     write_remote(url, PAYLOAD + b"more")
     with pytest.raises(StorageError, match="longer than the 10,240 bytes"):
         fetch(url, "sha256:" + sha(PAYLOAD), tmp_path / "cache", size=len(PAYLOAD))
     assert files_under(tmp_path / "cache") == []
 
 
-def test_a_cached_file_is_not_fetched_again_but_a_damaged_one_is(tmp_path, base):
-    url = join_url(base, "run", "model.safetensors")
+def test_a_cached_file_is_not_fetched_again_but_a_damaged_one_is(tmp_path, storage_base):
+    url = join_url(storage_base, "run", "model.safetensors")
     stored = put(local_file(tmp_path), url)
     cached = fetch(url, stored.sha256, tmp_path / "cache")
     fs, path = fsspec.core.url_to_fs(url)
@@ -154,8 +143,8 @@ def test_a_cached_file_is_not_fetched_again_but_a_damaged_one_is(tmp_path, base)
     assert files_under(tmp_path / "cache") == []
 
 
-def test_an_unreachable_url_is_refused_by_name(tmp_path, base):
-    url = join_url(base, "nothing", "here.safetensors")
+def test_an_unreachable_url_is_refused_by_name(tmp_path, storage_base):
+    url = join_url(storage_base, "nothing", "here.safetensors")
     with pytest.raises(StorageError, match=f"^{re.escape(url)}: cannot fetch it"):
         fetch(url, "sha256:" + sha(PAYLOAD), tmp_path / "cache")
     assert files_under(tmp_path / "cache") == []
@@ -222,8 +211,8 @@ def test_a_missing_backend_names_the_extra_to_install(tmp_path):
 # --- the Hub: a branch per run, composed without asking the Hub ---------------------------------------
 
 def test_each_run_gets_its_own_branch_on_the_hub():
-    base = "hf://datasets/alice/slowrun-weights"
-    here = run_url(base, "my_method-0123456789ab", "my-method-s0")
+    storage_base = "hf://datasets/alice/slowrun-weights"
+    here = run_url(storage_base, "my_method-0123456789ab", "my-method-s0")
     assert here == ("hf://datasets/alice/slowrun-weights@my_method-0123456789ab-my-method-s0"
                     "/my_method-0123456789ab/my-method-s0")
     assert join_url(here, "s3", "model.safetensors") == (
