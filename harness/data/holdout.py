@@ -46,7 +46,7 @@ from typing import Sequence
 import numpy as np
 
 from harness import __version__
-from harness.data.manifest import MANIFEST, SPLITS, compute_data_hash, read_manifest, sha256_array
+from harness.data.manifest import MANIFEST, SPLITS, compute_data_hash, read_manifest, sha256_array, token_identity
 from harness.data.prepare import (SplitFiller, best_val_loss, build_source, build_tokenizer, check_output_folder,
                                   describe_short, encode_stream, prepare_request, swap_into_place, token_progress)
 from harness.data.store import TokenStore
@@ -69,11 +69,7 @@ class HoldoutResult:
 def compute_split_hash(manifest: dict) -> str:
     """The hash that names a test split: its arrays, the tokenizer, the window length and what it follows."""
     identity = {
-        "format": manifest["format"],
-        "tokenizer": manifest["tokenizer"]["hash"],
-        "vocab_size": manifest["tokenizer"]["vocab_size"],
-        "bos_id": manifest["tokenizer"]["bos_id"],
-        "seq_len": manifest["seq_len"],
+        **token_identity(manifest),
         "follows": {key: manifest["follows"][key] for key in ("data_hash", "documents", "tokens")},
         "split": {key: manifest["split"][key] for key in _IDENTITY_KEYS},
     }

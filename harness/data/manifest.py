@@ -33,13 +33,17 @@ def sha256_array(array: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def token_identity(manifest: dict) -> dict:
+    """What every hash of tokens must cover besides the arrays: the manifest's format, the tokenizer (the same
+    ids mean other text under another one) and the window length."""
+    return {"format": manifest["format"], "tokenizer": manifest["tokenizer"]["hash"],
+            "vocab_size": manifest["tokenizer"]["vocab_size"], "bos_id": manifest["tokenizer"]["bos_id"],
+            "seq_len": manifest["seq_len"]}
+
+
 def compute_data_hash(manifest: dict) -> str:
     identity = {
-        "format": manifest["format"],
-        "tokenizer": manifest["tokenizer"]["hash"],
-        "vocab_size": manifest["tokenizer"]["vocab_size"],
-        "bos_id": manifest["tokenizer"]["bos_id"],
-        "seq_len": manifest["seq_len"],
+        **token_identity(manifest),
         "fitness": manifest["fitness"],
         "splits": {
             name: {k: manifest["splits"][name][k] for k in ("tokens", "documents", "tokens_sha256", "docs_sha256")}
