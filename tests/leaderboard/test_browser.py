@@ -18,6 +18,7 @@ import pytest
 from leaderboard.published import DEFAULT_PUBLISHED
 from leaderboard.site import build_site
 from tests.leaderboard.factory import failed_record, make_record, method_hash, write_board
+from tests.leaderboard.test_holdout import section as held_out_section
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -82,6 +83,9 @@ def wide_records() -> list[dict]:
              for seed in range(3)]
     for record in seeds:
         record["snapshots"][0]["evaluated_by"] = "method code"  # two flags on every run, as on webtext
+    # scored on a held-out test split: the table gains its Test loss column, one entry with a flagged gap
+    for record, test_loss in ((long, 3.4321), *((seed, 3.0105) for seed in seeds)):
+        record.update(schema_version=3, test=held_out_section(test_loss))
     unranked = make_record(44, track__name=WIDE, method__name=LONG_NAME + "-over", unranked_reasons=[LONG_REASON])
     return [long, *seeds, unranked]
 
@@ -312,6 +316,19 @@ def test_the_widest_rows_are_cut_not_wrapped(page, server):
     assert layout_problems(page) == []
 
 
+def test_the_test_loss_column_fits_beside_val_loss_with_its_flag(page, server):
+    page.goto(f"{server}/index.html")
+    wide = f"section.track[data-track={WIDE}]"
+    columns = headers(page, wide)
+    assert columns[columns.index("Val loss") + 1] == "Test loss"
+    flagged = page.locator(f"{wide} tbody.ranked tr", has=page.get_by_role("link", name=LONG_NAME, exact=True))
+    cell = flagged.locator("td", has=page.locator("span.flag.test-gap"))
+    assert cell.count() == 1 and cell.evaluate("td => td.scrollWidth <= td.clientWidth")  # loss and flag whole
+    calm = page.locator(f"{wide} tbody.ranked tr", has=page.get_by_role("link", name="seeded-wide", exact=True))
+    assert calm.locator("span.flag.test-gap").count() == 0
+    assert layout_problems(page) == []
+
+
 def test_two_flags_fit_their_status_cells(page, server):
     page.goto(f"{server}/index.html")
     row = page.locator(f"section.track[data-track={WIDE}] tbody.ranked tr",
@@ -323,7 +340,12 @@ def test_two_flags_fit_their_status_cells(page, server):
     page.wait_for_load_state("load")
     for cell in page.locator("table.seeds td.status").all():
         assert cell.evaluate("td => td.scrollWidth <= td.clientWidth")
-    assert page.locator("table.seeds tbody td:nth-child(4)").all_inner_texts() == ["31.933"] * 3
+    columns = [" ".join(t.split()) for t in page.locator("table.seeds thead th").all_inner_texts()]
+    epochs = columns.index("Epochs") + 1
+    assert page.locator(f"table.seeds tbody td:nth-child({epochs})").all_inner_texts() == ["31.933"] * 3
+    test_loss = columns.index("Test loss") + 1  # each seed's own, after its val loss
+    assert columns[test_loss - 2] == "Val loss"
+    assert page.locator(f"table.seeds tbody td:nth-child({test_loss})").all_inner_texts() == ["3.01050"] * 3
 
 
 def headers(page, selector: str) -> list[str]:
