@@ -155,8 +155,20 @@ class Placement:
         index = torch.device(device).index
         device_ids = [index if index is not None else torch.cuda.current_device()] if device.startswith("cuda") else None
         return DistributedDataParallel(model, process_group=self.process_group, device_ids=device_ids,
-                                       gradient_as_bucket_view=True, broadcast_buffers=False,
-                                       bucket_cap_mb=ddp_bucket_cap_mb(model, compiled))
+                                       gradient_as_bucket_view=True, bucket_cap_mb=ddp_bucket_cap_mb(model, compiled),
+                                       **_no_buffer_sync())
+
+
+def _no_buffer_sync() -> dict:
+    """DDP's flag for "do not re-broadcast buffers at every forward", by whichever name this torch has: newer
+    versions name it `forward_sync_buffers` and warn on `broadcast_buffers` (both still sync once, at init,
+    which the rotary tables, equal on every rank, do not mind)."""
+    import inspect
+
+    from torch.nn.parallel import DistributedDataParallel
+
+    names = inspect.signature(DistributedDataParallel.__init__).parameters
+    return {"forward_sync_buffers": False} if "forward_sync_buffers" in names else {"broadcast_buffers": False}
 
 
 COMPILED_DDP_BUCKETS = 8
