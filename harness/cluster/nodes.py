@@ -9,7 +9,8 @@ path stays the engine: torchrun on every node, a static rendezvous at node 0, ev
 
 The address is the node's ``NodeAddr`` as Slurm knows it (the name the other nodes reach it by; it is the
 node name unless the cluster says otherwise). The port is derived from the job id, so two jobs sharing a
-node do not meet at one rendezvous port; the data server listens on it + 1.
+node do not meet at one rendezvous port, and stepped past any pair that is taken there; the data server
+listens on it + 1.
 """
 
 from __future__ import annotations
@@ -32,6 +33,29 @@ PORT_SPAN = 10000
 def job_port(job_id: str | int) -> int:
     """The job's rendezvous port (even; the data server takes the odd one above it)."""
     return PORT_BASE + 2 * (int(job_id) % PORT_SPAN)
+
+
+def free_port_pair(first: int, tries: int = 64) -> int:
+    """The first even port from `first` on, in steps of 2, that is free on this node with the one above it:
+    another job on node 0 (whose id maps to the same port, or that holds it by chance) is stepped over."""
+    import socket
+
+    for port in range(first, first + 2 * tries, 2):
+        if port + 1 >= 65536:
+            break
+        sockets = []
+        try:
+            for candidate in (port, port + 1):
+                sock = socket.socket()
+                sockets.append(sock)
+                sock.bind(("0.0.0.0", candidate))
+            return port
+        except OSError:
+            continue
+        finally:
+            for sock in sockets:
+                sock.close()
+    raise SlurmError(f"no free pair of ports from {first} on node 0 ({tries} tried)")
 
 
 def job_nodes(nodelist: str | None = None) -> list[str]:
@@ -63,7 +87,8 @@ def place_nodes(run_dir: Path, spec: RunSpec, job_id: str, this_node: str) -> La
                          f"({', '.join(nodes)}); submit it again with --nodes {launch.nnodes}")
     if this_node != nodes[0]:
         raise SlurmError(f"the job's batch script runs on {this_node}, not on its first node {nodes[0]}")
-    placed = dataclasses.replace(launch, node_rank=0, master_addr=node_address(nodes[0]), master_port=job_port(job_id))
+    placed = dataclasses.replace(launch, node_rank=0, master_addr=node_address(nodes[0]),
+                                 master_port=free_port_pair(job_port(job_id)))
     write_run_spec(run_dir, spec.replace(launch=placed.to_dict()))
     return placed
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from harness.cluster.job import run_state
-from harness.cluster.nodes import job_port
+from harness.cluster.nodes import free_port_pair, job_port
 from harness.cluster.slurm import SlurmError, SlurmOptions, job_script
 from harness.common.distributed import LaunchSpec
 from harness.run.runner import RunRequest, run_method
@@ -42,6 +42,16 @@ def test_job_ports_differ_between_jobs_and_leave_the_next_port_to_the_data_serve
     assert job_port(0) == 20000 and job_port(1) == 20002 and job_port(9999) == 39998
     assert job_port(10000) == 20000  # wraps inside the range
     assert all(job_port(j) % 2 == 0 and job_port(j) + 1 < 65536 for j in range(0, 30000, 7))
+
+
+def test_a_port_pair_taken_on_node_0_is_stepped_over():
+    import socket
+
+    first = free_port_pair(job_port(4321))
+    with socket.socket() as held:  # another job holds the data server's port of the pair
+        held.bind(("0.0.0.0", first + 1))
+        assert free_port_pair(first) > first  # the next free pair (first + 2 unless that is taken too)
+    assert free_port_pair(first) == first  # free again
 
 
 def test_a_run_is_new_started_or_final_by_what_its_folder_holds(tmp_path):
@@ -176,7 +186,8 @@ def test_a_two_node_job_trains_across_both_nodes_to_the_one_node_record(slurm_cl
     record, log = _final_record(out)
     _same_run(record, straight, out, log)
     launch = json.loads((out / "run.json").read_text())["launch"]
-    assert launch["nnodes"] == 2 and launch["master_port"] == job_port(record["scheduler"]["job_id"])
+    first = job_port(record["scheduler"]["job_id"])
+    assert launch["nnodes"] == 2 and launch["master_port"] in range(first, first + 128, 2)  # the job's, or a free pair after
     assert (out / "supervisor-node1.json").exists(), log[-3000:]  # node 1's ranks ran under its own supervisor
     assert "node 1: its ranks ended (exited, exit code 0)" in log
 
