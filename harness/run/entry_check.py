@@ -63,7 +63,8 @@ def check_method(folder: str | Path, track_files: tuple[str, ...] | list[str] = 
     """`slowrun check`: method.toml's problems, then (when its entry is well formed and `import_check`) those
     of importing the entry in a sandboxed child; (spec or None, every problem found)."""
     spec, problems = read_method(folder, track_files)
-    entry = declared_entry(folder) if import_check else None
+    # the spec's entry when the file is whole; else the entry as declared, checked despite the other problems
+    entry = None if not import_check else spec.entry if spec is not None else declared_entry(folder)
     if entry is not None:
         problems = problems + _check_entry(Path(folder), entry)
     return (spec if not problems else None), problems
