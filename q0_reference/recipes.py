@@ -555,12 +555,15 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
                     dist.broadcast(p.data, src=placement.leader_rank, group=placement.process_group)
 
         if state.get("trajectory") == t:
-            keys = ("model", "optimizer", "generator") + (("teacher",) if "teacher" in state else ())
+            # Mid-cycle (a checkpoint on request) the teacher was stored with the weights, by the group's leader
+            # only: every rank knows it from its own light state, and takes the teacher from the leader.
+            stored_teacher = state.get("teacher_stored") or "teacher" in state  # (older versions stored one too)
+            keys = ("model", "optimizer", "generator") + (("teacher",) if stored_teacher else ())
             shared = checkpointing.share_from_leader(state, keys, placement)
             student.load(shared)
             generator.set_state(shared["generator"])
             step = state["step"]
-            if "teacher" in state:  # written mid-cycle on request (or by an older version): the teacher as it was
+            if stored_teacher:  # the teacher as it was
                 if shared.get("teacher") is not None:
                     teacher = Teacher(model, dtype=teacher_dtype, autocast=runtime.autocast,
                                       compile_fn=runtime.compiled)
@@ -606,7 +609,7 @@ def train_q0(ctx, recipe: Recipe, settings: Q0Settings, trajectories: list[int] 
                 if checkpointing.requested(ctx):  # the scheduler's warning, mid-cycle: the teacher goes with it
                     _write_checkpoint(ctx.checkpoint, placement,
                                       {"done": sorted(done), "trajectory": t, "step": step, "perturb_pending": False,
-                                       **plan_state},
+                                       "teacher_stored": True, **plan_state},
                                       {**student.shared_state(), "generator": generator.get_state(),
                                        "fitness": fitness,
                                        "teacher": None if teacher is None else teacher.module.state_dict()})

@@ -153,16 +153,22 @@ def test_a_ddp_group_checkpoints_at_one_step_on_the_warning_and_resumes_to_the_u
     assert logged == steps
 
 
-def test_q0_checkpoints_mid_cycle_with_its_teacher_and_resumes_to_the_uninterrupted_run(synthetic_data, tmp_path):
-    overrides = TINY + (("batch_size", "8"), ("cycle_epochs", "0.5"), ("warmup_cycles", "1"))
+@pytest.mark.parametrize("ranks", [1, 2])
+def test_q0_checkpoints_mid_cycle_with_its_teacher_and_resumes_to_the_uninterrupted_run(ranks, synthetic_data,
+                                                                                       tmp_path):
+    """One rank, and a DDP group of two (one trajectory, 3 microbatches per rank and step): only the group's
+    leader writes the teacher, and its follower must take it from the leader on resume, not re-derive it."""
+    overrides = TINY + (("cycle_epochs", "0.5"), ("warmup_cycles", "1"))
+    overrides += (("batch_size", "8"),) if ranks == 1 else (("batch_size", "12"), ("micro_batch_size", "2"),
+                                                            ("n_trajectories", "1"))
     request = RunRequest(method_dir=PROJECT / "submissions" / "q0", epochs=2.0, seed=7, overrides=overrides,
-                         data_dir=synthetic_data, progress=False)
+                         data_dir=synthetic_data, progress=False, launch=LaunchSpec(nproc_per_node=ranks))
     straight = run_method(RunRequest(**{**request.__dict__, "out": tmp_path / "straight"}))
     distilled = [line for line in _lines(straight) if "loss" in line and line.get("distilled")]
     assert len(distilled) >= 4, "the plan must have distilled cycles for this test to mean anything"
-    # the step after the second distilled step, if that is not a cycle end: mid-cycle, teacher in use
+    # the first step of a distilled cycle: the request reaches the ranks mid-cycle, with the teacher in use
     snapshots = _snapshot_steps(straight)
-    mid = next(line["step"] for line in distilled[1:] if line["step"] not in snapshots)
+    mid = next(line["step"] for line in distilled if line["step"] - 1 in snapshots)
 
     warned_dir = tmp_path / "warned"
     watcher = _warn_when(warned_dir, lambda lines: any(line.get("step") == mid and "loss" in line for line in lines),
@@ -170,8 +176,8 @@ def test_q0_checkpoints_mid_cycle_with_its_teacher_and_resumes_to_the_uninterrup
     with pytest.raises(RunInterrupted):
         run_method(RunRequest(**{**request.__dict__, "out": warned_dir}))
     watcher.join(timeout=5)
-    assert WARNING.result["settled"] and WARNING.result["ranks_checkpointed"] == [0]
-    index = _checkpoint_indices(warned_dir)[0]
+    assert WARNING.result["settled"] and WARNING.result["ranks_checkpointed"] == list(range(ranks))
+    index = _checkpoint_indices(warned_dir)[0]  # rank 0, the leader, holds the weights
     state = torch.load(warned_dir / "checkpoint" / index["state_file"], weights_only=False)["method_state"]
     assert state["step"] not in snapshots and state["step"] >= mid  # mid-cycle
     assert state["teacher"] is not None  # the teacher travels with a mid-cycle checkpoint
