@@ -60,16 +60,10 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_data_info(args) -> int:
-    import json as json_module
+    from harness.data.holdout import format_test_manifest, is_test_split, read_test_manifest, verify_test_split
+    from harness.data.manifest import format_manifest, read_manifest, verify_prepared
 
-    from harness.data.holdout import TEST_FORMAT, format_test_manifest, read_test_manifest, verify_test_split
-    from harness.data.manifest import MANIFEST, format_manifest, read_manifest, verify_prepared
-
-    try:  # a held-out test split has a manifest of its own format; anything else is read as a prepared track
-        is_test = json_module.loads((Path(args.dir) / MANIFEST).read_text(encoding="utf-8")).get("format") == TEST_FORMAT
-    except (OSError, ValueError, AttributeError):
-        is_test = False
-    if is_test:
+    if is_test_split(args.dir):  # a held-out test split has a manifest of its own format
         print(format_test_manifest(read_test_manifest(args.dir)))
         problems = verify_test_split(args.dir)
     else:

@@ -95,6 +95,15 @@ def read_test_manifest(folder: str | Path) -> dict:
     return manifest
 
 
+def is_test_split(folder: str | Path) -> bool:
+    """Whether `folder`'s manifest says it is a test split (anything else, a prepared track included, is not)."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == TEST_FORMAT
+
+
 def verify_test_split(folder: str | Path) -> list[str]:
     """Re-hash the split's arrays against its manifest; the problems found (empty when all is well)."""
     folder = Path(folder)

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from harness.formats.method_toml import MethodError, MethodSpec, method_hash, re
 from harness.common.paths import PROJECT_ROOT
 from harness.common.atomic import write_text_atomic
 from harness.formats.records import utc_timestamp, write_record_atomic
-from harness.formats.run_spec import RunSpec, as_json, read_run_spec, write_run_spec
+from harness.formats.run_spec import RUN_SPEC, RunSpec, as_json, read_run_spec, write_run_spec
 from harness.sandbox.environment import check_pass_env
 from harness.rules.tracks import Track, get_track
 from harness.run.preemption import WARNING, SchedulerWarning
@@ -300,7 +301,6 @@ class _Signals:
         pass
 
     def __enter__(self):
-        import signal
         import threading
 
         self._saved = {}
@@ -318,8 +318,6 @@ class _Signals:
             raise self.Received(signum)
 
     def __exit__(self, *exc):
-        import signal
-
         for sig, handler in self._saved.items():
             signal.signal(sig, handler)
         return False
@@ -417,18 +415,16 @@ def _wait_watching_server(supervisor, server, warning: SchedulerWarning | None =
 
     After the scheduler's warning (harness/run/preemption.py) it asks the ranks for a checkpoint and, once
     every rank has one or the wait runs out, interrupts the run as a signal would."""
-    started = time.monotonic()
+    asked_at = None  # when the ranks were asked for a checkpoint
     while supervisor.running():
         if warning is not None and warning.asked:
-            if server.checkpoint_request_summary() is None:
+            if asked_at is None:
                 server.request_checkpoint()
-                started = time.monotonic()
+                asked_at = time.monotonic()
             settled = server.checkpoints_settled()
             if settled or warning.past_deadline():
                 warning.result = {**server.checkpoint_request_summary(), "settled": settled,
-                                  "waited_s": round(time.monotonic() - started, 3)}
-                import signal
-
+                                  "waited_s": round(time.monotonic() - asked_at, 3)}
                 raise _Signals.Received(signal.SIGUSR1)
         if server.stop_requested.wait(poll_s):
             # A rank that died takes its process tree down by itself a moment later, and the supervisor's
@@ -542,7 +538,7 @@ def run_or_resume(req: RunRequest) -> Path:
     if req.launch.nnodes > 1 and req.launch.node_rank > 0:
         return join_run(req)  # another node: node 0 decides whether the run starts, resumes or is finished
     run_dir = Path(req.out)
-    if not (run_dir / "run.json").exists():
+    if not (run_dir / RUN_SPEC).exists():
         return run_method(req)
     _check_same_run(run_dir, req)
     state = run_state(run_dir)

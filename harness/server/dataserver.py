@@ -611,18 +611,16 @@ class DataServer:
         return {"ok": True}
 
     # ---- a checkpoint on the scheduler's warning -----------------------------------------------------
-    def request_checkpoint(self) -> dict[str, int]:
+    def request_checkpoint(self) -> None:
         """Ask every rank to checkpoint now (the scheduler will stop the job soon): the request travels on
         their next batches (the ledger picks the step, the same for every shard of a stream), and a rank's
-        checkpoint after it is answered with ``hold``. Returns the step each known stream sees it from."""
-        steps = self.ledger.request_checkpoint()
+        checkpoint after it is answered with ``hold``."""
+        self.ledger.request_checkpoint()
         with self._lock:
             if self._checkpoint_request is None:
-                self._checkpoint_request = {"train_s": self.clock.seconds(), "from_steps": steps,
-                                            "checkpointed": set()}
+                self._checkpoint_request = {"train_s": self.clock.seconds(), "checkpointed": set()}
                 print(f"slowrun: asked every rank for a checkpoint at {self.clock.seconds():.1f} s of training",
                       file=sys.stderr)
-        return steps
 
     def checkpoints_settled(self) -> bool:
         """Every rank has checkpointed since the request, or has nothing left to checkpoint: it ended, or it
@@ -779,7 +777,7 @@ class DataServer:
                 train_s=self.train_seconds(), resumed=self.spec.resume, world_size=self.spec.world_size,
                 sandbox=sandbox, supervisor=supervised, warmup_s=self.clock.warmup_seconds(),
                 time_limit_s=self.spec.time_limit_s, over_cap_s=self.clock.over_cap_s,
-                incidents=list(self._incidents), checkpoint_request=self.checkpoint_request_summary())
+                incidents=list(self._incidents))
 
 
 def normalise_weights(weights: dict) -> dict:

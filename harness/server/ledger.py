@@ -186,10 +186,10 @@ class Ledger:
             return Grant(first, plan.batch_size, served + plan.batch_size, stream_windows * self.seq_len, self._served,
                          asked)
 
-    def request_checkpoint(self) -> dict[str, int]:
+    def request_checkpoint(self) -> None:
         """Ask every rank for a checkpoint through its batches: from now on, a stream's batches carry the request
         from the step its farthest shard stood at (a stream not read yet: from its first step). The first
-        request fixes the steps; the streams and steps are returned (for the record and the tests)."""
+        request fixes the steps."""
         with self._lock:
             if self._checkpoint_from is None:
                 steps: dict[str, int] = {}
@@ -197,7 +197,6 @@ class Ledger:
                     step = windows // self._plans[stream_id].batch_size
                     steps[stream_id] = max(steps.get(stream_id, 0), step)
                 self._checkpoint_from = steps
-            return dict(self._checkpoint_from)
 
     def _decide(self, plan: StreamPlan) -> _Decision:
         """One decision for a whole step: the clock first (a closed clock charges nothing), then the budget."""

@@ -48,7 +48,6 @@ class TrainOutcome:
     sandbox: dict | None = None
     supervisor: dict | None = None
     incidents: list | None = None  # what the server refused or stopped, in order (refused hellos, ...)
-    checkpoint_request: dict | None = None  # the harness asked the ranks to checkpoint (a scheduler's warning)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
