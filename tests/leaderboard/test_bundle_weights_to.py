@@ -25,6 +25,7 @@ from leaderboard.bundle import create_bundle, read_bundle
 from leaderboard.cli import main
 from leaderboard.storage import cache_path
 from tests.leaderboard.test_bundle import WEIGHT_SIZES, make_run
+from tests.leaderboard.test_storage import remote_bytes, write_remote
 
 GRAPH_BYTES = b'{"graph": "exported forward"}'
 CONSTANTS_BYTES = b"\x01\x02constants"
@@ -55,16 +56,6 @@ def weights(seed: int, size: int) -> bytes:
 
 def snapshots_json(bundle: Path, seed: int) -> list[dict]:
     return json.loads((bundle / "runs" / f"my-method-s{seed}" / "snapshots.json").read_text())
-
-
-def remote_bytes(url: str) -> bytes:
-    with fsspec.open(url, "rb") as handle:
-        return handle.read()
-
-
-def write_remote(url: str, data: bytes) -> None:
-    with fsspec.open(url, "wb") as handle:
-        handle.write(data)
 
 
 class Seen:
