@@ -267,15 +267,36 @@ def read_bundle(root: str | Path) -> Bundle:
     extra = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
                    if p.is_file() and p.relative_to(root).as_posix() not in listed)
     problems += [f"{relpath}: not listed in {BUNDLE_FILE}" for relpath in extra]
+    problems += [f"{relpath}: a symbolic link; a bundle holds files and folders only" for relpath in _links(root)]
+    folders = []
+    for index, item in enumerate(manifest.get("runs", [])):
+        relpath = item.get("folder") if isinstance(item, dict) else None
+        if not isinstance(relpath, str) or not isinstance(item.get("run_id"), str):
+            problems.append(f"runs[{index}]: needs run_id and folder")
+        elif (Path(relpath).is_absolute() or ".." in Path(relpath).parts
+              or f"{Path(relpath).as_posix()}/{RECORD_FILENAME}" not in manifest.get("files", {})):
+            # bundle.json itself is not hashed: a folder outside the bundle, or one whose record the manifest
+            # does not cover, would file a record (and verify snapshots) that nothing here vouches for
+            problems.append(f"runs[{index}].folder: {relpath!r} is not a run folder of this bundle (a relative path "
+                            f"whose {RECORD_FILENAME} is listed in {BUNDLE_FILE})")
+        else:
+            folders.append((item["run_id"], root / relpath))
     if problems:
         raise LeaderboardError(f"{root}: the bundle does not match its manifest:\n  " + "\n  ".join(problems))
-    runs = []
-    for item in manifest.get("runs", []):
-        folder = root / item["folder"]
-        runs.append(BundledRun(item["run_id"], folder, load_record(folder / RECORD_FILENAME)))
+    runs = [BundledRun(run_id, folder, load_record(folder / RECORD_FILENAME)) for run_id, folder in folders]
     if not runs:
         raise LeaderboardError(f"{root}: the bundle holds no runs")
     return Bundle(root, root / "method", tuple(runs))
+
+
+def _links(root: Path) -> list[str]:
+    """Every symbolic link under `root` (files and folders), which `rglob` neither follows nor reports."""
+    found = []
+    for folder, dirs, files in os.walk(root, followlinks=False):
+        for name in dirs + files:
+            if os.path.islink(os.path.join(folder, name)):
+                found.append(Path(folder, name).relative_to(root).as_posix())
+    return sorted(found)
 
 
 def is_bundle(path: str | Path) -> bool:

@@ -31,12 +31,16 @@ from urllib.parse import unquote
 
 from harness.common.atomic import atomic_output
 from harness.errors import LeaderboardError
+from harness.formats.snapshots import MAX_SNAPSHOT_BYTES
 
 CHUNK = 8 << 20  # bytes per read: large enough that per-call overhead vanishes, small enough to stream
 # What `leaderboard add --verify` fetches from: the URLs are the submitter's, and fsspec opens anything it has
 # a driver for (plain http on an internal host, ssh, ftp, a zip inside another URL). Object stores, the Hub,
 # https, a shared disk and the in-memory store of the tests are enough for a submission.
 FETCH_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "hf", "https", "file", "memory"})
+# The most a fetched file may hold: what a snapshot's file may hold at all, so a bundle cannot state a size that
+# turns the verifier's cache into a sink.
+MAX_FETCH_BYTES = MAX_SNAPSHOT_BYTES
 STORAGE_EXTRA = "pip install 'slowrun[storage]'"
 _HEX = re.compile(r"^[0-9a-f]{64}$")
 _BRANCH_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
@@ -300,18 +304,18 @@ def fetch(url: str, sha256: str, cache_dir: str | Path, *, size: int | None = No
     so a URL that serves without end cannot fill the disk.
     """
     digest = _hex(sha256)
-    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
-    if protocol not in FETCH_PROTOCOLS or "::" in url:  # ("::" chains one fsspec URL inside another)
-        raise StorageError(f"{url}: weights are fetched only from {', '.join(sorted(FETCH_PROTOCOLS))} URLs; "
-                           "ask the submitter to upload them to one of those")
+    if size is not None and not 0 <= size <= MAX_FETCH_BYTES:
+        raise StorageError(f"{url}: the bundle states {size:,} bytes, more than the {MAX_FETCH_BYTES:,} a snapshot "
+                           "file may have; nothing was fetched")
     target = cache_path(cache_dir, sha256)
     if target.is_file():
         if _sha256_local(target) == digest:
             _update(meter, target.stat().st_size)
             return target
         target.unlink()  # damaged in the cache: fetched again below
-    fs, path = _filesystem(url)
+    fs, path = _fetch_filesystem(url)
     with _storage_errors(url, "fetch"):
+        _check_fetchable(fs, path, url, size)
         with atomic_output(target, "wb") as out:  # renamed into place only when the block ends without error
             with fs.open(path, "rb") as source:
                 got = _copy(source, out, meter, limit=size, url=url)
@@ -366,6 +370,42 @@ def _size_at(fs, path: str) -> int | None:
     except FileNotFoundError:
         return None
     return int(info["size"]) if info.get("type") == "file" else None
+
+
+def _fetch_filesystem(url: str):
+    """The file system of a URL a submitter gave, refused unless it is one of FETCH_PROTOCOLS as fsspec itself
+    resolves it. The scheme is read from the same parse that opens the URL: a check on the text alone
+    misreads forms fsspec knows and the text does not show (`data:,…` has no `://`; `a::b` chains one file
+    system inside another; a caching layer wraps the one it names)."""
+    scheme, sep, _ = url.partition("://")
+    if not sep or "::" in url or scheme.lower() not in FETCH_PROTOCOLS or scheme != scheme.strip():
+        raise StorageError(f"{url}: weights are fetched only from {', '.join(sorted(FETCH_PROTOCOLS))} URLs "
+                           "(scheme://…); ask the submitter to upload them to one of those")
+    fs, path = _filesystem(url)
+    if not _protocols(fs) & FETCH_PROTOCOLS or "cach" in type(fs).__name__.lower():
+        raise StorageError(f"{url}: fsspec opens it as {type(fs).__name__}, which is not one of the storage "
+                           f"back-ends weights are fetched from ({', '.join(sorted(FETCH_PROTOCOLS))})")
+    return fs, path
+
+
+def _check_fetchable(fs, path: str, url: str, size: int | None) -> None:
+    """Refuse, before a byte is read, what cannot be the submitted file: something other than a regular file
+    (a device such as /dev/zero never ends, a FIFO never answers) or a file of another size than the bundle
+    states. Back-ends that do not know a size (some https servers) are still bounded by `size` as they
+    are read."""
+    info = fs.info(path)
+    kind = info.get("type")
+    if kind not in ("file", None):
+        raise StorageError(f"{url}: a {kind}, not a file; the bundle must name the uploaded file itself")
+    if "local" in _protocols(fs) or "file" in _protocols(fs):
+        import stat
+
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise StorageError(f"{url}: not a regular file; the bundle must name the uploaded file itself")
+    stated = info.get("size")
+    if size is not None and stated is not None and int(stated) != size:
+        raise StorageError(f"{url}: {int(stated):,} bytes there, but the bundle states {size:,}; not the submitted "
+                           "file, so nothing was fetched")
 
 
 def _filesystem(url: str):

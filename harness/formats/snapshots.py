@@ -25,6 +25,9 @@ WEIGHTS = "model.safetensors"
 SPEC = "spec.json"
 GRAPH = "graph.json"  # the exported forward (confined/graph_export, eval/graph_load), beside the weights when the method exported it
 GRAPH_CONSTANTS = "graph-constants.safetensors"  # the tensors that graph holds besides the weights
+# The most one file of a snapshot may hold: the data server refuses a larger one from the method, and a
+# verifier refuses to fetch a larger one from a bundle's URL (256 GiB: a 100B-parameter model in float16).
+MAX_SNAPSHOT_BYTES = 256 << 30
 
 
 class SnapshotError(SlowrunError):

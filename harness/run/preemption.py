@@ -35,6 +35,7 @@ class SchedulerWarning:
         self._lock = threading.Lock()
         self._armed = False
         self._deadline: float | None = None
+        self._warned_at: float | None = None
         self.result: dict | None = None  # what the last warned session did (the job's start record)
         self.grace_s = float(DEFAULT_GRACE_S)  # the scheduler's grace (a Slurm job sets its --grace)
         self.signalled = False  # a warning came, whether or not the method was training then
@@ -49,7 +50,8 @@ class SchedulerWarning:
             if not self._armed:
                 return False
             if self._deadline is None:
-                self._deadline = self._clock() + max(0.0, float(wait_s))
+                self._warned_at = self._clock()
+                self._deadline = self._warned_at + max(0.0, float(wait_s))
             return True
 
     @property
@@ -61,11 +63,16 @@ class SchedulerWarning:
         with self._lock:
             return self._deadline is not None and self._clock() >= self._deadline
 
+    def waited_s(self) -> float:
+        """Seconds since the warning came (the wait's own origin; the runner notices it up to a poll later)."""
+        with self._lock:
+            return 0.0 if self._warned_at is None else self._clock() - self._warned_at
+
     @contextmanager
     def armed(self):
         """The method trains: a warning now asks for a checkpoint."""
         with self._lock:
-            self._armed, self._deadline, self.result = True, None, None
+            self._armed, self._deadline, self._warned_at, self.result = True, None, None, None
         try:
             yield self
         finally:

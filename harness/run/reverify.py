@@ -113,7 +113,7 @@ class Reverifier:
             if record.get("result") is not None:
                 try:
                     section = score_test_split(copy, record, data_dir, *test, options, carve.get("documents"),
-                                               self.tolerance)
+                                               self.tolerance, members=evaluation["ensemble"]["members"])
                 except SlowrunError as exc:
                     return [f"test split: {exc}"]
         self.sections[_key(record)] = section
@@ -198,12 +198,16 @@ def window_standard_error(logp: np.ndarray, seq_len: int) -> float:
 
 
 def score_test_split(copy: Path, record: dict, data_dir: Path, test_manifest: dict, store, options,
-                     fitness_docs: int | None = None, tolerance: float = TOLERANCE) -> dict:
+                     fitness_docs: int | None = None, tolerance: float = TOLERANCE, *,
+                     members: list[dict] | None = None) -> dict:
     """The record's `test` section: its final predictor scored on the test split in `store`.
 
     `copy` is the run folder evaluate_run has just scored with `options` (its validation caches are used as
     they are). Each member is scored on the test windows by `snapshot_logprobs`, as validation was (a
-    snapshot failing a probe there is an error), and mixed with the record's own weights."""
+    snapshot failing a probe there is an error), and mixed with `members`' weights: the re-evaluation's
+    own (a learned prior refit here, or the method's stated weights), not the record's. Weights that only
+    agree with the prior on the validation loss to the tolerance could otherwise have been picked on
+    the test split. Without `members`, the record's are used."""
     from harness.eval.ensemble import bits_per_byte, mean_nll, mixture_logp
     from harness.eval.evaluation import EvalData, WorkerOptions, open_eval_data, resolve_eval_dtype, snapshot_logprobs
     from harness.eval.limits import EvalLimits
@@ -228,7 +232,7 @@ def score_test_split(copy: Path, record: dict, data_dir: Path, test_manifest: di
 
     snapshots = list_snapshots(copy / "snapshots")
     position = {s.tag: i for i, s in enumerate(snapshots)}
-    members = record["ensemble"]["members"]
+    members = record["ensemble"]["members"] if members is None else members
     vals, tests = [], []
     for member in members:
         snapshot = snapshots[position[member["tag"]]]
@@ -244,8 +248,8 @@ def score_test_split(copy: Path, record: dict, data_dir: Path, test_manifest: di
     val_mix, test_mix = mixture_logp(np.stack(vals), weights), mixture_logp(np.stack(tests), weights)
     again, stated = mean_nll(val_mix), record["result"]["val_loss"]
     if abs(again - stated) > tolerance:
-        raise SlowrunError(f"the record's ensemble, mixed again with its own weights, gives val loss {again:.6f}, its "
-                           f"result says {stated} (tolerance {tolerance:g})")
+        raise SlowrunError(f"the final predictor, mixed again with the re-evaluation's weights, gives val loss "
+                           f"{again:.6f}, the record's result says {stated} (tolerance {tolerance:g})")
     with_bpb = record["result"].get("val_bpb") is not None and target_bytes is not None
     return {
         "loss": mean_nll(test_mix),

@@ -415,16 +415,16 @@ def _wait_watching_server(supervisor, server, warning: SchedulerWarning | None =
 
     After the scheduler's warning (harness/run/preemption.py) it asks the ranks for a checkpoint and, once
     every rank has one or the wait runs out, interrupts the run as a signal would."""
-    asked_at = None  # when the ranks were asked for a checkpoint
+    asked = False  # whether the ranks were asked for a checkpoint
     while supervisor.running():
         if warning is not None and warning.asked:
-            if asked_at is None:
+            if not asked:
                 server.request_checkpoint()
-                asked_at = time.monotonic()
+                asked = True
             settled = server.checkpoints_settled()
             if settled or warning.past_deadline():
                 warning.result = {**server.checkpoint_request_summary(), "settled": settled,
-                                  "waited_s": round(time.monotonic() - asked_at, 3)}
+                                  "waited_s": round(warning.waited_s(), 3)}
                 raise _Signals.Received(signal.SIGUSR1)
         if server.stop_requested.wait(poll_s):
             # A rank that died takes its process tree down by itself a moment later, and the supervisor's
@@ -483,7 +483,7 @@ def join_run(req: RunRequest) -> Path:
     layout = RunLayout(run_dir)
     command = req.launch.torchrun_command("harness.confined.method_process", [])
     supervisor = Supervisor(command, env=_worker_env(server_file, layout.scratch, req.launch, spec.pass_env),
-                            timeout_s=spec.timeout_s,
+                            private_pids=True, timeout_s=spec.timeout_s,
                             status_file=run_dir / f"supervisor-node{req.launch.node_rank}.json", cwd=layout.scratch)
     stop_file = run_dir / STOP_FILE
     with _Signals():

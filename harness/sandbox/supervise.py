@@ -38,6 +38,7 @@ CLONE_NEWPID = 0x20000000
 CLONE_NEWNS = 0x00020000
 MS_REC, MS_PRIVATE = 0x4000, 1 << 18
 MS_NOSUID, MS_NODEV, MS_NOEXEC = 2, 4, 8
+SHARED_MEMORY = b"/dev/shm"
 ISOLATION_ENV = "SLOWRUN_ISOLATION"  # what the supervisor gave the command: e.g. "network=private,pids=private"
 SIOCGIFFLAGS, SIOCSIFFLAGS, IFF_UP = 0x8913, 0x8914, 0x1
 
@@ -115,11 +116,21 @@ def private_pids() -> str | None:
 
 def _own_proc() -> None:
     """In the child, before it executes the command: a mount namespace of its own in which /proc shows
-    its PID namespace. Raises OSError when the mount is refused (the supervisor then reports it)."""
+    its PID namespace, and /dev/shm is an empty tmpfs of its own.
+
+    /dev/shm is the one folder outside the run that the sandbox lets the method write (torch's DataLoader
+    workers and NCCL pass tensors through it). Shared with the machine, it would be a place another run's
+    method could read, and one that outlives the session: a resumed run could find there what it read
+    after its last checkpoint, which the resume rolled back. Its own tmpfs is shared by every process of
+    the command (all local ranks), and is gone when the last of them exits. Raises OSError when a mount is
+    refused (the supervisor then reports it)."""
     libc = ctypes.CDLL(None, use_errno=True)
+    shm_flags = ctypes.c_ulong(MS_NOSUID | MS_NODEV)
     for call in (lambda: libc.unshare(ctypes.c_int(CLONE_NEWNS)),
                  lambda: libc.mount(None, b"/", None, ctypes.c_ulong(MS_REC | MS_PRIVATE), None),
-                 lambda: libc.mount(b"proc", b"/proc", b"proc", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), None)):
+                 lambda: libc.mount(b"proc", b"/proc", b"proc", ctypes.c_ulong(MS_NOSUID | MS_NODEV | MS_NOEXEC), None),
+                 lambda: (libc.mount(b"tmpfs", SHARED_MEMORY, b"tmpfs", shm_flags, b"mode=1777")
+                          if os.path.isdir(SHARED_MEMORY) else 0)):
         if call() != 0:
             err = ctypes.get_errno()
             raise OSError(err, os.strerror(err))

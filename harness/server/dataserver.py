@@ -34,7 +34,7 @@ from harness.common.atomic import write_json_atomic
 from harness.data.store import TokenStore
 from harness.errors import BudgetExhausted, RequestError, SlowrunError, TimeExhausted
 from harness.formats.run_folder import SESSIONS, STOP_FILE, RunLayout
-from harness.formats.snapshots import SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
+from harness.formats.snapshots import MAX_SNAPSHOT_BYTES, SPEC, TAG_PATTERN, WEIGHTS, list_snapshots, sha256_file
 from harness.rules.tracks import Track
 from harness.server.checkpoint_sets import consistent_checkpoints, ledger_state
 from harness.server.clock import TrainClock
@@ -73,7 +73,7 @@ class ServerSpec:
     progress: bool = True
     sandbox_read_only: tuple[str, ...] = ()  # beyond the Python installation: the method dir, --allow-read
     sandbox_list_only: tuple[str, ...] = ()
-    max_snapshot_bytes: int = 256 << 30
+    max_snapshot_bytes: int = MAX_SNAPSHOT_BYTES
     # Every snapshot is evaluated, so their number bounds the evaluation: PR #90's q0 took 480; 4,096 leaves
     # room for any sweep while keeping a method from asking for unbounded evaluation (`--max-snapshots`).
     max_snapshots: int = 4096
@@ -110,6 +110,7 @@ class DataServer:
         self._in_gather: set[int] = set()  # ranks waiting here for their peers: idle, nothing to checkpoint
         self._checkpoint_request: dict | None = None  # see request_checkpoint
         self.stop_requested = threading.Event()
+        self._released = threading.Event()  # set when the job stops: ends the wait of held ranks (`_hold`)
         self._previous_train_s = 0.0
         if spec.resume:
             self._restore()
@@ -203,6 +204,7 @@ class DataServer:
 
     def stop(self) -> None:
         self._closing = True
+        self._released.set()
         self._tree_named.set()  # a connection waiting for the tree's name ends now
         self.clock.stop()
         for listener in getattr(self, "_listeners", []):
@@ -278,6 +280,9 @@ class DataServer:
                 if op == "end":
                     ended = True
                     return
+                if op == "checkpoint" and reply.get("hold"):
+                    self._hold(rank)
+                    return
         except (FrameRefused, ProtocolViolation) as exc:
             if rank is not None:
                 self._violate(rank, str(exc))
@@ -303,6 +308,19 @@ class DataServer:
                             "reporting (killed, out of memory, a crash in native code, or it closed the channel)"))
                     self._gathered.notify_all()
             channel.close()
+
+    def _hold(self, rank: int) -> None:
+        """Serve this rank nothing more, until the runner stops the job: its checkpoint answered the scheduler's
+        warning, and the run resumes from it.
+
+        The client waits on its own after `hold`, but the client is the method's code: one that leaves the wait
+        would otherwise be served batches until the runner stops it (in a DDP group, until the slowest rank
+        checkpoints), and could keep what it made of them where a resume does not look. So the server stops
+        reading the rank's channel here: a request it sends is never answered. The channel stays open, so the
+        rank is not taken for a dead one; the job's stop (`processes_stopping`, `stop`, or another rank's
+        failure) ends the wait."""
+        while not (self._closing or self._stopping or self._stop is not None):
+            self._released.wait(timeout=1.0)
 
     def _violate(self, rank: int, message: str) -> None:
         """A request broke the protocol's bounds: the run is invalid, and the job is stopped."""
@@ -339,6 +357,7 @@ class DataServer:
                     except OSError as exc:
                         print(f"slowrun: could not write {STOP_FILE}: {exc}", file=sys.stderr)
             self.stop_requested.set()
+            self._released.set()
 
     def _incident(self, kind: str, rank, message: str) -> None:
         with self._lock:
@@ -351,6 +370,7 @@ class DataServer:
         the connections that drop now are its doing, not ranks that died."""
         with self._lock:
             self._stopping = True
+        self._released.set()
 
     def stop_reason(self) -> dict | None:
         """Why the job must be stopped now (a rank failed, or broke the protocol), or None."""
@@ -723,6 +743,7 @@ class DataServer:
                 lines = metrics.read_text(encoding="utf-8").splitlines(keepends=True)[:keep]
                 metrics.write_text("".join(lines), encoding="utf-8")
         self._clear_outbox()
+        self._clear_scratch()
 
     def _clear_outbox(self) -> None:
         for entry in self.layout.outbox.iterdir():
@@ -730,6 +751,34 @@ class DataServer:
                 shutil.rmtree(entry, ignore_errors=True)
             else:
                 entry.unlink(missing_ok=True)
+
+    def _clear_scratch(self) -> None:
+        """Empty scratch before a resumed session starts: the run goes back to its checkpoints, and nothing the
+        method wrote after them may come back with it. Whatever it read after its last checkpoint was metered
+        in that session and is forgotten by the roll-back; a model or windows kept in scratch would let the
+        resumed run train on them uncounted. The method's state across sessions is what it checkpointed (the
+        harness keeps that), so only caches are lost (a compile cache is rebuilt, untimed, on warm-up
+        batches). A link is removed, never followed (rmtree works from descriptors); an entry that cannot be
+        removed stops the resume (SlowrunError), since the roll-back would not hold."""
+        failed: list[str] = []
+
+        def note(function, path, exc_info) -> None:
+            failed.append(f"{path}: {exc_info[1]}")
+
+        scratch = self.layout.scratch
+        if not scratch.is_dir():
+            return
+        for entry in scratch.iterdir():
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry, onerror=note)
+            else:
+                try:
+                    entry.unlink()
+                except OSError as exc:
+                    failed.append(f"{entry}: {exc}")
+        if failed:
+            raise SlowrunError(f"{scratch}: cannot empty the method's scratch folder before resuming ({'; '.join(failed[:3])}); "
+                               "remove what is left there by hand, then resume")
 
     # ---- the outcome ------------------------------------------------------------------------------
     def record_session(self) -> None:

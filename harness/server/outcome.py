@@ -53,6 +53,13 @@ class TrainOutcome:
         return dict(self.__dict__)
 
 
+# The error types the harness gives its own findings. `run_state` resumes a run whose record says
+# `Interrupted`, so a method must not be able to claim one of these names for the error it ends with.
+HARNESS_ERROR_TYPES = frozenset({"Interrupted", "WorkerDied", "Timeout", "OverTime", "ProtocolViolation",
+                                 "HarnessError", "Diverged"})
+METHOD_ERROR_PREFIX = "method."  # how a method's exception named like one of them is recorded
+
+
 def run_error(kind: str, message: str, tb: str = "") -> dict:
     return {"type": kind, "message": message, "traceback": tb}
 
@@ -78,7 +85,13 @@ def method_error(error) -> dict | None:
     account, shown in the record, never trusted for anything else)."""
     if not isinstance(error, dict):
         return None
-    return {"type": str(error.get("type", ""))[:200], "message": str(error.get("message", ""))[:4000],
+    kind = str(error.get("type", ""))[:200]
+    if kind in HARNESS_ERROR_TYPES:
+        # An exception the method named like the harness's own finding (its own `class Interrupted`): it is
+        # the method's, and a record must not read as if the harness had found it (a run that says
+        # `Interrupted` is resumed by `--resume auto`).
+        kind = METHOD_ERROR_PREFIX + kind
+    return {"type": kind, "message": str(error.get("message", ""))[:4000],
             "traceback": str(error.get("traceback", ""))[-32000:]}
 
 

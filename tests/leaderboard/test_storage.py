@@ -121,8 +121,29 @@ def test_fetch_refuses_other_bytes_names_both_hashes_and_keeps_nothing(tmp_path,
     assert files_under(tmp_path / "cache") == []
 
 
-def test_fetch_reads_no_more_than_the_stated_size(tmp_path, storage_base):
+def test_a_file_of_another_size_than_stated_is_not_read(tmp_path, storage_base):
     url = join_url(storage_base, "run", "model.safetensors")
+    write_remote(url, PAYLOAD + b"more")
+    with pytest.raises(StorageError, match="10,244 bytes there, but the bundle states 10,240"):
+        fetch(url, "sha256:" + sha(PAYLOAD), tmp_path / "cache", size=len(PAYLOAD))
+    assert files_under(tmp_path / "cache") == []
+
+
+class SizelessFileSystem(MemoryFileSystem):
+    """An in-memory store that, like some https servers, does not say how large a file is."""
+
+    protocol = "sizeless"
+    store: dict = {}
+    pseudo_dirs = [""]
+
+    def info(self, path, **kwargs):
+        return {**super().info(path, **kwargs), "size": None}
+
+
+def test_a_file_whose_size_is_not_known_is_read_no_further_than_the_stated_size(tmp_path, monkeypatch):
+    fsspec.register_implementation("sizeless", SizelessFileSystem, clobber=True)
+    monkeypatch.setattr(storage, "FETCH_PROTOCOLS", storage.FETCH_PROTOCOLS | {"sizeless"})
+    url = f"sizeless://run-{uuid.uuid4().hex}/model.safetensors"
     write_remote(url, PAYLOAD + b"more")
     with pytest.raises(StorageError, match="longer than the 10,240 bytes"):
         fetch(url, "sha256:" + sha(PAYLOAD), tmp_path / "cache", size=len(PAYLOAD))

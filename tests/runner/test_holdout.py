@@ -130,3 +130,50 @@ def test_a_test_split_of_other_data_is_refused_before_any_scoring(make_method, s
     forged = edited("forged", lambda m: m["follows"].update(documents=1), rehash=False)
     problems = Reverifier(data_dir=synthetic_data, test_data=forged).verify(run_dir, record)
     assert len(problems) == 1 and "split_hash does not match" in problems[0]
+
+
+PRIOR = """
+torch.manual_seed(ctx.seed)
+for name, lr in (("first", 4.0), ("second", 4.0)):  # as good as each other, on streams of their own
+    model = Bigram(ctx.vocab_size)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    stream = ctx.train_stream(name, batch_size=16)
+    for _ in range(40):
+        step(model, opt, *next(stream))
+    ctx.save_snapshot(model, name)
+ctx.set_ensemble("prior")
+"""
+
+
+def test_the_test_split_is_scored_with_the_prior_the_verifier_refit_not_the_records_weights(
+        make_method, synthetic_data, held_out):
+    """With `set_ensemble("prior")` the record's weights are the submitter's account of the prior: they are only
+    checked to give its validation loss to the tolerance, and weights that do so could still have been picked
+    on a test split. The test loss is the mixture with the weights the verifier refit itself."""
+    folder = make_method(PRIOR, name="prior")
+    (folder / "method.toml").write_text((folder / "method.toml").read_text() + "\n[fitness]\ntokens = 2000\n")
+    run_dir, record = run(folder, synthetic_data, epochs=3.0)
+    assert record["status"] == "ok" and record["ensemble"]["source"] == "prior"
+    refit = record["ensemble"]["members"]
+    assert len(refit) == 1  # two models as good as each other: the prior keeps one of them
+
+    # 5% of the weight moved to the other snapshot: the validation loss still agrees to the tolerance
+    other = ({"first", "second"} - {refit[0]["tag"]}).pop()
+    tampered = json.loads(json.dumps(record))
+    tampered["ensemble"]["members"] = [{**refit[0], "weight": 0.95}, {**refit[0], "tag": other, "weight": 0.05}]
+    honest, checker = (Reverifier(data_dir=synthetic_data, test_data=held_out) for _ in range(2))
+    assert honest.verify(run_dir, record) == [] and checker.verify(run_dir, tampered) == []
+    assert checker.test_section(run_dir, tampered) == honest.test_section(run_dir, record)
+
+    # independently, in float64: the filed loss is the refit prior's, and the tampered weights' is another
+    tokens = np.fromfile(held_out / "test.tokens.bin", dtype=np.uint16)
+    windows = tokens[: (tokens.size // (SEQ + 1)) * (SEQ + 1)].reshape(-1, SEQ + 1)
+    models = {snap.tag: load_snapshot_model(snap) for snap in list_snapshots(run_dir / "snapshots")}
+    logp = {tag: float64_logp(model, windows) for tag, model in models.items()}
+
+    def loss(members):
+        return -np.log(sum(m["weight"] * np.exp(logp[m["tag"]]) for m in members)).mean()
+
+    filed = honest.test_section(run_dir, record)["loss"]
+    assert filed == pytest.approx(loss(refit), rel=1e-6)
+    assert loss(tampered["ensemble"]["members"]) != pytest.approx(filed, rel=1e-6)

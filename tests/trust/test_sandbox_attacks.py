@@ -29,8 +29,31 @@ def test_resume_writes_nothing_where_the_method_could_point_it(synthetic_data, t
     assert victim.read_text() == "original\n"  # the harness wrote nothing through the link
     assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.pth"]  # nor made folders through one
     assert not (run_dir / "sandbox" / "scratch" / "cache").is_symlink()  # a folder again, the harness's own
-    assert [line.get("resumed_payload") for line in metrics(run_dir) if "resumed_payload" in line] == [
+    resumed = [line for line in metrics(run_dir) if "resumed_payload" in line]
+    assert [line["resumed_payload"] for line in resumed] == [
         "import os; os.system('echo owned')"]  # the state came back, read from harness storage
+    # ...and nothing else did: the batch read after the checkpoint (rolled back from the meter) and the folder
+    # with a link in it are gone; scratch holds only what the harness made for the new session
+    assert not {"read_after_checkpoint.txt", "kept", ".resume", ".resume-dir"} & set(resumed[0]["scratch_found"])
+
+
+def test_shared_memory_is_the_sessions_own(synthetic_data, tmp_path, needs_namespaces):
+    """/dev/shm is writable in the sandbox, and was the machine's: a file left there outlived the run, for
+    another run's method or a resumed session of the same run to read. Each session now has its own."""
+    import uuid
+
+    planted = Path("/dev/shm") / f"slowrun-host-{uuid.uuid4().hex}"
+    stash = f"slowrun-stash-{uuid.uuid4().hex}"
+    planted.write_text("the machine's")
+    try:
+        run_dir, record = run("stash_shared_memory", synthetic_data, tmp_path, target=stash)
+    finally:
+        planted.unlink()
+    assert record["status"] == "ok", record["error"]
+    logged = next(line for line in metrics(run_dir) if "shm_wrote" in line)
+    assert logged["shm_wrote"] == stash  # it could write there (DataLoader and NCCL need that)...
+    assert planted.name not in logged["shm_seen"].split(",")  # ...but saw nothing of the machine's
+    assert not (Path("/dev/shm") / stash).exists()  # and left nothing behind
 
 
 @pytest.mark.parametrize("which", ["data", "data_parent", "root", "inside_data", "run_parent"])
