@@ -22,8 +22,10 @@ def _cmd_prepare(args) -> int:
 
     track = get_track(args.track, args.tracks)
     out = Path(args.out) if args.out else default_prepared_dir(track.name)
-    if args.test_tokens is not None and not args.test_split:
-        raise SlowrunError("--test-tokens sizes a test split: add --test-split DIR")
+    for flag, value in (("--test-tokens sizes", args.test_tokens), ("--test-key keys", args.test_key),
+                        ("--test-sample-rate samples", args.test_sample_rate)):
+        if value is not None and not args.test_split:
+            raise SlowrunError(f"{flag} a test split: add --test-split DIR")
     if args.test_split:
         from harness.data.holdout import format_test_manifest, prepare_test_split
 
@@ -32,7 +34,8 @@ def _cmd_prepare(args) -> int:
                                "(slowrun's files hold no more than the two splits)")
         result = prepare_test_split(track, out, args.test_split, test_tokens=args.test_tokens,
                                     source_override=args.source, text_field=args.text_field,
-                                    gpt2_ranks=args.gpt2_ranks, force=args.force, progress=not args.quiet)
+                                    gpt2_ranks=args.gpt2_ranks, force=args.force, test_key=args.test_key,
+                                    sample_rate=args.test_sample_rate, progress=not args.quiet)
         print(format_test_manifest(result.manifest), file=sys.stderr)
         print(args.test_split)
         return 0
@@ -303,10 +306,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output folder (default: prepared/TRACK); with --test-split, the prepared folder "
                                  "the test split continues (only read)")
     p.add_argument("--test-split", metavar="DIR",
-                   help="instead, write the held-out test split: the next tokens of the stream after training, "
-                        "cut by the same rules, into DIR (outside the prepared folder; keep it private)")
+                   help="instead, write the held-out test split: documents of the stream after training (all "
+                        "of them, or a keyed sample with --test-key), cut by the same rules, into DIR (outside the "
+                        "prepared folder; keep it private)")
     p.add_argument("--test-tokens", type=int, metavar="N",
                    help="with --test-split: its size in tokens (default: the validation split's)")
+    p.add_argument("--test-key", metavar="KEYFILE",
+                   help="with --test-split: take a secret sample of the documents after training, chosen by the "
+                        "key in KEYFILE (at least 32 bytes; created, mode 0600, if missing). Without it the split "
+                        "is the contiguous next tokens, which anyone can rebuild")
+    p.add_argument("--test-sample-rate", type=float, metavar="R",
+                   help="with --test-key: the share of documents after training the test split keeps, in (0, 1] "
+                        "(default: 1/8)")
     p.add_argument("--force", action="store_true", help="replace an output folder that holds other data")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)

@@ -1,4 +1,4 @@
-"""The held-out test split: the next tokens of a track's document stream after its training split.
+"""The held-out test split: documents of a track's stream after its training split, kept by maintainers.
 
 Slowrun has two splits, both public: validation and training. A result tuned against validation (its
 hyperparameters, snapshots or ensemble chosen by the validation loss, or worse) scores better there than
@@ -8,47 +8,74 @@ DIR`, harness/run/reverify.py).
 
 Where it comes from: the same source, read in the same order and cut by the same rules as the prepared
 splits (harness/data/prepare.py): validation takes documents from the start of the stream until it holds
-its budget, training continues from the next document until it holds its own, and the test split
-continues from the document after the one that closed training until it holds `test_tokens` (default:
-the validation split's size). A BOS before every document, no EOS, the last document truncated at the
+its budget, training continues from the next document until it holds its own, and the test split takes
+documents from the ones after the one that closed training until it holds `test_tokens` (default: the
+validation split's size). A BOS before every document, no EOS, the last document truncated at the
 budget, no document in two splits; the fitness carve is the front of the training split, so it is behind
-the test split too. To be sure the continuation is that of the very preparation a record ran on, the
-stream is read and tokenized again from its start with the prepared folder's own tokenizer, and the
-validation and training splits this gives must hash to what the prepared manifest says; otherwise
-nothing is written. The prepared folder is only read.
+the test split too. To be sure the documents follow the very preparation a record ran on, the stream is
+read and tokenized again from its start with the prepared folder's own tokenizer, and the validation and
+training splits this gives must hash to what the prepared manifest says; otherwise nothing is written.
+The prepared folder is only read.
+
+Which documents after training (`SplitSelection`):
+    contiguous (no key)  every one, in order: the next tokens of the stream. The code, the source and the
+                         prepared data are public, so anyone rebuilds this split bit for bit and can check
+                         it against the split hash a board prints. It only catches accidental tuning to
+                         validation; a submitter who wants to tune to the test split can.
+    keyed (--test-key)   the documents numbered 0, 1, 2, ... after the one that closed training, each kept
+                         iff the first 8 bytes of HMAC-SHA256(key, "slowrun-test-split/1:" + its number),
+                         read as a big-endian integer, are below round(rate * 2**64) (default rate 1/8).
+                         Without the maintainers' key (32 random bytes, in a file only they hold) nobody can
+                         tell which documents were kept, so nobody can rebuild the split or confirm a guess
+                         against its split hash. The manifest records sha256("slowrun-test-key/1:" + key),
+                         a commitment that names the key without revealing it: maintainers can publish it
+                         and later prove which key made the split by showing the key. What stays public is
+                         the region the documents are drawn from (about test_tokens / rate tokens after
+                         training): a submitter who tunes on all of it tunes partly on the test split (its
+                         noise is correlated about sqrt(rate) with the region's), so a smaller rate
+                         weakens that link at the cost of reading more of the stream.
 
 What goes into the output folder (never the prepared folder, which runs read and which is published
 with the track):
     test.tokens.bin, test.docs.bin   the tokens (in the prepared folder's dtype) and int64 document starts
     manifest.json                    format `slowrun-test-split/1`: the track, the source, the tokenizer's
                                      identity, the preparation it follows (its data hash, how many
-                                     documents and tokens come before the test split), the split's counts,
-                                     hashes, first and last documents, and the `split_hash` that names it
+                                     documents and tokens come before the test split), the selection
+                                     (never the key), the split's counts, hashes, first and last
+                                     documents, and the `split_hash` that names it
 The split hash covers what makes two test scores comparable (tokens, documents, tokenizer, sequence
-length, the preparation it follows), not paths or versions; a scored record carries it.
+length, the preparation it follows, and a keyed selection), not paths or versions; a scored record carries
+it. A contiguous split's hash leaves the selection out, so it is what it was before keyed splits existed,
+and a manifest without a selection reads as contiguous.
 
-The synthetic track's test split, like its validation split, can be regenerated by anyone from the
-public code and seed: there it exercises the mechanism; the held-out guarantee needs real text.
+The synthetic track's contiguous test split, like its validation split, can be regenerated by anyone from
+the public code and seed, and anyone can draw more documents of its language: there it exercises the
+mechanism; the held-out guarantee needs real text and a key.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
+import itertools
 import json
+import math
 import os
 import shutil
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 
 from harness import __version__
 from harness.data.manifest import MANIFEST, SPLITS, compute_data_hash, read_manifest, sha256_array, token_identity
-from harness.data.prepare import (SplitFiller, best_val_loss, build_source, build_tokenizer, check_output_folder,
-                                  describe_short, encode_stream, prepare_request, swap_into_place, token_progress)
+from harness.data.documents import Document
+from harness.data.prepare import (ENCODE_BATCH, SplitFiller, best_val_loss, build_source, build_tokenizer,
+                                  check_output_folder, describe_short, encode_stream, prepare_request,
+                                  swap_into_place, token_progress)
 from harness.data.store import TokenStore
 from harness.data.synthetic import SyntheticSource
 from harness.errors import DataError
@@ -57,6 +84,121 @@ from harness.rules.tracks import Track
 TEST_FORMAT = "slowrun-test-split/1"
 TEST_SPLIT = "test"
 _IDENTITY_KEYS = ("tokens", "documents", "tokens_sha256", "docs_sha256")
+SELECTION_SCHEME = "hmac-sha256/1"
+SELECTION_LABEL = b"slowrun-test-split/1:"  # HMAC message prefix: a document's number after training follows
+COMMITMENT_LABEL = b"slowrun-test-key/1:"  # sha256 prefix of the key commitment
+KEY_BYTES = 32
+DEFAULT_SAMPLE_RATE = 1 / 8
+CONTIGUOUS = {"kind": "contiguous"}
+
+
+@dataclass(frozen=True)
+class SplitSelection:
+    """Which documents after training a test split takes: every one (no key), or a sample keyed by a secret.
+
+    `keeps(k)` decides document k after the one that closed training from the key and k alone, never from
+    its text, so the maintainers' re-run with the same key keeps the same documents, and without the key
+    the choice looks random. The key is kept out of repr and of everything written; only its commitment
+    is recorded.
+    """
+
+    key: bytes | None = field(default=None, repr=False)
+    rate: float = 1.0
+
+    def __post_init__(self):
+        rate = self.rate
+        if isinstance(rate, bool) or not isinstance(rate, (int, float)) or not math.isfinite(rate) \
+                or not 0 < rate <= 1:
+            raise DataError(f"--test-sample-rate must be a number in (0, 1], the share of documents after training "
+                            f"the test split keeps; got {rate!r}")
+        object.__setattr__(self, "rate", float(rate))
+        if self.key is None:
+            if self.rate != 1.0:
+                raise DataError("--test-sample-rate samples documents by a secret key: add --test-key KEYFILE (a "
+                                "sample anyone can redraw would hide nothing)")
+            return
+        if len(self.key) < KEY_BYTES:
+            raise DataError(f"the test key is {len(self.key)} bytes; it must be at least {KEY_BYTES} random bytes")
+        if self.threshold == 0:
+            raise DataError(f"--test-sample-rate {rate!r} keeps no document; give a larger rate")
+
+    @property
+    def keyed(self) -> bool:
+        return self.key is not None
+
+    @property
+    def threshold(self) -> int:
+        """Document k is kept iff its 64-bit HMAC value is below this (2**64 keeps every one)."""
+        return round(self.rate * 2**64)
+
+    @property
+    def commitment(self) -> str | None:
+        """sha256 of the labelled key: names the key in manifests without revealing it."""
+        return hashlib.sha256(COMMITMENT_LABEL + self.key).hexdigest() if self.keyed else None
+
+    def keeps(self, k: int) -> bool:
+        if self.key is None:
+            return True
+        digest = hmac.digest(self.key, SELECTION_LABEL + str(k).encode(), "sha256")
+        return int.from_bytes(digest[:8], "big") < self.threshold
+
+    def request(self) -> dict:
+        """What the output folder's earlier request must match to be reused (empty when contiguous, so the
+        request of a contiguous split is what it always was)."""
+        if not self.keyed:
+            return {}
+        return {"selection": {"scheme": SELECTION_SCHEME, "rate": self.rate, "key_commitment": self.commitment}}
+
+    def manifest_entry(self, documents_read: int) -> dict:
+        if not self.keyed:
+            return dict(CONTIGUOUS)
+        return {"kind": "keyed", "scheme": SELECTION_SCHEME, "rate": self.rate, "key_commitment": self.commitment,
+                "documents_read": documents_read}
+
+
+def load_test_key(path: str | os.PathLike, log=None) -> bytes:
+    """The maintainers' secret from `path`, created there (32 random bytes, mode 0600) when it does not exist.
+
+    Created with O_CREAT | O_EXCL (missing folders above it with mode 0700), so an existing key is never
+    overwritten, even by a second preparation racing this one: a lost key cannot be recovered, and a new
+    one would make another split. The whole file's bytes are the key; a file shorter than 32 bytes is
+    refused rather than padded or stretched (a short or typed-in secret could be guessed, and a guessed key
+    rebuilds the split).
+    """
+    log = log or (lambda message: print(message, file=sys.stderr))
+    path = Path(path)
+    if not path.exists():
+        try:
+            path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)  # a new folder for it is private too
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # made by someone else since we looked: read theirs
+        except OSError as exc:
+            raise DataError(f"--test-key {path}: cannot create the key file ({exc.strerror}); name a file in a "
+                            "folder you can write") from None
+        else:
+            import secrets
+
+            with os.fdopen(fd, "wb") as file:
+                os.fchmod(fd, 0o600)  # whatever the umask
+                file.write(secrets.token_bytes(KEY_BYTES))
+                file.flush()
+                os.fsync(fd)
+            log(f"{path}: created a new test key ({KEY_BYTES} random bytes, mode 0600); keep it private; the same "
+                "key makes the same split, and without it nobody (you included) can make it again")
+    try:
+        key = path.read_bytes()
+    except IsADirectoryError:
+        raise DataError(f"--test-key {path} is a folder; name the key file (it is created if missing)") from None
+    except OSError as exc:
+        raise DataError(f"--test-key {path}: cannot read it ({exc.strerror})") from None
+    if len(key) < KEY_BYTES:
+        raise DataError(f"--test-key {path} holds {len(key)} bytes; a test key is at least {KEY_BYTES} random bytes. "
+                        "Name a file that does not exist yet to have one made")
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log(f"{path}: the test key is readable by others (mode {mode:04o}); chmod 600 it")
+    return key
 
 
 @dataclass(frozen=True)
@@ -67,12 +209,16 @@ class HoldoutResult:
 
 
 def compute_split_hash(manifest: dict) -> str:
-    """The hash that names a test split: its arrays, the tokenizer, the window length and what it follows."""
+    """The hash that names a test split: its arrays, the tokenizer, the window length, what it follows, and
+    a keyed selection (its rate, key commitment and documents read), so splits of two keys never share it."""
     identity = {
         **token_identity(manifest),
         "follows": {key: manifest["follows"][key] for key in ("data_hash", "documents", "tokens")},
         "split": {key: manifest["split"][key] for key in _IDENTITY_KEYS},
     }
+    selection = manifest.get("selection", CONTIGUOUS)
+    if selection.get("kind") != "contiguous":  # left out when contiguous: those hashes stay what they were
+        identity["selection"] = selection
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
@@ -149,22 +295,35 @@ def format_test_manifest(manifest: dict) -> str:
         f"{split['first_document_index']:,} ({split['first_document']}) to {split['last_document']}"
         + (" (truncated)" if split["last_truncated"] else ""),
         f"windows      {split['windows']:,} of {manifest['seq_len'] + 1} ({split['targets']:,} targets scored)",
+        f"selection    {describe_selection(manifest.get('selection', CONTIGUOUS), split['documents'])}",
     ]
     if "best_loss" in manifest:
         lines.append(f"best loss    {manifest['best_loss']:.4f} nats/token on the test windows (the true language's)")
     return "\n".join(lines)
 
 
+def describe_selection(selection: dict, documents: int) -> str:
+    """One line on how a split's documents were chosen (the key's commitment, never the key)."""
+    if selection.get("kind", "contiguous") == "contiguous":
+        return "contiguous: every document after training (anyone with the source can rebuild this split)"
+    return (f"{selection.get('kind')} ({selection.get('scheme')}), rate {selection.get('rate')}: kept "
+            f"{documents:,} of the {selection.get('documents_read', 0):,} documents read after training; "
+            f"key commitment {selection.get('key_commitment')}")
+
+
 def prepare_test_split(track: Track, data_dir: str | os.PathLike, out: str | os.PathLike, *,
                        test_tokens: int | None = None, source_override: Sequence[str] | None = None,
                        text_field: str | None = None, gpt2_ranks: str | None = None, force: bool = False,
+                       test_key: str | os.PathLike | None = None, sample_rate: float | None = None,
                        progress: bool = True, log=None) -> HoldoutResult:
     """Write the test split that follows the preparation in `data_dir` into `out`; see the module docstring.
 
-    `test_tokens` defaults to the validation split's size. Refuses (DataError, nothing written) when the
-    prepared folder is not this track's, when `out` overlaps it, when `out` holds something else (unless
-    `force`), when the source does not give the prepared splits again, and when it runs out before the
-    test split is full.
+    `test_tokens` defaults to the validation split's size. Without `test_key` the split is contiguous (every
+    document after training); with it, a keyed sample at `sample_rate` (default 1/8) of those documents, the
+    key read from that file or created there (`load_test_key`). Refuses (DataError, nothing written) when
+    the prepared folder is not this track's, when `out` overlaps it, when the key file is inside either,
+    when `out` holds something else (unless `force`), when the source does not give the prepared splits
+    again, and when it runs out before the test split is full.
     """
     log = log or (lambda message: print(message, file=sys.stderr))
     data_dir, out = Path(data_dir), Path(out)
@@ -176,8 +335,10 @@ def prepare_test_split(track: Track, data_dir: str | os.PathLike, out: str | os.
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 2 * (seq_len + 1):
         raise DataError(f"--test-tokens must be a whole number of at least two windows ({2 * (seq_len + 1)} tokens: "
                         f"a loss's standard error needs two), got {test_tokens!r}")
+    selection = _selection(test_key, sample_rate, out, data_dir, log)
     source = build_source(track, source_override, text_field)
-    request = {**prepare_request(track, source), "follows": prepared["data_hash"], "test_tokens": tokens}
+    request = {**prepare_request(track, source), "follows": prepared["data_hash"], "test_tokens": tokens,
+               **selection.request()}
     check_output_folder(out, request, force, read=read_test_manifest, flag="--test-split", kind="a test split",
                         describe=lambda held: f"test split {str(held.get('split_hash'))[:16]}…, "
                                               f"{held['split'].get('tokens', 0):,} tokens")
@@ -189,24 +350,85 @@ def prepare_test_split(track: Track, data_dir: str | os.PathLike, out: str | os.
                         "follows (pass the --gpt2-ranks the track was prepared with)")
     dtype = np.dtype(prepared["dtype"])
     budgets = (int(val["tokens"]), int(train["tokens"]), tokens)
+    stream = _SelectedStream(source, int(val["documents"]) + int(train["documents"]), selection)
     with token_progress(sum(budgets), f"test split {track.name}", progress) as bar:
         filler = SplitFiller(budgets, dtype, tokenizer.bos_id, bar)
-        for ids, origin in encode_stream(source, tokenizer, max(budgets)):
+        for ids, origin in stream.encoded(tokenizer, max(budgets)):
             filler.add(ids, origin)
             if filler.full:
                 break
         else:
-            raise DataError(_shortfall(source, data_dir, filler, budgets))
+            raise DataError(_shortfall(source, data_dir, filler, budgets, stream))
     _check_same_splits(filler, prepared, data_dir)
 
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        manifest = _write_test_split(tmp, track, source, tokenizer, filler, prepared, request)
+        manifest = _write_test_split(tmp, track, source, tokenizer, filler, prepared, request, stream)
         return _move_test_split_into_place(tmp, out, manifest, force, log)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+class _SelectedStream:
+    """The source's documents with those after training that the selection drops taken out.
+
+    Where training ends is known before reading: the prepared manifest counts the documents of validation
+    and training, and `_check_same_splits` refuses the result unless the stream read again gives exactly
+    those splits, so document `first` is the one after the one that closed training. Dropping the others
+    here, before tokenization, means a keyed split costs reading the stream, not encoding all of it.
+    `kept` numbers (after training) the documents passed on, in order.
+    """
+
+    def __init__(self, source: Iterable[Document], first: int, selection: SplitSelection):
+        self.source, self.first, self.selection = source, first, selection
+        self.read = 0  # documents taken from the source so far, training's included
+        self.kept: list[int] = []
+
+    def __iter__(self) -> Iterator[Document]:
+        first, keeps, kept = self.first, self.selection.keeps, self.kept
+        for index, doc in enumerate(self.source):
+            self.read = index + 1
+            if index < first:
+                yield doc
+            elif keeps(index - first):
+                kept.append(index - first)
+                yield doc
+
+    def encoded(self, tokenizer, cap: int) -> Iterator[tuple[Sequence[int], str]]:
+        """`encode_stream` over these documents. When keyed, batches after training shrink with the rate:
+        encoding reads two batches ahead, and at full size that would read 1/rate times more of the source
+        than needed. A contiguous split is read in one pass, exactly as before keys existed."""
+        if not self.selection.keyed:
+            yield from encode_stream(self, tokenizer, cap)
+            return
+        documents = iter(self)
+        yield from encode_stream(itertools.islice(documents, self.first), tokenizer, cap)
+        yield from encode_stream(documents, tokenizer, cap, max(16, math.ceil(ENCODE_BATCH * self.selection.rate)))
+
+    @property
+    def after_training(self) -> int:
+        return max(self.read - self.first, 0)
+
+
+def _selection(test_key, sample_rate, out: Path, data_dir: Path, log) -> SplitSelection:
+    """The selection asked for, its key loaded (or made) only once the rate and the key's place are fine."""
+    if test_key is None:
+        return SplitSelection(None, 1.0 if sample_rate is None else sample_rate)
+    rate = DEFAULT_SAMPLE_RATE if sample_rate is None else sample_rate
+    SplitSelection(b"\0" * KEY_BYTES, rate)  # refuse a bad rate before a key file is made
+    key_path = Path(test_key).resolve()
+    for folder, why in ((data_dir, "which is published with the track"),
+                        (out, "which --force replaces and which is handed to whoever scores with it")):
+        if key_path.is_relative_to(folder.resolve()):
+            raise DataError(f"--test-key {test_key} is inside {folder}, {why}; keep the key in a private place "
+                            "of its own")
+    selection = SplitSelection(load_test_key(test_key, log), rate)
+    if rate == 1.0:
+        log("--test-sample-rate 1 keeps every document after training: the split's tokens are the contiguous "
+            "split's, which anyone can rebuild; only its hash is keyed")
+    return selection
 
 
 def _prepared_manifest(track: Track, data_dir: Path) -> dict:
@@ -233,13 +455,19 @@ def _check_apart(out: Path, data_dir: Path) -> None:
         raise DataError(f"--test-split {out} holds the prepared folder {data_dir}; choose a folder of its own")
 
 
-def _shortfall(source, data_dir: Path, filler: SplitFiller, budgets: Sequence[int]) -> str:
+def _shortfall(source, data_dir: Path, filler: SplitFiller, budgets: Sequence[int], stream: _SelectedStream) -> str:
     name = describe_short(source)
     if filler.split < 2:
-        return (f"source {name} ran out after {filler.documents_read:,} documents, before the end of the training "
+        return (f"source {name} ran out after {stream.read:,} documents, before the end of the training "
                 f"split {data_dir} holds: it is not the source that folder was prepared from (pass its --source)")
     before = budgets[0] + budgets[1]
     documents = len(filler.doc_starts[2])
+    if stream.selection.keyed:
+        return (f"source {name} ran out after {stream.read:,} documents: of the {stream.after_training:,} after the "
+                f"validation and training splits ({before:,} tokens), the key kept {documents:,} (rate "
+                f"{stream.selection.rate:g}) holding {filler.pos:,} tokens, short of the {budgets[2]:,} the test "
+                f"split asks for. Give a source with more documents after training, keep more of them with a "
+                f"higher --test-sample-rate, or ask for at most {filler.pos:,} tokens with --test-tokens")
     return (f"source {name} ran out after {filler.documents_read:,} documents: after the validation and training "
             f"splits ({before:,} tokens) it held {filler.pos:,} more tokens in {documents:,} documents, short of the "
             f"{budgets[2]:,} the test split asks for. Give a source with more documents after training, or ask for "
@@ -260,7 +488,7 @@ def _check_same_splits(filler: SplitFiller, prepared: dict, data_dir: Path) -> N
 
 
 def _write_test_split(tmp: Path, track: Track, source, tokenizer, filler: SplitFiller, prepared: dict,
-                      request: dict) -> dict:
+                      request: dict, stream: _SelectedStream) -> dict:
     tokens, starts = filler.arrays[2], np.asarray(filler.doc_starts[2], dtype=np.int64)
     tokens.tofile(tmp / f"{TEST_SPLIT}.tokens.bin")
     starts.tofile(tmp / f"{TEST_SPLIT}.docs.bin")
@@ -285,13 +513,15 @@ def _write_test_split(tmp: Path, track: Track, source, tokenizer, filler: SplitF
             "docs_file": f"{TEST_SPLIT}.docs.bin",
             "tokens_sha256": sha256_array(tokens),
             "docs_sha256": sha256_array(starts),
-            "first_document_index": int(val["documents"]) + int(train["documents"]),
+            "first_document_index": stream.first + stream.kept[0],
             "first_document": filler.first_origin[2],
             "last_document": filler.last_origin[2],
             "last_truncated": bool(filler.truncated[2]),
             "windows": windows,
             "targets": windows * seq_len,
         },
+        # after training, up to and including the last document kept (the ones read ahead are not counted)
+        "selection": stream.selection.manifest_entry(stream.kept[int(starts.size) - 1] + 1),
     }
     if isinstance(source, SyntheticSource):
         manifest["best_loss"] = best_val_loss(source.language, tokens, seq_len)

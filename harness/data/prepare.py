@@ -79,8 +79,9 @@ def build_source(track: Track, source_override: Sequence[str] | None = None,
     return LocalFilesSource(tuple(paths), field, spec.txt_separator)
 
 
-def encode_stream(docs: Iterable[Document], tokenizer: Tokenizer, cap: int) -> Iterator[tuple[Sequence[int], str]]:
-    """(token ids, origin) per document, tokenized in batches.
+def encode_stream(docs: Iterable[Document], tokenizer: Tokenizer, cap: int,
+                  batch_size: int = ENCODE_BATCH) -> Iterator[tuple[Sequence[int], str]]:
+    """(token ids, origin) per document, tokenized in batches of `batch_size` (they change no token).
 
     Reading the next batch (JSON parsing, in Python) overlaps with encoding the current one (native code
     that releases the GIL). An empty document still yields its BOS: the rule is a BOS before every
@@ -99,10 +100,10 @@ def encode_stream(docs: Iterable[Document], tokenizer: Tokenizer, cap: int) -> I
             return [_encode_one(tokenizer, d, cap) for d in batch]  # find and name the offending document
 
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="slowrun-pipeline") as stage:
-        batch = list(itertools.islice(iterator, ENCODE_BATCH))
+        batch = list(itertools.islice(iterator, batch_size))
         while batch:
             pending = stage.submit(encode, batch)
-            upcoming = list(itertools.islice(iterator, ENCODE_BATCH))
+            upcoming = list(itertools.islice(iterator, batch_size))
             yield from zip(pending.result(), (d.origin for d in batch))
             batch = upcoming
 

@@ -8,16 +8,20 @@ skipped by the manifest's document counts, and the rest are BOS-prefixed and con
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
+import os
+import stat
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from harness.cli import main
-from harness.data.holdout import (TEST_FORMAT, compute_split_hash, open_test_split, prepare_test_split,
-                                  read_test_manifest, verify_test_split)
+from harness.data.holdout import (TEST_FORMAT, SplitSelection, compute_split_hash, format_test_manifest,
+                                  load_test_key, open_test_split, prepare_test_split, read_test_manifest,
+                                  verify_test_split)
 from harness.data.manifest import read_manifest
 from harness.data.prepare import prepare_track
 from harness.data.synthetic import SyntheticLanguage
@@ -221,3 +225,213 @@ def test_a_gpt2_track_continues_through_the_same_code_path(tmp_path):
     assert np.array_equal(np.fromfile(tmp_path / "test" / "test.tokens.bin", dtype=np.uint16), tokens)
     assert np.array_equal(np.fromfile(tmp_path / "test" / "test.docs.bin", dtype=np.int64), starts)
     assert result.manifest["tokenizer"]["kind"] == "gpt2" and result.manifest["dtype"] == "uint16"
+
+
+# --- keyed selection (--test-key): which documents after training the split keeps -------------------------------
+
+def kept_numbers(key: bytes, rate: float, count: int) -> list[int]:
+    """The documents after training (numbered from 0) a key keeps, straight from the scheme's definition."""
+    threshold = round(rate * 2**64)
+    return [k for k in range(count)
+            if int.from_bytes(hmac.new(key, b"slowrun-test-split/1:" + str(k).encode(), hashlib.sha256).digest()[:8],
+                              "big") < threshold]
+
+
+def old_split_hash(manifest: dict) -> str:
+    """The split hash as it was computed before keyed selection existed (no `selection` in it)."""
+    identity = {
+        "format": manifest["format"], "tokenizer": manifest["tokenizer"]["hash"],
+        "vocab_size": manifest["tokenizer"]["vocab_size"], "bos_id": manifest["tokenizer"]["bos_id"],
+        "seq_len": manifest["seq_len"],
+        "follows": {key: manifest["follows"][key] for key in ("data_hash", "documents", "tokens")},
+        "split": {key: manifest["split"][key] for key in ("tokens", "documents", "tokens_sha256", "docs_sha256")},
+    }
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def write_key(path: Path, key: bytes) -> Path:
+    path.write_bytes(key)
+    path.chmod(0o600)
+    return path
+
+
+KEY_A, KEY_B = bytes(range(32)), bytes(range(100, 140))
+
+
+@pytest.mark.parametrize("rate", [None, 0.3])  # None: the default, 1/8
+def test_a_keyed_split_holds_exactly_the_documents_the_key_picks(synthetic_data, tmp_path, rate):
+    key = write_key(tmp_path / "key", KEY_A)
+    result = prepare_test_split(BUILTIN_TRACKS["synthetic"], synthetic_data, tmp_path / "test", test_tokens=3000,
+                                test_key=key, sample_rate=rate, **QUIET)
+    prepared, manifest = read_manifest(synthetic_data), result.manifest
+    skip = prepared["splits"]["val"]["documents"] + prepared["splits"]["train"]["documents"]
+
+    # independently: the language's documents after training, kept by HMAC of their number, BOS-prefixed
+    language, expected_rate = SyntheticLanguage(), 1 / 8 if rate is None else rate
+    after = [ids for index, ids in zip(range(skip + 1000), language.documents(0)) if index >= skip]
+    kept = kept_numbers(KEY_A, expected_rate, len(after))
+    tokens, starts, truncated = expected_split((after[k] for k in kept), 0, 3000, language.bos_id)
+    assert np.array_equal(np.fromfile(tmp_path / "test" / "test.tokens.bin", dtype=np.uint16), tokens)
+    assert np.array_equal(np.fromfile(tmp_path / "test" / "test.docs.bin", dtype=np.int64), starts)
+
+    used = kept[:len(starts)]  # the kept documents the split holds; the last one closes it
+    assert len(used) < used[-1] + 1  # some documents in between were read and dropped
+    split = manifest["split"]
+    assert split["first_document"] == f"synthetic(seed=0)[{skip + used[0]}]"
+    assert split["first_document_index"] == skip + used[0]
+    assert split["last_document"] == f"synthetic(seed=0)[{skip + used[-1]}]" and split["last_truncated"] is truncated
+    assert manifest["follows"]["documents"] == skip  # what comes before the candidates is unchanged
+    assert manifest["selection"] == {
+        "kind": "keyed", "scheme": "hmac-sha256/1", "rate": expected_rate,
+        "key_commitment": hashlib.sha256(b"slowrun-test-key/1:" + KEY_A).hexdigest(), "documents_read": used[-1] + 1}
+    assert manifest["request"]["selection"] == {"scheme": "hmac-sha256/1", "rate": expected_rate,
+                                                "key_commitment": manifest["selection"]["key_commitment"]}
+    # the selection is part of the split's name, and the key is written nowhere
+    assert manifest["split_hash"] == compute_split_hash(manifest) != old_split_hash(manifest)
+    assert verify_test_split(tmp_path / "test") == []
+    for path in (tmp_path / "test").iterdir():
+        assert KEY_A not in path.read_bytes() and KEY_A.hex() not in path.read_bytes().decode("latin-1")
+    assert KEY_A.hex() not in format_test_manifest(manifest) and KEY_A.hex() not in repr(SplitSelection(KEY_A, 0.5))
+    assert str(KEY_A) not in repr(SplitSelection(KEY_A, 0.5))
+    assert f"kept {len(used)} of the {used[-1] + 1:,} documents" in format_test_manifest(manifest)
+
+
+def test_another_key_or_rate_gives_another_split_and_the_folder_is_not_mixed_up(synthetic_data, tmp_path):
+    track = BUILTIN_TRACKS["synthetic"]
+    first, second = write_key(tmp_path / "a", KEY_A), write_key(tmp_path / "b", KEY_B)
+    a = prepare_test_split(track, synthetic_data, tmp_path / "test", test_tokens=2000, test_key=first, **QUIET)
+    b = prepare_test_split(track, synthetic_data, tmp_path / "other", test_tokens=2000, test_key=second, **QUIET)
+    tokens = [np.fromfile(r.folder / "test.tokens.bin", dtype=np.uint16) for r in (a, b)]
+    assert not np.array_equal(*tokens) and a.manifest["split_hash"] != b.manifest["split_hash"]
+    assert a.manifest["selection"]["key_commitment"] != b.manifest["selection"]["key_commitment"]
+
+    # the same key and rate reuse the folder; another key or rate is refused without --force
+    assert prepare_test_split(track, synthetic_data, tmp_path / "test", test_tokens=2000, test_key=first,
+                              **QUIET).reused
+    for other in ({"test_key": second}, {"test_key": first, "sample_rate": 0.5}, {}):
+        with pytest.raises(DataError, match=r"already holds something else \(test split "):
+            prepare_test_split(track, synthetic_data, tmp_path / "test", test_tokens=2000, **other, **QUIET)
+    assert read_test_manifest(tmp_path / "test") == a.manifest
+    replaced = prepare_test_split(track, synthetic_data, tmp_path / "test", test_tokens=2000, test_key=second,
+                                  force=True, **QUIET)
+    assert not replaced.reused and replaced.manifest["split_hash"] == b.manifest["split_hash"]
+    assert np.array_equal(np.fromfile(tmp_path / "test" / "test.tokens.bin", dtype=np.uint16), tokens[1])
+
+
+def test_a_missing_key_file_is_made_private_and_an_existing_one_never_overwritten(synthetic_data, tmp_path,
+                                                                                  monkeypatch):
+    key, messages = tmp_path / "private" / "keys" / "test.key", []
+    umask = os.umask(0)  # the file's mode must not depend on the umask
+    try:
+        made = prepare_test_split(BUILTIN_TRACKS["synthetic"], synthetic_data, tmp_path / "test", test_tokens=1000,
+                                  test_key=key, progress=False, log=messages.append)
+    finally:
+        os.umask(umask)
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and stat.S_IMODE(key.parent.stat().st_mode) == 0o700
+    secret = key.read_bytes()
+    assert len(secret) == 32 and len(set(secret)) > 8  # random bytes, not a constant
+    assert any("created a new test key" in m and "keep it private; the same key makes the same split" in m
+               for m in messages)
+    assert made.manifest["selection"]["key_commitment"] == hashlib.sha256(b"slowrun-test-key/1:" + secret).hexdigest()
+
+    # used again: read, not replaced, and nothing said about making one
+    messages.clear()
+    mtime = key.stat().st_mtime_ns
+    again = prepare_test_split(BUILTIN_TRACKS["synthetic"], synthetic_data, tmp_path / "again", test_tokens=1000,
+                               test_key=key, progress=False, log=messages.append)
+    assert key.read_bytes() == secret and key.stat().st_mtime_ns == mtime
+    assert not any("created" in m for m in messages) and again.manifest["split_hash"] == made.manifest["split_hash"]
+    # even when another preparation makes it between the look and the create (O_EXCL), the existing key stays
+    real_exists = Path.exists
+    monkeypatch.setattr(Path, "exists", lambda self, *a, **k: False if self == key else real_exists(self, *a, **k))
+    assert load_test_key(key, log=messages.append) == secret and key.read_bytes() == secret
+    assert not any("created" in m for m in messages)
+
+
+def test_a_short_key_and_a_bad_rate_are_refused_before_anything_is_written(synthetic_data, tmp_path):
+    track = BUILTIN_TRACKS["synthetic"]
+    for size in (0, 31):
+        short = write_key(tmp_path / f"short{size}", KEY_A[:size])
+        with pytest.raises(DataError, match=f"holds {size} bytes; a test key is at least 32 random bytes"):
+            prepare_test_split(track, synthetic_data, tmp_path / "test", test_key=short, **QUIET)
+        assert short.read_bytes() == KEY_A[:size]
+    key = tmp_path / "never-made.key"
+    for rate, match in ((0, r"in \(0, 1\]"), (1.5, r"in \(0, 1\]"), (float("nan"), r"in \(0, 1\]"),
+                        (1e-30, "keeps no document")):
+        with pytest.raises(DataError, match=match):
+            prepare_test_split(track, synthetic_data, tmp_path / "test", test_key=key, sample_rate=rate, **QUIET)
+    with pytest.raises(DataError, match="add --test-key KEYFILE"):
+        prepare_test_split(track, synthetic_data, tmp_path / "test", sample_rate=0.5, **QUIET)
+    # the key never goes where it would be published or replaced
+    with pytest.raises(DataError, match="inside .*published with the track"):
+        prepare_test_split(track, synthetic_data, tmp_path / "test", test_key=synthetic_data / "test.key", **QUIET)
+    with pytest.raises(DataError, match="inside .*--force replaces"):
+        prepare_test_split(track, synthetic_data, tmp_path / "test", test_key=tmp_path / "test" / "key", **QUIET)
+    assert not key.exists() and not (tmp_path / "test").exists() and not (synthetic_data / "test.key").exists()
+
+
+def test_a_contiguous_split_keeps_its_hash_and_old_manifests_read_as_contiguous(synthetic_data, tmp_path):
+    result = prepare_test_split(BUILTIN_TRACKS["synthetic"], synthetic_data, tmp_path / "test", test_tokens=1000,
+                                **QUIET)
+    manifest = result.manifest
+    assert manifest["selection"] == {"kind": "contiguous"} and "selection" not in manifest["request"]
+    assert manifest["split_hash"] == old_split_hash(manifest) == compute_split_hash(manifest)
+    assert "contiguous" in format_test_manifest(manifest)
+    # a manifest written before selections existed: still verifies, still reads as contiguous
+    path = tmp_path / "test" / "manifest.json"
+    old = {k: v for k, v in json.loads(path.read_text()).items() if k != "selection"}
+    path.write_text(json.dumps(old, indent=2, sort_keys=True) + "\n")
+    assert verify_test_split(tmp_path / "test") == [] and "contiguous" in format_test_manifest(old)
+    assert prepare_test_split(BUILTIN_TRACKS["synthetic"], synthetic_data, tmp_path / "test", test_tokens=1000,
+                              **QUIET).reused  # and an old folder is recognised as the same split
+
+
+def test_a_keyed_shortfall_says_what_was_kept_and_how_to_get_more(tmp_path):
+    """On local files, tokenized independently with the prepared BPE: the kept tokens it names are exact."""
+    docs = write_docs(tmp_path / "docs.jsonl", 300)
+    track = local_track([docs], seq_len=32)
+    prepare_track(track, tmp_path / "prepared", progress=False, log=lambda _: None)
+    key = write_key(tmp_path / "key", KEY_B)
+    with pytest.raises(DataError, match="ran out") as refused:
+        prepare_test_split(track, tmp_path / "prepared", tmp_path / "test", test_tokens=10**6, test_key=key,
+                           sample_rate=0.25, **QUIET)
+    assert not (tmp_path / "test").exists()
+    message = str(refused.value)
+    assert "higher --test-sample-rate" in message and "--test-tokens" in message
+
+    prepared = read_manifest(tmp_path / "prepared")
+    skip = prepared["splits"]["val"]["documents"] + prepared["splits"]["train"]["documents"]
+    texts = [json.loads(line)["text"] for line in docs.read_text(encoding="utf-8").splitlines()][skip:]
+    kept = kept_numbers(KEY_B, 0.25, len(texts))
+    encoded = ByteBpeTokenizer.load(tmp_path / "prepared").encode_batch([texts[k] for k in kept])
+    kept_tokens = sum(1 + len(ids) for ids in encoded)
+    assert f"of the {len(texts):,} after the validation and training splits" in message
+    assert f"the key kept {len(kept):,} (rate 0.25) holding {kept_tokens:,} tokens" in message
+    assert f"at most {kept_tokens:,} tokens with --test-tokens" in message
+    # asking for exactly that works, and holds exactly those documents
+    result = prepare_test_split(track, tmp_path / "prepared", tmp_path / "test", test_tokens=kept_tokens,
+                                test_key=key, sample_rate=0.25, **QUIET)
+    tokens, starts, _ = expected_split(encoded, 0, kept_tokens, prepared["tokenizer"]["bos_id"])
+    assert np.array_equal(np.fromfile(tmp_path / "test" / "test.tokens.bin", dtype=np.uint16), tokens)
+    assert np.array_equal(np.fromfile(tmp_path / "test" / "test.docs.bin", dtype=np.int64), starts)
+    assert result.manifest["split"]["first_document"] == f"{docs}:{skip + kept[0] + 1}"
+    assert result.manifest["selection"]["documents_read"] == kept[-1] + 1
+
+
+def test_cli_prepares_a_keyed_split_and_data_info_shows_the_commitment_not_the_key(synthetic_data, tmp_path, capsys):
+    key, test = tmp_path / "keys" / "synthetic.key", tmp_path / "test"
+    common = ["prepare", "--track", "synthetic", "--out", str(synthetic_data), "--quiet"]
+    assert main([*common, "--test-split", str(test), "--test-key", str(key), "--test-tokens", "1000",
+                 "--test-sample-rate", "0.25"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(test)
+    assert "keep it private; the same key makes the same split" in captured.err and "selection    keyed" in captured.err
+    secret = key.read_bytes()
+    assert main(["data", "info", str(test)]) == 0
+    out = capsys.readouterr().out
+    assert hashlib.sha256(b"slowrun-test-key/1:" + secret).hexdigest() in out and secret.hex() not in out
+    assert "rate 0.25" in out and "verification ok" in out
+    assert main([*common, "--test-key", str(key)]) == 2
+    assert "add --test-split DIR" in capsys.readouterr().err
+    assert main([*common, "--test-split", str(tmp_path / "t2"), "--test-sample-rate", "0.5"]) == 2
+    assert "add --test-key KEYFILE" in capsys.readouterr().err
