@@ -180,12 +180,13 @@ def _filed_with_test(destination: Path, record: dict) -> bool:
 
 def add_submission(path: str | Path, records_dir: str | Path = DEFAULT_RECORDS_DIR, *,
                    method_dir: str | Path | None = None, dry_run: bool = False, fetch_to: str | Path | None = None,
-                   fetch_progress: bool = False, **options) -> list[Path]:
+                   fetch_progress: bool = False, fetch_local: tuple[str | Path, ...] = (), **options) -> list[Path]:
     """File a run folder, a record file, or every run of a submission bundle; return where each goes.
 
     For a bundle, all its runs are checked before any is written, so a bundle is filed whole or not at all.
     With `verify`, the snapshots a bundle names by URL are fetched into `fetch_to` (default: the user's
-    cache, leaderboard/storage.py) and checked against their sha256 first.
+    cache, leaderboard/storage.py) and checked against their sha256 first; `file://` URLs only from inside
+    the folders in `fetch_local`.
     """
     if not is_bundle(path):
         return [add_record(path, records_dir, method_dir=method_dir, dry_run=dry_run, **options)]
@@ -193,7 +194,7 @@ def add_submission(path: str | Path, records_dir: str | Path = DEFAULT_RECORDS_D
     method = method_dir if method_dir is not None else bundle.method_dir
     if options.get("verify") is not None:
         options = {**options, "verify": with_fetched_weights(options["verify"], fetch_to or default_cache_dir(),
-                                                             progress=fetch_progress)}
+                                                             progress=fetch_progress, local_roots=tuple(fetch_local))}
     if options.get("test_score") is not None:  # scored once, in the checking pass; filed in the second
         options = {**options, "test_score": _once(options["test_score"])}
     for run in bundle.runs:  # every check, the verification included, before anything is written

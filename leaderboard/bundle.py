@@ -306,7 +306,8 @@ def is_bundle(path: str | Path) -> bool:
 Verifier = Callable[[Path, dict], list[str]]  # as leaderboard.add.Verifier: (run folder, record) -> problems
 
 
-def with_fetched_weights(verify: Verifier, cache_dir: str | Path, *, progress: bool = False) -> Verifier:
+def with_fetched_weights(verify: Verifier, cache_dir: str | Path, *, progress: bool = False,
+                         local_roots: tuple[str | Path, ...] = ()) -> Verifier:
     """`verify` for a bundle's run folder, run on the snapshots the bundle names by URL once they are fetched.
 
     The bundle is left as it is (`read_bundle` refuses any file its manifest does not list). The verifier
@@ -330,7 +331,8 @@ def with_fetched_weights(verify: Verifier, cache_dir: str | Path, *, progress: b
                             unit="B", enabled=progress) as meter:
             for tag, name, entry in wanted:
                 try:
-                    path = fetch(entry["url"], entry["sha256"], cache_dir, size=entry["bytes"], meter=meter, say=say)
+                    path = fetch(entry["url"], entry["sha256"], cache_dir, size=entry["bytes"], meter=meter, say=say,
+                                 local_roots=local_roots)
                 except StorageError as exc:
                     return [f"snapshot {tag!r}, {name}: {exc}"]
                 fetched.setdefault(tag, {})[name] = path

@@ -54,7 +54,7 @@ def _cmd_add(args) -> int:
     paths = add_submission(args.run_dir, args.records, known_tracks=parse_known_tracks(args.known_tracks),
                            new_track=args.new_track, floors=parse_floors(args.floor), method_dir=args.method_dir,
                            verify=verify, test_score=test_score, dry_run=args.dry_run, fetch_to=args.fetch_to,
-                           fetch_progress=True)
+                           fetch_progress=True, fetch_local=tuple(args.fetch_local))
     for path in paths:
         print(("would file " if args.dry_run else "") + str(path))
     return 0
@@ -142,6 +142,9 @@ def add_subcommands(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--fetch-to", default=None, metavar="DIR",
                    help="with --verify: where weights a bundle names by URL are fetched and kept, by sha256 "
                         f"(default {default_cache_dir()})")
+    p.add_argument("--fetch-local", action="append", default=[], metavar="DIR",
+                   help="with --verify: a folder on this machine (a shared disk) that a bundle's file:// URLs may "
+                        "name; file:// URLs anywhere else are refused (default: none)")
     p.add_argument("--dry-run", action="store_true", help="run every check and write nothing")
     p.set_defaults(func=_cmd_add)
 

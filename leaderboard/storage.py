@@ -26,7 +26,7 @@ import sys
 import uuid
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable, Iterator
+from typing import Any, BinaryIO, Callable, Iterator, Sequence
 from urllib.parse import unquote
 
 from harness.common.atomic import atomic_output
@@ -294,7 +294,7 @@ def cache_path(cache_dir: str | Path, sha256: str) -> Path:
 
 
 def fetch(url: str, sha256: str, cache_dir: str | Path, *, size: int | None = None, meter: Any = None,
-          say: Say | None = None) -> Path:
+          say: Say | None = None, local_roots: Sequence[str | Path] = ()) -> Path:
     """The file at `url`, in the cache, with its sha256 checked; refused (StorageError) when it differs.
 
     A file already in the cache is hashed again rather than trusted by its name (the cache is a folder
@@ -302,6 +302,11 @@ def fetch(url: str, sha256: str, cache_dir: str | Path, *, size: int | None = No
     temporary file beside its place and is renamed there only once its sha256 matched: an interrupted or
     refused fetch leaves nothing that looks like a fetched file. `size`, when given, bounds what is read,
     so a URL that serves without end cannot fill the disk.
+
+    A `file://` URL names a file on the verifier's own machine, chosen by whoever wrote the bundle: it is
+    fetched only from inside one of `local_roots` (a shared folder the verifier names, `--fetch-local`).
+    Anywhere else, the refusal (its size, its sha256) would tell the bundle's author about the verifier's
+    files, whoever reads the verification's output.
     """
     digest = _hex(sha256)
     if size is not None and not 0 <= size <= MAX_FETCH_BYTES:
@@ -314,6 +319,8 @@ def fetch(url: str, sha256: str, cache_dir: str | Path, *, size: int | None = No
             return target
         target.unlink()  # damaged in the cache: fetched again below
     fs, path = _fetch_filesystem(url)
+    if _protocols(fs) & {"file", "local"}:
+        _check_local_root(path, url, local_roots)
     with _storage_errors(url, "fetch"):
         _check_fetchable(fs, path, url, size)
         with atomic_output(target, "wb") as out:  # renamed into place only when the block ends without error
@@ -388,6 +395,17 @@ def _fetch_filesystem(url: str):
     return fs, path
 
 
+def _check_local_root(path: str, url: str, local_roots: Sequence[str | Path]) -> None:
+    """Refuse a local path outside every root the verifier named (links resolved first, so a link inside a
+    root cannot lead out of it)."""
+    real = Path(os.path.realpath(path))
+    if not any(real.is_relative_to(os.path.realpath(root)) for root in local_roots):
+        named = ", ".join(str(root) for root in local_roots) or "none named"
+        raise StorageError(f"{url}: a file on this machine outside the folders weights may be fetched from ({named}); "
+                           "if the submitter's weights really are on a shared disk here, name its folder with "
+                           "--fetch-local DIR")
+
+
 def _check_fetchable(fs, path: str, url: str, size: int | None) -> None:
     """Refuse, before a byte is read, what cannot be the submitted file: something other than a regular file
     (a device such as /dev/zero never ends, a FIFO never answers) or a file of another size than the bundle
@@ -397,7 +415,7 @@ def _check_fetchable(fs, path: str, url: str, size: int | None) -> None:
     kind = info.get("type")
     if kind not in ("file", None):
         raise StorageError(f"{url}: a {kind}, not a file; the bundle must name the uploaded file itself")
-    if "local" in _protocols(fs) or "file" in _protocols(fs):
+    if _protocols(fs) & {"file", "local"}:
         import stat
 
         if not stat.S_ISREG(os.stat(path).st_mode):

@@ -106,7 +106,7 @@ def test_fetched_weights_verify_and_file_as_included_weights_do(tmp_path, runs, 
     inside, outside = Seen(), Seen()
     filed_inside = add_submission(tmp_path / "inside", tmp_path / "records-inside", new_track=True, verify=inside)
     filed_outside = add_submission(tmp_path / "outside", tmp_path / "records-outside", new_track=True,
-                                   verify=outside, fetch_to=tmp_path / "cache")
+                                   verify=outside, fetch_to=tmp_path / "cache", fetch_local=(tmp_path,))
     assert outside.by_run == inside.by_run and sorted(inside.by_run) == ["my-method-s0", "my-method-s1"]
     assert inside.by_run["my-method-s0"]["s1"] == {
         "graph-constants.safetensors": sha(CONSTANTS_BYTES), "graph.json": sha(GRAPH_BYTES),
@@ -123,7 +123,7 @@ def test_a_tampered_remote_file_is_refused_and_nothing_is_filed(tmp_path, runs, 
     seen = Seen()
     with pytest.raises(LeaderboardError) as caught:
         add_submission(tmp_path / "bundle", tmp_path / "records", new_track=True, verify=seen,
-                       fetch_to=tmp_path / "cache")
+                       fetch_to=tmp_path / "cache", fetch_local=(tmp_path,))
     message = str(caught.value)
     assert entry["url"] in message and entry["sha256"][7:] in message and sha(b"\0" * 1500)[7:] in message
     assert "my-method-s1" not in seen.by_run  # never re-evaluated on the wrong weights
@@ -138,7 +138,7 @@ def test_an_unreachable_url_is_refused_and_nothing_is_filed(tmp_path, runs, stor
     fs.rm(path)
     with pytest.raises(LeaderboardError, match=r"snapshot 's3', model\.safetensors: .*cannot fetch it"):
         add_submission(tmp_path / "bundle", tmp_path / "records", new_track=True, verify=Seen(),
-                       fetch_to=tmp_path / "cache")
+                       fetch_to=tmp_path / "cache", fetch_local=(tmp_path,))
     assert not (tmp_path / "records").exists()
 
 
@@ -186,7 +186,7 @@ def test_a_bundle_naming_paths_outside_a_snapshot_is_refused(tmp_path, runs, edi
     rewrite_snapshots_json(tmp_path / "bundle", 0, manifest)
     with pytest.raises(LeaderboardError, match=complaint):
         add_submission(tmp_path / "bundle", tmp_path / "records", new_track=True, verify=Seen(),
-                       fetch_to=tmp_path / "cache")
+                       fetch_to=tmp_path / "cache", fetch_local=(tmp_path,))
     assert not (tmp_path / "records").exists() and not (tmp_path / "cache").exists()
 
 
@@ -204,7 +204,7 @@ def test_the_command_line_round_trip(tmp_path, runs, monkeypatch, capsys):
     assert snapshots_json(tmp_path / "bundle", 0)[0]["remote"]["model.safetensors"]["url"].startswith(
         f"file://{tmp_path}/plain folder/my_method-")
     assert main(["leaderboard", "add", str(tmp_path / "bundle"), "--records", str(tmp_path / "records"),
-                 "--new-track", "--verify", "--fetch-to", str(tmp_path / "cache")]) == 0
+                 "--new-track", "--verify", "--fetch-to", str(tmp_path / "cache"), "--fetch-local", str(tmp_path)]) == 0
     assert capsys.readouterr().out.count(str(tmp_path / "records")) == 2
     assert seen.by_run["my-method-s1"]["s3"]["model.safetensors"] == sha(weights(1, 8000))
     assert len(list((tmp_path / "cache" / "sha256").rglob("*/*"))) == 2 * 4 + 2  # weights + s1's graph files
@@ -251,7 +251,7 @@ def test_a_real_run_re_evaluates_from_fetched_weights_as_from_included_ones(tmp_
     filed = {}
     for name in ("inside", "outside"):
         assert main(["leaderboard", "add", str(tmp_path / name), "--records", str(tmp_path / f"records-{name}"),
-                     "--verify", "--data", str(synthetic_data), "--fetch-to", str(tmp_path / "cache")]) == 0, (
+                     "--verify", "--data", str(synthetic_data), "--fetch-to", str(tmp_path / "cache"), "--fetch-local", str(tmp_path)]) == 0, (
             capsys.readouterr().err)
         (path,) = (tmp_path / f"records-{name}").rglob("*.json")
         filed[name] = path.read_bytes()
@@ -264,5 +264,5 @@ def test_a_real_run_re_evaluates_from_fetched_weights_as_from_included_ones(tmp_
     raw[-4:] = b"\0\0\0\1"
     write_remote(entry["url"], bytes(raw))
     assert main(["leaderboard", "add", str(tmp_path / "outside"), "--records", str(tmp_path / "records-again"),
-                 "--verify", "--data", str(synthetic_data), "--fetch-to", str(tmp_path / "other-cache")]) == 2
+                 "--verify", "--data", str(synthetic_data), "--fetch-to", str(tmp_path / "other-cache"), "--fetch-local", str(tmp_path)]) == 2
     assert entry["url"] in capsys.readouterr().err and not (tmp_path / "records-again").exists()

@@ -71,7 +71,7 @@ def test_put_then_fetch_gives_back_the_same_bytes(tmp_path, storage_base, small_
     assert (stored.url, stored.sha256, stored.bytes, stored.skipped) == (url, "sha256:" + sha(PAYLOAD), 10_240, False)
     assert meter.n == 10_240 and remote_bytes(url) == PAYLOAD
 
-    fetched = fetch(url, stored.sha256, tmp_path / "cache", size=10_240)
+    fetched = fetch(url, stored.sha256, tmp_path / "cache", size=10_240, local_roots=(tmp_path,))
     assert fetched == tmp_path / "cache" / "sha256" / sha(PAYLOAD)[:2] / sha(PAYLOAD)
     assert fetched.read_bytes() == PAYLOAD
     assert files_under(tmp_path / "cache") == [fetched]  # no temporary file left beside it
@@ -115,7 +115,7 @@ def test_fetch_refuses_other_bytes_names_both_hashes_and_keeps_nothing(tmp_path,
     tampered = PAYLOAD[:-1] + b"\x00"  # PAYLOAD ends in 0xff
     write_remote(url, tampered)
     with pytest.raises(StorageError) as caught:
-        fetch(url, stored.sha256, tmp_path / "cache", size=len(PAYLOAD))
+        fetch(url, stored.sha256, tmp_path / "cache", size=len(PAYLOAD), local_roots=(tmp_path,))
     message = str(caught.value)
     assert url in message and sha(PAYLOAD) in message and sha(tampered) in message
     assert files_under(tmp_path / "cache") == []
@@ -125,7 +125,7 @@ def test_a_file_of_another_size_than_stated_is_not_read(tmp_path, storage_base):
     url = join_url(storage_base, "run", "model.safetensors")
     write_remote(url, PAYLOAD + b"more")
     with pytest.raises(StorageError, match="10,244 bytes there, but the bundle states 10,240"):
-        fetch(url, "sha256:" + sha(PAYLOAD), tmp_path / "cache", size=len(PAYLOAD))
+        fetch(url, "sha256:" + sha(PAYLOAD), tmp_path / "cache", size=len(PAYLOAD), local_roots=(tmp_path,))
     assert files_under(tmp_path / "cache") == []
 
 
@@ -146,28 +146,28 @@ def test_a_file_whose_size_is_not_known_is_read_no_further_than_the_stated_size(
     url = f"sizeless://run-{uuid.uuid4().hex}/model.safetensors"
     write_remote(url, PAYLOAD + b"more")
     with pytest.raises(StorageError, match="longer than the 10,240 bytes"):
-        fetch(url, "sha256:" + sha(PAYLOAD), tmp_path / "cache", size=len(PAYLOAD))
+        fetch(url, "sha256:" + sha(PAYLOAD), tmp_path / "cache", size=len(PAYLOAD), local_roots=(tmp_path,))
     assert files_under(tmp_path / "cache") == []
 
 
 def test_a_cached_file_is_not_fetched_again_but_a_damaged_one_is(tmp_path, storage_base):
     url = join_url(storage_base, "run", "model.safetensors")
     stored = put(local_file(tmp_path), url)
-    cached = fetch(url, stored.sha256, tmp_path / "cache")
+    cached = fetch(url, stored.sha256, tmp_path / "cache", local_roots=(tmp_path,))
     fs, path = fsspec.core.url_to_fs(url)
     fs.rm(path)  # the URL is gone: only the cache can answer now
-    assert fetch(url, stored.sha256, tmp_path / "cache") == cached and cached.read_bytes() == PAYLOAD
+    assert fetch(url, stored.sha256, tmp_path / "cache", local_roots=(tmp_path,)) == cached and cached.read_bytes() == PAYLOAD
 
     cached.write_bytes(b"damaged")
     with pytest.raises(StorageError, match="cannot fetch"):  # hashed, found wrong, and fetched (from nowhere)
-        fetch(url, stored.sha256, tmp_path / "cache")
+        fetch(url, stored.sha256, tmp_path / "cache", local_roots=(tmp_path,))
     assert files_under(tmp_path / "cache") == []
 
 
 def test_an_unreachable_url_is_refused_by_name(tmp_path, storage_base):
     url = join_url(storage_base, "nothing", "here.safetensors")
     with pytest.raises(StorageError, match=f"^{re.escape(url)}: cannot fetch it"):
-        fetch(url, "sha256:" + sha(PAYLOAD), tmp_path / "cache")
+        fetch(url, "sha256:" + sha(PAYLOAD), tmp_path / "cache", local_roots=(tmp_path,))
     assert files_under(tmp_path / "cache") == []
 
 
@@ -209,7 +209,7 @@ def test_an_interrupted_fetch_leaves_no_file_that_looks_complete(tmp_path, small
     write_remote(url, PAYLOAD)
     cache = tmp_path / "cache"
     with pytest.raises(StorageError, match="ConnectionResetError"):
-        fetch(url, "sha256:" + sha(PAYLOAD), cache, size=len(PAYLOAD))
+        fetch(url, "sha256:" + sha(PAYLOAD), cache, size=len(PAYLOAD), local_roots=(tmp_path,))
     assert files_under(cache) == []  # neither the target nor the temporary file it was being written to
     assert not cache_path(cache, sha(PAYLOAD)).exists()
 
@@ -279,7 +279,7 @@ def test_a_hub_url_without_a_repository_or_with_a_revision_is_refused(url, compl
                                  "zip://model.safetensors::memory://bundle.zip", "sftp://host/w"])
 def test_a_fetch_from_a_protocol_a_submission_has_no_use_for_is_refused_before_anything_opens(url, tmp_path):
     with pytest.raises(StorageError, match="fetched only from"):
-        fetch(url, "sha256:" + "0" * 64, tmp_path / "cache")
+        fetch(url, "sha256:" + "0" * 64, tmp_path / "cache", local_roots=(tmp_path,))
     assert not (tmp_path / "cache").exists()
 
 

@@ -79,7 +79,7 @@ def test_verify_files_the_ensembles_test_loss_and_the_board_shows_it(make_method
     assert main(["submit", str(run_dir), "--out", str(bundle), "--weights-to", (tmp_path / "bucket").as_uri()]) == 0
     assert not list(bundle.rglob("*.safetensors")) and list((tmp_path / "bucket").rglob("*.safetensors"))
     assert main(["leaderboard", "add", str(bundle), "--records", str(tmp_path / "records-2"), "--verify", "--data",
-                 str(synthetic_data), "--test-data", str(held_out), "--fetch-to", str(tmp_path / "cache")]) == 0, (
+                 str(synthetic_data), "--test-data", str(held_out), "--fetch-to", str(tmp_path / "cache"), "--fetch-local", str(tmp_path)]) == 0, (
         capsys.readouterr().err)
     assert load_record(next((tmp_path / "records-2").rglob("*.json")))["test"] == test
 

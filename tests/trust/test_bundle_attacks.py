@@ -44,7 +44,8 @@ def test_a_device_file_is_refused_before_it_is_read(stated, tmp_path):
     """file:///dev/zero never ends: bounded only by the size the bundle states, it filled the verifier's disk."""
     meter = _Meter(8 << 20)
     with pytest.raises(StorageError, match="more than|not a regular file|not a file"):
-        fetch("file:///dev/zero", "sha256:" + "0" * 64, tmp_path / "cache", size=stated, meter=meter)
+        fetch("file:///dev/zero", "sha256:" + "0" * 64, tmp_path / "cache", size=stated, meter=meter,
+              local_roots=("/dev",))  # even from a folder the verifier allowed
     assert meter.seen == 0
 
 
@@ -53,7 +54,7 @@ def test_a_fifo_is_refused_before_it_is_opened(tmp_path):
     fifo = tmp_path / "weights.safetensors"
     os.mkfifo(fifo)
     with pytest.raises(StorageError, match="not a regular file|not a file"):
-        fetch(fifo.as_uri(), "sha256:" + "0" * 64, tmp_path / "cache", size=4096)
+        fetch(fifo.as_uri(), "sha256:" + "0" * 64, tmp_path / "cache", size=4096, local_roots=(tmp_path,))
 
 
 def test_a_file_of_another_size_than_stated_is_refused_before_it_is_read(tmp_path):
@@ -62,8 +63,28 @@ def test_a_file_of_another_size_than_stated_is_refused_before_it_is_read(tmp_pat
     meter = _Meter(1 << 30)
     with pytest.raises(StorageError, match="5,000 bytes there, but the bundle states 4,096"):
         fetch(weights.as_uri(), "sha256:" + hashlib.sha256(b"x" * 5000).hexdigest(), tmp_path / "cache", size=4096,
-              meter=meter)
+              meter=meter, local_roots=(tmp_path,))
     assert meter.seen == 0 and not any((tmp_path / "cache").rglob("*.safetensors"))
+
+
+@pytest.mark.parametrize("where", ["outside", "through-a-link"])
+def test_a_file_of_the_verifiers_outside_the_named_folders_is_refused_unread(where, tmp_path):
+    """A bundle's file:// URL names a file on the verifier's machine. Outside the shared folders the verifier
+    named, its refusal must tell the bundle's author nothing: not whether it exists, its size or its sha256."""
+    secret = tmp_path / "home" / "secret.txt"
+    secret.parent.mkdir()
+    secret.write_bytes(b"hunter2")
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    url = secret.as_uri()
+    if where == "through-a-link":
+        os.symlink(secret, shared / "weights.safetensors")
+        url = (shared / "weights.safetensors").as_uri()
+    meter = _Meter(1 << 30)
+    with pytest.raises(StorageError, match="outside the folders weights may be fetched from") as caught:
+        fetch(url, "sha256:" + "0" * 64, tmp_path / "cache", size=4096, meter=meter, local_roots=(shared,))
+    message = str(caught.value)
+    assert hashlib.sha256(b"hunter2").hexdigest() not in message and "7 bytes" not in message and meter.seen == 0
 
 
 def test_a_data_url_is_not_a_storage_url(tmp_path):
