@@ -131,6 +131,7 @@ class DataServer:
         self._closing = False
         self._stopping = False  # the runner is stopping the method's processes: lost connections are expected
         self._snapshot_count = len(list_snapshots(self.layout.snapshots))  # after a resume's roll-back
+        self._pending_tags: set[str] = set()  # snapshots being taken in (outside the lock): their tags are held
         self._tree_only = False  # serve Unix connections only from the process tree of `admit_tree`
         self._tree_root: int | None = None
         self._tree_named = threading.Event()
@@ -507,34 +508,41 @@ class DataServer:
                                 "for writing the final snapshot; it does not count")
         if info.st_size > self.spec.max_snapshot_bytes:
             raise RequestError(f"snapshot {tag!r} is {info.st_size:,} bytes, over the limit")
+        # The count and the tag are reserved under the lock; the heavy part (moving gigabytes, checking the
+        # weights and the graph, hashing) runs outside it, so a large snapshot does not hold up the runner's
+        # watch (the cap, the scheduler's warning) or the other ranks' requests for as long as it takes.
         with self._lock:
-            if self._snapshot_count >= self.spec.max_snapshots:
+            if self._snapshot_count + len(self._pending_tags) >= self.spec.max_snapshots:
                 path.unlink(missing_ok=True)
                 raise RequestError(f"snapshot {tag!r} would pass the run's limit of {self.spec.max_snapshots:,} "
                                    "snapshots (every snapshot is evaluated); raise it with slowrun run "
                                    "--max-snapshots N")
             final = self.layout.snapshots / tag
-            if final.exists():
+            if final.exists() or tag in self._pending_tags:
                 path.unlink(missing_ok=True)
                 raise RequestError(f"snapshot tag {tag!r} is already used in this run; tags must be unique")
-            tmp = self.layout.snapshots / f".{tag}.tmp-{secrets.token_hex(4)}"
+            self._pending_tags.add(tag)
+        tmp = self.layout.snapshots / f".{tag}.tmp-{secrets.token_hex(4)}"
+        try:
             tmp.mkdir()
-            try:
-                weights = tmp / WEIGHTS
-                info = take(path, info, weights)  # out of the method's reach from here on
-                check_safetensors(weights, info.st_size)
-                graph = take_graph(self.layout.outbox, header, tmp, self.spec.max_snapshot_bytes)
-                targets = self.ledger.served_targets()
-                record = {"tag": tag, "epochs": targets / self.epoch_tokens, "train_tokens": targets,
-                          "builder": spec["builder"], "config": spec["config"], "meta": meta,
-                          "weights_sha256": sha256_file(weights), "weights_bytes": info.st_size,
-                          "train_s": self.train_seconds(), "rank": rank, "graph": graph}
-                write_json_atomic(tmp / SPEC, record)
+            weights = tmp / WEIGHTS
+            info = take(path, info, weights)  # out of the method's reach from here on
+            check_safetensors(weights, info.st_size)
+            graph = take_graph(self.layout.outbox, header, tmp, self.spec.max_snapshot_bytes)
+            targets = self.ledger.served_targets()
+            record = {"tag": tag, "epochs": targets / self.epoch_tokens, "train_tokens": targets,
+                      "builder": spec["builder"], "config": spec["config"], "meta": meta,
+                      "weights_sha256": sha256_file(weights), "weights_bytes": info.st_size,
+                      "train_s": self.train_seconds(), "rank": rank, "graph": graph}
+            write_json_atomic(tmp / SPEC, record)
+            with self._lock:
                 os.replace(tmp, final)
                 self._snapshot_count += 1
-            finally:
-                shutil.rmtree(tmp, ignore_errors=True)
-            self._append_metrics(rank, {"event": "snapshot", "tag": tag})
+                self._append_metrics(rank, {"event": "snapshot", "tag": tag})
+        finally:
+            with self._lock:
+                self._pending_tags.discard(tag)
+            shutil.rmtree(tmp, ignore_errors=True)
         return {"ok": True, "snapshot": {"tag": tag, "epochs": record["epochs"], "train_tokens": targets,
                                          "meta": meta}}
 

@@ -297,6 +297,43 @@ def test_snapshots_past_the_runs_limit_are_refused(synthetic_data, tmp_path):
         server.stop()
 
 
+def test_a_snapshot_being_hashed_does_not_hold_the_servers_lock(served, monkeypatch):
+    """Taking a snapshot in moves, checks and hashes up to 256 GiB. Under the server's lock that would hold up
+    the runner's watch (the cap, the scheduler's warning, a failed rank) and every other rank's requests for
+    as long as it takes: only the tag and the count are reserved under it."""
+    import threading
+
+    import torch
+
+    import harness.server.dataserver as dataserver
+
+    server, _, ctx = served
+    hashing, release = threading.Event(), threading.Event()
+    real_sha256 = dataserver.sha256_file
+
+    def slow_sha256(path):
+        hashing.set()
+        release.wait(30)
+        return real_sha256(path)
+
+    monkeypatch.setattr(dataserver, "sha256_file", slow_sha256)
+    saved = threading.Thread(target=ctx.save_snapshot, args=(torch.nn.Linear(2, 2), "big"),
+                             kwargs={"spec": {"builder": "tiny:build", "config": {}}})
+    saved.start()
+    try:
+        assert hashing.wait(30)
+        free = server._lock.acquire(timeout=10)  # the runner's watch takes this lock every poll
+        if free:
+            server._lock.release()
+        assert free, "the server's lock is held while a snapshot is hashed"
+        assert server.stop_reason() is None and not (server.layout.snapshots / "big").exists()
+    finally:
+        release.set()
+        saved.join(30)
+    assert (server.layout.snapshots / "big" / "spec.json").is_file()
+    assert [line.get("tag") for line in _metrics(server) if line.get("event") == "snapshot"] == ["big"]
+
+
 _TREE_MEMBER = """
 import json, sys
 from harness.wire.framing import Channel
