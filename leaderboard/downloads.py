@@ -19,7 +19,7 @@ from leaderboard.tables import TrackTable
 
 _CSV_COLUMNS = [
     "track", "data_hash", "rank", "status", "method", "run_id", "val_loss", "val_bpb",
-    "test_loss", "test_gap", "test_gap_threshold", "test_gap_flagged", "test_split_hash",
+    "test_loss", "test_gap", "test_gap_threshold", "test_gap_flagged", "test_split_hash", "test_split_keyed",
     "data_efficiency", "data_efficiency_multiplier", "data_efficiency_note", "metered_epochs",
     "ensemble_size", "downstream_avg_acc", "compute_class", "created", "file",
     "entry", "entry_n", "entry_mean_val_loss", "provenance", "train_s", "wall_s", "hardware", "unranked_reasons",
@@ -54,7 +54,8 @@ def _test_cells(test) -> dict:
     if test is None:
         return {}
     return {"test_loss": test.loss, "test_gap": test.gap, "test_gap_threshold": test.threshold,
-            "test_gap_flagged": test.flagged, "test_split_hash": ",".join(test.split_hashes) or None}
+            "test_gap_flagged": test.flagged, "test_split_hash": ",".join(test.split_hashes) or None,
+            "test_split_keyed": test.keyed}
 
 
 def records_csv(tables: list[TrackTable]) -> str:

@@ -69,6 +69,7 @@ class HeldOutGap:
     bpb: float | None = None
     split_hashes: tuple[str, ...] = ()
     scored: int = 1  # runs with a test score
+    keyed: bool | None = None  # the split was sampled by the maintainers' secret (None: not said, older records)
 
     @property
     def gap(self) -> float:
@@ -85,6 +86,14 @@ class HeldOutGap:
     @property
     def split_short(self) -> str:
         return ", ".join(h[:12] for h in self.split_hashes)
+
+    @property
+    def split_kind(self) -> str:
+        """How far the test split is held out, in words for the pages."""
+        if self.keyed is None:
+            return "how it was chosen is not recorded"
+        return ("keyed: sampled by the maintainers' secret" if self.keyed
+                else "contiguous: the next tokens of the public stream, which anyone can rebuild")
 
     @property
     def note(self) -> str:
@@ -105,7 +114,8 @@ def run_test_gap(record: dict) -> HeldOutGap | None:
     return HeldOutGap(loss=float(test["loss"]), val_loss=float(result["val_loss"]),
                    se=gap_se(float(test["val_loss_se"]), float(test["loss_se"])),
                    bpb=None if test.get("bpb") is None else float(test["bpb"]),
-                   split_hashes=(str(test["split_hash"]),))
+                   split_hashes=(str(test["split_hash"]),),
+                   keyed=None if test.get("selection") is None else test["selection"] == "keyed")
 
 
 def entry_test_gap(gaps: Iterable[HeldOutGap | None]) -> HeldOutGap | None:
@@ -116,7 +126,14 @@ def entry_test_gap(gaps: Iterable[HeldOutGap | None]) -> HeldOutGap | None:
     bpbs = [gap.bpb for gap in scored if gap.bpb is not None]
     return HeldOutGap(loss=_mean(gap.loss for gap in scored), val_loss=_mean(gap.val_loss for gap in scored),
                    se=_mean(gap.se for gap in scored), bpb=_mean(bpbs) if len(bpbs) == len(scored) else None,
-                   split_hashes=tuple(sorted({h for gap in scored for h in gap.split_hashes})), scored=len(scored))
+                   split_hashes=tuple(sorted({h for gap in scored for h in gap.split_hashes})), scored=len(scored),
+                   keyed=_common(gap.keyed for gap in scored))
+
+
+def _common(values: Iterable[bool | None]) -> bool | None:
+    """The one value all runs share; None when they differ or one does not say."""
+    values = set(values)
+    return values.pop() if len(values) == 1 else None
 
 
 def _mean(values: Iterable[float]) -> float:

@@ -236,12 +236,15 @@ _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 # when the validation result has bits/byte; `loss_se` and `val_loss_se` are the standard errors of the test
 # and validation losses (from the splits' window means: leaderboard/holdout.py says why and how the board
 # uses them); `tokens` the targets scored in `windows` windows; `split_hash` names the test split (its
-# manifest, harness/data/holdout.py); `by` says what filed it.
+# manifest, harness/data/holdout.py); `by` says what filed it. `selection` (optional: records filed before
+# it have none) says how the split's documents were chosen: `keyed` by the maintainers' secret, or
+# `contiguous`, the next tokens of the public stream that anyone can rebuild.
 TEST_SECTION = _fields(
     loss=_Float(minimum=0.0), bpb=_Nullable(_Float(minimum=0.0)), loss_se=_Float(minimum=0.0),
     val_loss_se=_Float(minimum=0.0), tokens=_Int(minimum=1), windows=_Int(minimum=1),
     split_hash=_Matches(_SHA256_HEX, "64 lowercase hex digits"), by=_Str(non_empty=True),
 )
+TEST_SELECTIONS = ("keyed", "contiguous")
 OPTIONAL_SECTIONS = (("test", TEST_SECTION, 3),)  # (key, shape, the first schema version that has it)
 
 
@@ -313,6 +316,9 @@ def _consistency_problems(obj: dict) -> list[str]:
                                 f"(schema 2 and later), got {row.get('evaluated_by')!r}")
     if "test" in obj and obj.get("result") is None:
         problems.append("test: a test score is of the record's result; a record without a result has none")
+    if isinstance(obj.get("test"), dict) and obj["test"].get("selection", "contiguous") not in TEST_SELECTIONS:
+        problems.append(f"test.selection: expected one of {', '.join(TEST_SELECTIONS)}, got "
+                        f"{str(obj['test'].get('selection'))[:40]!r}")
     created = obj.get("created")
     if isinstance(created, str) and created.strip():
         try:

@@ -259,6 +259,9 @@ def score_test_split(copy: Path, record: dict, data_dir: Path, test_manifest: di
         "tokens": int(test_mix.size),
         "windows": int(windows.shape[0]),
         "split_hash": test_manifest["split_hash"],
+        # keyed: sampled by the maintainers' secret, so a submitter cannot rebuild it; contiguous: the next
+        # tokens of the public stream (harness/data/holdout.py)
+        "selection": (test_manifest.get("selection") or {}).get("kind", "contiguous"),
         "by": TEST_BY,
         "eval_dtype": eval_dtype,
     }

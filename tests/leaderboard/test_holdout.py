@@ -218,3 +218,28 @@ def test_records_csv_carries_each_runs_test_loss_gap_and_flag():
     assert float(near["test_gap"]) == pytest.approx(0.002) and near["test_gap_flagged"] == "False"
     assert float(far["test_gap_threshold"]) == pytest.approx(0.015) and far["test_split_hash"] == SPLIT
     assert unscored["test_loss"] == "" and unscored["test_gap_flagged"] == ""
+
+
+def test_the_board_says_whether_the_test_split_was_keyed(tmp_path):
+    """A contiguous test split can be rebuilt by anyone, a keyed one only by its maintainers: the record says
+    which (`test.selection`), and the pages and records.csv pass it on; older records say nothing."""
+    from tests.leaderboard.test_csv import csv_rows
+
+    keyed, contiguous, older = (scored(i, 3.0, test={**section(3.0), **extra})
+                                for i, extra in enumerate([{"selection": "keyed"}, {"selection": "contiguous"}, {}]))
+    assert [validate_record(r) for r in (keyed, contiguous, older)] == [[], [], []]
+    assert validate_record(scored(3, 3.0, test={**section(3.0), "selection": "secret"})) == [
+        "test.selection: expected one of keyed, contiguous, got 'secret'"]
+    assert [run_test_gap(r).keyed for r in (keyed, contiguous, older)] == [True, False, None]
+    assert entry_test_gap([run_test_gap(keyed), run_test_gap(keyed)]).keyed is True
+    assert entry_test_gap([run_test_gap(keyed), run_test_gap(contiguous)]).keyed is None  # they differ
+
+    header, rows = csv_rows([keyed, contiguous, older])
+    assert header.index("test_split_keyed") == header.index("test_split_hash") + 1
+    assert [row["test_split_keyed"] for row in rows] == ["True", "False", ""]
+
+    records = tmp_path / "records"
+    write_board(records, [keyed])
+    build_site(records, tmp_path / "site", workers=1)
+    page = next((tmp_path / "site" / "e").glob("*.html")).read_text(encoding="utf-8")
+    assert "keyed: sampled by the maintainers&#39; secret" in page or "keyed: sampled by the maintainers' secret" in page

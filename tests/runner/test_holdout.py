@@ -71,6 +71,7 @@ def test_verify_files_the_ensembles_test_loss_and_the_board_shows_it(make_method
     assert -val_mix.mean() == pytest.approx(record["result"]["val_loss"], rel=1e-5)  # the same predictor
     assert (test["tokens"], test["windows"]) == (254 * SEQ, 254)
     assert test["split_hash"] == manifest["split_hash"] and test["bpb"] is None  # synthetic: no bytes
+    assert test["selection"] == "contiguous"  # no --test-key: the next tokens of the stream
     assert test["loss"] > manifest["best_loss"]  # the true language's loss on these windows is a floor
 
     # the same run as a submission bundle whose weights are fetched from a URL: verified in a folder made for the
