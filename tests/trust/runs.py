@@ -24,3 +24,11 @@ def run(name: str, data: Path, tmp_path: Path, epochs: float = 1.0, target: str 
 
 def metrics(run_dir: Path) -> list[dict]:
     return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def write_method(folder: Path, code: str) -> Path:
+    """A one-file method directory named after `folder` (a test's own attacker, written where it runs)."""
+    folder.mkdir()
+    (folder / "method.toml").write_text(f'[method]\nname = "{folder.name}"\nentry = "train:main"\ntracks = ["*"]\n')
+    (folder / "train.py").write_text(code)
+    return folder

@@ -7,11 +7,11 @@ recorded under the method's name (`method.Interrupted`), so it cannot pass for a
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 
 from harness.run.runner import RunRequest, run_method, run_state
+from tests.trust.runs import write_method
 
 SAYS_INTERRUPTED = '''
 class Interrupted(Exception):
@@ -29,16 +29,9 @@ def main(ctx):
 '''
 
 
-def _method(tmp_path: Path) -> Path:
-    folder = tmp_path / "says_interrupted"
-    folder.mkdir()
-    (folder / "method.toml").write_text('[method]\nname = "says_interrupted"\nentry = "train:main"\ntracks = ["*"]\n')
-    (folder / "train.py").write_text(SAYS_INTERRUPTED)
-    return folder
-
-
 def test_a_method_cannot_make_its_finished_run_look_interrupted(synthetic_data, tmp_path):
-    run_dir = run_method(RunRequest(method_dir=_method(tmp_path), epochs=50.0, seed=1, data_dir=synthetic_data,
+    method = write_method(tmp_path / "says_interrupted", SAYS_INTERRUPTED)
+    run_dir = run_method(RunRequest(method_dir=method, epochs=50.0, seed=1, data_dir=synthetic_data,
                                     progress=False, out=tmp_path / "run"))
     record = json.loads((run_dir / "record.json").read_text())
     assert record["status"] == "failed"  # the method's process ended on its own, nobody signalled anything

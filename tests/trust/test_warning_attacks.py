@@ -6,13 +6,12 @@ in scratch. The server holds the rank itself (it answers nothing more), and a re
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
 from harness.run.preemption import WARNING
 from harness.run.runner import RunInterrupted, RunRequest, run_method
 from tests.runner.test_warning import _warn_when
+from tests.trust.runs import write_method
 
 LEAVES_THE_HOLD = '''
 import harness.confined.context as client
@@ -54,20 +53,12 @@ def main(ctx):
 '''
 
 
-def _method(tmp_path: Path) -> Path:
-    folder = tmp_path / "leaves_the_hold"
-    folder.mkdir()
-    (folder / "method.toml").write_text('[method]\nname = "leaves_the_hold"\nentry = "train:main"\ntracks = ["*"]\n')
-    (folder / "train.py").write_text(LEAVES_THE_HOLD)
-    return folder
-
-
 def test_a_rank_that_leaves_the_hold_gets_no_more_batches(synthetic_data, tmp_path):
     run_dir = tmp_path / "run"
     watcher = _warn_when(run_dir, lambda lines: len(lines) >= 5, wait_s=60)
     with pytest.raises(RunInterrupted):
-        run_method(RunRequest(method_dir=_method(tmp_path), epochs=50.0, seed=1, data_dir=synthetic_data,
-                              progress=False, out=run_dir))
+        run_method(RunRequest(method_dir=write_method(tmp_path / "leaves_the_hold", LEAVES_THE_HOLD), epochs=50.0,
+                              seed=1, data_dir=synthetic_data, progress=False, out=run_dir))
     watcher.join(timeout=5)
     assert WARNING.result is not None and WARNING.result["settled"]  # it did checkpoint on the warning
     stash = run_dir / "sandbox" / "scratch" / "batches_after_hold.txt"
