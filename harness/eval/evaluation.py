@@ -543,6 +543,17 @@ class EvaluationOptions:
     fork_server: bool = FORK_SERVER
     progress: bool = True
 
+    def worker_options(self, eval_dtype: str, *, total_s: float | None = None,
+                       fork_server: bool | None = None) -> WorkerOptions:
+        """How each snapshot's worker scores it, for an evaluation in `eval_dtype` (resolved for the device):
+        one place, so a later scoring of the same run (a test split at verification) runs as evaluation did."""
+        return WorkerOptions(Path(self.method_dir) if self.method_dir is not None else None,
+                             None if self.builder_roots is None else tuple(Path(r) for r in self.builder_roots),
+                             EvalLimits(per_snapshot_s=self.timeout_s, total_s=total_s).start(),
+                             replace(self.probes or ProbeSettings(), eval_dtype=eval_dtype), self.require_sandbox,
+                             autocast=None if eval_dtype == "float32" else eval_dtype,
+                             fork_server=self.fork_server if fork_server is None else fork_server, graphs=self.graphs)
+
 
 def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: Mapping[str, float] | str | None,
                  reference_curve: str | None, options: EvaluationOptions = EvaluationOptions(), *,
@@ -568,12 +579,7 @@ def evaluate_run(run_dir: Path, data_dir: Path, seq_len: int, ensemble_choice: M
     apply_thread_setting()
     data = open_eval_data(data_dir, seq_len, fitness_docs)
     eval_dtype = resolve_eval_dtype(o.eval_dtype, device)
-    clock = EvalLimits(per_snapshot_s=o.timeout_s, total_s=o.eval_timeout_s).start()
-    options = WorkerOptions(Path(o.method_dir) if o.method_dir is not None else None,
-                            None if o.builder_roots is None else tuple(Path(r) for r in o.builder_roots), clock,
-                            replace(o.probes or ProbeSettings(), eval_dtype=eval_dtype), o.require_sandbox,
-                            autocast=None if eval_dtype == "float32" else eval_dtype, fork_server=o.fork_server,
-                            graphs=o.graphs)
+    options = o.worker_options(eval_dtype, total_s=o.eval_timeout_s)
     devices = tuple(o.devices) if o.devices else (device,)
     setup = {"dtype": eval_dtype, "devices": list(devices),
              "limits": {"per_snapshot_s": o.timeout_s if o.timeout_s is not None else "rule",

@@ -24,7 +24,7 @@ import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -209,19 +209,13 @@ def score_test_split(copy: Path, record: dict, data_dir: Path, test_manifest: di
     agree with the prior on the validation loss to the tolerance could otherwise have been picked on
     the test split. Without `members`, the record's are used."""
     from harness.eval.ensemble import bits_per_byte, mean_nll, mixture_logp
-    from harness.eval.evaluation import EvalData, WorkerOptions, open_eval_data, resolve_eval_dtype, snapshot_logprobs
-    from harness.eval.limits import EvalLimits
-    from harness.eval.probes import ProbeSettings
+    from harness.eval.evaluation import EvalData, open_eval_data, resolve_eval_dtype, snapshot_logprobs
     from harness.eval.remote_model import InvalidSnapshot
     from harness.formats.snapshots import list_snapshots
 
     seq_len = int(record["track"]["seq_len"])
     eval_dtype = resolve_eval_dtype(options.eval_dtype, options.device)
-    worker = WorkerOptions(options.method_dir, options.builder_roots,  # as evaluate_run builds them
-                           EvalLimits(per_snapshot_s=options.timeout_s).start(),
-                           replace(options.probes or ProbeSettings(), eval_dtype=eval_dtype),
-                           options.require_sandbox, autocast=None if eval_dtype == "float32" else eval_dtype,
-                           graphs=options.graphs, fork_server=False)
+    worker = options.worker_options(eval_dtype, fork_server=False)  # as evaluate_run's, one worker at a time
     val_data = open_eval_data(data_dir, seq_len, fitness_docs)
     windows = store.windows(seq_len)
     table_file = Path(data_dir) / "token_bytes.bin"
