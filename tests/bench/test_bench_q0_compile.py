@@ -74,5 +74,5 @@ def test_compiled_bf16_ratio(benchmark, steps):
     benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     for name, values in ratios.items():
         report(benchmark, f"{name}_over_eager_fp32", statistics.median(values))
-    print(f"first step (compilation included): " +
+    print("first step (compilation included): " +
           ", ".join(f"{name} {first:.1f} s" for name, (_, first) in steps.items()))

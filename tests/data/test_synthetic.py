@@ -6,7 +6,6 @@ import itertools
 import math
 
 import numpy as np
-import pytest
 
 from harness.data.prepare import prepare_track
 from harness.data.store import TokenStore

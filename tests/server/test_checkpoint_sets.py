@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-
-from harness.errors import SlowrunError
 from harness.server.checkpoint_sets import consistent_checkpoints
 
 

@@ -4,7 +4,6 @@ answer still written in order, and divergence still caught on either side of the
 from __future__ import annotations
 
 import json
-import math
 import os
 
 import numpy as np

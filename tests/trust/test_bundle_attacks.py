@@ -94,7 +94,6 @@ def test_a_data_url_is_not_a_storage_url(tmp_path):
 
 
 def _bundle_with_a_run_outside(tmp_path: Path) -> tuple[Path, Path]:
-    from harness.formats.method_toml import method_hash  # noqa: F401  (make_run needs it importable)
     from tests.leaderboard.test_bundle import make_run
 
     method = tmp_path / "my_method"

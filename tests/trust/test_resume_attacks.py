@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from harness.run.runner import RunRequest, run_method, run_state
 from tests.trust.runs import write_method
 
