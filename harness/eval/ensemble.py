@@ -82,7 +82,8 @@ def normalise_weights(weights, n_members: int) -> np.ndarray:
         raise SlowrunError(f"got {w.shape[0]} weights for {n_members} ensemble members")
     if not np.all(np.isfinite(w)) or np.any(w < 0):
         raise SlowrunError(f"mixture weights must be finite and non-negative, got {w.tolist()}")
-    total = float(w.sum())
+    with np.errstate(over="ignore"):  # an overflowing sum is handled below, not warned about
+        total = float(w.sum())
     if total <= 0:
         raise SlowrunError("mixture weights must not all be zero")
     if not np.isfinite(total):  # huge weights ({a: 1e308, b: 1e308}) overflow the sum: scale them first
