@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import sys
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -106,8 +107,12 @@ class WorkerOptions:
     def arm(self, model: RemoteModel, weights: bytes, data: "EvalData", device: str) -> None:
         """Give `model` its snapshot's time limit, by the rule for these weights and this data, before it
         is sent them (the limit counts from the load)."""
+        model.timeout_s = self.snapshot_s(weights, data, device)
+
+    def snapshot_s(self, weights: bytes, data: "EvalData", device: str) -> float:
+        """The time limit of one snapshot with these weights on this data: a worker's, or a graph's."""
         windows = int(data.val_windows.shape[0]) + int(data.fit_windows.shape[0])
-        model.timeout_s = self.clock.snapshot_s(weights, windows * (int(data.val_windows.shape[1]) - 1), device)
+        return self.clock.snapshot_s(weights, windows * (int(data.val_windows.shape[1]) - 1), device)
 
     def new_fork_server(self) -> ForkServer | None:
         """A started fork server for these options, or None when they ask for fresh processes or the
@@ -232,13 +237,14 @@ def _load_cache(cache: Path, tag: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def score_remote(model, data: EvalData, batch_size: int, device: str, probes: ProbeSettings, stream: int = 0,
-                 progress: bool = False, stateless_probe: bool = True) -> tuple[np.ndarray, np.ndarray]:
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """(fitness, validation) log p(target) of ``model``, shapes (m, T) and (n, T), with both probes passed.
 
     The causality probe's batches run between the validation scoring calls; the statelessness probe runs
-    after scoring (``stateless_probe=False`` for an exported graph: a pure function of allow-listed
-    operators has no state to find, and re-scoring it would only measure its kernels twice). Raises
-    InvalidSnapshot (ProbeFailed for a probe) when the snapshot cannot be scored.
+    after scoring. An exported graph gets both: a pure function has no memory to find, but a batch's rows
+    are inputs of one call, and a forward that mixes them (a window's last prediction reading the first
+    token of the next row, the next stretch of the same text) is only seen when its windows are scored
+    again beside others. Raises InvalidSnapshot (ProbeFailed for a probe) when the snapshot cannot be scored.
     """
     causal_rng, stateless_rng = probes.rng(stream, 1), probes.rng(stream, 2)
     probe = CausalityProbe(data.val_windows, batch_size, probes, causal_rng)
@@ -253,8 +259,7 @@ def score_remote(model, data: EvalData, batch_size: int, device: str, probes: Pr
     except SlowrunError as exc:  # wrong shapes, a vocabulary too small, non-finite log-probabilities
         raise InvalidSnapshot(str(exc)) from None
     probed.finish()
-    if stateless_probe:
-        statelessness_probe(model, data.val_windows, val, batch_size, device, probes, stateless_rng)
+    statelessness_probe(model, data.val_windows, val, batch_size, device, probes, stateless_rng)
     return fit, val
 
 
@@ -285,8 +290,8 @@ def snapshot_logprobs(snapshot: Snapshot, data: EvalData, cache: Path, batch_siz
             if model is not None:  # a worker started ahead for this snapshot is not needed
                 model.close()
                 model = None
-            fit, val = score_remote(graph, data, graph.batch_size, device, options.probes, stream, progress,
-                                    stateless_probe=False)
+            graph.deadline = time.monotonic() + options.snapshot_s(weights[0], data, device)  # as a worker's
+            fit, val = score_remote(graph, data, graph.batch_size, device, options.probes, stream, progress)
         else:
             model = model or options.remote(snapshot, device, data.vocab_size)
             if model.vocab_size is None:

@@ -8,10 +8,14 @@ and accepts only concrete integer sizes, so neither is ever parsed; the check re
 them rather than trusting them to be ignored.
 
 Operators are matched by name against `ALLOWED_OPS`, ATen operators that compute a tensor from tensors
-and numbers: no in-place or `out=` overloads, nothing random (dropout only with `train=False`, which is
-the identity), nothing that reads a file (`from_file`), the clock or global state, no custom or
-higher-order operators. A model that needs something else is evaluated by its own code in the sandboxed
-worker, and its record says so.
+and numbers: nothing that reads a file (`from_file`), the clock or global state, no custom or
+higher-order operators. Names alone do not say what an overload does (`max.dim_max` writes into its
+`max=` arguments, though its name has no "out"), so each overload's own schema is read too
+(:func:`check_operator`): one that writes to any argument is refused, and one that draws random numbers
+only passes where its arguments make it the identity (dropout with `train=False`, attention with
+`dropout_p=0`). The program must name the ATen verifier, the one under which torch's deserializer
+itself refuses operators that mutate. A model that needs something else is evaluated by its own code in
+the sandboxed worker, and its record says so.
 """
 
 from __future__ import annotations
@@ -46,6 +50,10 @@ NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
 PARAMETER_NAME = re.compile(r"^[A-Za-z0-9_]{1,200}(\.[A-Za-z0-9_]{1,200}){0,63}$")
 INT64 = 5  # torch.int64 in torch._export.serde.schema.ScalarType (LONG)
 TARGET = re.compile(r"^torch\.ops\.aten\.([A-Za-z0-9_]+)\.([A-Za-z0-9_]+)$")
+# The verifier the deserializer applies: ATen's refuses mutating operators; another (TRAINING) lets them in.
+ALLOWED_VERIFIERS = ([], ["ATEN"])
+# Operators that draw random numbers, and the argument (name, value) that makes them the identity.
+SEEDED_IDENTITY = {"dropout": ("train", {"as_bool": False}), "scaled_dot_product_attention": ("dropout_p", {"as_float": 0.0})}
 
 
 class GraphRefused(Exception):
@@ -117,6 +125,9 @@ def check_program(program: dict) -> ProgramSummary:
         _fail("the program carries guard code; graphs are run without it")
     if program.get("range_constraints"):
         _fail("the program has symbolic shapes; export it at the evaluation's fixed shape")
+    if program.get("verifiers", []) not in ALLOWED_VERIFIERS:
+        _fail(f"the program names the verifiers {str(program.get('verifiers'))[:80]}; only ATen's is accepted "
+              "(it refuses operators that mutate)")
     module = program["graph_module"]
     graph = module.get("graph")
     if not isinstance(graph, dict):
@@ -147,17 +158,42 @@ def check_program(program: dict) -> ProgramSummary:
                   "(harness/eval/graph_check.py)")
         if not NAME.match(str(node.get("name", ""))):
             _fail(f"node {i} is named {str(node.get('name'))[:40]!r}: names must be identifiers")
+        seeded = check_operator(name, overload)
+        given = {}
         for arg in node.get("inputs") or []:
             if not isinstance(arg, dict):
                 _fail(f"node {i}: a malformed argument")
             _check_arg(arg.get("arg"), f"node {i} ({target})")
-            if name == "dropout" and arg.get("name") == "train" and arg["arg"] != {"as_bool": False}:
-                _fail(f"node {i} applies dropout in training mode: evaluation is deterministic")
+            given[arg.get("name")] = arg["arg"]
+        if seeded:
+            argument, identity = SEEDED_IDENTITY[name]
+            if given.get(argument, identity) not in (identity, {"as_int": 0}):
+                _fail(f"node {i} ({target}) draws random numbers ({argument}={given[argument]}): evaluation is "
+                      "deterministic, so dropout must be off in the exported forward")
         for out in node.get("outputs") or []:
             _check_arg(out, f"node {i} ({target}) output")
         ops[f"{name}.{overload}"] = ops.get(f"{name}.{overload}", 0) + 1
     inputs, shape = _check_signature(module.get("signature"), tensors)
     return ProgramSummary(dict(sorted(ops.items())), shape, inputs)
+
+
+def check_operator(name: str, overload: str) -> bool:
+    """Refuse an overload whose schema writes to an argument (in place, `out=`, or a `max=` like
+    `max.dim_max`'s) or draws random numbers other than as `SEEDED_IDENTITY` allows; True when it is one of
+    those (its arguments must then make it the identity). The schema is torch's own, not the program's."""
+    import torch  # (the harness's side has it loaded already wherever a program is checked)
+
+    packet = getattr(torch.ops.aten, name, None)
+    op = getattr(packet, overload, None) if packet is not None and overload in packet.overloads() else None
+    if op is None:
+        _fail(f"torch.ops.aten.{name}.{overload} is not an operator of this torch")
+    schema = op._schema
+    if schema.is_mutable or any(a.alias_info is not None and a.alias_info.is_write for a in schema.arguments):
+        _fail(f"torch.ops.aten.{name}.{overload} writes into one of its arguments: evaluation runs pure functions")
+    seeded = torch.Tag.nondeterministic_seeded in op.tags
+    if seeded and name not in SEEDED_IDENTITY:
+        _fail(f"torch.ops.aten.{name}.{overload} draws random numbers: evaluation is deterministic")
+    return seeded
 
 
 def _check_signature(signature, tensors: dict) -> tuple[tuple[tuple[str, str], ...], tuple[int, ...]]:

@@ -8,10 +8,13 @@ declares, and is cast to the dtype it declares (a bf16 snapshot runs as a float3
 path loads it).
 
 Before the first real batch, fake tensors are propagated through the graph (no memory, no compute): the
-true size of every intermediate and the forward's FLOPs, whatever the program's metadata claimed. A graph
-whose intermediates pass `max_elements` or whose FLOPs per batch pass `FLOP_FACTOR` times a dense forward of
-its parameters is refused: it would hold the harness's memory or time, which in-process evaluation cannot
-take back by killing a worker.
+true size of every intermediate and the forward's work, whatever the program's metadata claimed. Work is
+the FLOPs of its matrix products (torch's counter) plus `ELEMENT_COST` for every element any operator
+writes: the counter sees no elementwise operator, and a chain of ten thousand `sin`s costs as much as a
+large matrix product. A graph whose intermediates pass the element bound or whose work per batch passes `FLOP_FACTOR`
+times a dense forward of its parameters is refused: it would hold the harness's memory or time, which
+in-process evaluation cannot take back by killing a worker. Between batches the snapshot's time limit is
+checked as well (`GraphForward.deadline`), as a worker's is.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+import time
 import types
 import typing
 from dataclasses import dataclass
@@ -29,13 +33,19 @@ from harness.eval.graph_check import GraphRefused, ProgramSummary, check_program
 
 FLOP_FACTOR = 32  # x (2 x parameters x tokens): attention at T/(6 d) of the dense part fits up to T = 190 d
 ELEMENT_FACTOR = 16  # x (tokens x the widest weight dimension): logits, an MLP's hidden activations
+# What one written element costs, in FLOPs of a matrix product: an elementwise operator is bound by memory
+# (an H100 does ~300 bf16 FLOPs in the time it moves a byte; a CPU core ~30), so counting it as one FLOP
+# would let a graph of elementwise chains take ~100 times the time the FLOP bound means. q0's GPTs write
+# 0.2 to 1.4 elements per 100 FLOPs, so at this cost their work is at most twice their FLOPs.
+ELEMENT_COST = 64
 
 
 @dataclass(frozen=True)
 class GraphBounds:
     """What one forward of the graph was measured to need, from fake tensors."""
 
-    flops: int
+    flops: int  # of matrix products and attention (torch's FlopCounterMode)
+    elements: int  # written by every operator, once each: the work the FLOP counter does not see
     largest_elements: int
     parameters: int
     widest: int  # the largest dimension of any weight or constant (the vocabulary, an MLP's width)
@@ -147,6 +157,7 @@ class GraphForward:
 
     pipelined = False
     training = False
+    deadline: float | None = None  # time.monotonic() past which no further batch starts (the snapshot's limit)
 
     def __init__(self, module, arguments: list, input_at: int, input_shape: tuple[int, ...], device: torch.device,
                  autocast: str | None, bounds: GraphBounds, summary: ProgramSummary):
@@ -172,7 +183,9 @@ class GraphForward:
         batch, steps = self.input_shape
         if inputs.ndim != 2 or inputs.shape[1] != steps or inputs.shape[0] < 1:
             raise GraphRefused(f"the graph was exported for inputs [n, {steps}], given {list(inputs.shape)}")
-        inputs = inputs.to(self.device, torch.long)
+        # A copy of its own: the caller's tokens may be a view whose other half is the targets it is scored
+        # against, and nothing the graph does may reach them (the check refuses writes; this makes sure).
+        inputs = inputs.to(self.device, torch.long, copy=True)
         outputs = []
         for start in range(0, inputs.shape[0], batch):
             part = inputs[start:start + batch]
@@ -183,6 +196,10 @@ class GraphForward:
         return outputs[0] if len(outputs) == 1 else torch.cat(outputs)
 
     def _run(self, inputs: torch.Tensor) -> torch.Tensor:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            from harness.eval.remote_model import InvalidSnapshot
+
+            raise InvalidSnapshot("the graph's forward passes ran past the snapshot's time limit")
         arguments = list(self._arguments)
         arguments[self._input_at] = inputs
         with torch.no_grad(), _autocast(self.device, self.autocast):
@@ -346,12 +363,14 @@ def measure(module, arguments: list, input_at: int, input_shape: tuple[int, ...]
     except Exception as exc:
         raise GraphRefused(f"the graph does not run on its declared shapes ({type(exc).__name__}: "
                            f"{str(exc)[:300]})") from None
-    largest = 0
+    largest = written = 0
     for node in module.graph.nodes:
         for value in _tensors(node.meta.get("val")):
             largest = max(largest, value.numel())
+            if node.op == "call_function":
+                written += value.numel()
     weights = [a for i, a in enumerate(arguments) if i != input_at and a is not None]
-    return GraphBounds(int(counter.get_total_flops()), int(largest), sum(a.numel() for a in weights),
+    return GraphBounds(int(counter.get_total_flops()), int(written), int(largest), sum(a.numel() for a in weights),
                        max((max(a.shape, default=1) for a in weights), default=1),
                        max((a.numel() for a in weights), default=1))
 
@@ -366,14 +385,16 @@ def _tensors(value):
 
 def _check_bounds(bounds: GraphBounds, input_shape: tuple[int, ...]) -> None:
     tokens = math.prod(input_shape)
-    flop_limit = FLOP_FACTOR * 2 * max(bounds.parameters, 1) * tokens
-    if bounds.flops > flop_limit:
-        raise GraphRefused(f"one forward takes {bounds.flops:.3g} FLOPs, over {FLOP_FACTOR} times a dense forward of "
-                           f"its {bounds.parameters:,} parameters on {tokens:,} tokens ({flop_limit:.3g})")
     element_limit = ELEMENT_FACTOR * max(tokens * bounds.widest, bounds.largest_weight, 1 << 20)
-    if bounds.largest_elements > element_limit:
+    if bounds.largest_elements > element_limit:  # (first: one such intermediate is also too much work)
         raise GraphRefused(f"an intermediate of the graph holds {bounds.largest_elements:,} elements, over the "
                            f"bound of {int(element_limit):,} for its size")
+    flop_limit = FLOP_FACTOR * 2 * max(bounds.parameters, 1) * tokens
+    if bounds.flops + ELEMENT_COST * bounds.elements > flop_limit:
+        raise GraphRefused(f"one forward takes {bounds.flops:.3g} FLOPs and writes {bounds.elements:.3g} elements "
+                           f"(at {ELEMENT_COST} FLOPs each), "
+                           f"over {FLOP_FACTOR} times a dense forward of its {bounds.parameters:,} parameters on "
+                           f"{tokens:,} tokens ({flop_limit:.3g})")
 
 
 __all__ = ["FLOP_FACTOR", "GraphBounds", "GraphForward", "GraphTemplate", "build_graph", "load_graph", "measure"]

@@ -7,15 +7,15 @@ All sides run torch on one thread (as the test suite does), timed interleaved, b
    - floor: the model's own forward in this process and `token_logprobs` (normalised here);
    - graph forward: the same windows through the snapshot's exported graph, built by the harness
      (`token_logprobs` over `GraphForward`): the forward path itself, target <= 1.05x;
-   - graph evaluation: `snapshot_logprobs` with an empty cache: build, bound, bind, the causality probe's
-     one extra batch (1/10 of this small set, 1/300 of fineweb's), the cache;
+   - graph evaluation: `snapshot_logprobs` with an empty cache: build, bound, bind, the probes' two extra
+     batches (causality's and statelessness's: 2/10 of this small set, 2/300 of fineweb's), the cache;
    - worker: the same snapshot by its own code in the sandboxed worker (`graphs=False`; on a CPU each
      batch in a fresh fork, single-threaded), beside them.
 2. Sixteen snapshots of the synthetic track (vocabulary 512; 254 validation and 32 fitness windows):
    `evaluate_run` with the prior and the curve, from graphs, against its forward floor: the forwards an
-   evaluation cannot do without, sixteen in-process `token_logprobs` over both splits plus the causality
-   probe's one batch per snapshot (the probe stays on every snapshot, graph or not: 1 batch in 19 here,
-   1 in 306 on fineweb); target <= 1.1x. The ratio to the scoring forwards alone is reported beside it.
+   evaluation cannot do without, sixteen in-process `token_logprobs` over both splits plus the probes'
+   two batches per snapshot (both probes run on every snapshot, graph or not: a pure forward can still
+   read the other rows of its batch; 2 batches in 20 here, 2 in 307 on fineweb); target <= 1.1x. The ratio to the scoring forwards alone is reported beside it.
    Building the program, once per evaluation, is about 1%; the graph's own forward is at the eager
    model's (`load._without_copies` drops the copies eval-mode dropout exports).
 
@@ -109,9 +109,10 @@ def test_sixteen_snapshots_with_prior_and_curve(benchmark, tmp_path):
             token_logprobs(model, data.fit_windows, BATCH)
 
     def probe_forwards():
-        for model in models:  # the causality probe's one batch per snapshot, normalised as its rows are
+        for model in models:  # the probes' two batches per snapshot, normalised as their rows are
             with torch.inference_mode():
-                torch.log_softmax(model(probe_batch).float(), dim=-1)
+                for _ in range(2):
+                    torch.log_softmax(model(probe_batch).float(), dim=-1)
 
     def evaluation():
         shutil.rmtree(run / "eval", ignore_errors=True)
