@@ -31,6 +31,7 @@ import os
 import platform
 import re
 import shutil
+import stat
 import sys
 import tempfile
 from dataclasses import dataclass
@@ -244,6 +245,9 @@ def _readme(runs: list[BundledRun]) -> str:
 def read_bundle(root: str | Path) -> Bundle:
     """A bundle folder checked against its own manifest: every file present and unchanged, nothing missing."""
     root = Path(root)
+    if not (root / BUNDLE_FILE).is_file():  # not a FIFO either: reading one would wait for ever
+        raise LeaderboardError(f"{root}: not a submission bundle (no {BUNDLE_FILE} file); make one with "
+                               "`slowrun submit`")
     try:
         manifest = json.loads((root / BUNDLE_FILE).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -254,27 +258,36 @@ def read_bundle(root: str | Path) -> Bundle:
     if manifest.get("version") != BUNDLE_VERSION:
         raise LeaderboardError(f"{root / BUNDLE_FILE}: bundle version {manifest.get('version')!r}, this harness "
                                f"reads {BUNDLE_VERSION}")
-    problems = []
-    for relpath, digest in sorted(manifest.get("files", {}).items()):
+    files, runs = manifest.get("files"), manifest.get("runs")
+    # bundle.json is not hashed: anything may be in it, and a wrong shape is a refusal, not a crash
+    if not isinstance(files, dict) or not all(isinstance(d, str) for d in files.values()):
+        raise LeaderboardError(f"{root / BUNDLE_FILE}: `files` must map each file's path to its \"sha256:...\" "
+                               f"digest, got {json.dumps(files)[:60]}; make the bundle again with `slowrun submit`")
+    if not isinstance(runs, list):
+        raise LeaderboardError(f"{root / BUNDLE_FILE}: `runs` must be a list of {{run_id, folder}}, got "
+                               f"{json.dumps(runs)[:60]}; make the bundle again with `slowrun submit`")
+    # the walk comes first: nothing below opens an entry it has not seen to be a regular file or a folder
+    regular, odd = _entries(root)
+    problems = [odd[relpath] for relpath in sorted(odd)]
+    for relpath, digest in sorted(files.items()):
         path = root / relpath
         if ".." in Path(relpath).parts or not path.resolve().is_relative_to(root.resolve()):
             problems.append(f"{relpath}: outside the bundle")
-        elif not path.is_file():
+        elif Path(relpath).as_posix() in odd:
+            continue  # a link, or not a regular file: refused above, and not read
+        elif Path(relpath).as_posix() not in regular:
             problems.append(f"{relpath}: listed in {BUNDLE_FILE} but missing")
         elif "sha256:" + sha256_file(path) != digest:
             problems.append(f"{relpath}: changed since the bundle was made")
-    listed = set(manifest.get("files", {})) | {BUNDLE_FILE}
-    extra = sorted(p.relative_to(root).as_posix() for p in root.rglob("*")
-                   if p.is_file() and p.relative_to(root).as_posix() not in listed)
-    problems += [f"{relpath}: not listed in {BUNDLE_FILE}" for relpath in extra]
-    problems += [f"{relpath}: a symbolic link; a bundle holds files and folders only" for relpath in _links(root)]
+    listed = set(files) | {BUNDLE_FILE}
+    problems += [f"{relpath}: not listed in {BUNDLE_FILE}" for relpath in sorted(regular - listed)]
     folders = []
-    for index, item in enumerate(manifest.get("runs", [])):
+    for index, item in enumerate(runs):
         relpath = item.get("folder") if isinstance(item, dict) else None
         if not isinstance(relpath, str) or not isinstance(item.get("run_id"), str):
             problems.append(f"runs[{index}]: needs run_id and folder")
         elif (Path(relpath).is_absolute() or ".." in Path(relpath).parts
-              or f"{Path(relpath).as_posix()}/{RECORD_FILENAME}" not in manifest.get("files", {})):
+              or f"{Path(relpath).as_posix()}/{RECORD_FILENAME}" not in files):
             # bundle.json itself is not hashed: a folder outside the bundle, or one whose record the manifest
             # does not cover, would file a record (and verify snapshots) that nothing here vouches for
             problems.append(f"runs[{index}].folder: {relpath!r} is not a run folder of this bundle (a relative path "
@@ -289,14 +302,27 @@ def read_bundle(root: str | Path) -> Bundle:
     return Bundle(root, root / "method", tuple(runs))
 
 
-def _links(root: Path) -> list[str]:
-    """Every symbolic link under `root` (files and folders), which `rglob` neither follows nor reports."""
-    found = []
-    for folder, dirs, files in os.walk(root, followlinks=False):
-        for name in dirs + files:
-            if os.path.islink(os.path.join(folder, name)):
-                found.append(Path(folder, name).relative_to(root).as_posix())
-    return sorted(found)
+def _entries(root: Path) -> tuple[set[str], dict[str, str]]:
+    """(every regular file under `root`, the problem of each entry that is neither a regular file nor a
+    folder), by relative path, found with lstat alone: nothing is followed or opened.
+
+    A symbolic link could point anywhere (`rglob` neither follows nor reports them), and a FIFO or a device
+    node (what a tar archive extracted as root may hold) blocks, or never ends, whoever reads it: hashing
+    the bundle's method folder would hang `leaderboard add`."""
+    regular, odd = set(), {}
+    for folder, dirs, names in os.walk(root, followlinks=False):
+        for name in dirs + names:
+            path = Path(folder, name)
+            relpath = path.relative_to(root).as_posix()
+            mode = path.lstat().st_mode
+            if stat.S_ISLNK(mode):
+                odd[relpath] = f"{relpath}: a symbolic link; a bundle holds files and folders only"
+            elif stat.S_ISREG(mode):
+                regular.add(relpath)
+            elif not stat.S_ISDIR(mode):
+                odd[relpath] = (f"{relpath}: not a regular file (a FIFO, socket or device node); a bundle holds "
+                                "files and folders only")
+    return regular, odd
 
 
 def is_bundle(path: str | Path) -> bool:

@@ -24,6 +24,8 @@ is one the method cannot train on, and a method that needs none (a single model)
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -135,16 +137,45 @@ def _same_type(default: Any, value: Any) -> bool:
 
 def method_files(folder: Path) -> list[Path]:
     """The files that make a method (what its hash covers and a bundle carries): every file of the folder
-    but hidden ones, caches and bytecode, in a fixed order."""
-    kept = []
+    but hidden ones, caches and bytecode, in a fixed order. Raises MethodError if one of them is not a
+    regular file (see `_method_entries`)."""
+    kept, problems = _method_entries(folder)
+    if problems:
+        raise MethodError(folder, problems)
+    return kept
+
+
+def _method_entries(folder: Path) -> tuple[list[Path], list[str]]:
+    """(the method's files, a problem for each entry among them that is neither a folder nor a regular file).
+
+    A FIFO, socket or device node cannot be part of a method, and reading one blocks for ever (a FIFO with
+    no writer) or never ends (/dev/zero): hashing the folder would hang `slowrun run` or `leaderboard add`.
+    Nothing is opened here; links are followed, as the hash always has (a link to a regular file counts as
+    that file)."""
+    kept, problems = [], []
     for path in sorted(folder.rglob("*")):
         rel = path.relative_to(folder)
         if path.is_dir() or any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
             continue
         if path.suffix in (".pyc", ".pyo"):
             continue
+        if not path.is_file():
+            problems.append(f"{rel.as_posix()}: not a regular file (a FIFO, socket, device node or broken link); "
+                            "a method folder holds files and folders only: remove it or move it out")
+            continue
         kept.append(path)
-    return kept
+    return kept, problems
+
+
+def _read_regular(folder: Path, path: Path) -> bytes:
+    """The bytes of a method file, refused unless it is still a regular file once opened: the file could be
+    swapped for a FIFO after the folder was listed, and O_NONBLOCK makes opening one return at once."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise MethodError(folder, [f"{path.relative_to(folder).as_posix()}: not a regular file (a FIFO, socket "
+                                       "or device node); a method folder holds files and folders only"])
+        return f.read()
 
 
 def method_hash(folder: Path) -> str:
@@ -153,7 +184,7 @@ def method_hash(folder: Path) -> str:
     for path in method_files(folder):
         rel = path.relative_to(folder)
         digest.update(str(rel.as_posix()).encode() + b"\0")
-        digest.update(path.read_bytes())
+        digest.update(_read_regular(folder, path))
         digest.update(b"\0")
     return "sha256:" + digest.hexdigest()
 
@@ -174,7 +205,7 @@ def read_method(folder: str | Path, track_files: tuple[str, ...] | list[str] = (
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         return None, [f"{path}: not valid TOML ({exc})"]
 
-    problems: list[str] = []
+    problems: list[str] = _method_entries(folder)[1]  # said here, so `slowrun check` names a FIFO at once
     unknown_tables = sorted(set(data) - {"method", "hparams", "track_hparams", "fitness"})
     if unknown_tables:
         problems.append(f"unknown table(s) {', '.join(unknown_tables)}; allowed: method, hparams, track_hparams, "

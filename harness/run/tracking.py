@@ -171,9 +171,21 @@ class WandbSink:
 
 
 def numeric_fields(line: Mapping[str, Any]) -> dict[str, float]:
-    """The numbers of a metrics line worth plotting: every finite number but the step itself."""
-    return {k: float(v) for k, v in line.items()
-            if k != "tokens" and isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
+    """The numbers of a metrics line worth plotting: every finite number but the step itself.
+
+    An integer too large for a float (the server refuses them, but a metrics file from elsewhere may hold
+    one) is left out, not raised: math.isfinite(10**400) raises OverflowError, and would stop the follower."""
+    fields = {}
+    for k, v in line.items():
+        if k == "tokens" or isinstance(v, bool) or not isinstance(v, (int, float)):
+            continue
+        try:
+            number = float(v)
+        except OverflowError:
+            continue
+        if math.isfinite(number):
+            fields[k] = number
+    return fields
 
 
 class Tracking:

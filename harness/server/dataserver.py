@@ -105,7 +105,9 @@ class DataServer:
         self._violation: dict | None = None
         self._stop: dict | None = None  # why the job must be stopped now: {"rank", "status", "error"}
         self._incidents: list[dict] = []
-        self._gathers: dict[str, dict[int, Any]] = {}
+        self._gathers: dict[str, dict[int, Any]] = {}  # the values of exchanges some rank has yet to read
+        self._gather_readers: dict[str, set[int]] = {}  # per key, the ranks that have read its values
+        self._gathers_done: set[str] = set()  # keys every rank has read: names only, a key is used once
         self._gathered = threading.Condition(self._lock)
         self._in_gather: set[int] = set()  # ranks waiting here for their peers: idle, nothing to checkpoint
         self._checkpoint_request: dict | None = None  # see request_checkpoint
@@ -686,9 +688,16 @@ class DataServer:
         if not finite_json(value):
             raise RequestError(f"gather {key!r}: the value must be JSON with finite numbers")
         with self._gathered:
-            values = self._gathers.setdefault(key, {})
-            if rank in values:
+            if key in self._gathers_done or rank in self._gathers.get(key, {}):
                 raise RequestError(f"rank {rank} has already given a value for gather {key!r}; use a new key")
+            # Every value (up to 1 MiB) stays in the runner until each rank has read it, and then goes: a
+            # method that gathers under fresh keys would otherwise grow the runner by a value per request.
+            # The finished keys' names are kept, to refuse a second value; their number is bounded too.
+            limit = self.spec.limits.max_gather_keys
+            if key not in self._gathers and len(self._gathers) + len(self._gathers_done) >= limit:
+                raise ProtocolViolation(f"gather {key[:80]!r} would be the run's {limit + 1:,}th gather key; at "
+                                        f"most {limit:,} are allowed (gather results once, not every step)")
+            values = self._gathers.setdefault(key, {})
             values[rank] = value
             self._gathered.notify_all()
             self._in_gather.add(rank)
@@ -697,11 +706,21 @@ class DataServer:
                     missing = [r for r in range(self.spec.world_size) if r not in values]
                     gone = [r for r in missing if r in self._ranks and (self._ranks[r].ended or not self._ranks[r].connected)]
                     if gone or self._closing or self._stop is not None:
+                        # this exchange can never complete: its values are dropped, not kept for the run
+                        del values[rank]
+                        if not values:
+                            del self._gathers[key]
                         raise RequestError(f"gather {key!r}: rank(s) {gone or missing} ended without taking part")
                     self._gathered.wait(timeout=1.0)
             finally:
                 self._in_gather.discard(rank)
-            return {"ok": True, "values": [values[r] for r in range(self.spec.world_size)]}
+            reply = {"ok": True, "values": [values[r] for r in range(self.spec.world_size)]}
+            readers = self._gather_readers.setdefault(key, set())
+            readers.add(rank)
+            if len(readers) == self.spec.world_size:  # the last rank has its copy: nobody reads these again
+                del self._gathers[key], self._gather_readers[key]
+                self._gathers_done.add(key)
+            return reply
 
     # Requests the client may send without waiting for the answer (`"reply": false`): a log line changes
     # nothing the method reads back, and it is still handled in order, before the next request.

@@ -11,8 +11,11 @@ The numbers leave room for what honest methods send, by orders of magnitude:
 - requests carry no payload (weights and checkpoints go through the outbox, as files);
 - a header is at most 1 MiB (a snapshot's build spec and meta, an ensemble over thousands of snapshots,
   a `ctx.gather` value), 64 KiB for a log line, 4 KiB for the small requests;
-- a metrics line has at most 64 keys, strings of at most 1,024 characters, finite numbers only, and a rank
-  writes at most 64 MiB of metrics (q0 on fineweb for 256 epochs, a line per step, writes about 10 MB).
+- a metrics line has at most 64 keys, strings of at most 1,024 characters, finite numbers only (integers
+  within 64 bits), and a rank writes at most 64 MiB of metrics (q0 on fineweb for 256 epochs, a line per
+  step, writes about 10 MB);
+- a run uses at most 65,536 `ctx.gather` keys (q0 uses three; the server keeps each finished key's name, at
+  most 200 characters, to refuse a second value under it, and each value only until every rank has read it).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ RESERVED_EVENTS = frozenset({"snapshot", "violation", "hello-refused", "stopped"
 STAMPED_KEYS = frozenset({"tokens", "epochs"})  # the server writes these from its own counts
 LOSS_KEYS = ("loss", "train_loss")
 NON_FINITE = frozenset({"nan", "inf", "-inf"})  # how the client spells a non-finite loss (str(float))
+MAX_METRIC_INT = 1 << 63  # a metrics integer's bound (exclusive): a 64-bit integer, a finite float
 KEY_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-/]{0,63}$")
 
 
@@ -46,6 +50,7 @@ class ProtocolLimits:
     max_string: int = 1024
     max_depth: int = 3
     max_metrics_bytes: int = 64 << 20
+    max_gather_keys: int = 1 << 16
 
     def header_limit(self, op) -> int:
         return _op_limits(self.op_header).get(op, self.small_header)
@@ -94,7 +99,14 @@ def check_metrics(entry, limits: ProtocolLimits = DEFAULT_LIMITS) -> MetricsChec
 
 
 def _check_value(key: str, value, limits: ProtocolLimits, depth: int) -> None:
-    if value is None or isinstance(value, (bool, int)):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        # JSON integers have no size limit, but the runner's readers take metrics as floats (10**400 has
+        # none: float() and math.isfinite raise OverflowError), and so do the trackers.
+        if abs(value) >= MAX_METRIC_INT:
+            raise ProtocolViolation(f"metric {key!r} is an integer of {len(str(abs(value))):,} digits; integers "
+                                    "must lie strictly between -2**63 and 2**63 (log a float)")
         return
     if isinstance(value, float):
         if not math.isfinite(value):

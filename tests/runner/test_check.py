@@ -78,3 +78,20 @@ def test_method_hash_follows_content(tmp_path):
     assert method_hash(tmp_path) == first
     (tmp_path / "a.py").write_text("x = 2\n")
     assert method_hash(tmp_path) != first
+
+
+def test_a_fifo_in_a_method_folder_is_a_problem_not_a_hang(tmp_path):
+    """Reading a FIFO with no writer blocks for ever: hashing the folder must refuse it, and `check` names it."""
+    import os
+
+    import pytest
+
+    from harness.formats.method_toml import MethodError, read_method
+
+    (tmp_path / "method.toml").write_text('[method]\nname = "m"\nentry = "train:main"\n')
+    (tmp_path / "train.py").write_text("def main(ctx):\n    pass\n")
+    os.mkfifo(tmp_path / "data.bin")
+    with pytest.raises(MethodError, match="data.bin: not a regular file"):
+        method_hash(tmp_path)
+    spec, problems = read_method(tmp_path)
+    assert spec is None and any("data.bin: not a regular file" in p for p in problems)

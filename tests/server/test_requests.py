@@ -185,6 +185,7 @@ def test_gather_waits_for_every_rank_and_fails_fast_when_one_ends_without_it(syn
         assert got["a"] == [["t0"], ["t1"]]
         with pytest.raises(ContractError, match="already given a value"):
             a.gather("finals", [])
+        assert server._gathers == {}  # every rank has read them: the values are not kept for the run
         thread = threading.Thread(target=lambda: got.setdefault("late", _catch(lambda: a.gather("scores", {"x": 1.0}))))
         thread.start()
         b._channel.send({"op": "end", "status": "ok"})
@@ -459,5 +460,28 @@ def test_a_rank_that_died_of_the_runners_signal_is_an_interruption(synthetic_dat
         interrupted = server.outcome(terminated, interrupted=True)
         assert interrupted.status == "failed" and interrupted.error["type"] == "Interrupted"
         assert "reached the method's processes first" in interrupted.error["message"]
+    finally:
+        server.stop()
+
+
+def test_a_run_past_its_gather_keys_is_invalid(synthetic_data, tmp_path):
+    """Each finished gather key's name is kept (a key is used once), so their number is bounded."""
+    from harness.wire.limits import ProtocolLimits
+
+    server = DataServer(ServerSpec(run_dir=tmp_path / "run", data_dir=synthetic_data, track=get_track("synthetic"),
+                                   budget=4.0, seed=3, hparams={}, device="cpu", method_dir=tmp_path,
+                                   entry="train:main", fitness_docs=0, progress=False,
+                                   limits=ProtocolLimits(max_gather_keys=2)))
+    channel = Channel(connect(server.start()))
+    try:
+        channel.send({"op": "hello", "token": server.token, "rank": 0, "pid": os.getpid()})
+        channel.recv()
+        for key in ("a", "b", "c"):
+            channel.send({"op": "gather", "key": key, "value": key})
+            reply, _ = channel.recv()
+        assert reply["ok"] is False and "at most 2 are allowed" in reply["error"]["message"]
+        assert server.stop_requested.wait(10)
+        outcome = server.outcome()
+        assert outcome.status == "invalid" and outcome.error["type"] == "ProtocolViolation"
     finally:
         server.stop()
