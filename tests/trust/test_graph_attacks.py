@@ -13,24 +13,9 @@ import torch
 
 from harness.eval.graph_check import GraphRefused, check_program, parse_program
 from harness.eval.graph_load import load_graph
-from tests.graphs.conftest import export, with_graph
+from tests.graphs.conftest import bigram, export, with_graph  # noqa: F401 - bigram: the graph tests' fixture
 
 VOCAB, SEQ, BATCH = 512, 128, 16
-
-
-@pytest.fixture
-def bigram():
-    torch.manual_seed(0)
-    return _Small().eval()
-
-
-class _Small(torch.nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.table = torch.nn.Embedding(64, 64)
-
-    def forward(self, idx):
-        return self.table(idx)
 
 
 # ---------------------------------------------------------------- helpers: forging nodes by hand
