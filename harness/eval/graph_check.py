@@ -20,6 +20,7 @@ the sandboxed worker, and its record says so.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from dataclasses import dataclass
@@ -177,6 +178,7 @@ def check_program(program: dict) -> ProgramSummary:
     return ProgramSummary(dict(sorted(ops.items())), shape, inputs)
 
 
+@functools.cache  # (per distinct operator, not per node: a refusal raises and is not cached)
 def check_operator(name: str, overload: str) -> bool:
     """Refuse an overload whose schema writes to an argument (in place, `out=`, or a `max=` like
     `max.dim_max`'s) or draws random numbers other than as `SEEDED_IDENTITY` allows; True when it is one of
