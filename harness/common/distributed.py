@@ -105,10 +105,28 @@ def init_process_group(info: RankInfo, device: str) -> str:
         torch.cuda.set_device(info.local_rank)
         device = f"cuda:{info.local_rank}"
     if not dist.is_initialized():
-        timeout = os.environ.get(COLLECTIVE_TIMEOUT_ENV)
-        kwargs = {"timeout": datetime.timedelta(seconds=float(timeout))} if timeout else {}
-        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo", **kwargs)
+        dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo",
+                                timeout=collective_timeout())
     return device
+
+
+def collective_timeout() -> datetime.timedelta | None:
+    """The timeout of every process group the harness creates, the default group and each rank group alike.
+
+    Torch gives a `new_group` without a timeout the backend's default (30 minutes for gloo), not the default
+    group's: a rank left in a rank group's collective by its peer would wait half an hour whatever the job
+    set. None keeps torch's defaults."""
+    value = os.environ.get(COLLECTIVE_TIMEOUT_ENV)
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise DistributedError(f"{COLLECTIVE_TIMEOUT_ENV}={value!r} is not a number of seconds") from None
+    if not 0 < seconds < 7 * 86400:  # nan and inf fail here too (a timedelta cannot hold inf)
+        raise DistributedError(f"{COLLECTIVE_TIMEOUT_ENV}={value!r} must be a number of seconds above 0 "
+                               "and below a week")
+    return datetime.timedelta(seconds=seconds)
 
 
 @dataclass(frozen=True)
@@ -152,7 +170,8 @@ def make_rank_groups(info: RankInfo, n_groups: int) -> RankGroup:
         if info.is_distributed:
             import torch.distributed as dist
 
-            handle = dist.new_group(list(ranks))  # every rank creates every group, in the same order
+            # every rank creates every group, in the same order, with the default group's timeout
+            handle = dist.new_group(list(ranks), timeout=collective_timeout())
         if info.rank in ranks:
             mine = RankGroup(index, ranks, ranks.index(info.rank), handle)
     assert mine is not None

@@ -41,6 +41,22 @@ def test_a_group_that_finishes_long_before_another_is_not_aborted(synthetic_data
     assert record["timings"]["train_s"] >= 8.0  # the late group did train on past the early one
 
 
+def test_a_rank_left_in_a_rank_groups_collective_fails_at_the_collective_timeout(synthetic_data, tmp_path,
+                                                                                   monkeypatch):
+    """Group 1's leader all-reduces once more than its peer. A rank group's process group has the job's
+    collective timeout (3 s here), not torch's 30-minute default for `new_group`: the leader's gloo
+    all-reduce fails and the run ends `failed`, long before its 120 s --timeout would end it `timeout`."""
+    monkeypatch.setenv("SLOWRUN_NUM_THREADS", "1")
+    monkeypatch.setenv(COLLECTIVE_TIMEOUT_ENV, "3")
+    run_dir = run_method(RunRequest(method_dir=METHODS / "groups_apart", track="synthetic", epochs=1.0,
+                                    data_dir=synthetic_data, out=tmp_path / "run", progress=False,
+                                    overrides=(("late_s", "1"), ("stray", "true")),
+                                    launch=LaunchSpec(nproc_per_node=4), timeout_s=120))
+    record = read(run_dir)
+    assert record["status"] == "failed", record["error"]
+    assert record["error"]["message"].startswith("rank 2: "), record["error"]
+
+
 def test_a_failed_rank_ends_the_job_at_once(synthetic_data, tmp_path, monkeypatch):
     """Rank 0 waits in an all-reduce that rank 1 never joins (gloo's default timeout is 30 minutes): the
     server sees rank 1 fail and the runner stops the job, well inside the run's 90 s --timeout (a hang would

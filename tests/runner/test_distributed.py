@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
 import signal
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 
-from harness.common.distributed import DistributedError, LaunchSpec, split_ranks
+from harness.common.distributed import (COLLECTIVE_TIMEOUT_ENV, DistributedError, LaunchSpec, collective_timeout,
+                                       split_ranks)
 from harness.run.runner import RunRequest, prepare_run, resume_run, run_method
 from tests.runner.conftest import train_in_subprocess, wait_until_gone
 
@@ -43,6 +45,17 @@ def test_split_ranks_is_contiguous_and_even():
     assert split_ranks(4, 2) == [(0, 1), (2, 3)]
     assert split_ranks(5, 2) == [(0, 1, 2), (3, 4)]
     assert split_ranks(2, 5) == [(0,), (1,)]  # never more groups than ranks
+
+
+def test_collective_timeout_comes_from_the_environment_or_stays_torchs(monkeypatch):
+    monkeypatch.delenv(COLLECTIVE_TIMEOUT_ENV, raising=False)
+    assert collective_timeout() is None
+    monkeypatch.setenv(COLLECTIVE_TIMEOUT_ENV, "2.5")
+    assert collective_timeout() == datetime.timedelta(milliseconds=2500)
+    for bad in ("soon", "0", "-3", "nan", "inf", "1e9"):
+        monkeypatch.setenv(COLLECTIVE_TIMEOUT_ENV, bad)
+        with pytest.raises(DistributedError, match=COLLECTIVE_TIMEOUT_ENV):
+            collective_timeout()
 
 
 def test_launch_spec_rejects_bad_placement():

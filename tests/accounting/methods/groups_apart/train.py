@@ -13,11 +13,18 @@ def main(ctx):
     stream = ctx.train_stream(f"group{group.index}", 2, shard=(group.rank_in_group, group.size))
     next(stream)
     if group.index == 1:
+        # The late group keeps stepping inside its own process group. Its ranks start their clocks apart,
+        # so they agree each step on whether to go on (the minimum of their votes): a rank that stopped
+        # on its own clock would leave its peer alone in the next all-reduce.
         deadline = time.monotonic() + float(ctx.hparams["late_s"])
-        while time.monotonic() < deadline:  # the late group keeps stepping inside its own process group
-            total = torch.ones(1)
-            dist.all_reduce(total, group=group.process_group)
+        while True:
+            go_on = torch.tensor([1.0 if time.monotonic() < deadline else 0.0])
+            dist.all_reduce(go_on, op=dist.ReduceOp.MIN, group=group.process_group)
+            if go_on.item() == 0.0:
+                break
             time.sleep(0.05)
+        if ctx.hparams["stray"] and group.is_leader:  # one all-reduce its peer never joins
+            dist.all_reduce(torch.ones(1), group=group.process_group)
     tag = f"g{group.index}"
     if group.is_leader:
         ctx.save_snapshot(Bigram(ctx.vocab_size), tag)
