@@ -19,6 +19,7 @@ from pathlib import Path
 
 from harness.eval.efficiency import data_efficiency, load_reference_curve
 from harness.errors import LeaderboardError
+from harness.formats.records import MAX_NAME_CHARS
 from leaderboard.collect import LoadedRecord
 from leaderboard.naming import PACKAGE_DIR
 
@@ -148,6 +149,12 @@ def published_records(path: str | Path = DEFAULT_PUBLISHED) -> list[LoadedRecord
     return loaded
 
 
+def _short(name: str) -> str:
+    """A table row's name within a record's limit; the whole text stays in the description."""
+    name = " ".join(name.split())
+    return name if len(name) <= MAX_NAME_CHARS else name[:MAX_NAME_CHARS - 1].rstrip() + "…"
+
+
 def _record(row: dict, compute_class: str, track: str, curve, source: dict, where: str) -> dict:
     created = _date(row["date"], where)
     efficiency = data_efficiency(row["val_loss"], curve)
@@ -159,7 +166,7 @@ def _record(row: dict, compute_class: str, track: str, curve, source: dict, wher
         "created": created.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "status": "ok",
         "error": None,
-        "method": {"name": f"#{row['number']} {description}", "description": description,
+        "method": {"name": _short(f"#{row['number']} {description}"), "description": description,
                    "authors": [c["name"] for c in row["contributors"]],
                    "hash": "sha256:" + hashlib.sha256(row["script"].encode()).hexdigest(), "entry": row["script"]},
         "track": {"name": track, "data_hash": PUBLISHED_DATA_HASH, "train_tokens": curve.train_tokens,

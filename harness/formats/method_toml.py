@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from harness.errors import SlowrunError
+from harness.formats.records import MAX_NAME_CHARS, is_name_line
 from harness.rules.tracks import available_tracks
 
 if sys.version_info >= (3, 11):
@@ -219,6 +220,9 @@ def read_method(folder: str | Path, track_files: tuple[str, ...] | list[str] = (
     name = method.get("name")
     if not isinstance(name, str) or not name.strip():
         problems.append("[method].name: missing (a non-empty string)")
+    elif not is_name_line(name.strip()):
+        problems.append(f"[method].name: must be one printable line of at most {MAX_NAME_CHARS} characters "
+                        f"(no control characters), got {name[:40]!r}")
     description = method.get("description", "")
     if not isinstance(description, str):
         problems.append("[method].description: must be a string")

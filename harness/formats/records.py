@@ -39,6 +39,12 @@ STATUSES = ("ok", "failed", "budget-exceeded", "over-time", "diverged", "invalid
 # `slowrun run` and `slowrun eval` exit with the run's status, so a script or a scheduler can tell a run
 # that ended in a record of a failure from one that succeeded (2 is bad input: no run was made; 130 an
 # interruption, which still wrote a record).
+# The largest budget a run may ask for. Far beyond any real run (the unlimited track's records train tens of
+# epochs), and small enough that budget x epoch tokens stays an exact integer count of tokens: a budget of
+# 1e308 epochs would overflow to infinity there and crash the data server after the run folder was made.
+MAX_BUDGET_EPOCHS = 1e6
+# A method's name is shown on the board, in tables, plots and file names: one printable line of at most this.
+MAX_NAME_CHARS = 100
 EXIT_CODES = {"ok": 0, "budget-exceeded": 3, "over-time": 4, "invalid": 5, "diverged": 6, "failed": 7, "timeout": 8}
 
 
@@ -70,12 +76,20 @@ def _got(value: Any) -> str:
 @dataclass(frozen=True)
 class _Str(_Spec):
     non_empty: bool = False
+    line: int | None = None  # a printable line of at most this many characters (names people read)
 
     def check(self, value, where, problems):
         if not isinstance(value, str):
             problems.append(f"{where}: expected a string, {_got(value)}")
         elif self.non_empty and not value.strip():
             problems.append(f"{where}: must not be empty")
+        elif self.line is not None and not is_name_line(value, self.line):
+            problems.append(f"{where}: expected one printable line of at most {self.line} characters, {_got(value)}")
+
+
+def is_name_line(text: str, limit: int = MAX_NAME_CHARS) -> bool:
+    """Printable (no NUL, newline, tab or other control or format character) and at most `limit` long."""
+    return len(text) <= limit and text.isprintable()
 
 
 @dataclass(frozen=True)
@@ -92,6 +106,7 @@ class _Int(_Spec):
 @dataclass(frozen=True)
 class _Float(_Spec):
     minimum: float | None = None
+    maximum: float | None = None
 
     def check(self, value, where, problems):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -100,6 +115,8 @@ class _Float(_Spec):
             problems.append(f"{where}: must be a finite number, got {value!r}")
         elif self.minimum is not None and value < self.minimum:
             problems.append(f"{where}: must be at least {self.minimum}, got {value}")
+        elif self.maximum is not None and value > self.maximum:
+            problems.append(f"{where}: must be at most {self.maximum:g}, got {value:g}")
 
 
 @dataclass(frozen=True)
@@ -193,14 +210,14 @@ RECORD_SCHEMA = _fields(
     status=_OneOf(STATUSES),
     error=_Nullable(_fields(type=_Str(), message=_Str(), traceback=_Str())),
     method=_fields(
-        name=_Str(non_empty=True), description=_Str(), authors=_ListOf(_Str()),
+        name=_Str(non_empty=True, line=MAX_NAME_CHARS), description=_Str(), authors=_ListOf(_Str()),
         hash=_Matches(_METHOD_HASH, "'sha256:' and 64 lowercase hex digits"), entry=_Str(),
     ),
     track=_fields(
         name=_Str(non_empty=True), data_hash=_Str(non_empty=True), train_tokens=_Int(minimum=0),
         val_tokens=_Int(minimum=0), seq_len=_Int(minimum=1), vocab_size=_Int(minimum=1), tokenizer=_Str(),
     ),
-    budget_epochs=_Float(minimum=0.0),
+    budget_epochs=_Float(minimum=0.0, maximum=MAX_BUDGET_EPOCHS),
     seed=_Int(),
     hparams=_AnyObject(),
     metered=_fields(

@@ -37,7 +37,7 @@ from harness.common.gpu_nodes import open_gpus_or_warn
 from harness.formats.method_toml import MethodError, MethodSpec, method_hash, read_method
 from harness.common.paths import PROJECT_ROOT
 from harness.common.atomic import write_text_atomic
-from harness.formats.records import utc_timestamp, write_record_atomic
+from harness.formats.records import MAX_BUDGET_EPOCHS, utc_timestamp, write_record_atomic
 from harness.formats.run_spec import RUN_SPEC, RunSpec, as_json, read_run_spec, write_run_spec
 from harness.sandbox.environment import check_pass_env
 from harness.rules.tracks import Track, get_track
@@ -137,8 +137,8 @@ def prepare_run(req: RunRequest) -> Path:
     if not spec.supports(track.name):
         raise SlowrunError(f"method {spec.name!r} does not list track {track.name!r} (it lists "
                            f"{', '.join(spec.tracks)}); add it to [method].tracks in method.toml")
-    if not (req.epochs > 0):
-        raise SlowrunError(f"--epochs must be positive, got {req.epochs}")
+    if not (0 < req.epochs <= MAX_BUDGET_EPOCHS):
+        raise SlowrunError(f"--epochs must be above 0 and at most {MAX_BUDGET_EPOCHS:g}, got {req.epochs}")
     max_snapshots = _positive(req.max_snapshots, "--max-snapshots")
     tracking = TrackingOptions.requested(req.wandb, req.wandb_mode, req.tensorboard, req.wandb_entity)
     eval_timeout_s = _eval_timeout(req.eval_timeout_s)

@@ -78,6 +78,20 @@ def test_published_rows_become_valid_reported_records_with_the_harness_efficienc
     assert first["created"] == "2026-02-26T00:00:00Z"
 
 
+def test_a_long_published_description_is_shortened_in_the_name_and_kept_whole(tmp_path):
+    """A README row's description can be a paragraph; a record's name is one line of at most 100 characters."""
+    data = load_published()
+    row = data["tables"][0]["rows"][0]
+    row["description"] = "Add " + "a very long list of changes, " * 10 + "and one more"
+    path = tmp_path / "published.json"
+    path.write_text(json.dumps(data))
+    record = published_records(path)[0].record
+    assert validate_record(record) == []
+    assert len(record["method"]["name"]) == 100 and record["method"]["name"].endswith("…")
+    assert record["method"]["name"].startswith(f"#{row['number']} Add a very long list")
+    assert record["method"]["description"] == row["description"]
+
+
 def test_a_loss_the_curve_cannot_place_is_a_bound_with_its_flag():
     placed = data_efficiency(2.5, "fineweb")
     assert placed.multiplier is None and placed.bound.startswith(">") and placed.flag == "below-table"

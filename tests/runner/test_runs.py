@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from harness.errors import SlowrunError
 from harness.formats.records import validate_record
 from harness.run.runner import RunRequest, run_method
 
@@ -29,6 +30,18 @@ def run(method, data, epochs=2.0, **kw):
     record = json.loads((run_dir / "record.json").read_text())
     assert validate_record(record) == []
     return run_dir, record
+
+
+@pytest.mark.parametrize("epochs", [0.0, -1.0, float("nan"), float("inf"), 1e308, 1e6 + 1])
+def test_a_budget_outside_0_to_a_million_epochs_is_refused_before_any_folder(make_method, synthetic_data, epochs):
+    """1e308 epochs would overflow budget x epoch tokens to infinity inside the data server, after the run
+    folder was laid out; it is refused first, with the range, and nothing is written."""
+    method = make_method(TRAIN_ONE_EPOCH)
+    out = method.parent / "never"
+    with pytest.raises(SlowrunError, match="--epochs must be above 0 and at most 1e\\+06"):
+        run_method(RunRequest(method_dir=method, track="synthetic", epochs=epochs, data_dir=synthetic_data,
+                              out=out, progress=False))
+    assert not out.exists()
 
 
 def test_budget_exceeded_keeps_earlier_snapshots(make_method, synthetic_data):
