@@ -32,6 +32,7 @@ from urllib.parse import unquote
 from harness.common.atomic import atomic_output
 from harness.errors import LeaderboardError
 from harness.formats.snapshots import MAX_SNAPSHOT_BYTES
+from leaderboard.public_http import public_client, refusal_mark, refused_since
 
 CHUNK = 8 << 20  # bytes per read: large enough that per-call overhead vanishes, small enough to stream
 # What `leaderboard add --verify` fetches from: the URLs are the submitter's, and fsspec opens anything it has
@@ -321,7 +322,7 @@ def fetch(url: str, sha256: str, cache_dir: str | Path, *, size: int | None = No
     fs, path = _fetch_filesystem(url)
     if _protocols(fs) & {"file", "local"}:
         _check_local_root(path, url, local_roots)
-    with _storage_errors(url, "fetch"):
+    with _storage_errors(url, "fetch", refusal_mark()):
         _check_fetchable(fs, path, url, size)
         with atomic_output(target, "wb") as out:  # renamed into place only when the block ends without error
             with fs.open(path, "rb") as source:
@@ -388,7 +389,10 @@ def _fetch_filesystem(url: str):
     if not sep or "::" in url or scheme.lower() not in FETCH_PROTOCOLS or scheme != scheme.strip():
         raise StorageError(f"{url}: weights are fetched only from {', '.join(sorted(FETCH_PROTOCOLS))} URLs "
                            "(scheme://…); ask the submitter to upload them to one of those")
-    fs, path = _filesystem(url)
+    # https reaches hosts the submitter chose: every connection (redirects and DNS answers included) must
+    # go to a public address, never into the verifier's own network (leaderboard/public_http.py).
+    options = {"get_client": public_client} if scheme.lower() in ("http", "https") else {}
+    fs, path = _filesystem(url, **options)
     if not _protocols(fs) & FETCH_PROTOCOLS or "cach" in type(fs).__name__.lower():
         raise StorageError(f"{url}: fsspec opens it as {type(fs).__name__}, which is not one of the storage "
                            f"back-ends weights are fetched from ({', '.join(sorted(FETCH_PROTOCOLS))})")
@@ -426,11 +430,11 @@ def _check_fetchable(fs, path: str, url: str, size: int | None) -> None:
                            "file, so nothing was fetched")
 
 
-def _filesystem(url: str):
+def _filesystem(url: str, **options):
     import fsspec.core
 
     try:
-        return fsspec.core.url_to_fs(url)
+        return fsspec.core.url_to_fs(url, **options)
     except ImportError as exc:
         raise StorageError(f"{url}: {exc}; the storage backends are optional: {STORAGE_EXTRA}") from exc
     except Exception as exc:
@@ -438,14 +442,20 @@ def _filesystem(url: str):
 
 
 @contextlib.contextmanager
-def _storage_errors(url: str, doing: str) -> Iterator[None]:
+def _storage_errors(url: str, doing: str, refusals: int | None = None) -> Iterator[None]:
     """Every backend's failure as one refusal naming the URL: s3fs, huggingface_hub and fsspec raise their
-    own exception classes (some not OSError), and the caller needs to refuse, not to know which."""
+    own exception classes (some not OSError), and the caller needs to refuse, not to know which. `refusals`
+    (a `refusal_mark`) names a connection refused as not public, which fsspec reports as a missing file."""
     try:
         yield
     except StorageError:
         raise
     except Exception as exc:
+        refused = refused_since(refusals) if refusals is not None else []
+        if refused:
+            raise StorageError(f"{url}: refused to connect to {', '.join(sorted(set(refused)))}: not a public "
+                               "internet address; weights are fetched over https from public hosts only, never "
+                               "from the verifier's own network") from exc
         raise StorageError(f"{url}: cannot {doing} it ({type(exc).__name__}: {exc})") from exc
 
 
