@@ -138,7 +138,7 @@ def job_status(facts: EndFacts, supervised: dict | None, stopped_at_cap: bool, i
             status, error = state.status, state.error
         elif facts.stop is not None and rank != facts.stop["rank"]:
             continue  # stopped because another rank failed: that rank's status is the run's
-        elif facts.stop is not None and reason == "terminated":
+        elif facts.stop is not None and (reason == "terminated" or interrupted):
             status, error = facts.stop["status"], facts.stop["error"]  # its connection dropped first
             if interrupted and (error or {}).get("type") == "WorkerDied":
                 status, error = "failed", interrupted_error("the signal reached the method's processes first")
@@ -149,7 +149,9 @@ def job_status(facts: EndFacts, supervised: dict | None, stopped_at_cap: bool, i
         elif reason == "timeout":
             status, error = "timeout", run_error("Timeout", f"stopped by --timeout after "
                                                  f"{supervised.get('elapsed_s', 0):.1f} s of wall time")
-        elif reason == "terminated":
+        elif reason == "terminated" or interrupted:
+            # `exited` with the runner interrupted: the scheduler's signal ended the method's processes, and
+            # the supervisor reaped them before it handled its own copy of the signal
             status, error = "failed", interrupted_error()
         elif not state.connected and rank not in facts.ranks:
             status, error = "failed", run_error("WorkerDied", "the method's process never reached the data "

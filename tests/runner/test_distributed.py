@@ -200,8 +200,10 @@ def test_two_nodes_meter_through_node_0s_server_and_match_one_process(synthetic_
     import subprocess
     import sys
 
+    from harness.cluster.nodes import free_port_pair
+
     monkeypatch.setenv("SLOWRUN_NUM_THREADS", "1")
-    port = free_port()
+    port = free_port_pair(free_port() & ~1)  # the data server listens on the port above torchrun's
     common = dict(method_dir=PROJECT / "submissions" / "q0", track="synthetic", epochs=8.0, seed=3,
                   overrides=TINY_Q0, data_dir=synthetic_data, progress=False)
     single = run_method(RunRequest(out=tmp_path / "single", **common))

@@ -52,8 +52,21 @@ def wandb_records(run_dir: Path, run_id: str) -> list[list]:
     return sessions
 
 
-def _summarised(sessions: list[list]) -> bool:
-    return len(sessions) == 2 and any(kind == "summary" and "val_loss" in values for kind, values in sessions[1])
+def _summarised(sessions: list[list], n: int) -> bool:
+    return len(sessions) == n and all(any(kind == "summary" and "val_loss" in values for kind, values in session)
+                                      for session in sessions)
+
+
+def summarised_sessions(run_dir: Path, run_id: str, n: int) -> list[list]:
+    """The run's `n` offline sessions once each holds its summary. W&B's own service process writes the
+    offline file; on a loaded machine its last records can land after finish() returned (wandb/wandb#7227),
+    so the reader waits for them, within a deadline."""
+    deadline = time.monotonic() + 60
+    sessions = wandb_records(run_dir, run_id)
+    while not _summarised(sessions, n) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        sessions = wandb_records(run_dir, run_id)
+    return sessions
 
 
 def _key(item) -> str:
@@ -92,20 +105,14 @@ def test_a_runs_metrics_and_record_reach_both_trackers_and_a_later_session_conti
     assert "train/note" not in events.Tags()["scalars"]
     assert events.Scalars("result/val_loss")[0].value == pytest.approx(record["result"]["val_loss"], rel=1e-6)
 
-    (first,) = wandb_records(run_dir, wandb_id)
+    (first,) = summarised_sessions(run_dir, wandb_id, 1)
     history = [values for kind, values in first if kind == "history" and "loss" in values]
     assert [(h["_step"], h["loss"], h["lr"]) for h in history] == logged  # exact: JSON doubles
     summary = {k: v for kind, values in first if kind == "summary" for k, v in values.items()}
     assert summary["val_loss"] == record["result"]["val_loss"] and summary["status"] == "ok"
 
     evaluate_existing(run_dir, progress=False)  # `slowrun eval`: a second session of the same W&B run
-    sessions = wandb_records(run_dir, wandb_id)
-    # W&B's own service process writes the offline file; on a loaded machine its last records can land
-    # after finish() returned (wandb/wandb#7227), so the reader waits for them, within a deadline.
-    deadline = time.monotonic() + 60
-    while not _summarised(sessions) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        sessions = wandb_records(run_dir, wandb_id)
+    sessions = summarised_sessions(run_dir, wandb_id, 2)
     assert len(sessions) == 2
     again = sessions[1]
     assert not [values for kind, values in again if kind == "history" and "loss" in values]  # nothing sent twice

@@ -194,16 +194,15 @@ def test_wait_without_a_status_is_an_error(tmp_path):
 
 
 def test_supervisor_is_light(tmp_path):
+    """It imports neither torch nor numpy and runs a command to its end; how long its start takes is measured
+    in tests/bench/test_bench_sandbox_startup.py (`supervisor_ratio`), not asserted here."""
     probe = "import sys, harness.sandbox.supervise; print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=30)
     assert out.stdout.strip() == "[]", out.stderr
-    best = float("inf")
-    for _ in range(3):
-        started = time.monotonic()
-        subprocess.run([*QUICK_PYTHON, supervise.__file__, "--status-file", str(tmp_path / "s.json"), "--", "true"],
-                       check=True, timeout=30)
-        best = min(best, time.monotonic() - started)
-    assert best < 0.5, f"supervisor round trip took {best:.3f} s"
+    subprocess.run([*QUICK_PYTHON, supervise.__file__, "--status-file", str(tmp_path / "s.json"), "--", "true"],
+                   check=True, timeout=30)
+    status = json.loads((tmp_path / "s.json").read_text())
+    assert (status["exit_code"], status["reason"]) == (0, "exited")
 
 
 _PROBE = """

@@ -47,6 +47,22 @@ def test_a_rank_that_died_of_the_schedulers_signal_was_interrupted_not_crashed()
     assert error["type"] == "WorkerDied"  # without the runner's interruption it is a crash
 
 
+def test_an_interrupted_run_whose_processes_died_before_the_supervisor_stopped_them_was_interrupted():
+    """A scheduler signals every process of the job: the method's tree can die of it and be reaped before the
+    supervisor handles its own signal, which then reports `exited` (by signal 15), not `terminated`."""
+    exited = {"reason": "exited", "exit_code": None, "signal": 15}
+    status, error = job_status(facts(ranks={0: RankState(connected=True)}), exited, False, True)
+    assert status == "failed" and error["type"] == "Interrupted"
+    died = {"type": "WorkerDied", "message": "connection dropped", "traceback": ""}
+    stop = {"rank": 1, "status": "failed", "error": died}
+    ranks = {0: RankState(connected=True), 1: RankState(connected=True)}
+    status, error = job_status(facts(world_size=2, ranks=ranks, stop=stop), exited, False, True)
+    assert error["type"] == "Interrupted" and error["message"].startswith("rank 1: ")
+    # the same end without the runner's interruption is a crash
+    status, error = job_status(facts(ranks={0: RankState(connected=True)}), exited, False, False)
+    assert error["type"] == "WorkerDied" and "signal 15" in error["message"]
+
+
 def test_training_past_the_cap_is_over_time():
     running = {0: RankState(connected=True)}
     status, error = job_status(facts(ranks=running, train_s=905.0, time_limit_s=900.0, snapshot_grace_s=2.0),

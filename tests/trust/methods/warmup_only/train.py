@@ -17,7 +17,8 @@ def main(ctx):
         F.cross_entropy(model(inputs).reshape(-1, model.vocab_size), targets.reshape(-1)).backward()
         opt.step()
     time.sleep(2.0)
+    model = Bigram(ctx.vocab_size)  # the warm-up weights are thrown away, as a compile warm-up's would be
+    ctx.prepare_snapshot(model)  # the forward's export (seconds on a busy machine) is warm-up too
     ctx.log(train_s_before_data=ctx.train_seconds)
     inputs, targets = next(ctx.train_stream("main", batch_size=8))
-    model = Bigram(ctx.vocab_size)  # the warm-up weights are thrown away, as a compile warm-up's would be
     ctx.save_snapshot(model, "one-batch")
