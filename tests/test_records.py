@@ -74,10 +74,11 @@ def test_nested_required_fields_are_checked(path):
     ({"budget_epochs": "8"}, "budget_epochs: expected a number"),
     ({"budget_epochs": -1.0}, "budget_epochs: must be at least 0"),
     ({"budget_epochs": 1e308}, "budget_epochs: must be at most 1e+06"),
-    ({"method__name": "q0\x00"}, "method.name: expected one printable line"),
-    ({"method__name": "q0\nhidden second line"}, "method.name: expected one printable line"),
-    ({"method__name": "\u202eevil"}, "method.name: expected one printable line"),  # a right-to-left override
-    ({"method__name": "m" * 101}, "method.name: expected one printable line of at most 100"),
+    ({"method__name": "q0\x00"}, "method.name: expected one line"),
+    ({"method__name": "q0\nhidden second line"}, "method.name: expected one line"),
+    ({"method__name": "q0\u2028hidden second line"}, "method.name: expected one line"),  # a Unicode line separator
+    ({"method__name": "q0\x1b[31m"}, "method.name: expected one line"),  # a terminal escape
+    ({"method__name": "m" * 101}, "method.name: expected one line of at most 100"),
     ({"status": "done"}, "status: must be one of"),
     ({"run_id": ""}, "run_id: must not be empty"),
     ({"hparams": []}, "hparams: expected an object"),

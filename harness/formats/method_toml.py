@@ -221,8 +221,8 @@ def read_method(folder: str | Path, track_files: tuple[str, ...] | list[str] = (
     if not isinstance(name, str) or not name.strip():
         problems.append("[method].name: missing (a non-empty string)")
     elif not is_name_line(name.strip()):
-        problems.append(f"[method].name: must be one printable line of at most {MAX_NAME_CHARS} characters "
-                        f"(no control characters), got {name[:40]!r}")
+        problems.append(f"[method].name: must be one line of at most {MAX_NAME_CHARS} characters without "
+                        f"control characters, got {name[:40]!r}")
     description = method.get("description", "")
     if not isinstance(description, str):
         problems.append("[method].description: must be a string")

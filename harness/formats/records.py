@@ -16,6 +16,7 @@ import json
 import math
 import os
 import re
+import unicodedata
 from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
@@ -43,7 +44,8 @@ STATUSES = ("ok", "failed", "budget-exceeded", "over-time", "diverged", "invalid
 # epochs), and small enough that budget x epoch tokens stays an exact integer count of tokens: a budget of
 # 1e308 epochs would overflow to infinity there and crash the data server after the run folder was made.
 MAX_BUDGET_EPOCHS = 1e6
-# A method's name is shown on the board, in tables, plots and file names: one printable line of at most this.
+# A method's name is shown on the board, in tables, plots and file names: one line, without control
+# characters, of at most this many characters.
 MAX_NAME_CHARS = 100
 EXIT_CODES = {"ok": 0, "budget-exceeded": 3, "over-time": 4, "invalid": 5, "diverged": 6, "failed": 7, "timeout": 8}
 
@@ -76,7 +78,7 @@ def _got(value: Any) -> str:
 @dataclass(frozen=True)
 class _Str(_Spec):
     non_empty: bool = False
-    line: int | None = None  # a printable line of at most this many characters (names people read)
+    line: int | None = None  # one line of at most this many characters (names people read)
 
     def check(self, value, where, problems):
         if not isinstance(value, str):
@@ -84,12 +86,15 @@ class _Str(_Spec):
         elif self.non_empty and not value.strip():
             problems.append(f"{where}: must not be empty")
         elif self.line is not None and not is_name_line(value, self.line):
-            problems.append(f"{where}: expected one printable line of at most {self.line} characters, {_got(value)}")
+            problems.append(f"{where}: expected one line of at most {self.line} characters without control characters, "
+                            f"{_got(value)}")
 
 
 def is_name_line(text: str, limit: int = MAX_NAME_CHARS) -> bool:
-    """Printable (no NUL, newline, tab or other control or format character) and at most `limit` long."""
-    return len(text) <= limit and text.isprintable()
+    """One line of at most `limit` characters: no control character (NUL, newline, tab, escape, ...) and no
+    line or paragraph separator. Bidirectional controls are refused by the board with their code point
+    (leaderboard/verify.py), which says more than this would."""
+    return len(text) <= limit and not any(unicodedata.category(c) in ("Cc", "Zl", "Zp") for c in text)
 
 
 @dataclass(frozen=True)

@@ -31,7 +31,7 @@ SEEDED_LOSSES = [3.0101, 3.0123, 3.0112]
 OVER_CAP = "trained 16.2 min, past the tiny class's 15 min cap"
 TINY = "section.track[data-track=synthetic][data-class=tiny] "
 WIDE = "wide"  # a table of the longest texts a row can hold: its name, flags, a bound, a reason
-LONG_NAME = "a-method-whose-name-goes-on-and-on-" * 4
+LONG_NAME = ("a-method-whose-name-goes-on-and-on-" * 3)[:95]  # as long as a name may be, less "-over"
 LONG_REASON = "trained 31.7 min, past the tiny class's 15 min cap; " * 3
 VIEWPORT = {"width": 1280, "height": 900}
 

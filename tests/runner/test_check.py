@@ -38,13 +38,13 @@ def test_broken_method_lists_every_problem(tmp_path, capsys):
     assert "8 problem(s)" in capsys.readouterr().err
 
 
-def test_a_method_name_is_one_printable_line(tmp_path):
+def test_a_method_name_is_one_line_without_control_characters(tmp_path):
     """The name reaches the board, its tables and plots: a NUL, a newline or 10,000 characters say what to fix."""
     (tmp_path / "train.py").write_text("def main(ctx):\n    pass\n")
     for bad in ('"q0\\u0000"', '"""q0\nsecond line"""', '"' + "m" * 101 + '"'):
         (tmp_path / "method.toml").write_text(f'[method]\nname = {bad}\nentry = "train:main"\n')
         spec, problems = check_method(tmp_path)
-        assert spec is None and any(p.startswith("[method].name: must be one printable line") for p in problems), bad
+        assert spec is None and any(p.startswith("[method].name: must be one line") for p in problems), bad
     (tmp_path / "method.toml").write_text('[method]\nname = "  hyper-epoch q0 (PR #90)  "\nentry = "train:main"\n')
     assert check_method(tmp_path)[0].name == "hyper-epoch q0 (PR #90)"
 
