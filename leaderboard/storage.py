@@ -32,7 +32,7 @@ from urllib.parse import unquote
 from harness.common.atomic import atomic_output
 from harness.errors import LeaderboardError
 from harness.formats.snapshots import MAX_SNAPSHOT_BYTES
-from leaderboard.public_http import public_client, refusal_mark, refused_since
+from leaderboard.public_http import public_client, refusal_in
 
 CHUNK = 8 << 20  # bytes per read: large enough that per-call overhead vanishes, small enough to stream
 # What `leaderboard add --verify` fetches from: the URLs are the submitter's, and fsspec opens anything it has
@@ -322,7 +322,7 @@ def fetch(url: str, sha256: str, cache_dir: str | Path, *, size: int | None = No
     fs, path = _fetch_filesystem(url)
     if _protocols(fs) & {"file", "local"}:
         _check_local_root(path, url, local_roots)
-    with _storage_errors(url, "fetch", refusal_mark()):
+    with _storage_errors(url, "fetch"):
         _check_fetchable(fs, path, url, size)
         with atomic_output(target, "wb") as out:  # renamed into place only when the block ends without error
             with fs.open(path, "rb") as source:
@@ -442,20 +442,19 @@ def _filesystem(url: str, **options):
 
 
 @contextlib.contextmanager
-def _storage_errors(url: str, doing: str, refusals: int | None = None) -> Iterator[None]:
+def _storage_errors(url: str, doing: str) -> Iterator[None]:
     """Every backend's failure as one refusal naming the URL: s3fs, huggingface_hub and fsspec raise their
-    own exception classes (some not OSError), and the caller needs to refuse, not to know which. `refusals`
-    (a `refusal_mark`) names a connection refused as not public, which fsspec reports as a missing file."""
+    own exception classes (some not OSError), and the caller needs to refuse, not to know which. A fetch
+    the https guard refused says so (fsspec reports it as a missing file; leaderboard/public_http.py)."""
     try:
         yield
     except StorageError:
         raise
     except Exception as exc:
-        refused = refused_since(refusals) if refusals is not None else []
+        refused = refusal_in(exc)
         if refused:
-            raise StorageError(f"{url}: refused to connect to {', '.join(sorted(set(refused)))}: not a public "
-                               "internet address; weights are fetched over https from public hosts only, never "
-                               "from the verifier's own network") from exc
+            raise StorageError(f"{url}: refused, {refused}; weights are fetched over https from public hosts "
+                               "only, never from the verifier's own network") from exc
         raise StorageError(f"{url}: cannot {doing} it ({type(exc).__name__}: {exc})") from exc
 
 

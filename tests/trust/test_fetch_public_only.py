@@ -26,12 +26,16 @@ SHA = hashlib.sha256(b"weights").hexdigest()
     "127.0.0.1", "127.8.9.10", "::1", "10.1.2.3", "172.16.0.1", "192.168.1.1", "169.254.169.254", "100.64.0.1",
     "0.0.0.0", "::", "fd00::1", "fe80::1%eth0", "224.0.0.1", "ff02::1", "255.255.255.255",
     "::ffff:127.0.0.1", "::ffff:169.254.169.254", "2002:a00:1::1", "not an address",
+    # IPv6 forms that carry or reach an inside address: IPv4-compatible, IPv4-translated, NAT64 (well-known and
+    # local-use), old site-local
+    "::7f00:1", "::ffff:0:7f00:1", "64:ff9b::a9fe:a9fe", "64:ff9b:1::a00:1", "fec0::1",
 ])
 def test_addresses_inside_a_network_are_not_public(address):
     assert not is_public(address)
 
 
-@pytest.mark.parametrize("address", ["8.8.8.8", "93.184.215.14", "2606:4700:4700::1111", "::ffff:8.8.8.8"])
+@pytest.mark.parametrize("address", ["8.8.8.8", "93.184.215.14", "2606:4700:4700::1111", "::ffff:8.8.8.8",
+                                     "64:ff9b::808:808"])  # 8.8.8.8 through NAT64
 def test_global_unicast_addresses_are_public(address):
     assert is_public(address)
 
@@ -75,9 +79,10 @@ def listener():
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[0:0:0:0:0:ffff:7f00:1]"])  # IPv4 in IPv6 form
 def test_an_https_url_on_the_verifiers_machine_is_refused_before_connecting(tmp_path, listener, host):
-    with pytest.raises(StorageError, match="not a public internet address"):
+    with pytest.raises(StorageError, match="not on the public internet") as refused:
         fetch(f"https://{host}:{listener.port}/w.safetensors", SHA, tmp_path / "cache", size=7)
     assert listener.connections() == 0
+    assert "127.0.0.1" not in str(refused.value).replace(host, "")  # where a name led is not said
     assert not (tmp_path / "cache" / "sha256").exists() or not any((tmp_path / "cache" / "sha256").rglob("*"))
 
 
@@ -106,11 +111,12 @@ def test_a_redirect_into_the_verifiers_network_is_refused(tmp_path, listener, mo
     server = ThreadingHTTPServer(("127.0.0.2", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     monkeypatch.setattr(storage, "FETCH_PROTOCOLS", storage.FETCH_PROTOCOLS | {"http"})
+    monkeypatch.setattr(public_http, "SCHEMES", frozenset({"http"}))
     real = public_http.is_public
     monkeypatch.setattr(public_http, "is_public", lambda address: address == "127.0.0.2" or real(address))
     try:
         url = f"http://127.0.0.2:{server.server_address[1]}/w.safetensors"
-        with pytest.raises(StorageError, match="not a public internet address"):
+        with pytest.raises(StorageError, match="not on the public internet"):
             fetch(url, SHA, tmp_path / "cache", size=7)
         assert listener.connections() == 0
         # The same redirect with every address let through does reach the listener: the check above is
@@ -119,6 +125,24 @@ def test_a_redirect_into_the_verifiers_network_is_refused(tmp_path, listener, mo
         with pytest.raises(StorageError):
             fetch(url, SHA, tmp_path / "cache2", size=7)
         assert listener.connections(at_least=1) >= 1
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_redirect_to_another_scheme_is_refused_at_its_hop(tmp_path, listener, monkeypatch):
+    """Every hop of a redirect goes through the scheme check, as the first request does: the first hop is
+    let in (plain http, for the test), the redirect to https is not, so a redirect from https to plain http
+    (which would send the request in clear text) is refused the same way."""
+    handler = type("Redirect", (_Redirect,), {"target": f"https://127.0.0.2:{listener.port}/w.safetensors"})
+    server = ThreadingHTTPServer(("127.0.0.2", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(storage, "FETCH_PROTOCOLS", storage.FETCH_PROTOCOLS | {"http"})
+    monkeypatch.setattr(public_http, "SCHEMES", frozenset({"http"}))
+    monkeypatch.setattr(public_http, "is_public", lambda address: address == "127.0.0.2")
+    try:
+        with pytest.raises(StorageError, match="is not https: a hop to https://"):
+            fetch(f"http://127.0.0.2:{server.server_address[1]}/w.safetensors", SHA, tmp_path / "cache", size=7)
     finally:
         server.shutdown()
         server.server_close()
