@@ -87,6 +87,25 @@ def test_a_file_of_the_verifiers_outside_the_named_folders_is_refused_unread(whe
     assert hashlib.sha256(b"hunter2").hexdigest() not in message and "7 bytes" not in message and meter.seen == 0
 
 
+def test_a_path_written_outside_the_named_folders_is_refused_unresolved(tmp_path, monkeypatch):
+    """Resolving `/net/10.0.0.1/w` would make an automounter connect to 10.0.0.1: a path not even written
+    under a named folder is refused before anything on its way is looked up; one written inside is resolved
+    (a link there could lead out)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    resolved = []
+    real = os.path.realpath
+    monkeypatch.setattr(os.path, "realpath", lambda p, **kw: resolved.append(str(p)) or real(p, **kw))
+    for url in ("file:///net/10.0.0.1/weights.safetensors", (shared / ".." / "elsewhere" / "w").as_uri()):
+        with pytest.raises(StorageError, match="outside the folders weights may be fetched from"):
+            fetch(url, "sha256:" + "0" * 64, tmp_path / "cache", size=4096, local_roots=(shared,))
+    assert not any("/net/" in p or "elsewhere" in p for p in resolved), resolved
+    (shared / "w").write_bytes(b"x")
+    with pytest.raises(StorageError, match="sha256"):
+        fetch((shared / "w").as_uri(), "sha256:" + "0" * 64, tmp_path / "cache", size=1, local_roots=(shared,))
+    assert str(shared / "w") in resolved
+
+
 def test_a_data_url_is_not_a_storage_url(tmp_path):
     payload = b"weights inline in the URL"
     with pytest.raises(StorageError, match="fetched only from"):
