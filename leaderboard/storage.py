@@ -405,12 +405,10 @@ def _check_local_root(path: str, url: str, local_roots: Sequence[str | Path]) ->
     resolving touches every folder on the way, and on an automounter (`/net/10.0.0.1/...`) that alone is a
     connection to a host the bundle's author chose."""
     written = Path(os.path.normpath(os.path.abspath(path)))
-    if not any(written.is_relative_to(os.path.abspath(root)) or written.is_relative_to(os.path.realpath(root))
-               for root in local_roots):
-        real = None
-    else:
-        real = Path(os.path.realpath(path))
-    if real is None or not any(real.is_relative_to(os.path.realpath(root)) for root in local_roots):
+    written_inside = any(written.is_relative_to(os.path.abspath(root)) or written.is_relative_to(os.path.realpath(root))
+                         for root in local_roots)
+    if not written_inside or not any(Path(os.path.realpath(path)).is_relative_to(os.path.realpath(root))
+                                     for root in local_roots):
         named = ", ".join(str(root) for root in local_roots) or "none named"
         raise StorageError(f"{url}: a file on this machine outside the folders weights may be fetched from ({named}); "
                            "if the submitter's weights really are on a shared disk here, name its folder with "

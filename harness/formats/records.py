@@ -37,9 +37,6 @@ SCHEMA_VERSION = 3
 READABLE_VERSIONS = (1, 2, 3)
 EVALUATED_BY = ("graph", "method code")
 STATUSES = ("ok", "failed", "budget-exceeded", "over-time", "diverged", "invalid", "timeout")
-# `slowrun run` and `slowrun eval` exit with the run's status, so a script or a scheduler can tell a run
-# that ended in a record of a failure from one that succeeded (2 is bad input: no run was made; 130 an
-# interruption, which still wrote a record).
 # The largest budget a run may ask for. Far beyond any real run (the unlimited track's records train tens of
 # epochs), and small enough that budget x epoch tokens stays an exact integer count of tokens: a budget of
 # 1e308 epochs would overflow to infinity there and crash the data server after the run folder was made.
@@ -47,6 +44,9 @@ MAX_BUDGET_EPOCHS = 1e6
 # A method's name is shown on the board, in tables, plots and file names: one line, without control
 # characters, of at most this many characters.
 MAX_NAME_CHARS = 100
+# `slowrun run` and `slowrun eval` exit with the run's status, so a script or a scheduler can tell a run
+# that ended in a record of a failure from one that succeeded (2 is bad input: no run was made; 130 an
+# interruption, which still wrote a record).
 EXIT_CODES = {"ok": 0, "budget-exceeded": 3, "over-time": 4, "invalid": 5, "diverged": 6, "failed": 7, "timeout": 8}
 
 
@@ -86,8 +86,8 @@ class _Str(_Spec):
         elif self.non_empty and not value.strip():
             problems.append(f"{where}: must not be empty")
         elif self.line is not None and not is_name_line(value, self.line):
-            problems.append(f"{where}: expected one line of at most {self.line} characters without control characters, "
-                            f"{_got(value)}")
+            problems.append(f"{where}: expected one line of at most {self.line} characters without control "
+                            f"characters, {_got(value)}")
 
 
 def is_name_line(text: str, limit: int = MAX_NAME_CHARS) -> bool:
