@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -291,7 +292,7 @@ def test_the_whole_evaluation_ends_at_its_limit(run_dir, method_dir, synthetic_d
     assert [row["tag"] for row in result["snapshots"]] == ["a"]
 
 
-def test_eval_limits_count_parameters_and_cut_to_what_is_left():
+def test_eval_limits_count_parameters_and_cut_to_what_is_left(monkeypatch):
     """The parameter count read from the safetensors header equals torch's; a hand-worked limit; a limit
     on the whole cuts each snapshot's to what is left of it."""
     from safetensors.torch import save
@@ -306,8 +307,13 @@ def test_eval_limits_count_parameters_and_cut_to_what_is_left():
     assert snapshot_limit_s(1_000_000, 200_000, "cpu") == pytest.approx(1600.0)
     assert snapshot_limit_s(1_000_000, 200_000, "cuda:3") == pytest.approx(600.1)
     assert EvalLimits(per_snapshot_s=5.0).start().snapshot_s(blob, 10**9, "cpu") == 5.0
+    from harness.eval import limits
+
+    now = [1000.0]
+    monkeypatch.setattr(limits, "time", SimpleNamespace(monotonic=lambda: now[0]))  # the test's clock
     whole = EvalLimits(total_s=30.0).start()
-    assert 29.0 < whole.snapshot_s(blob, 10, "cpu") <= 30.0
+    now[0] += 12.5
+    assert whole.snapshot_s(blob, 10, "cpu") == pytest.approx(17.5)  # what is left of the whole
     with pytest.raises(ValueError, match="positive number of seconds"):
         EvalLimits(total_s=0)
     with pytest.raises(ValueError, match="positive number of seconds"):
