@@ -43,6 +43,22 @@ def _node(target: str, name: str, inputs: list, outputs: list) -> dict:
             "is_hop_single_tensor_return": None}
 
 
+def _write_through_max(source: str, values_into: str, indices_into: str, name: str, outputs: tuple[str, str]
+                       ) -> list[dict]:
+    """Two nodes that copy `source` into two tensors the graph was given: `max.dim_max` over a new leading
+    dimension of size one is the identity, and it writes its `max=` and `max_values=` arguments in place."""
+    v, i = outputs
+    return [
+        _node("torch.ops.aten.unsqueeze.default", "st",
+              [_arg("self", as_tensor={"name": source}), _arg("dim", as_int=0)], [{"as_tensor": {"name": "st"}}]),
+        _node("torch.ops.aten.max.dim_max", name,
+              [_arg("self", as_tensor={"name": "st"}), _arg("dim", as_int=0),
+               _arg("max", 2, as_tensor={"name": values_into}),
+               _arg("max_values", 2, as_tensor={"name": indices_into})],
+              [{"as_tensors": [{"name": v}, {"name": i}]}]),
+    ]
+
+
 class _Forged:
     """Stands in for GraphExporter in tests.graphs.conftest.with_graph: hands over a forged program."""
 
@@ -123,12 +139,7 @@ def _stateful_program(verifier: str) -> tuple[torch.nn.Module, bytes, dict]:
     graph["nodes"] += [
         _node("torch.ops.aten.sum.dim_IntList", "cnt",
               [_arg("self", as_tensor={"name": "embedding"}), _arg("dim", as_ints=[0, 1])], [{"as_tensor": {"name": "cnt"}}]),
-        _node("torch.ops.aten.unsqueeze.default", "st",
-              [_arg("self", as_tensor={"name": "cnt"}), _arg("dim", as_int=0)], [{"as_tensor": {"name": "st"}}]),
-        _node("torch.ops.aten.max.dim_max", "upd",
-              [_arg("self", as_tensor={"name": "st"}), _arg("dim", as_int=0),
-               _arg("max", 2, as_tensor={"name": "b_mem"}), _arg("max_values", 2, as_tensor={"name": "b_memi"})],
-              [{"as_tensors": [{"name": "upd_v"}, {"name": "upd_i"}]}]),
+        *_write_through_max("cnt", "b_mem", "b_memi", "upd", ("upd_v", "upd_i")),
     ]
     program["verifiers"] = [verifier]
     return model, json.dumps(program).encode(), constants
@@ -199,12 +210,7 @@ def _target_writing_program(model: torch.nn.Module) -> tuple[bytes, dict]:
         _node("torch.ops.aten.cat.default", "shifted",
               [_arg("tensors", as_tensors=[{"name": "first"}, {"name": "head"}]), _arg("dim", as_int=1)],
               [{"as_tensor": {"name": "shifted"}}]),
-        _node("torch.ops.aten.unsqueeze.default", "st",
-              [_arg("self", as_tensor={"name": "shifted"}), _arg("dim", as_int=0)], [{"as_tensor": {"name": "st"}}]),
-        _node("torch.ops.aten.max.dim_max", "write",
-              [_arg("self", as_tensor={"name": "st"}), _arg("dim", as_int=0),
-               _arg("max", 2, as_tensor={"name": "idx"}), _arg("max_values", 2, as_tensor={"name": "b_scratch"})],
-              [{"as_tensors": [{"name": "w_v"}, {"name": "w_i"}]}]),
+        *_write_through_max("shifted", "idx", "b_scratch", "write", ("w_v", "w_i")),
     ]
     program["verifiers"] = ["TRAINING"]
     return json.dumps(program).encode(), constants
